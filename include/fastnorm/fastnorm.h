@@ -1,0 +1,127 @@
+/*
+ * fastnorm.h - the public C API of fastnorm.
+ *
+ * Three entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
+ * policy) lives in Python.  Every array is C-contiguous and described as a 3-D block
+ * (outer, middle, inner):
+ *
+ *   fastnorm_norm     LayerNorm / RMSNorm: statistics over `middle` for every
+ *                     (outer, inner) position.  inner == 1 is the row-wise case.
+ *   fastnorm_moments  per-channel Welford partials (count, mean, m2) over `outer` and
+ *                     `inner`, for every one of the `middle` channels (BatchNorm
+ *                     training, GroupNorm with one "channel" per (sample, group)).
+ *   fastnorm_affine   y = (x - mean[c]) * scale[c] + shift[c] for every channel c of
+ *                     `middle` (BatchNorm, GroupNorm normalization).
+ *
+ * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
+ * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an
+ * exact high/low pair, so rows like 1e5 + N(0, 1) keep full float32 accuracy.
+ *
+ * Conventions: entry points validate every argument before writing anything and return
+ * a fastnorm_status_t.  n_threads <= 0 means "OpenMP's default" (omp_get_max_threads()).
+ * Results are bitwise identical for any n_threads: work is split into chunks fixed by
+ * the problem size and partial statistics are merged in index order.
+ */
+#ifndef FASTNORM_FASTNORM_H
+#define FASTNORM_FASTNORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FASTNORM_API
+#else
+#define FASTNORM_API __attribute__((visibility("default")))
+#endif
+
+typedef enum {
+    FASTNORM_OK = 0,
+    FASTNORM_ERR_NULL_POINTER = -1,
+    FASTNORM_ERR_BAD_SHAPE = -2,
+    FASTNORM_ERR_BAD_STRIDE = -3,
+    FASTNORM_ERR_BAD_DTYPE = -4,
+    FASTNORM_ERR_NO_MEMORY = -5,
+    FASTNORM_ERR_ISA_UNAVAILABLE = -6,
+    FASTNORM_ERR_BAD_VALUE = -7
+} fastnorm_status_t;
+
+/* Storage dtype of x / y / residual.  The compute dtype is float64 for FASTNORM_F64
+ * and float32 for the three others; weight, bias and returned statistics of
+ * fastnorm_norm are in the compute dtype. */
+typedef enum {
+    FASTNORM_F32 = 0,
+    FASTNORM_F64 = 1,
+    FASTNORM_F16 = 2,
+    FASTNORM_BF16 = 3
+} fastnorm_dtype_t;
+#define FASTNORM_DTYPE_COUNT 4
+
+typedef enum {
+    FASTNORM_ISA_SCALAR = 0,
+    FASTNORM_ISA_AVX2 = 1,
+    FASTNORM_ISA_AVX512 = 2
+} fastnorm_isa_t;
+#define FASTNORM_ISA_COUNT 3
+
+typedef enum {
+    FASTNORM_LAYER_NORM = 0, /* y = (h - mean) * rstd * w + b,  rstd = 1/sqrt(var + eps) */
+    FASTNORM_RMS_NORM = 1    /* y = h * rstd * w,               rstd = 1/sqrt(mean(h^2) + eps) */
+} fastnorm_norm_kind_t;
+
+/* LayerNorm / RMSNorm of x viewed as (outer, middle, inner), statistics over `middle`.
+ *
+ * x, y:          outer*middle*inner elements of `dtype`.  y may equal x (in place).
+ * residual:      NULL, or like x: the function normalizes h = x + residual rounded to
+ *                `dtype`.  Only inner == 1 supports it.
+ * residual_out:  NULL, or like x: receives h (requires residual).  May equal x or
+ *                residual, never y.
+ * weight, bias:  NULL or `middle` elements of the compute dtype (bias ignored for RMS).
+ * mean_out:      NULL or outer*inner elements of the compute dtype (LayerNorm only).
+ * rstd_out:      NULL or outer*inner elements of the compute dtype.
+ */
+FASTNORM_API fastnorm_status_t fastnorm_norm(
+    fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype,
+    size_t outer, size_t middle, size_t inner,
+    const void *x, const void *residual, void *residual_out, void *y,
+    const void *weight, const void *bias, double eps,
+    void *mean_out, void *rstd_out, int n_threads);
+
+/* Per-channel Welford partials of x viewed as (outer, channels, inner): for every
+ * channel c, mean_out[c] and m2_out[c] (sum of squared deviations) over the
+ * outer*inner values of that channel, in float64.  The count is outer*inner. */
+FASTNORM_API fastnorm_status_t fastnorm_moments(
+    fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+    const void *x, double *mean_out, double *m2_out, int n_threads);
+
+/* y = (x - mean[c]) * scale[c] + shift[c] for x viewed as (outer, channels, inner).
+ * mean, scale, shift: `channels` float64 values (mean may be NULL for 0).  The mean is
+ * subtracted as a high/low pair in the compute dtype, so large offsets cancel exactly.
+ * y may equal x. */
+FASTNORM_API fastnorm_status_t fastnorm_affine(
+    fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+    const void *x, void *y, const double *mean, const double *scale,
+    const double *shift, int n_threads);
+
+/* Kernel family selection.  fastnorm_set_isa fails with FASTNORM_ERR_ISA_UNAVAILABLE
+ * when the family was not compiled in or the CPU lacks it. */
+FASTNORM_API int fastnorm_isa_compiled(fastnorm_isa_t isa);
+FASTNORM_API int fastnorm_isa_supported(fastnorm_isa_t isa); /* compiled and the CPU has it */
+FASTNORM_API fastnorm_isa_t fastnorm_best_isa(void);
+FASTNORM_API fastnorm_isa_t fastnorm_get_isa(void);
+FASTNORM_API fastnorm_status_t fastnorm_set_isa(fastnorm_isa_t isa);
+FASTNORM_API const char *fastnorm_isa_name(fastnorm_isa_t isa);
+
+/* Threads: 1 when built without OpenMP. */
+FASTNORM_API int fastnorm_openmp_enabled(void);
+FASTNORM_API int fastnorm_default_threads(void);
+
+FASTNORM_API const char *fastnorm_status_string(fastnorm_status_t status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FASTNORM_FASTNORM_H */

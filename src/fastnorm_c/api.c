@@ -1,0 +1,451 @@
+/*
+ * api.c - the public entry points of fastnorm.h: validate every argument, then cut the
+ * work into items, run them on OpenMP threads through the active kernel table, and merge
+ * partial statistics with Chan's formula.
+ *
+ * Two layouts cover every operation:
+ *   row path     the reduced values of one statistic are contiguous (LayerNorm over the
+ *                last axis, BatchNorm NCHW per (sample, channel) row, GroupNorm groups);
+ *   column path  they are strided and the statistics are side by side in memory
+ *                (LayerNorm over a non-trailing axis, BatchNorm channels-last).  Narrow
+ *                blocks are regrouped as k rows per "super-row" so a vector is always full.
+ * Work items are fixed by the problem size, never by the thread count, and partials are
+ * merged in index order: results are bitwise identical for any number of threads.
+ * Compiled at the baseline (no ISA flags): it calls kernels only through the table.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "kernels.h"
+#include "storage.h"
+
+/* Below this many elements a call runs on one thread: waking a team costs more than it
+ * saves (see docs/performance.md for the measurement). */
+#define FN_PARALLEL_MIN_ELEMENTS 32768
+/* Rows longer than this are reduced in segments, so one long row still uses every thread. */
+#define FN_ROW_SEGMENT 16384
+/* Shorter rows take the column path in fastnorm_moments / fastnorm_affine. */
+#define FN_ROW_PATH_MIN 64
+/* Columns per work item when a norm reduces over a non-trailing axis. */
+#define FN_COLUMN_CHUNK 256
+/* Elements per work item on the column path of moments / affine. */
+#define FN_COLUMN_ITEM_ELEMENTS 16384
+/* Super-rows are a multiple of this many elements: a full vector in every family. */
+#define FN_LANE_MULTIPLE 16
+
+static size_t fn_storage_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F32 ? 4 : dtype == FASTNORM_F64 ? 8 : 2; }
+static size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F64 ? 8 : 4; }
+
+static int fn_threads(int n_threads, size_t elements) {
+    if (elements < FN_PARALLEL_MIN_ELEMENTS) return 1;
+    int threads = n_threads > 0 ? n_threads : fastnorm_default_threads();
+    return threads < 1 ? 1 : threads;
+}
+
+/* a * b * c, or 0 with *overflow set */
+static size_t fn_product(size_t a, size_t b, size_t c, int *overflow) {
+    if (a && b > SIZE_MAX / a) { *overflow = 1; return 0; }
+    size_t ab = a * b;
+    if (ab && c > SIZE_MAX / ab) { *overflow = 1; return 0; }
+    return ab * c;
+}
+
+/* One element of storage dtype, in the compute dtype, widened to double. */
+static double fn_element(fastnorm_dtype_t dtype, const void *base, size_t index) {
+    switch (dtype) {
+    case FASTNORM_F32: return fn_load1_f32((const float *)base + index);
+    case FASTNORM_F64: return fn_load1_f64((const double *)base + index);
+    case FASTNORM_F16: return fn_load1_f16((const uint16_t *)base + index);
+    default: return fn_load1_bf16((const uint16_t *)base + index);
+    }
+}
+
+/* h = x + residual rounded to the storage dtype, as the kernels compute it. */
+static double fn_sum_element(fastnorm_dtype_t dtype, const void *x, const void *residual, size_t index) {
+    double a = fn_element(dtype, x, index);
+    if (!residual) return a;
+    double b = fn_element(dtype, residual, index);
+    switch (dtype) {
+    case FASTNORM_F32: return fn_round1_f32((float)a + (float)b);
+    case FASTNORM_F64: return a + b;
+    case FASTNORM_F16: return fn_round1_f16((float)a + (float)b);
+    default: return fn_round1_bf16((float)a + (float)b);
+    }
+}
+
+static void fn_put(fastnorm_dtype_t dtype, void *base, size_t index, double value) {
+    if (!base) return;
+    if (dtype == FASTNORM_F64)
+        ((double *)base)[index] = value;
+    else
+        ((float *)base)[index] = (float)value;
+}
+
+/* Chan et al.: merge partial (count_b, mean_b, m2_b) into (count, mean, m2). */
+static void fn_merge(double *count, double *mean, double *m2, double count_b, double mean_b, double m2_b) {
+    if (count_b == 0) return;
+    if (*count == 0) { *count = count_b; *mean = mean_b; *m2 = m2_b; return; }
+    double total = *count + count_b, delta = mean_b - *mean;
+    *mean += delta * (count_b / total);
+    *m2 += m2_b + delta * delta * (*count * count_b / total);
+    *count = total;
+}
+
+/* mean and rstd of one group from its shifted partials; any NaN/inf in the group (seen as
+ * non-finite partials) makes both NaN, so the whole group's output is NaN. */
+static void fn_finish(fastnorm_norm_kind_t kind, double shift, double mean_shifted, double m2,
+                      double count, double eps, double *mean, double *rstd) {
+    if (!isfinite(mean_shifted) || !isfinite(m2)) {
+        *mean = NAN;
+        *rstd = NAN;
+        return;
+    }
+    double spread = m2 / count; /* variance, or mean of squares for RMS */
+    if (spread < 0) spread = 0;
+    *mean = kind == FASTNORM_LAYER_NORM ? shift + mean_shifted : 0.0;
+    *rstd = 1.0 / sqrt(spread + eps);
+}
+
+/* ---- fastnorm_norm ------------------------------------------------------------------ */
+
+typedef struct {
+    const fastnorm_kernels_t *kernels;
+    fastnorm_norm_kind_t kind;
+    fastnorm_dtype_t dtype;
+    size_t outer, middle, inner, item_size;
+    const char *x, *residual;
+    char *residual_out, *y;
+    const void *weight, *bias;
+    double eps;
+    void *mean_out, *rstd_out;
+} fn_norm_job;
+
+/* Statistics then normalization of row r, read from cache the second time. */
+static void fn_norm_row(const fn_norm_job *job, size_t r) {
+    size_t n = job->middle, offset = r * n * job->item_size;
+    int center = job->kind == FASTNORM_LAYER_NORM;
+    const char *x = job->x + offset, *residual = job->residual ? job->residual + offset : NULL;
+    char *h = job->residual_out ? job->residual_out + offset : NULL;
+    double shift = center ? fn_sum_element(job->dtype, x, residual, 0) : 0.0;
+    double mean_shifted, m2, mean, rstd;
+    job->kernels->row_stats[job->dtype](x, residual, h, n, shift, center, &mean_shifted, &m2);
+    fn_finish(job->kind, shift, mean_shifted, m2, (double)n, job->eps, &mean, &rstd);
+    fn_put(job->dtype, job->mean_out, r, mean);
+    fn_put(job->dtype, job->rstd_out, r, rstd);
+    job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, mean, rstd, 0.0,
+                                            job->weight, center ? job->bias : NULL, job->y + offset);
+}
+
+/* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order. */
+static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) {
+    size_t rows = job->outer, n = job->middle, size = job->item_size;
+    size_t segments = (n + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT, items = rows * segments;
+    int center = job->kind == FASTNORM_LAYER_NORM;
+    double *scratch = malloc(sizeof(double) * (2 * items + 3 * rows));
+    if (!scratch) return FASTNORM_ERR_NO_MEMORY;
+    double *part_mean = scratch, *part_m2 = scratch + items;
+    double *shift = scratch + 2 * items, *mean = shift + rows, *rstd = mean + rows;
+    for (size_t r = 0; r < rows; ++r) /* before any write: residual_out may alias x */
+        shift[r] = center ? fn_sum_element(job->dtype, job->x + r * n * size,
+                                           job->residual ? job->residual + r * n * size : NULL, 0)
+                          : 0.0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long item = 0; item < (long long)items; ++item) {
+        size_t r = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
+        size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+        size_t offset = (r * n + begin) * size;
+        job->kernels->row_stats[job->dtype](
+            job->x + offset, job->residual ? job->residual + offset : NULL,
+            job->residual_out ? job->residual_out + offset : NULL, length, shift[r], center,
+            &part_mean[item], &part_m2[item]);
+    }
+    for (size_t r = 0; r < rows; ++r) {
+        double count = 0, mean_shifted = 0, m2 = 0;
+        for (size_t s = 0; s < segments; ++s) {
+            size_t begin = s * FN_ROW_SEGMENT, length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+            if (center)
+                fn_merge(&count, &mean_shifted, &m2, (double)length, part_mean[r * segments + s],
+                         part_m2[r * segments + s]);
+            else
+                m2 += part_m2[r * segments + s];
+        }
+        fn_finish(job->kind, shift[r], mean_shifted, m2, (double)n, job->eps, &mean[r], &rstd[r]);
+        fn_put(job->dtype, job->mean_out, r, mean[r]);
+        fn_put(job->dtype, job->rstd_out, r, rstd[r]);
+    }
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long item = 0; item < (long long)items; ++item) {
+        size_t r = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
+        size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+        size_t offset = (r * n + begin) * size;
+        const char *h = job->residual_out ? job->residual_out + offset : job->x + offset;
+        const char *residual = job->residual_out || !job->residual ? NULL : job->residual + offset;
+        const char *weight = job->weight ? (const char *)job->weight + begin * fn_compute_size(job->dtype) : NULL;
+        const char *bias = center && job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
+        job->kernels->row_normalize[job->dtype](h, residual, length, mean[r], rstd[r], 0.0, weight,
+                                                bias, job->y + offset);
+    }
+    free(scratch);
+    return FASTNORM_OK;
+}
+
+/* Statistics over a non-trailing axis: for each (outer, column chunk) item, column
+ * statistics over `middle` rows, then the normalize pass over the same block. */
+static void fn_norm_columns(const fn_norm_job *job, int threads) {
+    size_t chunks = (job->inner + FN_COLUMN_CHUNK - 1) / FN_COLUMN_CHUNK;
+    size_t items = job->outer * chunks, size = job->item_size, csize = fn_compute_size(job->dtype);
+    int center = job->kind == FASTNORM_LAYER_NORM;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long item = 0; item < (long long)items; ++item) {
+        size_t o = (size_t)item / chunks, column = ((size_t)item % chunks) * FN_COLUMN_CHUNK;
+        size_t width = job->inner - column < FN_COLUMN_CHUNK ? job->inner - column : FN_COLUMN_CHUNK;
+        size_t offset = (o * job->middle * job->inner + column) * size;
+        const char *x = job->x + offset;
+        double mean_shifted[FN_COLUMN_CHUNK], m2[FN_COLUMN_CHUNK];
+        double mean_hi[FN_COLUMN_CHUNK], mean_lo[FN_COLUMN_CHUNK], scale[FN_COLUMN_CHUNK]; /* as compute dtype */
+        job->kernels->col_stats[job->dtype](x, job->middle, width, job->inner, center ? x : NULL,
+                                            center, mean_shifted, m2);
+        for (size_t j = 0; j < width; ++j) {
+            double shift = center ? fn_element(job->dtype, x, j) : 0.0, mean, rstd;
+            fn_finish(job->kind, shift, mean_shifted[j], m2[j], (double)job->middle, job->eps, &mean, &rstd);
+            fn_put(job->dtype, job->mean_out, o * job->inner + column + j, mean);
+            fn_put(job->dtype, job->rstd_out, o * job->inner + column + j, rstd);
+            if (csize == 8) {
+                mean_hi[j] = mean;
+                mean_lo[j] = 0.0;
+                scale[j] = rstd;
+            } else {
+                float hi = (float)mean;
+                ((float *)mean_hi)[j] = hi;
+                ((float *)mean_lo)[j] = (float)(mean - (double)hi);
+                ((float *)scale)[j] = (float)rstd;
+            }
+        }
+        job->kernels->col_normalize[job->dtype](x, job->middle, width, job->inner,
+                                                center ? mean_hi : NULL, center ? mean_lo : NULL,
+                                                scale, job->weight, center ? job->bias : NULL,
+                                                NULL, job->y + offset);
+    }
+}
+
+fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer,
+                                size_t middle, size_t inner, const void *x, const void *residual,
+                                void *residual_out, void *y, const void *weight, const void *bias,
+                                double eps, void *mean_out, void *rstd_out, int n_threads) {
+    int overflow = 0;
+    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
+    if (kind != FASTNORM_LAYER_NORM && kind != FASTNORM_RMS_NORM) return FASTNORM_ERR_BAD_VALUE;
+    if (!x || !y) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = fn_product(outer, middle, inner, &overflow);
+    if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
+    if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
+    if (residual_out && !residual) return FASTNORM_ERR_NULL_POINTER;
+    if (residual && inner != 1) return FASTNORM_ERR_BAD_SHAPE;
+    if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
+    fn_norm_job job = {fastnorm_active_kernels(), kind, dtype, outer, middle, inner,
+                       fn_storage_size(dtype), (const char *)x, (const char *)residual,
+                       (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out};
+    int threads = fn_threads(n_threads, total);
+    if (inner != 1) {
+        fn_norm_columns(&job, threads);
+        return FASTNORM_OK;
+    }
+    if (middle > FN_ROW_SEGMENT) return fn_norm_long_rows(&job, threads);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long r = 0; r < (long long)outer; ++r) fn_norm_row(&job, (size_t)r);
+    return FASTNORM_OK;
+}
+
+/* ---- column path of fastnorm_moments / fastnorm_affine ---------------------------- */
+
+/* (outer, channels * inner) seen as super-rows of k original rows, k * channels * inner a
+ * multiple of FN_LANE_MULTIPLE; the last `leftover` original rows stay narrow. */
+typedef struct {
+    size_t narrow_width, width, super_rows, leftover, chunk_rows, chunks;
+} fn_columns;
+
+static size_t fn_gcd(size_t a, size_t b) {
+    while (b) { size_t t = a % b; a = b; b = t; }
+    return a;
+}
+
+static fn_columns fn_columns_of(size_t outer, size_t channels, size_t inner) {
+    fn_columns c;
+    c.narrow_width = channels * inner;
+    size_t k = FN_LANE_MULTIPLE / fn_gcd(c.narrow_width, FN_LANE_MULTIPLE);
+    c.width = c.narrow_width * k;
+    c.super_rows = outer / k;
+    c.leftover = outer % k;
+    c.chunk_rows = FN_COLUMN_ITEM_ELEMENTS / c.width;
+    if (c.chunk_rows < 16) c.chunk_rows = 16;
+    c.chunks = (c.super_rows + c.chunk_rows - 1) / c.chunk_rows;
+    return c;
+}
+
+/* ---- fastnorm_moments --------------------------------------------------------------- */
+
+static fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
+                                         size_t outer, size_t channels, size_t inner, const char *x,
+                                         double *mean_out, double *m2_out, int threads) {
+    size_t segments = (inner + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
+    size_t items = outer * channels * segments, size = fn_storage_size(dtype);
+    double *part = malloc(sizeof(double) * 2 * items);
+    if (!part) return FASTNORM_ERR_NO_MEMORY;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long item = 0; item < (long long)items; ++item) {
+        size_t row = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
+        size_t channel = row % channels;
+        size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
+        double shift = fn_element(dtype, x, channel * inner);
+        kernels->row_stats[dtype](x + (row * inner + begin) * size, NULL, NULL, length, shift, 1,
+                                  &part[2 * item], &part[2 * item + 1]);
+    }
+    for (size_t c = 0; c < channels; ++c) {
+        double count = 0, mean = 0, m2 = 0;
+        for (size_t o = 0; o < outer; ++o)
+            for (size_t s = 0; s < segments; ++s) {
+                size_t item = (o * channels + c) * segments + s, begin = s * FN_ROW_SEGMENT;
+                size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
+                fn_merge(&count, &mean, &m2, (double)length, part[2 * item], part[2 * item + 1]);
+            }
+        mean_out[c] = fn_element(dtype, x, c * inner) + mean;
+        m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN;
+    }
+    free(part);
+    return FASTNORM_OK;
+}
+
+static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
+                                            size_t outer, size_t channels, size_t inner,
+                                            const char *x, double *mean_out, double *m2_out,
+                                            int threads) {
+    fn_columns c = fn_columns_of(outer, channels, inner);
+    size_t size = fn_storage_size(dtype);
+    /* per chunk and column: shifted mean, m2; then the merged column and the leftover rows */
+    size_t parts = c.chunks * c.width;
+    double *scratch = malloc(sizeof(double) * (2 * parts + 2 * c.narrow_width + 1));
+    if (!scratch) return FASTNORM_ERR_NO_MEMORY;
+    double *part_mean = scratch, *part_m2 = scratch + parts;
+    double *left_mean = scratch + 2 * parts, *left_m2 = left_mean + c.narrow_width;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long chunk = 0; chunk < (long long)c.chunks; ++chunk) {
+        size_t first = (size_t)chunk * c.chunk_rows;
+        size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
+        kernels->col_stats[dtype](x + first * c.width * size, rows, c.width, c.width, x, 1,
+                                  part_mean + chunk * c.width, part_m2 + chunk * c.width);
+    }
+    if (c.leftover)
+        kernels->col_stats[dtype](x + c.super_rows * c.width * size, c.leftover, c.narrow_width,
+                                  c.narrow_width, x, 1, left_mean, left_m2);
+    for (size_t channel = 0; channel < channels; ++channel) {
+        double count = 0, mean = 0, m2 = 0;
+        for (size_t column = 0; column < c.width / inner; column += channels)
+        for (size_t j = (column + channel) * inner; j < (column + channel + 1) * inner; ++j) {
+            double shift = fn_element(dtype, x, j), col_count = 0, col_mean = 0, col_m2 = 0;
+            for (size_t chunk = 0; chunk < c.chunks; ++chunk) {
+                size_t first = chunk * c.chunk_rows;
+                size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
+                fn_merge(&col_count, &col_mean, &col_m2, (double)rows, part_mean[chunk * c.width + j],
+                         part_m2[chunk * c.width + j]);
+            }
+            if (j < c.narrow_width && c.leftover)
+                fn_merge(&col_count, &col_mean, &col_m2, (double)c.leftover, left_mean[j], left_m2[j]);
+            fn_merge(&count, &mean, &m2, col_count, shift + col_mean, col_m2);
+        }
+        mean_out[channel] = mean;
+        m2_out[channel] = isfinite(m2) && isfinite(mean) ? m2 : NAN;
+    }
+    free(scratch);
+    return FASTNORM_OK;
+}
+
+fastnorm_status_t fastnorm_moments(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+                                   const void *x, double *mean_out, double *m2_out, int n_threads) {
+    int overflow = 0;
+    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
+    if (!x || !mean_out || !m2_out) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = fn_product(outer, channels, inner, &overflow);
+    if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
+    int threads = fn_threads(n_threads, total);
+    if (inner >= FN_ROW_PATH_MIN)
+        return fn_moments_rows(fastnorm_active_kernels(), dtype, outer, channels, inner, x,
+                               mean_out, m2_out, threads);
+    return fn_moments_columns(fastnorm_active_kernels(), dtype, outer, channels, inner, x,
+                              mean_out, m2_out, threads);
+}
+
+/* ---- fastnorm_affine ---------------------------------------------------------------- */
+
+fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+                                  const void *x, void *y, const double *mean, const double *scale,
+                                  const double *shift, int n_threads) {
+    int overflow = 0;
+    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
+    if (!x || !y || !scale || !shift) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = fn_product(outer, channels, inner, &overflow);
+    if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
+    const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
+    size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
+    int threads = fn_threads(n_threads, total);
+    const char *xs = (const char *)x;
+    char *ys = (char *)y;
+    if (inner >= FN_ROW_PATH_MIN) {
+        size_t segments = (inner + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
+        size_t items = outer * channels * segments;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+        for (long long item = 0; item < (long long)items; ++item) {
+            size_t row = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
+            size_t channel = row % channels;
+            size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
+            size_t offset = (row * inner + begin) * size;
+            kernels->row_normalize[dtype](xs + offset, NULL, length, mean ? mean[channel] : 0.0,
+                                          scale[channel], shift[channel], NULL, NULL, ys + offset);
+        }
+        return FASTNORM_OK;
+    }
+    fn_columns c = fn_columns_of(outer, channels, inner);
+    /* per-column parameters of one super-row, in the compute dtype */
+    char *params = malloc(4 * c.width * csize);
+    if (!params) return FASTNORM_ERR_NO_MEMORY;
+    char *mean_hi = params, *mean_lo = params + c.width * csize;
+    char *col_scale = params + 2 * c.width * csize, *col_shift = params + 3 * c.width * csize;
+    for (size_t j = 0; j < c.width; ++j) {
+        size_t channel = (j / inner) % channels;
+        double m = mean ? mean[channel] : 0.0;
+        if (csize == 8) {
+            ((double *)mean_hi)[j] = m;
+            ((double *)mean_lo)[j] = 0.0;
+            ((double *)col_scale)[j] = scale[channel];
+            ((double *)col_shift)[j] = shift[channel];
+        } else {
+            float hi = (float)m;
+            ((float *)mean_hi)[j] = hi;
+            ((float *)mean_lo)[j] = (float)(m - (double)hi);
+            ((float *)col_scale)[j] = (float)scale[channel];
+            ((float *)col_shift)[j] = (float)shift[channel];
+        }
+    }
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long long chunk = 0; chunk <= (long long)c.chunks; ++chunk) {
+        size_t first = (size_t)chunk * c.chunk_rows;
+        if ((size_t)chunk == c.chunks) { /* the narrow leftover rows */
+            if (c.leftover) {
+                size_t offset = c.super_rows * c.width * size;
+                kernels->col_normalize[dtype](xs + offset, c.leftover, c.narrow_width, c.narrow_width,
+                                              mean ? mean_hi : NULL, mean ? mean_lo : NULL, col_scale,
+                                              NULL, NULL, col_shift, ys + offset);
+            }
+            continue;
+        }
+        size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
+        size_t offset = first * c.width * size;
+        kernels->col_normalize[dtype](xs + offset, rows, c.width, c.width, mean ? mean_hi : NULL,
+                                      mean ? mean_lo : NULL, col_scale, NULL, NULL, col_shift,
+                                      ys + offset);
+    }
+    free(params);
+    return FASTNORM_OK;
+}

@@ -1,0 +1,390 @@
+/*
+ * kernel_body.h - the four kernels of kernels.h, written once and instantiated by each
+ * kernel-family translation unit for each storage dtype.  No include guard: it is
+ * included once per dtype, after the includer defined
+ *   KB_ISA  the family prefix of its simd_<family>.h primitives (scalar, avx2, avx512)
+ *   KB_DT   the storage dtype tag (f32, f64, f16, bf16)
+ *   KB_CT   the compute dtype tag (c32, c64)
+ * The primitives are named <family>_<op>_<tag>: load/load_n/store/store_n/round take
+ * storage (n-element forms touch only n elements), set1/add/sub/mul/fma/param/param_n/
+ * to_double work in the compute dtype; <family>_vec_<ct> is the vector type and
+ * <family>_lanes_<ct> its lane count.
+ *
+ * Numerical strategy (see README "Numerics"):
+ *   - Welford runs per lane on h - shift, where shift is a value of the data itself, so
+ *     offset-dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly.
+ *   - KB_STREAMS independent accumulator sets hide the FMA latency; each runs at most
+ *     KB_BLOCK steps in the compute dtype before its partials are merged into float64
+ *     lane accumulators with Chan's formula.  Lanes merge at the end in float64.
+ *   - Elements left over after the last full step use exact float64 two-pass arithmetic.
+ *   - The mean is subtracted as a high/low pair of compute-dtype values.
+ */
+
+#define KB_GLUE_(a, b, c) a##_##b##_##c
+#define KB_GLUE(a, b, c) KB_GLUE_(a, b, c)
+#define KB_NAME(base) KB_GLUE(base, KB_DT, KB_ISA)
+#define KB_T KB_GLUE(fn, storage, KB_DT)
+#define KB_C KB_GLUE(fn, compute, KB_CT)
+#define KB_V KB_GLUE(KB_ISA, vec, KB_CT)
+#define KB_LANES KB_GLUE(KB_ISA, lanes, KB_CT)
+#define kb_load KB_GLUE(KB_ISA, load, KB_DT)
+#define kb_load_n KB_GLUE(KB_ISA, load_n, KB_DT)
+#define kb_store KB_GLUE(KB_ISA, store, KB_DT)
+#define kb_store_n KB_GLUE(KB_ISA, store_n, KB_DT)
+#define kb_round KB_GLUE(KB_ISA, round, KB_DT)
+#define kb_set1 KB_GLUE(KB_ISA, set1, KB_CT)
+#define kb_add KB_GLUE(KB_ISA, add, KB_CT)
+#define kb_sub KB_GLUE(KB_ISA, sub, KB_CT)
+#define kb_mul KB_GLUE(KB_ISA, mul, KB_CT)
+#define kb_fma KB_GLUE(KB_ISA, fma, KB_CT)
+#define kb_param KB_GLUE(KB_ISA, param, KB_CT)
+#define kb_param_n KB_GLUE(KB_ISA, param_n, KB_CT)
+#define kb_to_double KB_GLUE(KB_ISA, to_double, KB_CT)
+#define kb_scalar_load KB_GLUE(fn, load1, KB_DT)
+#define kb_scalar_store KB_GLUE(fn, store1, KB_DT)
+#define kb_scalar_round KB_GLUE(fn, round1, KB_DT)
+
+#ifndef KB_STREAMS
+#define KB_STREAMS 4
+#define KB_BLOCK 16
+/* 1/k for the per-lane Welford step count k (all lanes of a block share k). */
+static const double kb_inverse_count[KB_BLOCK + 1] = {
+    0.0, 1.0, 1.0 / 2, 1.0 / 3, 1.0 / 4, 1.0 / 5, 1.0 / 6, 1.0 / 7, 1.0 / 8,
+    1.0 / 9, 1.0 / 10, 1.0 / 11, 1.0 / 12, 1.0 / 13, 1.0 / 14, 1.0 / 15, 1.0 / 16};
+#define KB_INLINE static inline __attribute__((always_inline))
+
+/* Merge a block partial (mean, m2, count nb) into float64 lane accumulators (count na). */
+KB_INLINE void kb_merge_lanes(double *acc_mean, double *acc_m2, double na,
+                              const double *mean, const double *m2, double nb, int lanes) {
+    double total = na + nb, weight_b = nb / total, cross = na * nb / total;
+    for (int lane = 0; lane < lanes; ++lane) {
+        double delta = mean[lane] - acc_mean[lane];
+        acc_mean[lane] += delta * weight_b;
+        acc_m2[lane] += m2[lane] + delta * delta * cross;
+    }
+}
+
+/* Chan's merge of two partials (count, mean, m2) into the first. */
+KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b, double mean_b,
+                        double m2_b) {
+    if (count_b == 0) return;
+    double total = *count + count_b, delta = mean_b - *mean;
+    *mean += delta * (count_b / total);
+    *m2 += m2_b + delta * delta * (*count * count_b / total);
+    *count = total;
+}
+#endif
+
+/* ---- row statistics ---------------------------------------------------------------- */
+
+KB_INLINE KB_V KB_NAME(kb_load_h)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
+                                  size_t i, int has_residual, int has_residual_out) {
+    KB_V h = kb_load(x + i);
+    if (has_residual) {
+        h = kb_round(kb_add(h, kb_load(residual + i)));
+        if (has_residual_out) kb_store(residual_out + i, h);
+    }
+    return h;
+}
+
+KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
+                                    size_t i) {
+    KB_C h = kb_scalar_load(x + i);
+    if (residual) {
+        h = kb_scalar_round(h + kb_scalar_load(residual + i));
+        if (residual_out) kb_scalar_store(residual_out + i, h);
+    }
+    return h;
+}
+
+KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
+                                          size_t n, double shift, int center, double *mean_shifted,
+                                          double *m2_out, int has_residual, int has_residual_out) {
+    enum { STEP = KB_STREAMS * KB_LANES };
+    size_t steps = n / STEP, done = steps * STEP;
+    double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
+    double lane_mean[KB_LANES], lane_m2[KB_LANES];
+    const KB_V shift_v = kb_set1((KB_C)shift);
+    size_t i = 0;
+    for (size_t step0 = 0; step0 < steps; step0 += KB_BLOCK) {
+        size_t block = steps - step0 < KB_BLOCK ? steps - step0 : KB_BLOCK;
+        KB_V mean[KB_STREAMS], m2[KB_STREAMS];
+        for (int s = 0; s < KB_STREAMS; ++s) {
+            KB_V h = KB_NAME(kb_load_h)(x, residual, residual_out, i + s * KB_LANES, has_residual,
+                                        has_residual_out);
+            mean[s] = kb_sub(h, shift_v); /* unused when !center */
+            m2[s] = center ? kb_set1(0) : kb_mul(h, h);
+        }
+        i += STEP;
+        for (size_t k = 2; k <= block; ++k, i += STEP) {
+            const KB_V inverse = kb_set1((KB_C)kb_inverse_count[k]);
+            for (int s = 0; s < KB_STREAMS; ++s) {
+                KB_V h = KB_NAME(kb_load_h)(x, residual, residual_out, i + s * KB_LANES,
+                                            has_residual, has_residual_out);
+                if (center) {
+                    KB_V value = kb_sub(h, shift_v);
+                    KB_V delta = kb_sub(value, mean[s]);
+                    mean[s] = kb_fma(delta, inverse, mean[s]);
+                    m2[s] = kb_fma(delta, kb_sub(value, mean[s]), m2[s]);
+                } else {
+                    m2[s] = kb_fma(h, h, m2[s]);
+                }
+            }
+        }
+        for (int s = 0; s < KB_STREAMS; ++s) {
+            kb_to_double(m2[s], lane_m2);
+            if (center) {
+                kb_to_double(mean[s], lane_mean);
+                kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, (double)block,
+                               KB_LANES);
+                acc_count += (double)block;
+            } else {
+                for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
+            }
+        }
+    }
+    /* merge the lanes: all hold acc_count values */
+    double mean = 0, m2 = 0, count = (double)done;
+    if (center && done) {
+        for (int lane = 0; lane < KB_LANES; ++lane) mean += acc_mean[lane];
+        mean /= KB_LANES;
+        double spread = 0;
+        for (int lane = 0; lane < KB_LANES; ++lane) {
+            double delta = acc_mean[lane] - mean;
+            m2 += acc_m2[lane];
+            spread += delta * delta;
+        }
+        m2 += spread * acc_count;
+    } else if (!center) {
+        for (int lane = 0; lane < KB_LANES; ++lane) m2 += acc_m2[lane];
+    }
+    /* the tail, fewer than STEP elements: exact float64 two-pass */
+    if (done < n) {
+        double tail[STEP], tail_mean = 0, tail_m2 = 0;
+        size_t tail_n = n - done;
+        for (size_t t = 0; t < tail_n; ++t) {
+            tail[t] = (double)KB_NAME(kb_scalar_h)(x, residual, residual_out, done + t);
+            tail_mean += center ? tail[t] - shift : 0.0;
+        }
+        if (center) {
+            tail_mean /= (double)tail_n;
+            for (size_t t = 0; t < tail_n; ++t) {
+                double delta = (tail[t] - shift) - tail_mean;
+                tail_m2 += delta * delta;
+            }
+            kb_merge(&count, &mean, &m2, (double)tail_n, tail_mean, tail_m2);
+        } else {
+            for (size_t t = 0; t < tail_n; ++t) m2 += tail[t] * tail[t];
+        }
+    }
+    *mean_shifted = center ? mean : 0.0;
+    *m2_out = m2;
+}
+
+static void KB_NAME(row_stats)(const void *x, const void *residual, void *residual_out, size_t n,
+                               double shift, int center, double *mean_shifted, double *m2) {
+    const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
+    KB_T *hs = (KB_T *)residual_out;
+    if (!rs)
+        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, center, mean_shifted, m2, 0, 0);
+    else if (!hs)
+        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, center, mean_shifted, m2, 1, 0);
+    else
+        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, center, mean_shifted, m2, 1, 1);
+}
+
+/* ---- row normalize --------------------------------------------------------------- */
+
+KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residual, size_t n,
+                                              KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
+                                              const KB_C *weight, const KB_C *bias, KB_T *y,
+                                              int has_residual, int center, int has_weight,
+                                              int has_bias) {
+    const KB_V mean_hi_v = kb_set1(mean_hi), mean_lo_v = kb_set1(mean_lo);
+    const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(beta);
+    size_t i = 0;
+    for (; i < n; i += KB_LANES) {
+        size_t left = n - i;
+        int full = left >= KB_LANES;
+        KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
+        if (has_residual)
+            h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
+        if (center) h = kb_sub(kb_sub(h, mean_hi_v), mean_lo_v);
+        KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta_v;
+        KB_V out;
+        if (has_weight)
+            out = kb_fma(kb_mul(h, scale_v), full ? kb_param(weight + i) : kb_param_n(weight + i, left),
+                         add);
+        else
+            out = kb_fma(h, scale_v, add);
+        if (full)
+            kb_store(y + i, out);
+        else
+            kb_store_n(y + i, out, left);
+    }
+}
+
+static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n, double mean,
+                                   double scale, double beta, const void *weight, const void *bias,
+                                   void *y) {
+    const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
+    const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
+    KB_T *ys = (KB_T *)y;
+    KB_C hi = (KB_C)mean, lo = (KB_C)(mean - (double)hi), sc = (KB_C)scale, be = (KB_C)beta;
+    int flags = (rs ? 8 : 0) | (mean != 0.0 ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
+    /* a switch of constant flags lets the compiler emit one tight loop per variant */
+#define KB_CASE(f)                                                                              \
+    case f:                                                                                     \
+        KB_NAME(kb_row_normalize_impl)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, (f) & 8, (f) & 4, \
+                                       (f) & 2, (f) & 1);                                       \
+        break;
+    switch (flags) {
+        KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
+        KB_CASE(8) KB_CASE(9) KB_CASE(10) KB_CASE(11) KB_CASE(12) KB_CASE(13) KB_CASE(14)
+        KB_CASE(15)
+    }
+#undef KB_CASE
+}
+
+/* ---- column statistics ------------------------------------------------------------ */
+
+/* One strip of up to KB_LANES columns starting at column j0 (width lanes_used). */
+KB_INLINE void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
+                                     const KB_T *shift_row, int center, size_t width,
+                                     double *mean_out, double *m2_out) {
+    int full = width >= KB_LANES;
+    KB_V shift_v = kb_set1(0);
+    if (center) shift_v = full ? kb_load(shift_row) : kb_load_n(shift_row, width);
+    double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
+    double lane_mean[KB_LANES], lane_m2[KB_LANES];
+    for (size_t r0 = 0; r0 < rows; r0 += KB_BLOCK) {
+        size_t block = rows - r0 < KB_BLOCK ? rows - r0 : KB_BLOCK;
+        const KB_T *p = x + r0 * row_stride;
+        KB_V h = full ? kb_load(p) : kb_load_n(p, width);
+        KB_V mean = kb_sub(h, shift_v), m2 = center ? kb_set1(0) : kb_mul(h, h);
+        for (size_t k = 2; k <= block; ++k) {
+            p += row_stride;
+            h = full ? kb_load(p) : kb_load_n(p, width);
+            if (center) {
+                KB_V value = kb_sub(h, shift_v);
+                KB_V delta = kb_sub(value, mean);
+                mean = kb_fma(delta, kb_set1((KB_C)kb_inverse_count[k]), mean);
+                m2 = kb_fma(delta, kb_sub(value, mean), m2);
+            } else {
+                m2 = kb_fma(h, h, m2);
+            }
+        }
+        kb_to_double(m2, lane_m2);
+        if (center) {
+            kb_to_double(mean, lane_mean);
+            kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, (double)block,
+                           KB_LANES);
+            acc_count += (double)block;
+        } else {
+            for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
+        }
+    }
+    for (size_t lane = 0; lane < width && lane < KB_LANES; ++lane) {
+        mean_out[lane] = center ? acc_mean[lane] : 0.0;
+        m2_out[lane] = acc_m2[lane];
+    }
+}
+
+static void KB_NAME(col_stats)(const void *x, size_t rows, size_t cols, size_t row_stride,
+                               const void *shift_row, int center, double *mean_shifted,
+                               double *m2) {
+    const KB_T *xs = (const KB_T *)x, *shift = (const KB_T *)shift_row;
+    for (size_t j = 0; j < cols; j += KB_LANES) {
+        size_t width = cols - j < KB_LANES ? cols - j : KB_LANES;
+        KB_NAME(kb_col_strip)(xs + j, rows, row_stride, center ? shift + j : NULL, center, width,
+                              mean_shifted + j, m2 + j);
+    }
+}
+
+/* ---- column normalize ------------------------------------------------------------ */
+
+KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t cols,
+                                              size_t row_stride, const KB_C *mean_hi,
+                                              const KB_C *mean_lo, const KB_C *scale,
+                                              const KB_C *row_weight, const KB_C *row_bias,
+                                              const KB_C *col_shift, KB_T *y, int center,
+                                              int has_row_weight, int has_row_bias,
+                                              int has_col_shift) {
+    for (size_t r = 0; r < rows; ++r) {
+        const KB_T *xr = x + r * row_stride;
+        KB_T *yr = y + r * row_stride;
+        const KB_V weight_v = kb_set1(has_row_weight ? row_weight[r] : (KB_C)1);
+        const KB_V bias_v = kb_set1(has_row_bias ? row_bias[r] : (KB_C)0);
+        for (size_t j = 0; j < cols; j += KB_LANES) {
+            size_t left = cols - j;
+            int full = left >= KB_LANES;
+            KB_V h = full ? kb_load(xr + j) : kb_load_n(xr + j, left);
+            if (center) {
+                KB_V hi = full ? kb_param(mean_hi + j) : kb_param_n(mean_hi + j, left);
+                KB_V lo = full ? kb_param(mean_lo + j) : kb_param_n(mean_lo + j, left);
+                h = kb_sub(kb_sub(h, hi), lo);
+            }
+            KB_V sc = full ? kb_param(scale + j) : kb_param_n(scale + j, left);
+            KB_V out;
+            if (has_col_shift) {
+                KB_V cs = full ? kb_param(col_shift + j) : kb_param_n(col_shift + j, left);
+                if (has_row_weight)
+                    out = kb_fma(kb_mul(h, sc), weight_v, kb_add(bias_v, cs));
+                else
+                    out = kb_fma(h, sc, has_row_bias ? kb_add(bias_v, cs) : cs);
+            } else {
+                out = has_row_weight ? kb_fma(kb_mul(h, sc), weight_v, bias_v)
+                                     : kb_fma(h, sc, bias_v);
+            }
+            if (full)
+                kb_store(yr + j, out);
+            else
+                kb_store_n(yr + j, out, left);
+        }
+    }
+}
+
+static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size_t row_stride,
+                                   const void *mean_hi, const void *mean_lo, const void *scale,
+                                   const void *row_weight, const void *row_bias,
+                                   const void *col_shift, void *y) {
+    const KB_T *xs = (const KB_T *)x;
+    const KB_C *hi = (const KB_C *)mean_hi, *lo = (const KB_C *)mean_lo, *sc = (const KB_C *)scale;
+    const KB_C *rw = (const KB_C *)row_weight, *rb = (const KB_C *)row_bias;
+    const KB_C *cs = (const KB_C *)col_shift;
+    KB_T *ys = (KB_T *)y;
+    int flags = (hi ? 8 : 0) | (rw ? 4 : 0) | (rb ? 2 : 0) | (cs ? 1 : 0);
+#define KB_CASE(f)                                                                            \
+    case f:                                                                                   \
+        KB_NAME(kb_col_normalize_impl)(xs, rows, cols, row_stride, hi, lo, sc, rw, rb, cs, ys, \
+                                       (f) & 8, (f) & 4, (f) & 2, (f) & 1);                   \
+        break;
+    switch (flags) {
+        KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
+        KB_CASE(8) KB_CASE(9) KB_CASE(10) KB_CASE(11) KB_CASE(12) KB_CASE(13) KB_CASE(14)
+        KB_CASE(15)
+    }
+#undef KB_CASE
+}
+
+#undef KB_NAME
+#undef KB_T
+#undef KB_C
+#undef KB_V
+#undef KB_LANES
+#undef kb_load
+#undef kb_load_n
+#undef kb_store
+#undef kb_store_n
+#undef kb_round
+#undef kb_set1
+#undef kb_add
+#undef kb_sub
+#undef kb_mul
+#undef kb_fma
+#undef kb_param
+#undef kb_param_n
+#undef kb_to_double
+#undef kb_scalar_load
+#undef kb_scalar_store
+#undef kb_scalar_round

@@ -1,0 +1,72 @@
+/*
+ * kernels.h - the private kernel interface between api.c and the per-ISA translation units.
+ *
+ * Each kernel family (scalar, AVX2+FMA, AVX-512) fills one fastnorm_kernels_t, indexed by
+ * storage dtype.  Kernels trust their arguments (api.c validated them) and return void.
+ * Pointers of "compute dtype" are float for F32/F16/BF16 and double for F64.
+ *
+ * Row kernels work on one contiguous span of n elements; column kernels on a
+ * (rows, cols) block whose rows are row_stride elements apart, one statistic per column.
+ */
+#ifndef FASTNORM_KERNELS_H
+#define FASTNORM_KERNELS_H
+
+#include <stddef.h>
+#include "fastnorm/fastnorm.h"
+
+/* Statistics of one span h[0:n], h = x (+ residual, rounded to the storage dtype).
+ * center != 0: Welford on (h - shift); *mean_shifted = mean(h) - shift, *m2 = sum of
+ *              squared deviations.
+ * center == 0: *mean_shifted = 0, *m2 = sum(h^2).
+ * residual may be NULL; residual_out (NULL or n elements) receives h. */
+typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void *residual_out,
+                                      size_t n, double shift, int center,
+                                      double *mean_shifted, double *m2);
+
+/* y[i] = ((h[i] - mean) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
+ * with h = x (+ residual, rounded).  mean == 0 skips the subtraction; otherwise it is
+ * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype. */
+typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, size_t n,
+                                          double mean, double scale, double beta,
+                                          const void *weight, const void *bias, void *y);
+
+/* Column statistics of x[r * row_stride + j], r < rows, j < cols.
+ * center != 0: Welford on (x - shift_row[j]) (shift_row: storage dtype, cols values,
+ *              usually the first row); mean_shifted[j], m2[j] as for rows.
+ * center == 0: mean_shifted[j] = 0, m2[j] = sum over r of x^2. */
+typedef void (*fastnorm_col_stats_fn)(const void *x, size_t rows, size_t cols, size_t row_stride,
+                                      const void *shift_row, int center,
+                                      double *mean_shifted, double *m2);
+
+/* y[r, j] = ((x[r, j] - mean_hi[j]) - mean_lo[j]) * scale[j] * row_weight[r]
+ *           + row_bias[r] + col_shift[j]
+ * y has the same row_stride as x.  mean_hi/mean_lo NULL: no subtraction; row_weight NULL
+ * means 1, row_bias and col_shift NULL mean 0.  All parameter arrays are compute dtype. */
+typedef void (*fastnorm_col_normalize_fn)(const void *x, size_t rows, size_t cols, size_t row_stride,
+                                          const void *mean_hi, const void *mean_lo,
+                                          const void *scale, const void *row_weight,
+                                          const void *row_bias, const void *col_shift, void *y);
+
+typedef struct {
+    const char *name;
+    fastnorm_row_stats_fn row_stats[FASTNORM_DTYPE_COUNT];
+    fastnorm_row_normalize_fn row_normalize[FASTNORM_DTYPE_COUNT];
+    fastnorm_col_stats_fn col_stats[FASTNORM_DTYPE_COUNT];
+    fastnorm_col_normalize_fn col_normalize[FASTNORM_DTYPE_COUNT];
+} fastnorm_kernels_t;
+
+extern const fastnorm_kernels_t fastnorm_kernels_scalar;
+#ifdef FASTNORM_HAVE_AVX2
+extern const fastnorm_kernels_t fastnorm_kernels_avx2;
+#endif
+#ifdef FASTNORM_HAVE_AVX512
+extern const fastnorm_kernels_t fastnorm_kernels_avx512;
+#endif
+
+/* The table chosen by dispatch.c (best supported family, or fastnorm_set_isa's). */
+const fastnorm_kernels_t *fastnorm_active_kernels(void);
+
+/* cpu_x86.c: whether the CPU and OS support the family (CPUID + XGETBV). */
+int fastnorm_cpu_has(fastnorm_isa_t isa);
+
+#endif /* FASTNORM_KERNELS_H */

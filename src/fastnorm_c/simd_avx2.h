@@ -1,0 +1,141 @@
+/*
+ * simd_avx2.h - kernel_body.h's vector primitives for the AVX2 family (AVX2 + FMA + F16C,
+ * flags from setup.py's ISA table).  Included by kernels_avx2.c only.  Partial loads and
+ * stores of 32/64-bit elements use VMASKMOV; 16-bit elements, which AVX2 cannot mask, go
+ * through a small stack buffer.  Either way a tail is never read or written past its end.
+ */
+#ifndef FASTNORM_SIMD_AVX2_H
+#define FASTNORM_SIMD_AVX2_H
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+#include "storage.h"
+
+enum { avx2_lanes_c32 = 8, avx2_lanes_c64 = 4 };
+typedef __m256 avx2_vec_c32;
+typedef __m256d avx2_vec_c64;
+
+/* lane i is active when i < n: compare the lane index with n */
+static inline __m256i fn_avx2_mask32(size_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline __m256i fn_avx2_mask64(size_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+/* ---- compute dtype float32 ---- */
+static inline __m256 avx2_set1_c32(float a) { return _mm256_set1_ps(a); }
+static inline __m256 avx2_add_c32(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+static inline __m256 avx2_sub_c32(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
+static inline __m256 avx2_mul_c32(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+static inline __m256 avx2_fma_c32(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+static inline __m256 avx2_param_c32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 avx2_param_n_c32(const float *p, size_t n) {
+    return _mm256_maskload_ps(p, fn_avx2_mask32(n));
+}
+static inline void avx2_to_double_c32(__m256 v, double *out) {
+    _mm256_storeu_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    _mm256_storeu_pd(out + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+/* ---- compute dtype float64 ---- */
+static inline __m256d avx2_set1_c64(double a) { return _mm256_set1_pd(a); }
+static inline __m256d avx2_add_c64(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
+static inline __m256d avx2_sub_c64(__m256d a, __m256d b) { return _mm256_sub_pd(a, b); }
+static inline __m256d avx2_mul_c64(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
+static inline __m256d avx2_fma_c64(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+static inline __m256d avx2_param_c64(const double *p) { return _mm256_loadu_pd(p); }
+static inline __m256d avx2_param_n_c64(const double *p, size_t n) {
+    return _mm256_maskload_pd(p, fn_avx2_mask64(n));
+}
+static inline void avx2_to_double_c64(__m256d v, double *out) { _mm256_storeu_pd(out, v); }
+
+/* ---- storage float32 ---- */
+static inline __m256 avx2_load_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 avx2_load_n_f32(const float *p, size_t n) {
+    return _mm256_maskload_ps(p, fn_avx2_mask32(n));
+}
+static inline void avx2_store_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+static inline void avx2_store_n_f32(float *p, __m256 v, size_t n) {
+    _mm256_maskstore_ps(p, fn_avx2_mask32(n), v);
+}
+static inline __m256 avx2_round_f32(__m256 v) { return v; }
+
+/* ---- storage float64 ---- */
+static inline __m256d avx2_load_f64(const double *p) { return _mm256_loadu_pd(p); }
+static inline __m256d avx2_load_n_f64(const double *p, size_t n) {
+    return _mm256_maskload_pd(p, fn_avx2_mask64(n));
+}
+static inline void avx2_store_f64(double *p, __m256d v) { _mm256_storeu_pd(p, v); }
+static inline void avx2_store_n_f64(double *p, __m256d v, size_t n) {
+    _mm256_maskstore_pd(p, fn_avx2_mask64(n), v);
+}
+static inline __m256d avx2_round_f64(__m256d v) { return v; }
+
+/* ---- 16-bit storage: whole vectors as __m128i, tails through a buffer ---- */
+static inline __m128i fn_avx2_load_n_u16(const uint16_t *p, size_t n) {
+    uint16_t buffer[8] = {0};
+    memcpy(buffer, p, n * sizeof *p);
+    return _mm_loadu_si128((const __m128i *)buffer);
+}
+static inline void fn_avx2_store_n_u16(uint16_t *p, __m128i v, size_t n) {
+    uint16_t buffer[8];
+    _mm_storeu_si128((__m128i *)buffer, v);
+    memcpy(p, buffer, n * sizeof *p);
+}
+
+/* ---- storage float16 ---- */
+#define FN_AVX2_F16_ROUNDING (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline __m256 avx2_load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __m256 avx2_load_n_f16(const uint16_t *p, size_t n) {
+    return _mm256_cvtph_ps(fn_avx2_load_n_u16(p, n));
+}
+static inline void avx2_store_f16(uint16_t *p, __m256 v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING));
+}
+static inline void avx2_store_n_f16(uint16_t *p, __m256 v, size_t n) {
+    fn_avx2_store_n_u16(p, _mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING), n);
+}
+static inline __m256 avx2_round_f16(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING));
+}
+
+/* ---- storage bfloat16 ---- */
+static inline __m256 fn_avx2_bf16_widen(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+/* float32 -> bfloat16 bits in the low half of each 32-bit lane, ties to even, NaN quieted */
+static inline __m256i fn_avx2_bf16_round_bits(__m256 v) {
+    __m256i bits = _mm256_castps_si256(v);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+    return _mm256_blendv_epi8(rounded, quiet, nan);
+}
+/* eight 32-bit lanes holding 16-bit values -> eight packed 16-bit values */
+static inline __m128i fn_avx2_narrow_u16(__m256i lanes) {
+    __m256i packed = _mm256_packus_epi32(lanes, lanes); /* per 128-bit half: a0..3 a0..3 */
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+static inline __m256 avx2_load_bf16(const uint16_t *p) {
+    return fn_avx2_bf16_widen(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __m256 avx2_load_n_bf16(const uint16_t *p, size_t n) {
+    return fn_avx2_bf16_widen(fn_avx2_load_n_u16(p, n));
+}
+static inline void avx2_store_bf16(uint16_t *p, __m256 v) {
+    _mm_storeu_si128((__m128i *)p, fn_avx2_narrow_u16(fn_avx2_bf16_round_bits(v)));
+}
+static inline void avx2_store_n_bf16(uint16_t *p, __m256 v, size_t n) {
+    fn_avx2_store_n_u16(p, fn_avx2_narrow_u16(fn_avx2_bf16_round_bits(v)), n);
+}
+static inline __m256 avx2_round_bf16(__m256 v) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(fn_avx2_bf16_round_bits(v), 16));
+}
+
+#endif /* FASTNORM_SIMD_AVX2_H */

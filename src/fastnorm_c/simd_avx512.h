@@ -1,0 +1,120 @@
+/*
+ * simd_avx512.h - kernel_body.h's vector primitives for the AVX-512 family
+ * (AVX-512F/BW/DQ/VL + F16C, flags from setup.py's ISA table).  Included by
+ * kernels_avx512.c only.  Partial loads and stores use masks, so a row's tail is never
+ * read or written past its end.  float16 converts with VCVTPH2PS/VCVTPS2PH; bfloat16 is
+ * a shift on load and an integer round-to-nearest-even on store (the BF16 extension is
+ * not assumed).
+ */
+#ifndef FASTNORM_SIMD_AVX512_H
+#define FASTNORM_SIMD_AVX512_H
+
+#include <immintrin.h>
+#include <stddef.h>
+#include "storage.h"
+
+enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
+typedef __m512 avx512_vec_c32;
+typedef __m512d avx512_vec_c64;
+
+static inline __mmask16 fn_avx512_mask16(size_t n) { return (__mmask16)((1u << n) - 1u); }
+static inline __mmask8 fn_avx512_mask8(size_t n) { return (__mmask8)((1u << n) - 1u); }
+
+/* ---- compute dtype float32 ---- */
+static inline __m512 avx512_set1_c32(float a) { return _mm512_set1_ps(a); }
+static inline __m512 avx512_add_c32(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+static inline __m512 avx512_sub_c32(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
+static inline __m512 avx512_mul_c32(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+static inline __m512 avx512_fma_c32(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+static inline __m512 avx512_param_c32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 avx512_param_n_c32(const float *p, size_t n) {
+    return _mm512_maskz_loadu_ps(fn_avx512_mask16(n), p);
+}
+static inline void avx512_to_double_c32(__m512 v, double *out) {
+    _mm512_storeu_pd(out, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    _mm512_storeu_pd(out + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+}
+
+/* ---- compute dtype float64 ---- */
+static inline __m512d avx512_set1_c64(double a) { return _mm512_set1_pd(a); }
+static inline __m512d avx512_add_c64(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
+static inline __m512d avx512_sub_c64(__m512d a, __m512d b) { return _mm512_sub_pd(a, b); }
+static inline __m512d avx512_mul_c64(__m512d a, __m512d b) { return _mm512_mul_pd(a, b); }
+static inline __m512d avx512_fma_c64(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
+static inline __m512d avx512_param_c64(const double *p) { return _mm512_loadu_pd(p); }
+static inline __m512d avx512_param_n_c64(const double *p, size_t n) {
+    return _mm512_maskz_loadu_pd(fn_avx512_mask8(n), p);
+}
+static inline void avx512_to_double_c64(__m512d v, double *out) { _mm512_storeu_pd(out, v); }
+
+/* ---- storage float32 ---- */
+static inline __m512 avx512_load_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 avx512_load_n_f32(const float *p, size_t n) {
+    return _mm512_maskz_loadu_ps(fn_avx512_mask16(n), p);
+}
+static inline void avx512_store_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
+static inline void avx512_store_n_f32(float *p, __m512 v, size_t n) {
+    _mm512_mask_storeu_ps(p, fn_avx512_mask16(n), v);
+}
+static inline __m512 avx512_round_f32(__m512 v) { return v; }
+
+/* ---- storage float64 ---- */
+static inline __m512d avx512_load_f64(const double *p) { return _mm512_loadu_pd(p); }
+static inline __m512d avx512_load_n_f64(const double *p, size_t n) {
+    return _mm512_maskz_loadu_pd(fn_avx512_mask8(n), p);
+}
+static inline void avx512_store_f64(double *p, __m512d v) { _mm512_storeu_pd(p, v); }
+static inline void avx512_store_n_f64(double *p, __m512d v, size_t n) {
+    _mm512_mask_storeu_pd(p, fn_avx512_mask8(n), v);
+}
+static inline __m512d avx512_round_f64(__m512d v) { return v; }
+
+/* ---- storage float16 ---- */
+#define FN_AVX512_F16_ROUNDING (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline __m512 avx512_load_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __m512 avx512_load_n_f16(const uint16_t *p, size_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(fn_avx512_mask16(n), p));
+}
+static inline void avx512_store_f16(uint16_t *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
+}
+static inline void avx512_store_n_f16(uint16_t *p, __m512 v, size_t n) {
+    _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
+}
+static inline __m512 avx512_round_f16(__m512 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
+}
+
+/* ---- storage bfloat16 ---- */
+static inline __m512 fn_avx512_bf16_widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+/* float32 -> bfloat16 bits in the low half of each 32-bit lane, ties to even, NaN quieted */
+static inline __m512i fn_avx512_bf16_round_bits(__m512 v) {
+    __m512i bits = _mm512_castps_si512(v);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    return _mm512_mask_mov_epi32(rounded, nan, quiet);
+}
+static inline __m512 avx512_load_bf16(const uint16_t *p) {
+    return fn_avx512_bf16_widen(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __m512 avx512_load_n_bf16(const uint16_t *p, size_t n) {
+    return fn_avx512_bf16_widen(_mm256_maskz_loadu_epi16(fn_avx512_mask16(n), p));
+}
+static inline void avx512_store_bf16(uint16_t *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+}
+static inline void avx512_store_n_bf16(uint16_t *p, __m512 v, size_t n) {
+    _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+}
+static inline __m512 avx512_round_bf16(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
+}
+
+#endif /* FASTNORM_SIMD_AVX512_H */

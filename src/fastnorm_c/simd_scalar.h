@@ -1,0 +1,40 @@
+/*
+ * simd_scalar.h - kernel_body.h's vector primitives for the portable scalar family, where
+ * a "vector" is a single compute-dtype value.  Included by kernels_scalar.c only.
+ */
+#ifndef FASTNORM_SIMD_SCALAR_H
+#define FASTNORM_SIMD_SCALAR_H
+
+#include <stddef.h>
+#include "storage.h"
+
+enum { scalar_lanes_c32 = 1, scalar_lanes_c64 = 1 };
+typedef float scalar_vec_c32;
+typedef double scalar_vec_c64;
+
+#define FN_SCALAR_MATH(C, ct)                                                                  \
+    static inline C scalar_set1_##ct(C a) { return a; }                                        \
+    static inline C scalar_add_##ct(C a, C b) { return a + b; }                                \
+    static inline C scalar_sub_##ct(C a, C b) { return a - b; }                                \
+    static inline C scalar_mul_##ct(C a, C b) { return a * b; }                                \
+    static inline C scalar_fma_##ct(C a, C b, C c) { return a * b + c; }                       \
+    static inline C scalar_param_##ct(const C *p) { return *p; }                               \
+    static inline C scalar_param_n_##ct(const C *p, size_t n) { (void)n; return *p; }          \
+    static inline void scalar_to_double_##ct(C a, double *out) { out[0] = (double)a; }
+FN_SCALAR_MATH(float, c32)
+FN_SCALAR_MATH(double, c64)
+#undef FN_SCALAR_MATH
+
+#define FN_SCALAR_STORAGE(T, C, dt)                                                            \
+    static inline C scalar_load_##dt(const T *p) { return fn_load1_##dt(p); }                   \
+    static inline C scalar_load_n_##dt(const T *p, size_t n) { (void)n; return fn_load1_##dt(p); } \
+    static inline void scalar_store_##dt(T *p, C v) { fn_store1_##dt(p, v); }                   \
+    static inline void scalar_store_n_##dt(T *p, C v, size_t n) { (void)n; fn_store1_##dt(p, v); } \
+    static inline C scalar_round_##dt(C v) { return fn_round1_##dt(v); }
+FN_SCALAR_STORAGE(float, float, f32)
+FN_SCALAR_STORAGE(double, double, f64)
+FN_SCALAR_STORAGE(uint16_t, float, f16)
+FN_SCALAR_STORAGE(uint16_t, float, bf16)
+#undef FN_SCALAR_STORAGE
+
+#endif /* FASTNORM_SIMD_SCALAR_H */
