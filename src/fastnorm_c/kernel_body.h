@@ -46,11 +46,14 @@
 
 #ifndef KB_STREAMS
 #define KB_STREAMS 4
-#define KB_BLOCK 16
+#define KB_BLOCK 64      /* row Welford steps per lane before a float64 merge */
+#define KB_COL_BLOCK 16  /* column Welford rows per block: columns merge less often anyway */
 /* 1/k for the per-lane Welford step count k (all lanes of a block share k). */
-static const double kb_inverse_count[KB_BLOCK + 1] = {
-    0.0, 1.0, 1.0 / 2, 1.0 / 3, 1.0 / 4, 1.0 / 5, 1.0 / 6, 1.0 / 7, 1.0 / 8,
-    1.0 / 9, 1.0 / 10, 1.0 / 11, 1.0 / 12, 1.0 / 13, 1.0 / 14, 1.0 / 15, 1.0 / 16};
+static double kb_inverse_count[KB_BLOCK + 1];
+/* filled once, before any kernel runs: 1/k for every step count k of a block */
+__attribute__((constructor)) static void kb_fill_inverse_count(void) {
+    for (int k = 1; k <= KB_BLOCK; ++k) kb_inverse_count[k] = 1.0 / k;
+}
 #define KB_INLINE static inline __attribute__((always_inline))
 
 /* Merge a block partial (mean, m2, count nb) into float64 lane accumulators (count na). */
@@ -257,8 +260,8 @@ KB_INLINE void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stri
     if (center) shift_v = full ? kb_load(shift_row) : kb_load_n(shift_row, width);
     double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
     double lane_mean[KB_LANES], lane_m2[KB_LANES];
-    for (size_t r0 = 0; r0 < rows; r0 += KB_BLOCK) {
-        size_t block = rows - r0 < KB_BLOCK ? rows - r0 : KB_BLOCK;
+    for (size_t r0 = 0; r0 < rows; r0 += KB_COL_BLOCK) {
+        size_t block = rows - r0 < KB_COL_BLOCK ? rows - r0 : KB_COL_BLOCK;
         const KB_T *p = x + r0 * row_stride;
         KB_V h = full ? kb_load(p) : kb_load_n(p, width);
         KB_V mean = kb_sub(h, shift_v), m2 = center ? kb_set1(0) : kb_mul(h, h);
