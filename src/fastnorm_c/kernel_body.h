@@ -134,16 +134,31 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                 }
             }
         }
-        for (int s = 0; s < KB_STREAMS; ++s) {
-            kb_to_double(m2[s], lane_m2);
-            if (center) {
-                kb_to_double(mean[s], lane_mean);
-                kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, (double)block,
-                               KB_LANES);
-                acc_count += (double)block;
-            } else {
-                for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
-            }
+        /* The streams hold equal counts: pair them up in registers (Chan's formula for
+         * equal halves), so only one vector per block is widened and merged in float64. */
+        KB_V block_mean = mean[0], block_m2 = m2[0];
+        if (center) {
+            const KB_V half = kb_set1((KB_C)0.5);
+            KB_V count_v = kb_set1((KB_C)block * (KB_C)0.5);
+            for (int width = 1; width < KB_STREAMS; width *= 2, count_v = kb_add(count_v, count_v))
+                for (int s = 0; s + width < KB_STREAMS; s += 2 * width) {
+                    KB_V delta = kb_sub(mean[s + width], mean[s]);
+                    mean[s] = kb_fma(delta, half, mean[s]);
+                    m2[s] = kb_fma(kb_mul(delta, delta), count_v, kb_add(m2[s], m2[s + width]));
+                }
+            block_mean = mean[0];
+            block_m2 = m2[0];
+        } else {
+            for (int s = 1; s < KB_STREAMS; ++s) block_m2 = kb_add(block_m2, m2[s]);
+        }
+        double block_count = (double)block * KB_STREAMS;
+        kb_to_double(block_m2, lane_m2);
+        if (center) {
+            kb_to_double(block_mean, lane_mean);
+            kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, block_count, KB_LANES);
+            acc_count += block_count;
+        } else {
+            for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
         }
     }
     /* merge the lanes: all hold acc_count values */
