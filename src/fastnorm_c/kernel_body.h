@@ -213,6 +213,27 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
 
 /* ---- row normalize --------------------------------------------------------------- */
 
+/* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail. */
+KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
+                                                size_t left, KB_V mean_hi, KB_V mean_lo,
+                                                KB_V scale, KB_V beta, const KB_C *weight,
+                                                const KB_C *bias, KB_T *y, int has_residual,
+                                                int center, int has_weight, int has_bias) {
+    int full = left >= KB_LANES;
+    KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
+    if (has_residual)
+        h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
+    if (center) h = kb_sub(kb_sub(h, mean_hi), mean_lo);
+    KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta;
+    KB_V out = has_weight ? kb_fma(kb_mul(h, scale),
+                                   full ? kb_param(weight + i) : kb_param_n(weight + i, left), add)
+                          : kb_fma(h, scale, add);
+    if (full)
+        kb_store(y + i, out);
+    else
+        kb_store_n(y + i, out, left);
+}
+
 KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residual, size_t n,
                                               KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
                                               const KB_C *weight, const KB_C *bias, KB_T *y,
@@ -221,25 +242,14 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     const KB_V mean_hi_v = kb_set1(mean_hi), mean_lo_v = kb_set1(mean_lo);
     const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(beta);
     size_t i = 0;
-    for (; i < n; i += KB_LANES) {
-        size_t left = n - i;
-        int full = left >= KB_LANES;
-        KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
-        if (has_residual)
-            h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
-        if (center) h = kb_sub(kb_sub(h, mean_hi_v), mean_lo_v);
-        KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta_v;
-        KB_V out;
-        if (has_weight)
-            out = kb_fma(kb_mul(h, scale_v), full ? kb_param(weight + i) : kb_param_n(weight + i, left),
-                         add);
-        else
-            out = kb_fma(h, scale_v, add);
-        if (full)
-            kb_store(y + i, out);
-        else
-            kb_store_n(y + i, out, left);
-    }
+    for (; i + KB_LANES <= n; i += KB_LANES)
+        KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, mean_lo_v, scale_v,
+                                         beta_v, weight, bias, y, has_residual, center,
+                                         has_weight, has_bias);
+    if (i < n)
+        KB_NAME(kb_row_normalize_vector)(x, residual, i, n - i, mean_hi_v, mean_lo_v, scale_v,
+                                         beta_v, weight, bias, y, has_residual, center,
+                                         has_weight, has_bias);
 }
 
 static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n, double mean,
@@ -321,6 +331,33 @@ static void KB_NAME(col_stats)(const void *x, size_t rows, size_t cols, size_t r
 
 /* ---- column normalize ------------------------------------------------------------ */
 
+/* One vector of row r's normalize pass at column j; `left` < KB_LANES: a masked tail. */
+KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t j, size_t left,
+                                                const KB_C *mean_hi, const KB_C *mean_lo,
+                                                const KB_C *scale, const KB_C *col_shift,
+                                                KB_V weight, KB_V bias, int center,
+                                                int has_row_weight, int has_row_bias,
+                                                int has_col_shift) {
+    int full = left >= KB_LANES;
+    KB_V h = full ? kb_load(xr + j) : kb_load_n(xr + j, left);
+    if (center) {
+        KB_V hi = full ? kb_param(mean_hi + j) : kb_param_n(mean_hi + j, left);
+        KB_V lo = full ? kb_param(mean_lo + j) : kb_param_n(mean_lo + j, left);
+        h = kb_sub(kb_sub(h, hi), lo);
+    }
+    KB_V sc = full ? kb_param(scale + j) : kb_param_n(scale + j, left);
+    KB_V add = bias;
+    if (has_col_shift) {
+        KB_V cs = full ? kb_param(col_shift + j) : kb_param_n(col_shift + j, left);
+        add = has_row_bias ? kb_add(bias, cs) : cs;
+    }
+    KB_V out = has_row_weight ? kb_fma(kb_mul(h, sc), weight, add) : kb_fma(h, sc, add);
+    if (full)
+        kb_store(yr + j, out);
+    else
+        kb_store_n(yr + j, out, left);
+}
+
 KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t cols,
                                               size_t row_stride, const KB_C *mean_hi,
                                               const KB_C *mean_lo, const KB_C *scale,
@@ -331,34 +368,17 @@ KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t
     for (size_t r = 0; r < rows; ++r) {
         const KB_T *xr = x + r * row_stride;
         KB_T *yr = y + r * row_stride;
-        const KB_V weight_v = kb_set1(has_row_weight ? row_weight[r] : (KB_C)1);
-        const KB_V bias_v = kb_set1(has_row_bias ? row_bias[r] : (KB_C)0);
-        for (size_t j = 0; j < cols; j += KB_LANES) {
-            size_t left = cols - j;
-            int full = left >= KB_LANES;
-            KB_V h = full ? kb_load(xr + j) : kb_load_n(xr + j, left);
-            if (center) {
-                KB_V hi = full ? kb_param(mean_hi + j) : kb_param_n(mean_hi + j, left);
-                KB_V lo = full ? kb_param(mean_lo + j) : kb_param_n(mean_lo + j, left);
-                h = kb_sub(kb_sub(h, hi), lo);
-            }
-            KB_V sc = full ? kb_param(scale + j) : kb_param_n(scale + j, left);
-            KB_V out;
-            if (has_col_shift) {
-                KB_V cs = full ? kb_param(col_shift + j) : kb_param_n(col_shift + j, left);
-                if (has_row_weight)
-                    out = kb_fma(kb_mul(h, sc), weight_v, kb_add(bias_v, cs));
-                else
-                    out = kb_fma(h, sc, has_row_bias ? kb_add(bias_v, cs) : cs);
-            } else {
-                out = has_row_weight ? kb_fma(kb_mul(h, sc), weight_v, bias_v)
-                                     : kb_fma(h, sc, bias_v);
-            }
-            if (full)
-                kb_store(yr + j, out);
-            else
-                kb_store_n(yr + j, out, left);
-        }
+        const KB_V weight = kb_set1(has_row_weight ? row_weight[r] : (KB_C)1);
+        const KB_V bias = kb_set1(has_row_bias ? row_bias[r] : (KB_C)0);
+        size_t j = 0;
+        for (; j + KB_LANES <= cols; j += KB_LANES)
+            KB_NAME(kb_col_normalize_vector)(xr, yr, j, KB_LANES, mean_hi, mean_lo, scale,
+                                             col_shift, weight, bias, center, has_row_weight,
+                                             has_row_bias, has_col_shift);
+        if (j < cols)
+            KB_NAME(kb_col_normalize_vector)(xr, yr, j, cols - j, mean_hi, mean_lo, scale,
+                                             col_shift, weight, bias, center, has_row_weight,
+                                             has_row_bias, has_col_shift);
     }
 }
 
