@@ -1,0 +1,290 @@
+"""batch_norm: channel axis anywhere, eval and training, running statistics, accuracy."""
+import numpy as np
+import pytest
+
+import fastnorm
+from fn_testutil import (F32, F64, FULL_DTYPES, TEST_SEED, assert_close, compute_dtype, random_data,
+                         ref_batch_norm, sentinel)
+
+# (shape, channel axis): channels-first, channels-last and a middle axis, 2-D to 5-D.
+CHANNEL_CASES = [
+    ((16, 5), 1), ((16, 5), -1), ((5, 16), 0),
+    ((6, 5, 7), 1), ((6, 7, 5), -1), ((5, 6, 7), 0),
+    ((4, 5, 6, 7), 1), ((4, 6, 7, 5), -1), ((4, 6, 5, 7), 2),
+    ((2, 5, 3, 4, 6), 1), ((2, 3, 4, 6, 5), -1), ((2, 3, 4, 5, 6), 3),
+    ((3, 17, 9, 9), 1), ((3, 9, 9, 17), -1), ((2, 70, 33), 1), ((2, 33, 70), -1),
+]
+
+
+def _params(rng, c, dtype):
+    return (random_data(rng, c, dtype, offset=1.0, scale=0.3), random_data(rng, c, dtype),
+            random_data(rng, c, np.float32, offset=0.5),
+            np.abs(random_data(rng, c, np.float32, offset=2.0)))
+
+
+@pytest.mark.parametrize("shape, axis", CHANNEL_CASES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_eval_uses_running_statistics(shape, axis, dtype, isa, rng, tol):
+    x = random_data(rng, shape, dtype, offset=0.5)
+    c = shape[axis]
+    w, b, rm, rv = _params(rng, c, dtype)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, mean, rstd = fastnorm.batch_norm(x, rm, rv, w, b, axis=axis, eps=1e-3,
+                                        return_stats=True)
+    (want, want_mean, want_rstd), _, _ = ref_batch_norm(x, rm, rv, w, b, axis=axis, eps=1e-3,
+                                                        return_stats=True)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert_close(y, want, tol)
+    np.testing.assert_array_equal(rm, rm0)  # eval never writes running statistics
+    np.testing.assert_array_equal(rv, rv0)
+    assert mean.shape == rstd.shape == (c,)
+    assert mean.dtype == rstd.dtype == compute_dtype(dtype)
+    assert_close(mean, want_mean, tol)
+    assert_close(rstd, want_rstd, tol)
+
+
+@pytest.mark.parametrize("shape, axis", CHANNEL_CASES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_training_uses_batch_statistics(shape, axis, dtype, isa, rng, tol):
+    x = random_data(rng, shape, dtype, offset=-2.0, scale=3.0)
+    c = shape[axis]
+    w, b, _, _ = _params(rng, c, dtype)
+    y, mean, rstd = fastnorm.batch_norm(x, None, None, w, b, training=True, axis=axis,
+                                        return_stats=True)
+    (want, want_mean, want_rstd), _, _ = ref_batch_norm(x, None, None, w, b, training=True,
+                                                        axis=axis, return_stats=True)
+    assert_close(y, want, tol)
+    assert mean.shape == rstd.shape == (c,)
+    assert mean.dtype == rstd.dtype == compute_dtype(dtype)
+    assert_close(mean, want_mean, tol)
+    assert_close(rstd, want_rstd, tol)
+    # Independent of the reference: population statistics over every axis but `axis`.
+    x64 = np.moveaxis(x.astype(np.float64), axis, 0).reshape(c, -1)
+    assert_close(mean, x64.mean(1), tol, dtype=dtype)
+    assert_close(rstd, 1 / np.sqrt(x64.var(1) + 1e-5), tol, dtype=dtype)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.0, 1.0, 0.5, 0.01])
+@pytest.mark.parametrize("stats_dtype", FULL_DTYPES)
+@pytest.mark.parametrize("shape, axis", [((8, 6, 5, 5), 1), ((8, 5, 5, 6), -1), ((4, 6), 1)])
+def test_training_updates_running_statistics_over_steps(momentum, stats_dtype, shape, axis,
+                                                        isa, rng):
+    c = shape[axis]
+    rm, rv = np.zeros(c, stats_dtype), np.ones(c, stats_dtype)
+    ref_rm, ref_rv = np.zeros(c), np.ones(c)
+    for step in range(4):
+        x = random_data(rng, shape, np.float32, offset=step - 1.5, scale=1 + step)
+        y = fastnorm.batch_norm(x, rm, rv, training=True, momentum=momentum, axis=axis)
+        (want, _, _), ref_rm, ref_rv = ref_batch_norm(x, ref_rm, ref_rv, training=True,
+                                                      momentum=momentum, axis=axis,
+                                                      return_stats=True)
+        assert rm.dtype == rv.dtype == stats_dtype
+        # Stored in the running statistics' dtype: one rounding of the float64 value.
+        rtol = 1e-6 if stats_dtype == F32 else 1e-9
+        np.testing.assert_allclose(rm, ref_rm, rtol=rtol, atol=1e-7, err_msg=f"step {step}")
+        np.testing.assert_allclose(rv, ref_rv, rtol=rtol, err_msg=f"step {step}")
+        # Independent of the reference: PyTorch's convention with unbiased variance.
+        xc = np.moveaxis(x.astype(np.float64), axis, 0).reshape(c, -1)
+        n = xc.shape[1]
+        if momentum == 1.0:
+            np.testing.assert_allclose(rm, xc.mean(1), rtol=rtol, atol=1e-7)
+            np.testing.assert_allclose(rv, xc.var(1) * n / (n - 1), rtol=rtol)
+        assert np.isfinite(y).all()
+
+
+def test_training_momentum_zero_leaves_running_statistics(isa, rng):
+    x = random_data(rng, (8, 3, 4), np.float64)
+    rm, rv = np.full(3, 0.25), np.full(3, 4.0)
+    fastnorm.batch_norm(x, rm, rv, training=True, momentum=0.0)
+    np.testing.assert_array_equal(rm, 0.25)
+    np.testing.assert_array_equal(rv, 4.0)
+
+
+def test_eval_accuracy_with_large_running_mean(isa, rng, tol):
+    # Folding mean into a shift would lose the low bits of 100 + N(0, 1).
+    x = random_data(rng, (16, 8, 12, 12), np.float32, offset=100.0)
+    rm = x.astype(np.float64).mean((0, 2, 3)).astype(np.float32)
+    rv = x.astype(np.float64).var((0, 2, 3)).astype(np.float32)
+    y = fastnorm.batch_norm(x, rm, rv)
+    (want, *_), _, _ = ref_batch_norm(x, rm, rv, return_stats=True)
+    assert_close(y, want, tol)
+
+
+def test_zero_size_batch_eval_is_zero_size(isa):
+    for shape, axis in (((0, 4), 1), ((0, 4, 3, 3), 1), ((0, 3, 3, 4), -1)):
+        x = np.zeros(shape, np.float32)
+        y = fastnorm.batch_norm(x, np.zeros(4, np.float32), np.ones(4, np.float32), axis=axis)
+        assert y.shape == shape and y.dtype == F32
+
+
+@pytest.mark.parametrize("shape, axis", [((1, 4), 1), ((1, 4, 1, 1), 1), ((1, 1, 4), -1),
+                                         ((0, 4), 1), ((0, 4, 5, 5), 1), ((4, 1), 0)])
+def test_training_with_fewer_than_two_values_per_channel_raises(shape, axis, isa):
+    x = np.ones(shape, np.float32)
+    c = shape[axis]
+    rm, rv = np.full(c, 0.5, np.float32), np.full(c, 2.0, np.float32)
+    out = sentinel(shape, np.float32)
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(x, rm, rv, training=True, axis=axis, out=out)
+    np.testing.assert_array_equal(rm, 0.5)
+    np.testing.assert_array_equal(rv, 2.0)
+    np.testing.assert_array_equal(out, sentinel(shape, np.float32))
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(x, training=True, axis=axis)
+
+
+def _bad_running_stats(c):
+    good = lambda: np.zeros(c, np.float32)  # noqa: E731
+    readonly = good()
+    readonly.flags.writeable = False
+    return {
+        "int_mean": (np.zeros(c, np.int64), good()),
+        "int_var": (good(), np.ones(c, np.int32)),
+        "float16_var": (good(), np.ones(c, np.float16)),
+        "complex_mean": (np.zeros(c, np.complex64), good()),
+        "short_mean": (np.zeros(c - 1, np.float32), good()),
+        "long_var": (good(), np.ones(c + 1, np.float32)),
+        "2d_mean": (np.zeros((1, c), np.float32), good()),
+        "readonly_var": (good(), readonly),
+        "readonly_mean": (readonly, good()),
+        "only_mean": (good(), None),
+        "only_var": (None, good()),
+        "list_mean": ([0.0] * c, good()),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_running_stats(4)))
+@pytest.mark.parametrize("training", [False, True])
+def test_bad_running_statistics_raise_value_error_and_write_nothing(case, training, isa, rng):
+    if case == "list_mean" and not training:
+        pytest.skip("eval reads the running mean; a list is a fine read-only input there")
+    c = 4
+    rm, rv = _bad_running_stats(c)[case]
+    rm_before = None if rm is None else np.array(rm, copy=True)
+    rv_before = None if rv is None else np.array(rv, copy=True)
+    if rv is not None and not training and case == "readonly_var":
+        pytest.skip("eval only reads running statistics: read-only is fine there")
+    if rm is not None and not training and case == "readonly_mean":
+        pytest.skip("eval only reads running statistics: read-only is fine there")
+    x = random_data(rng, (6, c, 3), np.float32)
+    x_before = x.copy()
+    out = sentinel(x.shape, x.dtype)
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(x, rm, rv, training=training, out=out)
+    np.testing.assert_array_equal(out, sentinel(x.shape, x.dtype))
+    np.testing.assert_array_equal(x, x_before)
+    for arr, before in ((rm, rm_before), (rv, rv_before)):
+        if isinstance(arr, np.ndarray):
+            np.testing.assert_array_equal(arr, before)
+
+
+def test_eval_without_running_statistics_raises(isa):
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(np.ones((4, 3), np.float32), np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan"), float("inf")])
+def test_bad_momentum_raises(momentum, isa):
+    x = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(x, rm, rv, training=True, momentum=momentum)
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+
+
+def test_one_dimensional_input_raises(isa):
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(np.ones(8, np.float32), np.zeros(8, np.float32),
+                            np.ones(8, np.float32))
+
+
+# -------------------------------------------------------- offset-100 accuracy (issue 2) ---
+
+BIG_SHAPES = [(32, 64, 56, 56), (64, 3, 224, 224)]
+
+
+@pytest.fixture(scope="module", params=BIG_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def big_case(request):
+    """x = 100 + N(0, 1) in float32 (NCHW) and its float64 reference, built once per shape."""
+    rng = np.random.default_rng([TEST_SEED, request.param[1]])
+    x = rng.standard_normal(request.param, dtype=np.float32)
+    x += np.float32(100.0)
+    c = x.shape[1]
+    rm, rv = np.zeros(c), np.ones(c)
+    (y64, mean, rstd), rm, rv = ref_batch_norm(x, rm, rv, training=True, return_stats=True)
+    return x, y64, mean, rstd, rm, rv
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_training_accuracy_offset_100(big_case, layout, isa, accuracy_log):
+    x, y64, ref_mean, ref_rstd, ref_rm, ref_rv = big_case
+    c = x.shape[1]
+    rm, rv = np.zeros(c, np.float64), np.ones(c, np.float64)
+    if layout == "NCHW":
+        y, mean, rstd = fastnorm.batch_norm(x, rm, rv, training=True, axis=1,
+                                            return_stats=True)
+        err = float(np.max(np.abs(y - y64)))
+    else:
+        x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        y, mean, rstd = fastnorm.batch_norm(x_last, rm, rv, training=True, axis=-1,
+                                            return_stats=True)
+        err = max(float(np.max(np.abs(y[i] - y64[i].transpose(1, 2, 0))))
+                  for i in range(x.shape[0]))
+    accuracy_log(f"batch_norm train f32 {layout} {x.shape} offset=100 max_abs_err", err)
+    assert err <= 2e-6, f"batch_norm {layout} {x.shape}: max abs error {err:.3e}"
+    np.testing.assert_allclose(mean, ref_mean, rtol=2.0 ** -23)
+    np.testing.assert_allclose(rstd, ref_rstd, rtol=1e-6)
+    np.testing.assert_allclose(rm, ref_rm, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rv, ref_rv, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------ PyTorch ---
+
+
+@pytest.mark.parametrize("shape, axis", [((16, 6), 1), ((8, 6, 10), 1), ((4, 6, 7, 7), 1),
+                                         ((4, 7, 7, 6), -1), ((2, 6, 3, 4, 5), 1)])
+@pytest.mark.parametrize("momentum", [0.1, 0.3])
+def test_agrees_with_torch_training_then_eval(shape, axis, momentum, isa, rng, tol):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    c = shape[axis]
+    w = random_data(rng, c, np.float32, offset=1.0)
+    b = random_data(rng, c, np.float32)
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    trm, trv = torch.zeros(c), torch.ones(c)
+    t = tol[F32]
+
+    def torch_bn(x, training):
+        tx = torch.from_numpy(x)
+        if axis != 1:
+            tx = tx.movedim(axis, 1)
+        ty = F.batch_norm(tx, trm, trv, torch.from_numpy(w), torch.from_numpy(b),
+                          training=training, momentum=momentum, eps=1e-5)
+        return (ty if axis == 1 else ty.movedim(1, axis)).numpy()
+
+    for step in range(3):
+        x = random_data(rng, shape, np.float32, offset=step, scale=2.0)
+        got = fastnorm.batch_norm(x, rm, rv, w, b, training=True, momentum=momentum,
+                                  axis=axis)
+        np.testing.assert_allclose(got, torch_bn(x, True), rtol=2 * t.rtol, atol=2 * t.atol)
+        np.testing.assert_allclose(rm, trm.numpy(), rtol=2 * t.rtol, atol=2 * t.atol)
+        np.testing.assert_allclose(rv, trv.numpy(), rtol=2 * t.rtol, atol=2 * t.atol)
+    x = random_data(rng, shape, np.float32, offset=1.0)
+    got = fastnorm.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+    np.testing.assert_allclose(got, torch_bn(x, False), rtol=2 * t.rtol, atol=2 * t.atol)
+
+
+def test_float64_input_with_float32_running_statistics(isa, rng, tol):
+    x = random_data(rng, (8, 3, 5), np.float64)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    y, mean, rstd = fastnorm.batch_norm(x, rm, rv, training=True, return_stats=True)
+    assert y.dtype == F64 and mean.dtype == F64 and rstd.dtype == F64
+    assert rm.dtype == np.float32
+    (want, _, _), ref_rm, ref_rv = ref_batch_norm(x, np.zeros(3), np.ones(3), training=True,
+                                                  return_stats=True)
+    assert_close(y, want, tol)
+    np.testing.assert_allclose(rm, ref_rm, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(rv, ref_rv, rtol=1e-6)

@@ -1,0 +1,185 @@
+"""layer_norm and rms_norm: shapes, lengths, normalized_shape, axis=, weight/bias, stats.
+
+Everything here is checked against the float64 reference (fastnorm.reference) computed
+from the same input values, once per kernel family (the `isa` fixture).
+"""
+import numpy as np
+import pytest
+
+import fastnorm
+from fn_testutil import (F32, F64, FULL_DTYPES, ROW_OPS, STRADDLE_LENGTHS, assert_close,
+                         compute_dtype, random_data, ref_row_norm, ref_row_norm_axis,
+                         row_norm)
+
+pytestmark = pytest.mark.parametrize("op", ROW_OPS)
+
+
+def _affine(op, rng, shape, dtype, with_weight, with_bias):
+    weight = random_data(rng, shape, dtype, offset=1.0, scale=0.5) if with_weight else None
+    bias = random_data(rng, shape, dtype) if (with_bias and op == "layer_norm") else None
+    return weight, bias
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_every_row_length_straddling_vector_widths(op, dtype, isa, rng, tol):
+    for n in STRADDLE_LENGTHS:
+        x = random_data(rng, (3, n), dtype, offset=0.5)
+        for with_affine in (False, True):
+            w, b = _affine(op, rng, (n,), dtype, with_affine, with_affine)
+            y = row_norm(op, x, n, w, b)
+            assert y.shape == x.shape and y.dtype == x.dtype
+            assert_close(y, ref_row_norm(op, x, n, w, b), tol,
+                         err_msg=f"{op} row length {n}, affine={with_affine}")
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_one_row_of_2_to_the_20(op, dtype, isa, rng, tol):
+    n = 1 << 20
+    x = random_data(rng, (1, n), dtype, offset=3.0)
+    w, b = _affine(op, rng, (n,), dtype, True, True)
+    assert_close(row_norm(op, x, None, w, b), ref_row_norm(op, x, None, w, b), tol)
+
+
+@pytest.mark.parametrize("shape, normalized_shape", [
+    ((37,), None), ((37,), 37), ((37,), (37,)),
+    ((5, 33), None), ((5, 33), (5, 33)),
+    ((2, 3, 17), None), ((2, 3, 17), (3, 17)),
+    ((2, 3, 4, 9), 9), ((2, 3, 4, 9), (4, 9)), ((2, 3, 4, 9), (3, 4, 9)),
+    ((2, 2, 3, 4, 5), None), ((2, 2, 3, 4, 5), (4, 5)), ((2, 2, 3, 4, 5), (2, 2, 3, 4, 5)),
+    ((3, 1, 1), (1, 1)), ((4, 1), None),
+])
+@pytest.mark.parametrize("with_affine", [False, True])
+def test_ndim_1_to_5_and_normalized_shape(op, shape, normalized_shape, with_affine, isa, rng,
+                                          tol):
+    x = random_data(rng, shape, np.float32)
+    if normalized_shape is None:
+        norm_dims = shape[-1:]
+    elif isinstance(normalized_shape, int):
+        norm_dims = (normalized_shape,)
+    else:
+        norm_dims = normalized_shape
+    w, b = _affine(op, rng, norm_dims, np.float32, with_affine, with_affine)
+    y = row_norm(op, x, normalized_shape, w, b)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert_close(y, ref_row_norm(op, x, normalized_shape, w, b), tol)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, False), (False, True)])
+def test_weight_or_bias_alone(op, with_weight, with_bias, isa, rng, tol):
+    x = random_data(rng, (6, 50), np.float64)
+    w, b = _affine(op, rng, (50,), np.float64, with_weight, with_bias)
+    assert_close(row_norm(op, x, None, w, b), ref_row_norm(op, x, None, w, b), tol)
+
+
+def test_weight_of_another_float_dtype_is_used_in_the_computation_dtype(op, isa, rng, tol):
+    x = random_data(rng, (4, 24), np.float32)
+    w64 = random_data(rng, (24,), np.float64, offset=1.0)
+    b16 = random_data(rng, (24,), np.float16) if op == "layer_norm" else None
+    y = row_norm(op, x, None, w64, b16)
+    assert y.dtype == F32
+    # float32 computation: weight is rounded to float32 first (the contract).
+    w32 = w64.astype(np.float32)
+    b32 = None if b16 is None else b16.astype(np.float32)
+    assert_close(y, ref_row_norm(op, x, None, w32, b32), tol)
+
+
+@pytest.mark.parametrize("shape, axis", [
+    ((4, 8, 5, 7), 1),            # channels-first LayerNorm of ConvNeXt
+    ((4, 8, 5, 7), -3),
+    ((4, 8, 5, 7), (1,)),
+    ((4, 8, 5, 7), (1, 2)),       # adjacent, not trailing
+    ((4, 8, 5, 7), (1, 3)),       # not adjacent
+    ((4, 8, 5, 7), (0, 2)),
+    ((4, 8, 5, 7), (2, 3)),       # the trailing case written with axis=
+    ((4, 8, 5, 7), -1),
+    ((4, 8, 5, 7), (0, 1, 2, 3)),
+    ((9, 70), 0),
+    ((3, 65, 2), 1),              # inner of 2, middle straddling a vector width
+    ((2, 3, 17, 4, 5), (1, 3)),
+    ((2, 3, 17, 4, 5), 2),
+])
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_axis(op, shape, axis, dtype, isa, rng, tol):
+    x = random_data(rng, shape, dtype, offset=-0.7)
+    axes = sorted({a % x.ndim for a in ((axis,) if np.isscalar(axis) else axis)})
+    w, b = _affine(op, rng, tuple(shape[a] for a in axes), dtype, True, True)
+    for weight, bias in ((None, None), (w, b)):
+        y = row_norm(op, x, None, weight, bias, axis=axis)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert_close(y, ref_row_norm_axis(op, x, axis, weight, bias), tol,
+                     err_msg=f"{op} axis={axis} affine={weight is not None}")
+
+
+def test_axis_agrees_with_the_reference_axis_argument(op, isa, rng, tol):
+    x = random_data(rng, (3, 6, 4, 5), np.float32)
+    assert_close(row_norm(op, x, axis=(1, 3)), ref_row_norm(op, x, axis=(1, 3)), tol)
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("shape, normalized_shape, axis", [
+    ((7, 40), None, None), ((3, 4, 40), (4, 40), None), ((3, 8, 5, 6), None, 1),
+    ((3, 8, 5, 6), None, (1, 3)), ((40,), None, None),
+])
+def test_return_stats(op, dtype, shape, normalized_shape, axis, isa, rng, tol):
+    x = random_data(rng, shape, dtype, offset=2.0, scale=1.5)
+    kw = {} if axis is None else {"axis": axis}
+    result = row_norm(op, x, normalized_shape, return_stats=True, **kw)
+    assert isinstance(result, tuple)
+    want = ref_row_norm(op, x, normalized_shape, return_stats=True, **kw)
+    assert len(result) == len(want) == (3 if op == "layer_norm" else 2)
+    y, *stats = result
+    assert_close(y, want[0], tol)
+    if axis is None:
+        n_norm = 1 if normalized_shape is None else len(normalized_shape)
+        stat_shape = shape[:len(shape) - n_norm]
+    else:
+        axes = {a % len(shape) for a in ((axis,) if np.isscalar(axis) else axis)}
+        stat_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
+    for got, ref in zip(stats, want[1:]):
+        assert np.shape(got) == stat_shape
+        assert np.asarray(got).dtype == compute_dtype(dtype)
+        assert_close(got, ref, tol)
+    # The statistics are the ones y was computed with.
+    if op == "layer_norm":
+        mean, rstd = stats
+        x64 = np.asarray(x, dtype=np.float64)
+        if axis is None:
+            assert_close(mean, x64.reshape(stat_shape + (-1,)).mean(-1), tol, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_zero_size_batch_gives_zero_size_result(op, dtype, isa):
+    x = np.zeros((0, 8), dtype=dtype)
+    y = row_norm(op, x)
+    assert y.shape == (0, 8) and y.dtype == x.dtype
+    y, *stats = row_norm(op, x, return_stats=True)
+    assert y.shape == (0, 8)
+    for s in stats:
+        assert np.shape(s) == (0,) and np.asarray(s).dtype == compute_dtype(dtype)
+    assert row_norm(op, np.zeros((3, 0, 8), dtype=dtype), 8).shape == (3, 0, 8)
+
+
+def test_list_and_array_like_inputs(op, isa, rng, tol):
+    x = random_data(rng, (3, 9), np.float64)
+    assert_close(row_norm(op, x.tolist()), ref_row_norm(op, x), tol)
+
+    class ArrayLike:
+        def __array__(self, dtype=None, copy=None):
+            return x.astype(np.float32)
+
+    y = row_norm(op, ArrayLike())
+    assert y.dtype == F32
+    assert_close(y, ref_row_norm(op, x.astype(np.float32)), tol)
+
+
+def test_torch_tensor_input(op, isa, rng, tol):
+    torch = pytest.importorskip("torch")
+    x = random_data(rng, (5, 33), np.float32)
+    y = row_norm(op, torch.from_numpy(x.copy()))
+    assert isinstance(y, np.ndarray) and y.dtype == F32
+    assert_close(y, ref_row_norm(op, x), tol)
+
+
+def test_float64_stays_float64(op, isa, rng):
+    x = random_data(rng, (4, 16), np.float64)
+    assert row_norm(op, x).dtype == F64
