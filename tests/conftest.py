@@ -93,6 +93,15 @@ def isa(request):
         yield request.param
 
 
+@pytest.fixture(params=[name for name in ISA_NAMES if name != "scalar"])
+def simd_isa(request):
+    """A SIMD kernel family name (not entered: cross-ISA tests switch themselves)."""
+    reason = _isa_skip_reason(request.param)
+    if reason is not None:
+        pytest.skip(reason)
+    return request.param
+
+
 @pytest.fixture
 def rng(request):
     """A Generator fixed by FASTNORM_TEST_SEED and this test's id."""

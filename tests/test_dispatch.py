@@ -1,0 +1,128 @@
+"""Kernel-family selection: FASTNORM_ISA at import (in a subprocess), get_config, use_isa."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnorm
+import fastnorm._config
+
+PREFERENCE = ("avx512", "avx2", "scalar")  # best first, as the dispatcher picks
+
+_CHILD = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastnorm
+cfg = fastnorm.get_config()
+print(json.dumps({"isa": cfg["isa"], "available": list(cfg["isa_available"]),
+                  "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}))
+"""
+
+
+def _import_with_env(value):
+    env = dict(os.environ)
+    env.pop("FASTNORM_ISA", None)
+    if value is not None:
+        env["FASTNORM_ISA"] = value
+    proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _best(available):
+    return next(name for name in PREFERENCE if name in available)
+
+
+def test_get_config_keys_and_types():
+    cfg = fastnorm.get_config()
+    for key in ("version", "isa", "isa_available", "openmp", "num_threads"):
+        assert key in cfg, key
+    assert cfg["version"] == fastnorm.__version__
+    assert cfg["isa"] in cfg["isa_available"]
+    assert "scalar" in cfg["isa_available"]
+    assert set(cfg["isa_available"]) <= {"scalar", "avx2", "avx512"}
+    assert isinstance(cfg["openmp"], bool)
+    assert isinstance(cfg["num_threads"], int) and cfg["num_threads"] >= 1
+
+
+def test_show_config_prints_the_configuration(capsys):
+    fastnorm.show_config()
+    printed = capsys.readouterr().out
+    cfg = fastnorm.get_config()
+    assert cfg["isa"] in printed and str(cfg["version"]) in printed
+
+
+def test_without_env_the_best_family_is_chosen():
+    child = _import_with_env(None)
+    assert child["isa"] == _best(child["available"])
+    assert not [w for w in child["warnings"] if "FASTNORM" in w]
+
+
+@pytest.mark.parametrize("name", ["scalar", "avx2", "avx512"])
+def test_env_selects_family(name):
+    child = _import_with_env(name)
+    if name not in child["available"]:
+        # Not available here: must fall back to the best one, with a warning naming it.
+        assert child["isa"] == _best(child["available"])
+        assert any(name in w for w in child["warnings"]), child["warnings"]
+        pytest.skip(f"{name} unavailable here; fallback with warning checked")
+    assert child["isa"] == name
+    assert not [w for w in child["warnings"] if "FASTNORM" in w or name in w], child["warnings"]
+
+
+def test_env_bogus_warns_and_falls_back_to_best():
+    child = _import_with_env("bogus")
+    assert child["isa"] == _best(child["available"])
+    assert any("bogus" in w for w in child["warnings"]), child["warnings"]
+
+
+def test_use_isa_switches_and_restores():
+    before = fastnorm.get_config()["isa"]
+    for name in fastnorm.get_config()["isa_available"]:
+        with fastnorm._config.use_isa(name):
+            assert fastnorm.get_config()["isa"] == name
+        assert fastnorm.get_config()["isa"] == before
+
+
+def test_use_isa_restores_after_an_exception():
+    before = fastnorm.get_config()["isa"]
+    with pytest.raises(ZeroDivisionError):
+        with fastnorm._config.use_isa("scalar"):
+            1 / 0
+    assert fastnorm.get_config()["isa"] == before
+
+
+def test_use_isa_rejects_unknown_name():
+    with pytest.raises(ValueError):
+        with fastnorm._config.use_isa("sse9"):
+            pass
+
+
+def test_isa_fixture_really_switches_kernels(isa):
+    assert fastnorm.get_config()["isa"] == isa
+    assert fastnorm._core.get_isa() == isa
+
+
+def test_info_command_prints_the_configuration():
+    proc = subprocess.run([sys.executable, "-m", "fastnorm", "info"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert fastnorm.get_config()["isa"] in proc.stdout
+
+
+def test_kernels_run_after_env_override_in_subprocess():
+    code = ("import numpy as np, fastnorm; x = np.arange(12, dtype=np.float32).reshape(3, 4);"
+            "print(repr(fastnorm.layer_norm(x).tolist()))")
+    env = dict(os.environ, FASTNORM_ISA="scalar")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = np.array(eval(proc.stdout))  # noqa: S307 - our own child's repr of a list
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,135 @@
+"""moments / merge_moments: Welford partials against NumPy, and Chan's merge."""
+import numpy as np
+import pytest
+
+import fastnorm
+from fn_testutil import BF16, F16, F32, F64, as_layout, random_data
+
+AXIS_CASES = [
+    ((1000,), None), ((1000,), 0), ((7, 300), None), ((7, 300), 0), ((7, 300), 1),
+    ((7, 300), -1), ((6, 5, 40), (0, 2)), ((6, 5, 40), (0, 1)), ((6, 5, 40), (1, 2)),
+    ((4, 3, 5, 6), (0, 2, 3)), ((4, 5, 6, 3), (0, 1, 2)), ((4, 3, 5, 6), 1),
+    ((2, 3, 4, 5, 6), (0, 3)), ((1, 1), None), ((5, 1), 0),
+]
+
+
+def _np_moments(x, axis):
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(axis=axis)
+    m2 = ((x64 - x64.mean(axis=axis, keepdims=True)) ** 2).sum(axis=axis)
+    count = x64.size // max(mean.size, 1) if np.ndim(mean) else x64.size
+    return count, mean, m2
+
+
+def _scale(x, axis):
+    """Largest standard deviation among the groups: the unit of the absolute tolerances."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return float(np.max(x64.std(axis=axis))) if x64.size else 1.0
+
+
+def _check_partials(got, want, rtol, scale, err_msg=""):
+    count, mean, m2 = got
+    want_count, want_mean, want_m2 = want
+    assert np.asarray(count).dtype == np.int64, f"count dtype {np.asarray(count).dtype}"
+    assert np.asarray(mean).dtype == F64 and np.asarray(m2).dtype == F64
+    assert np.shape(mean) == np.shape(want_mean) == np.shape(m2)
+    assert np.all(np.broadcast_to(count, np.shape(mean)) == want_count), err_msg
+    np.testing.assert_allclose(mean, want_mean, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
+    m2_scale = float(np.max(want_count)) * scale * scale
+    np.testing.assert_allclose(m2, want_m2, rtol=rtol, atol=rtol * m2_scale, err_msg=err_msg)
+
+
+# Partials of float32/half data come from float32 lanes merged in float64: a few float32
+# ulps relative to the data's spread.  float64 data: float64 lanes.
+RTOL = {F32: 2e-6, F16: 2e-6, BF16: 2e-6, F64: 1e-12}
+
+
+@pytest.mark.parametrize("shape, axis", AXIS_CASES)
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_moments_match_numpy(shape, axis, dtype, isa, rng):
+    x = random_data(rng, shape, dtype, offset=3.0, scale=2.0)
+    got = fastnorm.moments(x, axis=axis)
+    _check_partials(got, _np_moments(x, axis), RTOL[dtype], _scale(x, axis))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_moments_of_half_data_are_float64(dtype, isa, rng):
+    try:
+        x = random_data(rng, (9, 70), dtype)
+        got = fastnorm.moments(x, axis=0)
+    except (NotImplementedError, TypeError) as exc:
+        pytest.skip(f"half dtypes not implemented yet: {exc}")
+    _check_partials(got, _np_moments(x, 0), RTOL[dtype], _scale(x, 0))
+
+
+@pytest.mark.parametrize("offset", [1e2, 1e4])
+def test_moments_of_shifted_float32_data(offset, isa, rng):
+    x = random_data(rng, (64, 8, 1024), np.float32, offset=offset)
+    count, mean, m2 = fastnorm.moments(x, axis=(0, 2))
+    _, want_mean, want_m2 = _np_moments(x, (0, 2))
+    # The variance must not lose the low bits to the offset.
+    np.testing.assert_allclose(m2 / count, want_m2 / count, rtol=1e-6)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-7)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "negative"])
+def test_moments_any_layout(layout, isa, rng):
+    x = random_data(rng, (5, 6, 7), np.float32)
+    want = fastnorm.moments(x, axis=(0, 2))
+    got = fastnorm.moments(as_layout(x, layout), axis=(0, 2))
+    _check_partials(got, want, RTOL[F32], _scale(x, (0, 2)))
+
+
+@pytest.mark.parametrize("shape, axis, split_axis", [
+    ((1000,), None, 0), ((10, 64), 0, 0), ((6, 5, 40), (0, 2), 2), ((6, 5, 40), (0, 2), 0),
+    ((4, 3, 5, 6), (0, 2, 3), 3),
+])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_merging_two_halves_gives_the_whole(shape, axis, split_axis, dtype, isa, rng):
+    x = random_data(rng, shape, dtype, offset=-5.0, scale=3.0)
+    k = shape[split_axis] // 3 + 1
+    first, second = np.split(x, [k], axis=split_axis)
+    merged = fastnorm.merge_moments(fastnorm.moments(first, axis=axis),
+                                    fastnorm.moments(second, axis=axis))
+    whole = fastnorm.moments(x, axis=axis)
+    _check_partials(merged, whole, RTOL[dtype], _scale(x, axis))
+    _check_partials(merged, _np_moments(x, axis), RTOL[dtype], _scale(x, axis))
+
+
+def test_merge_of_float64_partials_is_exact_math(rng):
+    # merge_moments on hand-made float64 partials versus the closed form.
+    a = (np.int64(3), np.float64(1.0), np.float64(2.0))
+    b = (np.int64(5), np.float64(3.0), np.float64(4.0))
+    count, mean, m2 = fastnorm.merge_moments(a, b)
+    assert int(count) == 8 and np.asarray(count).dtype == np.int64
+    np.testing.assert_allclose(mean, (3 * 1.0 + 5 * 3.0) / 8, rtol=1e-15)
+    np.testing.assert_allclose(m2, 2.0 + 4.0 + (3.0 - 1.0) ** 2 * 3 * 5 / 8, rtol=1e-15)
+
+
+def test_merge_many_partials_in_a_tree(isa, rng):
+    x = random_data(rng, (64, 33), np.float32, offset=1e3)
+    parts = [fastnorm.moments(chunk, axis=0) for chunk in np.array_split(x, 16, axis=0)]
+    while len(parts) > 1:
+        parts = [fastnorm.merge_moments(parts[i], parts[i + 1]) if i + 1 < len(parts)
+                 else parts[i] for i in range(0, len(parts), 2)]
+    _check_partials(parts[0], _np_moments(x, 0), RTOL[F32], _scale(x, 0))
+
+
+def test_moments_nan_poisons_only_its_channel(isa, rng):
+    x = random_data(rng, (8, 4, 16), np.float32)
+    x[3, 2, 5] = np.nan
+    _, mean, m2 = fastnorm.moments(x, axis=(0, 2))
+    assert np.isnan(mean[2]) or np.isnan(m2[2])
+    assert np.isfinite(mean[[0, 1, 3]]).all() and np.isfinite(m2[[0, 1, 3]]).all()
+
+
+def test_moments_of_a_list(isa):
+    count, mean, m2 = fastnorm.moments([1.0, 2.0, 3.0, 4.0])
+    assert int(count) == 4
+    np.testing.assert_allclose(mean, 2.5)
+    np.testing.assert_allclose(m2, 5.0)
+
+
+def test_moments_rejects_integer_data(isa):
+    with pytest.raises(TypeError, match="int"):
+        fastnorm.moments(np.arange(10))

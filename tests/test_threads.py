@@ -1,0 +1,130 @@
+"""Results do not depend on the thread count; concurrent Python calls equal sequential ones.
+
+fastnorm splits work into chunks fixed by the problem size and merges partial statistics
+in index order, so 1 and 2 OpenMP threads must give bitwise identical results.  The
+inputs are large enough to cross the "run on one thread" threshold.
+"""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fn_testutil import assert_same_bits, random_data
+
+
+def _with_threads(set_threads, n, fn):
+    set_threads(n)
+    assert fastnorm.get_num_threads() == n
+    return fn()
+
+
+def _thread_cases(rng):
+    """name -> zero-argument call returning a tuple of arrays (inputs built once)."""
+    rows = random_data(rng, (2048, 1024), np.float32, offset=10.0)
+    long_row = random_data(rng, (1, 1 << 20), np.float32, offset=1e3)
+    long_row64 = long_row.astype(np.float64)
+    nchw = random_data(rng, (16, 32, 32, 32), np.float32, offset=100.0)
+    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    w = random_data(rng, 1024, np.float32, offset=1.0)
+
+    def bn(x, axis):
+        rm, rv = np.zeros(32, np.float32), np.ones(32, np.float32)
+        y, mean, rstd = fastnorm.batch_norm(x, rm, rv, training=True, axis=axis,
+                                            return_stats=True)
+        return y, mean, rstd, rm, rv
+
+    return {
+        "layer_norm rows": lambda: fastnorm.layer_norm(rows, None, w, w, return_stats=True),
+        "rms_norm rows": lambda: fastnorm.rms_norm(rows, None, w, return_stats=True),
+        "layer_norm 1x2^20": lambda: fastnorm.layer_norm(long_row, return_stats=True),
+        "layer_norm 1x2^20 f64": lambda: fastnorm.layer_norm(long_row64, return_stats=True),
+        "rms_norm 1x2^20": lambda: fastnorm.rms_norm(long_row, return_stats=True),
+        "layer_norm axis=1": lambda: (fastnorm.layer_norm(nchw, axis=1),),
+        "batch_norm NCHW": lambda: bn(nchw, 1),
+        "batch_norm NHWC": lambda: bn(nhwc, -1),
+        "batch_norm eval": lambda: (fastnorm.batch_norm(nchw, np.full(32, 100, np.float32),
+                                                        np.ones(32, np.float32)),),
+        "group_norm": lambda: (fastnorm.group_norm(nchw, 8),),
+        "moments all": lambda: fastnorm.moments(long_row),
+        "moments channels": lambda: fastnorm.moments(nchw, axis=(0, 2, 3)),
+        "moments channels-last": lambda: fastnorm.moments(nhwc, axis=(0, 1, 2)),
+    }
+
+
+def test_one_and_two_threads_bitwise_equal(isa, rng, num_threads):
+    for name, call in _thread_cases(rng).items():
+        one = _with_threads(num_threads, 1, call)
+        two = _with_threads(num_threads, 2, call)
+        for i, (a, b) in enumerate(zip(one, two)):
+            assert_same_bits(np.asarray(a), np.asarray(b), err_msg=f"{name} output {i}")
+
+
+def test_set_num_threads_round_trip(num_threads):
+    num_threads(1)
+    assert fastnorm.get_num_threads() == 1
+    num_threads(2)
+    assert fastnorm.get_num_threads() == 2
+    assert fastnorm.get_config()["num_threads"] == 2
+
+
+def _concurrent_jobs(rng):
+    jobs = []
+    for i in range(12):
+        x = random_data(rng, (256 + 16 * i, 384 + i), np.float32, offset=i)
+        kind = i % 4
+        if kind == 0:
+            jobs.append(lambda x=x: fastnorm.layer_norm(x))
+        elif kind == 1:
+            jobs.append(lambda x=x: fastnorm.rms_norm(x))
+        elif kind == 2:
+            xb = x.reshape(x.shape[0], -1, 1)
+            jobs.append(lambda xb=xb: fastnorm.batch_norm(xb, training=True, axis=0))
+        else:
+            jobs.append(lambda x=x: fastnorm.moments(x, axis=0)[1])
+    return jobs
+
+
+def test_concurrent_calls_from_a_thread_pool_equal_sequential_results(isa, rng):
+    jobs = _concurrent_jobs(rng)
+    sequential = [job() for job in jobs]
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            concurrent = list(pool.map(lambda job: job(), jobs))
+        for i, (a, b) in enumerate(zip(sequential, concurrent)):
+            assert_same_bits(a, b, err_msg=f"job {i}")
+
+
+def test_threads_started_together_equal_sequential_results(isa, rng):
+    jobs = _concurrent_jobs(rng)
+    sequential = [job() for job in jobs]
+    results = [None] * len(jobs)
+    errors = []
+    barrier = threading.Barrier(len(jobs))
+
+    def run(i):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results[i] = jobs[i]()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, (a, b) in enumerate(zip(sequential, results)):
+        assert_same_bits(a, b, err_msg=f"job {i}")
+
+
+def test_concurrent_in_place_calls_on_disjoint_slices(isa, rng):
+    x = random_data(rng, (64, 4096), np.float32)
+    want = fastnorm.layer_norm(x)
+    work = x.copy()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda i: fastnorm.layer_norm(work[i::4], out=work[i::4]), range(4)))
+    assert_same_bits(work, want)
