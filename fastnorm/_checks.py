@@ -1,0 +1,314 @@
+"""The one place for fastnorm's argument policy.
+
+Every public function runs its arguments through these helpers before anything is
+written: dtype rules, eps / momentum, normalized dimensions and axes as the (outer,
+middle, inner) block of include/fastnorm/fastnorm.h, memory layout, out= and
+residual_out= checks, weight / bias conversion and zero-size rules.  Errors say what was
+wrong and what was expected.  Nothing here imports the C extension.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+try:
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    BFLOAT16 = None
+
+FLOAT16 = np.dtype(np.float16)
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+UINT16 = np.dtype(np.uint16)
+INT64 = np.dtype(np.int64)
+_INF = math.inf
+
+# fastnorm_dtype_t of fastnorm.h; fastnorm._functional checks them against _core at import.
+CODE_F32, CODE_F64, CODE_F16, CODE_BF16 = 0, 1, 2, 3
+
+# storage dtype -> (fastnorm_dtype_t code, compute dtype, dtype of the view given to _core).
+# _core sees half-precision data as uint16 words.
+DTYPES = {
+    FLOAT32: (CODE_F32, FLOAT32, None),
+    FLOAT64: (CODE_F64, FLOAT64, None),
+    FLOAT16: (CODE_F16, FLOAT32, UINT16),
+}
+if BFLOAT16 is not None:
+    DTYPES[BFLOAT16] = (CODE_BF16, FLOAT32, UINT16)
+
+# Threads passed to _core: 0 means OpenMP's default, so OMP_NUM_THREADS and threadpoolctl
+# apply; fastnorm._config.set_num_threads stores an explicit count here.
+num_threads = 0
+
+
+# ---- arrays and dtypes --------------------------------------------------------------
+
+
+def as_array(x):
+    """x itself when it is an ndarray (no call at all), else numpy.asarray(x)."""
+    return x if type(x) is np.ndarray else np.asarray(x)
+
+
+def dtype_rule(dtype, name="x"):
+    """(core code, compute dtype, core view dtype) of a supported dtype, else TypeError."""
+    rule = DTYPES.get(dtype)
+    if rule is None:
+        raise TypeError(
+            f"{name} has dtype {dtype}, which fastnorm does not support; "
+            "expected float32, float64, float16 or bfloat16 (ml_dtypes)"
+        )
+    return rule
+
+
+def input_rule(x, name="x"):
+    """(x, dtype rule) for an input array: a byte-swapped float array is converted to
+    native order; any other unsupported dtype raises TypeError naming it."""
+    rule = DTYPES.get(x.dtype)
+    if rule is None:
+        native = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else None
+        if native is not None and native in DTYPES:
+            return x.astype(native), DTYPES[native]
+        dtype_rule(x.dtype, name)
+    return x, rule
+
+
+def contiguous(a):
+    """a when it is C-contiguous, else a C-contiguous copy (any layout is accepted)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def core_view(a, view):
+    """The array as _core takes it: half types as uint16 words, others unchanged."""
+    return a if view is None else a.view(view)
+
+
+# ---- scalars ------------------------------------------------------------------------
+
+
+def _real(value):
+    """float(value) for a real number (not bool or str), else None."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def check_eps(eps):
+    """eps as a float; ValueError unless it is a finite real number >= 0."""
+    value = _real(eps)
+    if value is None or not 0.0 <= value < _INF:
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    return value
+
+
+def check_momentum(momentum):
+    """momentum as a float; ValueError unless it is a real number in [0, 1]."""
+    value = _real(momentum)
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
+    return value
+
+
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+# ---- axes and the (outer, middle, inner) block -------------------------------------
+
+
+def resolve_axes(ndim, axis, allow_empty=False):
+    """axis (int or tuple of ints, NumPy style) as a sorted tuple of non-negative axes."""
+    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
+        items = (axis,)
+    else:
+        try:
+            items = tuple(axis)
+        except TypeError:
+            raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r}") from None
+    axes = []
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r}")
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for an array with {ndim} dimensions")
+        axes.append(int(a) % ndim)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis {axis!r} names a dimension twice")
+    if not axes and not allow_empty:
+        raise ValueError("axis must name at least one dimension")
+    return tuple(sorted(axes))
+
+
+def _as_shape(normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        return (int(normalized_shape),)
+    try:
+        shape = tuple(normalized_shape)
+    except TypeError:
+        raise ValueError(
+            f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}"
+        ) from None
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in shape):
+        raise ValueError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
+    return tuple(int(n) for n in shape)
+
+
+class NormPlan:
+    """How a row norm sees x: the (outer, middle, inner) block of fastnorm_norm.
+
+    moved is None when the normalized axes form one contiguous group (no copy: trailing
+    axes give inner == 1, a group of non-trailing axes inner > 1).  Otherwise it holds
+    the normalized axes, which are moved to the end (one copy) and the result moved back.
+    """
+
+    __slots__ = ("outer", "middle", "inner", "norm_shape", "stats_shape", "moved")
+
+    def __init__(self, outer, middle, inner, norm_shape, stats_shape, moved):
+        self.outer = outer
+        self.middle = middle
+        self.inner = inner
+        self.norm_shape = norm_shape
+        self.stats_shape = stats_shape
+        self.moved = moved
+
+
+def norm_plan(shape, normalized_shape, axis):
+    """The NormPlan of layer_norm / rms_norm for x of `shape`, per the contract."""
+    ndim = len(shape)
+    if axis is not None:
+        if normalized_shape is not None:
+            raise ValueError("give either normalized_shape or axis, not both")
+        axes = resolve_axes(ndim, axis)
+    else:
+        if ndim == 0:
+            raise ValueError("x must have at least one dimension to normalize, got a 0-d array")
+        if normalized_shape is None:
+            axes = (ndim - 1,)
+        else:
+            wanted = _as_shape(normalized_shape)
+            k = len(wanted)
+            if k == 0 or k > ndim or shape[ndim - k :] != wanted:
+                raise ValueError(
+                    f"normalized_shape {wanted} must equal the trailing dimensions of x, "
+                    f"whose shape is {shape}"
+                )
+            axes = tuple(range(ndim - k, ndim))
+    norm_shape = tuple(shape[a] for a in axes)
+    middle = math.prod(norm_shape)
+    if middle == 0:
+        raise ValueError(f"the normalized dimensions {norm_shape} of x (shape {shape}) must not be empty")
+    stats_shape = tuple(n for a, n in enumerate(shape) if a not in axes)
+    first, last = axes[0], axes[-1]
+    if last - first + 1 == len(axes):
+        outer = math.prod(shape[:first])
+        inner = math.prod(shape[last + 1 :])
+        return NormPlan(outer, middle, inner, norm_shape, stats_shape, None)
+    return NormPlan(math.prod(stats_shape), middle, 1, norm_shape, stats_shape, axes)
+
+
+def move_to_end(a, axes):
+    """C-contiguous copy of a with `axes` moved to the end, in order."""
+    return np.ascontiguousarray(np.moveaxis(a, axes, range(a.ndim - len(axes), a.ndim)))
+
+
+def move_back(a, axes):
+    """View of an array produced by move_to_end with its axes where they came from."""
+    return np.moveaxis(a, range(a.ndim - len(axes), a.ndim), axes)
+
+
+def channel_block(shape, axis):
+    """(outer, channels, inner) of x with channels on `axis` (BatchNorm)."""
+    a = axis
+    return math.prod(shape[:a]), shape[a], math.prod(shape[a + 1 :])
+
+
+# ---- parameters ---------------------------------------------------------------------
+
+
+def as_param(p, shape, compute, name):
+    """weight / bias / per-channel data as a flat C-contiguous array of the compute dtype.
+
+    Any float dtype (and integers) is accepted and converted; the shape must be exactly
+    `shape`.
+    """
+    a = as_array(p)
+    if a.dtype is not compute:
+        if a.dtype.kind not in "fiu" and a.dtype != BFLOAT16:
+            raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+        a = a.astype(compute)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if a.ndim != 1:
+        a = a.reshape(-1)  # copies only a non-contiguous array
+    elif not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def check_running_stat(stat, channels, name, writeable):
+    """BatchNorm running statistics: float32/float64 ndarray of shape (C,), else ValueError."""
+    if not isinstance(stat, np.ndarray):
+        raise ValueError(
+            f"{name} must be a float32 or float64 NumPy array of shape ({channels},), "
+            f"got {type(stat).__name__}"
+        )
+    if stat.dtype != FLOAT32 and stat.dtype != FLOAT64:
+        raise ValueError(f"{name} must be a float32 or float64 array, got dtype {stat.dtype}")
+    if stat.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
+    if writeable and not stat.flags.writeable:
+        raise ValueError(f"{name} is read-only, but training updates it in place")
+
+
+# ---- out= and residual -----------------------------------------------------------
+
+
+def check_out(out, shape, dtype, name="out"):
+    """ValueError unless out is a writeable ndarray of exactly this shape and dtype."""
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array of shape {shape} and dtype {dtype}, "
+                         f"got {type(out).__name__}")
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(
+            f"{name} must have shape {shape} and dtype {dtype}, "
+            f"got shape {out.shape} and dtype {out.dtype}"
+        )
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+
+
+def writes_directly(out, x, *others):
+    """True when the kernel may write straight into out: C-contiguous, and either x
+    itself (in place, which every entry point supports) or disjoint from x and others.
+    Otherwise the result goes to a temporary that is copied into out afterwards."""
+    if not out.flags.c_contiguous:
+        return False
+    if out is not x and np.may_share_memory(out, x):
+        return False
+    for other in others:
+        if other is not None and np.may_share_memory(out, other):
+            return False
+    return True
+
+
+def check_residual(residual, residual_out, x, out):
+    """residual as an array like x; residual_out checked (it may alias x or residual)."""
+    if residual is None:
+        if residual_out is not None:
+            raise ValueError("residual_out needs residual (it receives x + residual)")
+        return None
+    r = as_array(residual)
+    if r.shape != x.shape or r.dtype != x.dtype:
+        raise ValueError(
+            f"residual must have x's shape {x.shape} and dtype {x.dtype}, "
+            f"got shape {r.shape} and dtype {r.dtype}"
+        )
+    if residual_out is not None:
+        check_out(residual_out, x.shape, x.dtype, "residual_out")
+        if out is not None and (residual_out is out or np.may_share_memory(residual_out, out)):
+            raise ValueError("residual_out must not be out (nor overlap it)")
+    return r

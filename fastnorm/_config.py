@@ -1,0 +1,125 @@
+"""Runtime configuration: kernel family (ISA) and threads.
+
+The C extension picks the best kernel family the CPU supports when it is imported;
+FASTNORM_ISA=scalar|avx2|avx512 overrides that here, at import of fastnorm (an unknown name,
+or a family this build or CPU lacks, warns and keeps the best available).
+
+Threads: until set_num_threads is called, kernels get n_threads=0, i.e. OpenMP's default
+read at call time, so OMP_NUM_THREADS and threadpoolctl's limits apply.  Small inputs run
+on one thread whatever the setting (the C side decides).
+"""
+
+import contextlib
+import numbers
+import os
+import sys
+import warnings
+
+from . import _checks, _core
+
+__all__ = ["get_config", "show_config", "set_num_threads", "get_num_threads"]
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+# How the active kernel family was chosen: "auto" (best available), "env"
+# (FASTNORM_ISA) or "api" (use_isa).
+_isa_source = "auto"
+
+
+def _apply_isa_env(environ=os.environ):
+    """Honour FASTNORM_ISA: switch to the named family, or warn and keep the best."""
+    global _isa_source
+    raw = environ.get("FASTNORM_ISA", "")
+    name = raw.strip().lower()
+    if not name:
+        return
+    best = _core.best_isa()
+    if name not in ISA_NAMES:
+        warnings.warn(
+            f"FASTNORM_ISA={raw!r} is not a kernel family (expected one of "
+            f"{', '.join(ISA_NAMES)}); using {best!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    if name not in _core.isa_supported():
+        why = "this CPU lacks it" if name in _core.isa_compiled() else "this build did not compile it"
+        warnings.warn(
+            f"FASTNORM_ISA={name!r} is not available ({why}); using {best!r} instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    _core.set_isa(name)
+    _isa_source = "env"
+
+
+@contextlib.contextmanager
+def use_isa(name):
+    """Run the body with the kernel family `name`, then restore the previous one (private:
+    tests and the benchmark's --isa use it).  RuntimeError if this machine cannot run it,
+    ValueError for an unknown name."""
+    global _isa_source
+    previous, previous_source = _core.get_isa(), _isa_source
+    _core.set_isa(name)
+    _isa_source = "api"
+    try:
+        yield name
+    finally:
+        _core.set_isa(previous)
+        _isa_source = previous_source
+
+
+def set_num_threads(n):
+    """Use `n` threads (an int >= 1) for large inputs; None goes back to OpenMP's default
+    (OMP_NUM_THREADS, threadpoolctl)."""
+    if n is None:
+        _checks.num_threads = 0
+        return
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"set_num_threads needs an int >= 1 or None, got {n!r}")
+    _checks.num_threads = int(n)
+
+
+def get_num_threads():
+    """Threads fastnorm uses for large inputs: the set_num_threads value, else OpenMP's
+    current default (1 in a build without OpenMP)."""
+    if not _core.openmp_enabled():
+        return 1
+    return _checks.num_threads or _core.default_threads()
+
+
+def get_config():
+    """The runtime configuration as a dict: version, isa (kernel family in use),
+    isa_available (this CPU can run), isa_compiled (in this build), isa_source, openmp,
+    num_threads."""
+    from . import __version__
+
+    return {
+        "version": __version__,
+        "isa": _core.get_isa(),
+        "isa_available": list(_core.isa_supported()),
+        "isa_compiled": list(_core.isa_compiled()),
+        "isa_source": _isa_source,
+        "openmp": bool(_core.openmp_enabled()),
+        "num_threads": get_num_threads(),
+    }
+
+
+def show_config(file=None):
+    """Print get_config() readably (to stdout unless `file` is given)."""
+    config = get_config()
+    source = {"auto": "best available", "env": "FASTNORM_ISA", "api": "set by use_isa"}
+    threads = "set_num_threads" if _checks.num_threads else "OpenMP default"
+    lines = [
+        f"fastnorm {config['version']}",
+        f"  kernel family: {config['isa']} ({source.get(config['isa_source'], config['isa_source'])})",
+        f"  available:     {', '.join(config['isa_available'])}",
+        f"  compiled:      {', '.join(config['isa_compiled'])}",
+        f"  OpenMP:        {'yes' if config['openmp'] else 'no (single-threaded build)'}",
+        f"  threads:       {config['num_threads']} ({threads if config['openmp'] else 'no OpenMP'})",
+    ]
+    print("\n".join(lines), file=sys.stdout if file is None else file)
+
+
+_apply_isa_env()

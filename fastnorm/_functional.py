@@ -1,0 +1,340 @@
+"""The functional API: layer_norm, rms_norm, batch_norm, group_norm, instance_norm.
+
+Each function checks every argument (fastnorm._checks) before anything is written, maps x
+to the (outer, middle, inner) block of include/fastnorm/fastnorm.h and calls one of the
+three entry points of fastnorm._core (norm, moments, affine), which release the GIL.
+
+The common call -- a C-contiguous float32 array normalized over its last axis, no out= or
+residual -- takes a short path that skips the general shape planning, because for small
+inputs the Python around the kernel is most of the cost.
+"""
+
+import math
+
+import numpy as np
+
+from . import _checks, _core
+from ._checks import as_param, check_out, contiguous, core_view, writes_directly
+
+if (_core.F32, _core.F64, _core.F16, _core.BF16) != (
+    _checks.CODE_F32, _checks.CODE_F64, _checks.CODE_F16, _checks.CODE_BF16
+):  # pragma: no cover - a build mismatch, not a user error
+    raise ImportError("fastnorm._core dtype codes differ from fastnorm._checks; rebuild fastnorm")
+
+_ndarray = np.ndarray
+_empty = np.empty
+_DTYPES = _checks.DTYPES
+_FLOAT64 = _checks.FLOAT64
+_INF = math.inf
+_LAYER_NORM = _core.LAYER_NORM
+_RMS_NORM = _core.RMS_NORM
+_core_norm = _core.norm
+_core_moments = _core.moments
+_core_affine = _core.affine
+# rms_norm's default eps: the machine epsilon of the computation dtype.
+_RMS_EPS = {dtype: float(np.finfo(rule[1]).eps) for dtype, rule in _DTYPES.items()}
+
+__all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm"]
+
+
+# ---- LayerNorm / RMSNorm ------------------------------------------------------------
+
+
+def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *, axis=None,
+               residual=None, residual_out=None, out=None, return_stats=False):
+    """LayerNorm: ``y = (h - mean) / sqrt(var + eps) * weight + bias`` with ``h = x [+ residual]``.
+
+    Statistics over the last ``len(normalized_shape)`` dimensions (``None``: the last one)
+    or over ``axis`` (an int or tuple, not necessarily trailing).  Population variance.
+    ``residual`` fuses the add of a transformer block (``h`` rounded to ``x.dtype``, also
+    written to ``residual_out`` when given).  ``out`` may be ``x``.  ``return_stats=True``
+    returns ``(y, mean, rstd)`` with ``rstd = 1 / sqrt(var + eps)``, shaped like ``x``
+    without the normalized dimensions, in float64 for float64 input and float32 otherwise.
+    """
+    if type(eps) is not float or not 0.0 <= eps < _INF:
+        eps = _checks.check_eps(eps)
+    return _row_norm(_LAYER_NORM, x, normalized_shape, weight, bias, eps, axis, residual,
+                     residual_out, out, return_stats)
+
+
+def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, axis=None, residual=None,
+             residual_out=None, out=None, return_stats=False):
+    """RMSNorm: ``y = h / sqrt(mean(h**2) + eps) * weight`` with ``h = x [+ residual]``.
+
+    Same dimensions, residual, out and stats rules as layer_norm; ``eps=None`` is the
+    machine epsilon of the computation dtype (float32 for half and float32 inputs),
+    as in ``torch.nn.functional.rms_norm``.  ``return_stats=True`` returns ``(y, rstd)``.
+    """
+    if eps is not None and (type(eps) is not float or not 0.0 <= eps < _INF):
+        eps = _checks.check_eps(eps)
+    result = _row_norm(_RMS_NORM, x, normalized_shape, weight, None, eps, axis, residual,
+                       residual_out, out, return_stats)
+    if return_stats:
+        y, _mean, rstd = result
+        return y, rstd
+    return result
+
+
+def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, residual_out, out,
+              return_stats):
+    """Shared body of layer_norm (bias used, mean returned) and rms_norm (eps may be None)."""
+    if type(x) is not _ndarray:
+        x = np.asarray(x)
+    rule = _DTYPES.get(x.dtype)
+    if rule is None:
+        x, rule = _checks.input_rule(x)
+    code, compute, view = rule
+    if eps is None:
+        eps = _RMS_EPS[x.dtype]
+
+    # Short path: last axis, C-contiguous, nothing but weight/bias.
+    if (normalized_shape is None and axis is None and residual is None and out is None
+            and residual_out is None and not return_stats and x.ndim and x.flags.c_contiguous):
+        shape = x.shape
+        middle = shape[-1]
+        if middle and x.size:
+            w = None
+            if weight is not None:
+                w = weight
+                if (type(w) is not _ndarray or w.dtype is not compute or w.shape != (middle,)
+                        or not w.flags.c_contiguous):
+                    w = as_param(weight, (middle,), compute, "weight")
+            b = None
+            if bias is not None:
+                b = bias
+                if (type(b) is not _ndarray or b.dtype is not compute or b.shape != (middle,)
+                        or not b.flags.c_contiguous):
+                    b = as_param(bias, (middle,), compute, "bias")
+            y = _empty(shape, x.dtype)
+            if view is None:
+                _core_norm(kind, code, x.size // middle, middle, 1, x, None, None, y, w, b, eps,
+                           None, None, _checks.num_threads)
+            else:
+                _core_norm(kind, code, x.size // middle, middle, 1, x.view(view), None, None,
+                           y.view(view), w, b, eps, None, None, _checks.num_threads)
+            return y
+
+    plan = _checks.norm_plan(x.shape, normalized_shape, axis)
+    w = None if weight is None else as_param(weight, plan.norm_shape, compute, "weight")
+    b = None if bias is None else as_param(bias, plan.norm_shape, compute, "bias")
+    if out is not None:
+        check_out(out, x.shape, x.dtype)
+    r = None
+    if residual is not None or residual_out is not None:
+        r = _checks.check_residual(residual, residual_out, x, out)
+
+    count = plan.outer * plan.inner  # number of statistics
+    mean = _empty(count, compute) if return_stats and kind == _LAYER_NORM else None
+    rstd = _empty(count, compute) if return_stats else None
+    if x.size == 0:
+        y = _empty(x.shape, x.dtype) if out is None else out
+    elif plan.moved is not None:
+        y = _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd)
+    else:
+        y = _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd)
+
+    if not return_stats:
+        return y
+    stats_shape = plan.stats_shape
+    return y, None if mean is None else mean.reshape(stats_shape), rstd.reshape(stats_shape)
+
+
+def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd):
+    """Normalized axes form one contiguous group: x is used as it is (after a copy only
+    when it is not C-contiguous).  Returns y (out when given)."""
+    x = contiguous(x)
+    if r is not None and plan.inner != 1:
+        # The kernels fuse the residual only for inner == 1: form h in x's dtype first
+        # (NumPy and ml_dtypes round the float32 sum once, as the kernels do).
+        h = np.add(x, r, out=residual_out) if residual_out is not None else x + r
+        x, r, residual_out = contiguous(h), None, None
+    if r is not None:
+        r = contiguous(r)
+
+    h_target = residual_out
+    if residual_out is not None and residual_out is not x and residual_out is not r:
+        if not writes_directly(residual_out, x, r):  # partial overlap or not C-contiguous
+            h_target = _empty(x.shape, x.dtype)
+
+    if out is None:
+        y = _empty(x.shape, x.dtype)
+    elif writes_directly(out, x, r, h_target):
+        y = out
+    else:
+        y = _empty(x.shape, x.dtype)
+
+    _core_norm(kind, code, plan.outer, plan.middle, plan.inner, core_view(x, view),
+               None if r is None else core_view(r, view),
+               None if h_target is None else core_view(h_target, view),
+               core_view(y, view), w, b, eps, mean, rstd, _checks.num_threads)
+
+    if h_target is not residual_out:
+        residual_out[...] = h_target
+    if out is not None and y is not out:
+        out[...] = y
+        return out
+    return y
+
+
+def _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd):
+    """Normalized axes that are not one contiguous group: move them to the end (one copy),
+    normalize rows, and move the result back into a C-contiguous y (or out)."""
+    axes = plan.moved
+    xm = _checks.move_to_end(x, axes)
+    rm = None if r is None else _checks.move_to_end(r, axes)
+    hm = None if residual_out is None else _empty(xm.shape, x.dtype)
+    ym = _empty(xm.shape, x.dtype)
+    _core_norm(kind, code, plan.outer, plan.middle, 1, core_view(xm, view),
+               None if rm is None else core_view(rm, view),
+               None if hm is None else core_view(hm, view),
+               core_view(ym, view), w, b, eps, mean, rstd, _checks.num_threads)
+    if hm is not None:
+        residual_out[...] = _checks.move_back(hm, axes)
+    y = _empty(x.shape, x.dtype) if out is None else out
+    y[...] = _checks.move_back(ym, axes)
+    return y
+
+
+# ---- BatchNorm ----------------------------------------------------------------------
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, axis=1, out=None, return_stats=False):
+    """BatchNorm over every axis of ``x`` but the channel ``axis`` (1: NCHW, -1: NHWC).
+
+    ``training=False`` normalizes with ``running_mean`` / ``running_var`` (required).
+    ``training=True`` uses each channel's batch mean and population variance and, when
+    running statistics are given, updates them in place (PyTorch's momentum convention,
+    unbiased running variance).  ``return_stats=True`` returns ``(y, mean, rstd)`` of shape
+    ``(C,)``: the statistics used, in the computation dtype.
+    """
+    x = _checks.as_array(x)
+    x, (code, compute, view) = _checks.input_rule(x)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm needs x with at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if isinstance(axis, (tuple, list)):
+        raise ValueError(f"axis is the single channel axis of batch_norm, got {axis!r}")
+    (channel_axis,) = _checks.resolve_axes(x.ndim, axis)
+    outer, channels, inner = _checks.channel_block(x.shape, channel_axis)
+    eps = _checks.check_eps(eps)
+    momentum = _checks.check_momentum(momentum)
+    w = None if weight is None else as_param(weight, (channels,), compute, "weight")
+    b = None if bias is None else as_param(bias, (channels,), compute, "bias")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("give both running_mean and running_var, or neither")
+    has_running = running_mean is not None
+    if not training and not has_running:
+        raise ValueError("batch_norm with training=False needs running_mean and running_var")
+    if has_running:
+        _checks.check_running_stat(running_mean, channels, "running_mean", training)
+        _checks.check_running_stat(running_var, channels, "running_var", training)
+    if out is not None:
+        check_out(out, x.shape, x.dtype)
+    n = outer * inner  # values per channel
+    if training and n < 2:
+        raise ValueError(
+            f"batch_norm training needs at least 2 values per channel, got {n} "
+            f"(x has shape {x.shape}, channel axis {channel_axis})"
+        )
+
+    x = contiguous(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if training:
+            mean = _empty(channels, _FLOAT64)
+            m2 = _empty(channels, _FLOAT64)
+            if channels:  # no channels, nothing to reduce
+                _core_moments(code, outer, channels, inner, core_view(x, view), mean, m2,
+                              _checks.num_threads)
+            var = m2 / n
+        else:
+            mean = running_mean.astype(_FLOAT64)
+            var = running_var.astype(_FLOAT64)
+        rstd = 1.0 / np.sqrt(var + eps)
+        scale = rstd if w is None else rstd * w
+        shift = np.zeros(channels) if b is None else b.astype(_FLOAT64)
+
+    if x.size == 0:  # eval of an empty batch, or no channels
+        y = _empty(x.shape, x.dtype) if out is None else out
+    else:
+        y = _affine(code, view, outer, channels, inner, x, out, mean, scale, shift)
+
+    if training and has_running:  # after the kernel: a failure leaves them untouched
+        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+        running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    if return_stats:
+        return y, mean.astype(compute), rstd.astype(compute)
+    return y
+
+
+def _affine(code, view, outer, channels, inner, x, out, mean, scale, shift):
+    """y = (x - mean[c]) * scale[c] + shift[c] into out (directly when it can) or a new array.
+    x is C-contiguous; the per-channel arrays are float64."""
+    if out is not None and writes_directly(out, x):
+        y = out
+    else:
+        y = _empty(x.shape, x.dtype)
+    _core_affine(code, outer, channels, inner, core_view(x, view), core_view(y, view),
+                 mean, scale, shift, _checks.num_threads)
+    if out is not None and y is not out:
+        out[...] = y
+        return out
+    return y
+
+
+# ---- GroupNorm / InstanceNorm ------------------------------------------------------
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """GroupNorm of ``x`` of shape ``(N, C, ...)``: statistics per (sample, group of
+    ``C // num_groups`` channels), then ``weight`` / ``bias`` of shape ``(C,)`` per channel."""
+    x = _checks.as_array(x)
+    x, (code, compute, view) = _checks.input_rule(x)
+    if x.ndim < 2:
+        raise ValueError(f"group_norm needs x of shape (N, C, ...), got shape {x.shape}")
+    num_groups = _checks.check_positive_int(num_groups, "num_groups")
+    return _group_norm(x, code, compute, view, num_groups, weight, bias, eps)
+
+
+def instance_norm(x, weight=None, bias=None, eps=1e-5):
+    """InstanceNorm: group_norm with one group per channel of ``x`` (N, C, ...)."""
+    x = _checks.as_array(x)
+    x, (code, compute, view) = _checks.input_rule(x)
+    if x.ndim < 2:
+        raise ValueError(f"instance_norm needs x of shape (N, C, ...), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"instance_norm needs at least one channel, x has shape {x.shape}")
+    return _group_norm(x, code, compute, view, x.shape[1], weight, bias, eps)
+
+
+def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
+    n, channels = x.shape[:2]
+    if channels % num_groups:
+        raise ValueError(
+            f"num_groups ({num_groups}) must divide the number of channels ({channels}) of x"
+        )
+    eps = _checks.check_eps(eps)
+    w = None if weight is None else as_param(weight, (channels,), compute, "weight")
+    b = None if bias is None else as_param(bias, (channels,), compute, "bias")
+    spatial = math.prod(x.shape[2:])
+    per_group = channels // num_groups
+    if per_group * spatial == 0:
+        raise ValueError(f"the groups of x (shape {x.shape}, {num_groups} groups) must not be empty")
+    if n == 0:
+        return _empty(x.shape, x.dtype)
+
+    # Statistics: one "channel" per (sample, group), each a contiguous span of x.
+    x = contiguous(x)
+    groups = n * num_groups
+    mean = _empty(groups, _FLOAT64)
+    m2 = _empty(groups, _FLOAT64)
+    _core_moments(code, 1, groups, per_group * spatial, core_view(x, view), mean, m2,
+                  _checks.num_threads)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rstd = 1.0 / np.sqrt(m2 / (per_group * spatial) + eps)
+        # Normalization: one "channel" per (sample, channel) with its group's statistics.
+        mean_nc = np.repeat(mean, per_group)
+        scale_nc = np.repeat(rstd, per_group)
+        if w is not None:
+            scale_nc *= np.tile(w.astype(_FLOAT64), n)
+        shift_nc = np.zeros(n * channels) if b is None else np.tile(b.astype(_FLOAT64), n)
+    return _affine(code, view, 1, n * channels, spatial, x, None, mean_nc, scale_nc, shift_nc)
