@@ -1,0 +1,224 @@
+"""Build of fastnorm._core: the Cython glue, the baseline C sources and one object per ISA tier.
+
+Why a build_ext subclass: per-source flags.  Only the kernel translation units named
+*_avx2.c / *_avx512.c get ISA flags; everything else (dispatch.c, api.c, the glue) is
+compiled for the baseline x86-64, so nothing outside a kernel can execute an instruction
+the CPU lacks.  The subclass sees the compiler type (unix/msvc), which decides the flag
+spelling, and can probe the compiler before using a flag.  Never -march: wheels must run
+on every x86-64 machine, and dispatch.c picks the kernels at import.
+
+Environment knobs (each decision is printed as one "[fastnorm] ..." line; pip shows
+them with -v):
+  FASTNORM_NO_OPENMP=1       build without OpenMP (single-threaded)
+  FASTNORM_DISABLE_AVX2=1    leave the AVX2 kernels out
+  FASTNORM_DISABLE_AVX512=1  leave the AVX-512 kernels out
+  FASTNORM_CYTHON_DEBUG=1    Cython bounds/wraparound/initialization checks on
+  FASTNORM_SANITIZE=1        -fsanitize=address,undefined on every source (CI's ASan run;
+                             load with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
+"""
+import contextlib
+import os
+import platform
+import struct
+import sys
+import tempfile
+from glob import glob
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
+
+C_DIR = os.path.join("src", "fastnorm_c")
+
+# tier -> flags by compiler family.  The only place ISA flags appear.
+ISA_FLAGS = {
+    "avx2": {"unix": ["-mavx2", "-mfma", "-mf16c"], "msvc": ["/arch:AVX2"]},
+    "avx512": {
+        "unix": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c"],
+        "msvc": ["/arch:AVX512"],
+    },
+}
+# A few intrinsics of each tier: the probe proves the compiler has the flags *and* headers.
+ISA_PROBES = {
+    "avx2": "#include <immintrin.h>\n"
+    "__m256 f(__m256 a, __m128i h) { return _mm256_fmadd_ps(a, a, _mm256_cvtph_ps(h)); }\n",
+    "avx512": "#include <immintrin.h>\n"
+    "__m512 f(__m512 a, __m256i h, __m512i b) {\n"
+    "  __mmask16 m = _mm512_cmpeq_epi32_mask(_mm512_add_epi16(b, b), b);\n"
+    "  return _mm512_maskz_fmadd_ps(m, a, a, _mm512_cvtph_ps(h)); }\n",
+}
+ISA_SOURCES = {tier: sorted(glob(os.path.join(C_DIR, f"*_{tier}.c"))) for tier in ISA_FLAGS}
+BASE_SOURCES = sorted(
+    set(glob(os.path.join(C_DIR, "*.c"))) - {s for sources in ISA_SOURCES.values() for s in sources}
+)
+HEADERS = sorted(glob(os.path.join(C_DIR, "*.h")) + glob(os.path.join("include", "fastnorm", "*.h")))
+
+# No -ffast-math: NaN/inf must propagate as IEEE says (the contract's NaN rule).
+BASE_CFLAGS = {
+    "unix": ["-O3", "-std=c11", "-fvisibility=hidden", "-fno-math-errno"],
+    "msvc": ["/O2", "/std:c11"],
+}
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer", "-g"]
+
+OPENMP_PROBE = (
+    "#include <omp.h>\n"
+    "int main(void) { int n = 0;\n"
+    "#pragma omp parallel reduction(+:n)\n"
+    "  n += 1;\n"
+    "  return n > 0 && omp_get_max_threads() > 0 ? 0 : 1; }\n"
+)
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def log(message):
+    print(f"[fastnorm] {message}", flush=True)
+
+
+def is_x86_64():
+    machine = platform.machine().lower()
+    return machine in ("x86_64", "amd64", "x64") and struct.calcsize("P") == 8
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the compiler while probing: a failed probe is an expected answer, not an error."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def compiles(compiler, code, compile_args, link_args=None):
+    """Whether `code` compiles with `compile_args` (and links with `link_args` if given)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "probe.c")
+        with open(source, "w") as f:
+            f.write(code)
+        try:
+            with quiet():
+                objects = compiler.compile([source], output_dir=tmp, extra_postargs=compile_args)
+                if link_args is not None:
+                    compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=link_args)
+        except Exception:  # CompileError, LinkError, or a missing compiler
+            return False
+    return True
+
+
+def openmp_flags(compiler, family):
+    """(compile args, link args) for OpenMP, or ([], []) when disabled or unavailable."""
+    if env_flag("FASTNORM_NO_OPENMP"):
+        log("openmp: off (FASTNORM_NO_OPENMP=1), kernels run on one thread")
+        return [], []
+    if family == "msvc":
+        candidates = [(["/openmp:llvm"], []), (["/openmp"], [])]
+    elif sys.platform == "darwin":  # Apple clang has no driver flag; libomp comes from Homebrew
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    for compile_args, link_args in candidates:
+        if compiles(compiler, OPENMP_PROBE, compile_args, link_args):
+            log(f"openmp: on (compile {' '.join(compile_args)}, link {' '.join(link_args) or '-'})")
+            return compile_args, link_args
+    log("openmp: NOT AVAILABLE (no working OpenMP flag found); building single-threaded. "
+        "Install an OpenMP runtime (libgomp/libomp) for multi-threaded kernels.")
+    return [], []
+
+
+class build_ext(_build_ext):
+    def build_extension(self, ext):
+        family = "msvc" if self.compiler.compiler_type == "msvc" else "unix"
+        base = list(BASE_CFLAGS[family])
+        link = []
+        if env_flag("FASTNORM_SANITIZE"):
+            if family == "msvc":
+                raise SystemExit("[fastnorm] FASTNORM_SANITIZE=1 needs gcc or clang")
+            base += SANITIZE_FLAGS
+            link += SANITIZE_FLAGS
+            log(f"sanitizers: on ({' '.join(SANITIZE_FLAGS)})")
+
+        # Rebuilt from scratch on every call, so a second build never duplicates objects.
+        ext.extra_objects = []
+        ext.define_macros = [m for m in ext.define_macros if not m[0].startswith("FASTNORM_HAVE_")]
+        for tier, flags in ISA_FLAGS.items():
+            reason = self._isa_skip_reason(tier, family, base)
+            if reason:
+                log(f"{tier}: skipped ({reason})")
+                continue
+            ext.extra_objects += self.compiler.compile(
+                ISA_SOURCES[tier], output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                extra_postargs=base + flags[family], depends=ext.depends)
+            ext.define_macros.append((f"FASTNORM_HAVE_{tier.upper()}", "1"))
+            log(f"{tier}: compiled {', '.join(os.path.basename(s) for s in ISA_SOURCES[tier])} "
+                f"with {' '.join(flags[family])}")
+
+        omp_compile, omp_link = openmp_flags(self.compiler, family)
+        ext.extra_compile_args = base + omp_compile
+        ext.extra_link_args = link + omp_link
+        super().build_extension(ext)
+
+    def _isa_skip_reason(self, tier, family, base):
+        if not is_x86_64():
+            return f"not an x86-64 build ({platform.machine()}, {8 * struct.calcsize('P')}-bit)"
+        if env_flag(f"FASTNORM_DISABLE_{tier.upper()}"):
+            return f"FASTNORM_DISABLE_{tier.upper()}=1"
+        if not ISA_SOURCES[tier]:
+            return f"no src/fastnorm_c/*_{tier}.c sources"
+        if not compiles(self.compiler, ISA_PROBES[tier], base + ISA_FLAGS[tier][family]):
+            return f"compiler rejects {' '.join(ISA_FLAGS[tier][family])}"
+        return None
+
+    def run(self):
+        super().run()
+        # `pip install .` builds in a temporary build/ tree and installs from there.  Also
+        # place the extension next to the sources, so that commands run from the checkout
+        # root (`python -m fastnorm ...`, `python -m pytest`), where Python imports the
+        # source-tree package ahead of the installed one, find a working fastnorm._core.
+        if not self.inplace and os.path.isfile(os.path.join("fastnorm", "_core.pyx")):
+            self.copy_extensions_to_source()
+            log("copied the built fastnorm._core into the source tree (fastnorm/) as well")
+
+
+debug = env_flag("FASTNORM_CYTHON_DEBUG")
+log(f"cython: {'debug checks on' if debug else 'checks off'} (FASTNORM_CYTHON_DEBUG)")
+CYTHON_DIRECTIVES = dict(
+    language_level=3,
+    boundscheck=debug,
+    wraparound=debug,
+    initializedcheck=debug,
+    cdivision=True,
+    embedsignature=True,
+)
+
+core = Extension(
+    "fastnorm._core",
+    sources=[os.path.join("fastnorm", "_core.pyx"), *BASE_SOURCES],
+    include_dirs=["include", C_DIR],
+    # The ISA sources are compiled by build_ext itself; listing them here makes a change
+    # to one of them relink the extension.
+    depends=HEADERS + [s for sources in ISA_SOURCES.values() for s in sources],
+)
+
+setup(
+    ext_modules=cythonize(
+        [core],
+        compiler_directives=CYTHON_DIRECTIVES,
+        # Always regenerate: the directives above depend on the environment, which
+        # Cython's timestamp check cannot see.  The module is small.
+        force=True,
+        quiet=True,
+    ),
+    cmdclass={"build_ext": build_ext},
+)
