@@ -1,0 +1,130 @@
+/*
+ * dispatch.c - which kernel family runs: the compiled tables, the CPU's support for them,
+ * and the one active-table pointer every entry point of api.c reads.
+ *
+ * Compiled at the x86-64 baseline, like everything outside the kernel TUs: this file runs
+ * before we know what the CPU supports, so it must not contain a single AVX instruction.
+ *
+ * The choice is made once: the first call of any function here (fastnorm._core makes it
+ * at import, under the GIL) probes the CPU and selects the best of compiled and supported,
+ * avx512 > avx2 > scalar.  fastnorm_set_isa replaces it; entry points load the pointer
+ * once per call, so a switch never mixes two families inside one call.  Both the probe
+ * result and the pointer are atomics: a C caller may race the first use or a set_isa
+ * from several threads, and every racer computes the same value anyway.
+ */
+#if (defined(__AVX__) || defined(__AVX2__) || defined(__AVX512F__)) && !defined(FASTNORM_ALLOW_AVX_BASELINE)
+#error "dispatch.c must be compiled without AVX flags (it runs before the CPU check). \
+Remove -mavx*/-march from CFLAGS, or define FASTNORM_ALLOW_AVX_BASELINE if every target CPU has AVX."
+#endif
+
+#include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "kernels.h"
+
+#if defined(__STDC_NO_ATOMICS__) || (defined(_MSC_VER) && !defined(__clang__))
+/* No C11 atomics (MSVC's are experimental): plain aligned loads/stores, which are atomic
+ * on every platform this builds on; the values written are idempotent. */
+typedef const fastnorm_kernels_t *volatile fn_table_slot;
+typedef volatile int fn_int_slot;
+#define FN_LOAD(slot) (slot)
+#define FN_STORE(slot, value) ((slot) = (value))
+#else
+#include <stdatomic.h>
+typedef const fastnorm_kernels_t *_Atomic fn_table_slot;
+typedef _Atomic int fn_int_slot;
+#define FN_LOAD(slot) atomic_load_explicit(&(slot), memory_order_acquire)
+#define FN_STORE(slot, value) atomic_store_explicit(&(slot), (value), memory_order_release)
+#endif
+
+/* Compiled tables, indexed by fastnorm_isa_t; NULL where setup.py did not build the TU. */
+static const fastnorm_kernels_t *const tables_[FASTNORM_ISA_COUNT] = {
+    &fastnorm_kernels_scalar,
+#ifdef FASTNORM_HAVE_AVX2
+    &fastnorm_kernels_avx2,
+#else
+    NULL,
+#endif
+#ifdef FASTNORM_HAVE_AVX512
+    &fastnorm_kernels_avx512,
+#else
+    NULL,
+#endif
+};
+
+static const char *const isa_names_[FASTNORM_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+/* Bit i set: family i is compiled and the CPU/OS run it.  FN_PROBED marks "computed". */
+#define FN_PROBED (1 << 30)
+static fn_int_slot supported_mask_ = 0;
+static fn_table_slot active_ = NULL;
+
+static int valid_isa_(fastnorm_isa_t isa) { return (unsigned)isa < FASTNORM_ISA_COUNT; }
+
+static int supported_mask_get_(void) {
+    int mask = FN_LOAD(supported_mask_);
+    if (!(mask & FN_PROBED)) {
+        mask = FN_PROBED;
+        for (int isa = 0; isa < FASTNORM_ISA_COUNT; ++isa)
+            if (tables_[isa] && (isa == FASTNORM_ISA_SCALAR || fastnorm_cpu_has((fastnorm_isa_t)isa)))
+                mask |= 1 << isa;
+        FN_STORE(supported_mask_, mask);
+    }
+    return mask;
+}
+
+int fastnorm_isa_compiled(fastnorm_isa_t isa) { return valid_isa_(isa) && tables_[isa] != NULL; }
+
+int fastnorm_isa_supported(fastnorm_isa_t isa) {
+    return valid_isa_(isa) && (supported_mask_get_() >> isa & 1);
+}
+
+fastnorm_isa_t fastnorm_best_isa(void) {
+    int mask = supported_mask_get_();
+    for (int isa = FASTNORM_ISA_COUNT - 1; isa > 0; --isa)
+        if (mask >> isa & 1) return (fastnorm_isa_t)isa;
+    return FASTNORM_ISA_SCALAR;
+}
+
+const fastnorm_kernels_t *fastnorm_active_kernels(void) {
+    const fastnorm_kernels_t *table = FN_LOAD(active_);
+    if (!table) {
+        table = tables_[fastnorm_best_isa()];
+        FN_STORE(active_, table);
+    }
+    return table;
+}
+
+fastnorm_isa_t fastnorm_get_isa(void) {
+    const fastnorm_kernels_t *table = fastnorm_active_kernels();
+    for (int isa = 0; isa < FASTNORM_ISA_COUNT; ++isa)
+        if (tables_[isa] == table) return (fastnorm_isa_t)isa;
+    return FASTNORM_ISA_SCALAR; /* unreachable: the active table is always one of tables_ */
+}
+
+fastnorm_status_t fastnorm_set_isa(fastnorm_isa_t isa) {
+    if (!valid_isa_(isa)) return FASTNORM_ERR_BAD_VALUE;
+    if (!fastnorm_isa_supported(isa)) return FASTNORM_ERR_ISA_UNAVAILABLE;
+    FN_STORE(active_, tables_[isa]);
+    return FASTNORM_OK;
+}
+
+const char *fastnorm_isa_name(fastnorm_isa_t isa) { return valid_isa_(isa) ? isa_names_[isa] : "unknown"; }
+
+int fastnorm_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Read at call time, so OMP_NUM_THREADS and threadpoolctl's limits apply. */
+int fastnorm_default_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
