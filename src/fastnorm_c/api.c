@@ -35,6 +35,15 @@
 #define FN_COLUMN_ITEM_ELEMENTS 16384
 /* Super-rows are a multiple of this many elements: a full vector in every family. */
 #define FN_LANE_MULTIPLE 16
+/* Outputs of at least this many bytes are written with streaming stores: measured here, a
+ * 24 MB output streams at 0.7x the time of plain stores, a 12 MB one (which the last-level
+ * cache keeps between calls) at 1.45x. */
+#define FN_STREAM_MIN_BYTES (16u << 20)
+
+/* Stream y only when it is large and not read back: in place, x's lines are owned already. */
+static int fn_stream(const void *x, const void *y, size_t bytes) {
+    return bytes >= FN_STREAM_MIN_BYTES && x != y;
+}
 
 static size_t fn_storage_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F32 ? 4 : dtype == FASTNORM_F64 ? 8 : 2; }
 static size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F64 ? 8 : 4; }
@@ -121,6 +130,7 @@ typedef struct {
     const void *weight, *bias;
     double eps;
     void *mean_out, *rstd_out;
+    int stream;
 } fn_norm_job;
 
 /* Statistics then normalization of row r, read from cache the second time. */
@@ -136,7 +146,8 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_put(job->dtype, job->mean_out, r, mean);
     fn_put(job->dtype, job->rstd_out, r, rstd);
     job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, mean, rstd, 0.0,
-                                            job->weight, center ? job->bias : NULL, job->y + offset);
+                                            job->weight, center ? job->bias : NULL, job->y + offset,
+                                            job->stream);
 }
 
 /* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order. */
@@ -186,7 +197,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         const char *weight = job->weight ? (const char *)job->weight + begin * fn_compute_size(job->dtype) : NULL;
         const char *bias = center && job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
         job->kernels->row_normalize[job->dtype](h, residual, length, mean[r], rstd[r], 0.0, weight,
-                                                bias, job->y + offset);
+                                                bias, job->y + offset, job->stream);
     }
     free(scratch);
     return FASTNORM_OK;
@@ -227,7 +238,7 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
         job->kernels->col_normalize[job->dtype](x, job->middle, width, job->inner,
                                                 center ? mean_hi : NULL, center ? mean_lo : NULL,
                                                 scale, job->weight, center ? job->bias : NULL,
-                                                NULL, job->y + offset);
+                                                NULL, job->y + offset, job->stream);
     }
 }
 
@@ -247,7 +258,8 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
     fn_norm_job job = {fastnorm_active_kernels(), kind, dtype, outer, middle, inner,
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
-                       (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out};
+                       (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
+                       fn_stream(x, y, total * fn_storage_size(dtype))};
     int threads = fn_threads(n_threads, total);
     if (inner != 1) {
         fn_norm_columns(&job, threads);
@@ -389,7 +401,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
     if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
-    int threads = fn_threads(n_threads, total);
+    int threads = fn_threads(n_threads, total), stream = fn_stream(x, y, total * size);
     const char *xs = (const char *)x;
     char *ys = (char *)y;
     if (inner >= FN_ROW_PATH_MIN) {
@@ -402,7 +414,8 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
             size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
             size_t offset = (row * inner + begin) * size;
             kernels->row_normalize[dtype](xs + offset, NULL, length, mean ? mean[channel] : 0.0,
-                                          scale[channel], shift[channel], NULL, NULL, ys + offset);
+                                          scale[channel], shift[channel], NULL, NULL, ys + offset,
+                                          stream);
         }
         return FASTNORM_OK;
     }
@@ -436,7 +449,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
                 size_t offset = c.super_rows * c.width * size;
                 kernels->col_normalize[dtype](xs + offset, c.leftover, c.narrow_width, c.narrow_width,
                                               mean ? mean_hi : NULL, mean ? mean_lo : NULL, col_scale,
-                                              NULL, NULL, col_shift, ys + offset);
+                                              NULL, NULL, col_shift, ys + offset, stream);
             }
             continue;
         }
@@ -444,7 +457,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
         size_t offset = first * c.width * size;
         kernels->col_normalize[dtype](xs + offset, rows, c.width, c.width, mean ? mean_hi : NULL,
                                       mean ? mean_lo : NULL, col_scale, NULL, NULL, col_shift,
-                                      ys + offset);
+                                      ys + offset, stream);
     }
     free(params);
     return FASTNORM_OK;

@@ -32,6 +32,8 @@
 #define kb_store KB_GLUE(KB_ISA, store, KB_DT)
 #define kb_store_n KB_GLUE(KB_ISA, store_n, KB_DT)
 #define kb_round KB_GLUE(KB_ISA, round, KB_DT)
+#define kb_stream KB_GLUE(KB_ISA, stream, KB_DT)
+#define kb_stream_fence KB_GLUE(KB_ISA, stream, fence)
 #define kb_set1 KB_GLUE(KB_ISA, set1, KB_CT)
 #define kb_add KB_GLUE(KB_ISA, add, KB_CT)
 #define kb_sub KB_GLUE(KB_ISA, sub, KB_CT)
@@ -45,7 +47,7 @@
 #define kb_scalar_round KB_GLUE(fn, round1, KB_DT)
 
 #ifndef KB_STREAMS
-#define KB_STREAMS 4
+#define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
 #define KB_BLOCK 64      /* row Welford steps per lane before a float64 merge */
 #define KB_COL_BLOCK 16  /* column Welford rows per block: columns merge less often anyway */
 /* 1/k for the per-lane Welford step count k (all lanes of a block share k). */
@@ -100,6 +102,39 @@ KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *r
     return h;
 }
 
+/* The first value of a Welford stream (center), or its first square (!center). */
+KB_INLINE void KB_NAME(kb_welford_first)(KB_V h, KB_V shift, int center, KB_V *mean, KB_V *m2) {
+    *mean = kb_sub(h, shift);
+    *m2 = center ? kb_set1(0) : kb_mul(h, h);
+}
+
+/* Step k of a Welford stream (inverse = 1/k), or a sum of squares when !center. */
+KB_INLINE void KB_NAME(kb_welford_step)(KB_V h, KB_V shift, KB_V inverse, int center,
+                                        KB_V *mean, KB_V *m2) {
+    if (center) {
+        /* the textbook update: rewriting it as mean * (k-1)/k + value/k shortens the
+         * dependency chain but rounds (k-1)/k, which drifts the mean (measured 2x error) */
+        KB_V value = kb_sub(h, shift);
+        KB_V delta = kb_sub(value, *mean);
+        *mean = kb_fma(delta, inverse, *mean);
+        *m2 = kb_fma(delta, kb_sub(value, *mean), *m2);
+    } else {
+        *m2 = kb_fma(h, h, *m2);
+    }
+}
+
+/* Chan's merge of two streams of equal count n into the first; half_count = n / 2. */
+KB_INLINE void KB_NAME(kb_pair)(KB_V *mean, KB_V *m2, KB_V mean_b, KB_V m2_b, KB_V half_count,
+                                int center) {
+    if (center) {
+        KB_V delta = kb_sub(mean_b, *mean);
+        *mean = kb_fma(delta, kb_set1((KB_C)0.5), *mean);
+        *m2 = kb_fma(kb_mul(delta, delta), half_count, kb_add(*m2, m2_b));
+    } else {
+        *m2 = kb_add(*m2, m2_b);
+    }
+}
+
 KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                           size_t n, double shift, int center, double *mean_shifted,
                                           double *m2_out, int has_residual, int has_residual_out) {
@@ -109,58 +144,46 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
     double lane_mean[KB_LANES], lane_m2[KB_LANES];
     const KB_V shift_v = kb_set1((KB_C)shift);
     size_t i = 0;
+    /* Four named streams, not an array: indexed vector arrays end up on the stack. */
+#define KB_H(s) KB_NAME(kb_load_h)(x, residual, residual_out, i + (s) * KB_LANES, has_residual, \
+                                   has_residual_out)
     for (size_t step0 = 0; step0 < steps; step0 += KB_BLOCK) {
         size_t block = steps - step0 < KB_BLOCK ? steps - step0 : KB_BLOCK;
-        KB_V mean[KB_STREAMS], m2[KB_STREAMS];
-        for (int s = 0; s < KB_STREAMS; ++s) {
-            KB_V h = KB_NAME(kb_load_h)(x, residual, residual_out, i + s * KB_LANES, has_residual,
-                                        has_residual_out);
-            mean[s] = kb_sub(h, shift_v); /* unused when !center */
-            m2[s] = center ? kb_set1(0) : kb_mul(h, h);
-        }
+        KB_V mean0, mean1, mean2, mean3, m2_0, m2_1, m2_2, m2_3;
+        KB_NAME(kb_welford_first)(KB_H(0), shift_v, center, &mean0, &m2_0);
+        KB_NAME(kb_welford_first)(KB_H(1), shift_v, center, &mean1, &m2_1);
+        KB_NAME(kb_welford_first)(KB_H(2), shift_v, center, &mean2, &m2_2);
+        KB_NAME(kb_welford_first)(KB_H(3), shift_v, center, &mean3, &m2_3);
         i += STEP;
         for (size_t k = 2; k <= block; ++k, i += STEP) {
             const KB_V inverse = kb_set1((KB_C)kb_inverse_count[k]);
-            for (int s = 0; s < KB_STREAMS; ++s) {
-                KB_V h = KB_NAME(kb_load_h)(x, residual, residual_out, i + s * KB_LANES,
-                                            has_residual, has_residual_out);
-                if (center) {
-                    KB_V value = kb_sub(h, shift_v);
-                    KB_V delta = kb_sub(value, mean[s]);
-                    mean[s] = kb_fma(delta, inverse, mean[s]);
-                    m2[s] = kb_fma(delta, kb_sub(value, mean[s]), m2[s]);
-                } else {
-                    m2[s] = kb_fma(h, h, m2[s]);
-                }
-            }
+            KB_NAME(kb_welford_step)(KB_H(0), shift_v, inverse, center, &mean0, &m2_0);
+            KB_NAME(kb_welford_step)(KB_H(1), shift_v, inverse, center, &mean1, &m2_1);
+            KB_NAME(kb_welford_step)(KB_H(2), shift_v, inverse, center, &mean2, &m2_2);
+            KB_NAME(kb_welford_step)(KB_H(3), shift_v, inverse, center, &mean3, &m2_3);
         }
         /* The streams hold equal counts: pair them up in registers (Chan's formula for
          * equal halves), so only one vector per block is widened and merged in float64. */
-        KB_V block_mean = mean[0], block_m2 = m2[0];
-        if (center) {
-            const KB_V half = kb_set1((KB_C)0.5);
-            KB_V count_v = kb_set1((KB_C)block * (KB_C)0.5);
-            for (int width = 1; width < KB_STREAMS; width *= 2, count_v = kb_add(count_v, count_v))
-                for (int s = 0; s + width < KB_STREAMS; s += 2 * width) {
-                    KB_V delta = kb_sub(mean[s + width], mean[s]);
-                    mean[s] = kb_fma(delta, half, mean[s]);
-                    m2[s] = kb_fma(kb_mul(delta, delta), count_v, kb_add(m2[s], m2[s + width]));
-                }
-            block_mean = mean[0];
-            block_m2 = m2[0];
-        } else {
-            for (int s = 1; s < KB_STREAMS; ++s) block_m2 = kb_add(block_m2, m2[s]);
-        }
+        KB_V half_count = kb_set1((KB_C)block * (KB_C)0.5);
+        KB_NAME(kb_pair)(&mean0, &m2_0, mean1, m2_1, half_count, center);
+        KB_NAME(kb_pair)(&mean2, &m2_2, mean3, m2_3, half_count, center);
+        KB_NAME(kb_pair)(&mean0, &m2_0, mean2, m2_2, kb_add(half_count, half_count), center);
+        KB_V block_mean = mean0, block_m2 = m2_0;
         double block_count = (double)block * KB_STREAMS;
-        kb_to_double(block_m2, lane_m2);
-        if (center) {
+        if (acc_count == 0) { /* the first block (for most rows the only one): no merge */
+            kb_to_double(block_m2, acc_m2);
+            kb_to_double(block_mean, acc_mean);
+        } else if (center) {
+            kb_to_double(block_m2, lane_m2);
             kb_to_double(block_mean, lane_mean);
             kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, block_count, KB_LANES);
-            acc_count += block_count;
         } else {
+            kb_to_double(block_m2, lane_m2);
             for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
         }
+        acc_count += block_count;
     }
+#undef KB_H
     /* merge the lanes: all hold acc_count values */
     double mean = 0, m2 = 0, count = (double)done;
     if (center && done) {
@@ -173,7 +196,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
             spread += delta * delta;
         }
         m2 += spread * acc_count;
-    } else if (!center) {
+    } else if (done) {
         for (int lane = 0; lane < KB_LANES; ++lane) m2 += acc_m2[lane];
     }
     /* the tail, fewer than STEP elements: exact float64 two-pass */
@@ -213,12 +236,21 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
 
 /* ---- row normalize --------------------------------------------------------------- */
 
+/* Elements before y's first address aligned for a streaming store (all of them when y is
+ * not even element-aligned, so nothing is streamed). */
+KB_INLINE size_t KB_NAME(kb_stream_head)(const KB_T *y, size_t n) {
+    const uintptr_t address = (uintptr_t)y, bytes = KB_LANES * sizeof(KB_T);
+    size_t head = address % sizeof(KB_T) ? n : (size_t)((bytes - address % bytes) % bytes) / sizeof(KB_T);
+    return head < n ? head : n;
+}
+
 /* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail. */
 KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
                                                 size_t left, KB_V mean_hi, KB_V mean_lo,
                                                 KB_V scale, KB_V beta, const KB_C *weight,
                                                 const KB_C *bias, KB_T *y, int has_residual,
-                                                int center, int has_weight, int has_bias) {
+                                                int center, int has_weight, int has_bias,
+                                                int stream) {
     int full = left >= KB_LANES;
     KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
     if (has_residual)
@@ -228,7 +260,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *resid
     KB_V out = has_weight ? kb_fma(kb_mul(h, scale),
                                    full ? kb_param(weight + i) : kb_param_n(weight + i, left), add)
                           : kb_fma(h, scale, add);
-    if (full)
+    if (full && stream)
+        kb_stream(y + i, out);
+    else if (full)
         kb_store(y + i, out);
     else
         kb_store_n(y + i, out, left);
@@ -238,23 +272,36 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                               KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
                                               const KB_C *weight, const KB_C *bias, KB_T *y,
                                               int has_residual, int center, int has_weight,
-                                              int has_bias) {
+                                              int has_bias, int stream) {
     const KB_V mean_hi_v = kb_set1(mean_hi), mean_lo_v = kb_set1(mean_lo);
     const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(beta);
-    size_t i = 0;
+    size_t i = 0, head = stream ? KB_NAME(kb_stream_head)(y, n) : 0;
+    if (head == n) stream = head = 0; /* nothing aligned to stream to */
+    if (head) /* unaligned start: a partial vector up to the first aligned element */
+        KB_NAME(kb_row_normalize_vector)(x, residual, 0, head, mean_hi_v, mean_lo_v, scale_v,
+                                         beta_v, weight, bias, y, has_residual, center,
+                                         has_weight, has_bias, 0);
+    i = head;
+    if (stream) {
+        for (; i + KB_LANES <= n; i += KB_LANES)
+            KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, mean_lo_v,
+                                             scale_v, beta_v, weight, bias, y, has_residual,
+                                             center, has_weight, has_bias, 1);
+        kb_stream_fence();
+    }
     for (; i + KB_LANES <= n; i += KB_LANES)
         KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, mean_lo_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
-                                         has_weight, has_bias);
+                                         has_weight, has_bias, 0);
     if (i < n)
         KB_NAME(kb_row_normalize_vector)(x, residual, i, n - i, mean_hi_v, mean_lo_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
-                                         has_weight, has_bias);
+                                         has_weight, has_bias, 0);
 }
 
 static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n, double mean,
                                    double scale, double beta, const void *weight, const void *bias,
-                                   void *y) {
+                                   void *y, int stream) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
@@ -264,7 +311,7 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
 #define KB_CASE(f)                                                                              \
     case f:                                                                                     \
         KB_NAME(kb_row_normalize_impl)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, (f) & 8, (f) & 4, \
-                                       (f) & 2, (f) & 1);                                       \
+                                       (f) & 2, (f) & 1, stream);                               \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
@@ -337,7 +384,7 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
                                                 const KB_C *scale, const KB_C *col_shift,
                                                 KB_V weight, KB_V bias, int center,
                                                 int has_row_weight, int has_row_bias,
-                                                int has_col_shift) {
+                                                int has_col_shift, int stream) {
     int full = left >= KB_LANES;
     KB_V h = full ? kb_load(xr + j) : kb_load_n(xr + j, left);
     if (center) {
@@ -352,7 +399,9 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
         add = has_row_bias ? kb_add(bias, cs) : cs;
     }
     KB_V out = has_row_weight ? kb_fma(kb_mul(h, sc), weight, add) : kb_fma(h, sc, add);
-    if (full)
+    if (full && stream)
+        kb_stream(yr + j, out);
+    else if (full)
         kb_store(yr + j, out);
     else
         kb_store_n(yr + j, out, left);
@@ -364,7 +413,10 @@ KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t
                                               const KB_C *row_weight, const KB_C *row_bias,
                                               const KB_C *col_shift, KB_T *y, int center,
                                               int has_row_weight, int has_row_bias,
-                                              int has_col_shift) {
+                                              int has_col_shift, int stream) {
+    /* stream only when every row starts aligned (the stride keeps the alignment) */
+    stream = stream && KB_NAME(kb_stream_head)(y, cols) == 0 &&
+             (row_stride * sizeof(KB_T)) % (KB_LANES * sizeof(KB_T)) == 0;
     for (size_t r = 0; r < rows; ++r) {
         const KB_T *xr = x + r * row_stride;
         KB_T *yr = y + r * row_stride;
@@ -374,18 +426,19 @@ KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t
         for (; j + KB_LANES <= cols; j += KB_LANES)
             KB_NAME(kb_col_normalize_vector)(xr, yr, j, KB_LANES, mean_hi, mean_lo, scale,
                                              col_shift, weight, bias, center, has_row_weight,
-                                             has_row_bias, has_col_shift);
+                                             has_row_bias, has_col_shift, stream);
         if (j < cols)
             KB_NAME(kb_col_normalize_vector)(xr, yr, j, cols - j, mean_hi, mean_lo, scale,
                                              col_shift, weight, bias, center, has_row_weight,
-                                             has_row_bias, has_col_shift);
+                                             has_row_bias, has_col_shift, 0);
     }
+    if (stream) kb_stream_fence();
 }
 
 static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size_t row_stride,
                                    const void *mean_hi, const void *mean_lo, const void *scale,
                                    const void *row_weight, const void *row_bias,
-                                   const void *col_shift, void *y) {
+                                   const void *col_shift, void *y, int stream) {
     const KB_T *xs = (const KB_T *)x;
     const KB_C *hi = (const KB_C *)mean_hi, *lo = (const KB_C *)mean_lo, *sc = (const KB_C *)scale;
     const KB_C *rw = (const KB_C *)row_weight, *rb = (const KB_C *)row_bias;
@@ -395,7 +448,7 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #define KB_CASE(f)                                                                            \
     case f:                                                                                   \
         KB_NAME(kb_col_normalize_impl)(xs, rows, cols, row_stride, hi, lo, sc, rw, rb, cs, ys, \
-                                       (f) & 8, (f) & 4, (f) & 2, (f) & 1);                   \
+                                       (f) & 8, (f) & 4, (f) & 2, (f) & 1, stream);           \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
@@ -415,6 +468,8 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef kb_store
 #undef kb_store_n
 #undef kb_round
+#undef kb_stream
+#undef kb_stream_fence
 #undef kb_set1
 #undef kb_add
 #undef kb_sub

@@ -25,10 +25,13 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
 
 /* y[i] = ((h[i] - mean) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
  * with h = x (+ residual, rounded).  mean == 0 skips the subtraction; otherwise it is
- * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype. */
+ * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype.
+ * stream != 0: y is written with non-temporal stores (for outputs far larger than the
+ * caches, where they save the read-for-ownership of every line) and fenced. */
 typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, size_t n,
                                           double mean, double scale, double beta,
-                                          const void *weight, const void *bias, void *y);
+                                          const void *weight, const void *bias, void *y,
+                                          int stream);
 
 /* Column statistics of x[r * row_stride + j], r < rows, j < cols.
  * center != 0: Welford on (x - shift_row[j]) (shift_row: storage dtype, cols values,
@@ -41,11 +44,13 @@ typedef void (*fastnorm_col_stats_fn)(const void *x, size_t rows, size_t cols, s
 /* y[r, j] = ((x[r, j] - mean_hi[j]) - mean_lo[j]) * scale[j] * row_weight[r]
  *           + row_bias[r] + col_shift[j]
  * y has the same row_stride as x.  mean_hi/mean_lo NULL: no subtraction; row_weight NULL
- * means 1, row_bias and col_shift NULL mean 0.  All parameter arrays are compute dtype. */
+ * means 1, row_bias and col_shift NULL mean 0.  All parameter arrays are compute dtype.
+ * stream: as for rows. */
 typedef void (*fastnorm_col_normalize_fn)(const void *x, size_t rows, size_t cols, size_t row_stride,
                                           const void *mean_hi, const void *mean_lo,
                                           const void *scale, const void *row_weight,
-                                          const void *row_bias, const void *col_shift, void *y);
+                                          const void *row_bias, const void *col_shift, void *y,
+                                          int stream);
 
 typedef struct {
     const char *name;

@@ -138,4 +138,15 @@ static inline __m256 avx2_round_bf16(__m256 v) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(fn_avx2_bf16_round_bits(v), 16));
 }
 
+/* ---- streaming (non-temporal) stores: p aligned to the vector's storage bytes ---- */
+static inline void avx2_stream_f32(float *p, __m256 v) { _mm256_stream_ps(p, v); }
+static inline void avx2_stream_f64(double *p, __m256d v) { _mm256_stream_pd(p, v); }
+static inline void avx2_stream_f16(uint16_t *p, __m256 v) {
+    _mm_stream_si128((__m128i *)p, _mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING));
+}
+static inline void avx2_stream_bf16(uint16_t *p, __m256 v) {
+    _mm_stream_si128((__m128i *)p, fn_avx2_narrow_u16(fn_avx2_bf16_round_bits(v)));
+}
+static inline void avx2_stream_fence(void) { _mm_sfence(); }
+
 #endif /* FASTNORM_SIMD_AVX2_H */

@@ -117,4 +117,15 @@ static inline __m512 avx512_round_bf16(__m512 v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
 }
 
+/* ---- streaming (non-temporal) stores: p aligned to the vector's storage bytes ---- */
+static inline void avx512_stream_f32(float *p, __m512 v) { _mm512_stream_ps(p, v); }
+static inline void avx512_stream_f64(double *p, __m512d v) { _mm512_stream_pd(p, v); }
+static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
+    _mm256_stream_si256((__m256i *)p, _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
+}
+static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
+    _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+}
+static inline void avx512_stream_fence(void) { _mm_sfence(); }
+
 #endif /* FASTNORM_SIMD_AVX512_H */

@@ -30,11 +30,15 @@ FN_SCALAR_MATH(double, c64)
     static inline C scalar_load_n_##dt(const T *p, size_t n) { (void)n; return fn_load1_##dt(p); } \
     static inline void scalar_store_##dt(T *p, C v) { fn_store1_##dt(p, v); }                   \
     static inline void scalar_store_n_##dt(T *p, C v, size_t n) { (void)n; fn_store1_##dt(p, v); } \
-    static inline C scalar_round_##dt(C v) { return fn_round1_##dt(v); }
+    static inline C scalar_round_##dt(C v) { return fn_round1_##dt(v); }                        \
+    static inline void scalar_stream_##dt(T *p, C v) { fn_store1_##dt(p, v); }
 FN_SCALAR_STORAGE(float, float, f32)
 FN_SCALAR_STORAGE(double, double, f64)
 FN_SCALAR_STORAGE(uint16_t, float, f16)
 FN_SCALAR_STORAGE(uint16_t, float, bf16)
 #undef FN_SCALAR_STORAGE
+
+/* plain stores stand in for streaming ones: nothing to fence */
+static inline void scalar_stream_fence(void) {}
 
 #endif /* FASTNORM_SIMD_SCALAR_H */
