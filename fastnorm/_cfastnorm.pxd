@@ -1,0 +1,57 @@
+# Declarations of include/fastnorm/fastnorm.h, one to one.  Nothing else belongs here.
+
+cdef extern from "fastnorm/fastnorm.h" nogil:
+    ctypedef enum fastnorm_status_t:
+        FASTNORM_OK
+        FASTNORM_ERR_NULL_POINTER
+        FASTNORM_ERR_BAD_SHAPE
+        FASTNORM_ERR_BAD_STRIDE
+        FASTNORM_ERR_BAD_DTYPE
+        FASTNORM_ERR_NO_MEMORY
+        FASTNORM_ERR_ISA_UNAVAILABLE
+        FASTNORM_ERR_BAD_VALUE
+
+    ctypedef enum fastnorm_dtype_t:
+        FASTNORM_F32
+        FASTNORM_F64
+        FASTNORM_F16
+        FASTNORM_BF16
+    enum: FASTNORM_DTYPE_COUNT
+
+    ctypedef enum fastnorm_isa_t:
+        FASTNORM_ISA_SCALAR
+        FASTNORM_ISA_AVX2
+        FASTNORM_ISA_AVX512
+    enum: FASTNORM_ISA_COUNT
+
+    ctypedef enum fastnorm_norm_kind_t:
+        FASTNORM_LAYER_NORM
+        FASTNORM_RMS_NORM
+
+    fastnorm_status_t fastnorm_norm(
+        fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype,
+        size_t outer, size_t middle, size_t inner,
+        const void *x, const void *residual, void *residual_out, void *y,
+        const void *weight, const void *bias, double eps,
+        void *mean_out, void *rstd_out, int n_threads)
+
+    fastnorm_status_t fastnorm_moments(
+        fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+        const void *x, double *mean_out, double *m2_out, int n_threads)
+
+    fastnorm_status_t fastnorm_affine(
+        fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+        const void *x, void *y, const double *mean, const double *scale,
+        const double *shift, int n_threads)
+
+    int fastnorm_isa_compiled(fastnorm_isa_t isa)
+    int fastnorm_isa_supported(fastnorm_isa_t isa)
+    fastnorm_isa_t fastnorm_best_isa()
+    fastnorm_isa_t fastnorm_get_isa()
+    fastnorm_status_t fastnorm_set_isa(fastnorm_isa_t isa)
+    const char *fastnorm_isa_name(fastnorm_isa_t isa)
+
+    int fastnorm_openmp_enabled()
+    int fastnorm_default_threads()
+
+    const char *fastnorm_status_string(fastnorm_status_t status)

@@ -1,0 +1,63 @@
+# Stubs for fastnorm._core (fastnorm/_core.pyx): the thin glue over include/fastnorm/fastnorm.h.
+# Arrays are C-contiguous NumPy arrays (float16/bfloat16 data as uint16 views); optional
+# ones may be None.  Sizes are in elements.
+from typing import Optional
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[np.generic]
+
+LAYER_NORM: int
+RMS_NORM: int
+F32: int
+F64: int
+F16: int
+BF16: int
+
+def norm(
+    kind: int,
+    dtype: int,
+    outer: int,
+    middle: int,
+    inner: int,
+    x: _Array,
+    residual: Optional[_Array],
+    residual_out: Optional[_Array],
+    y: _Array,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    eps: float,
+    mean_out: Optional[_Array],
+    rstd_out: Optional[_Array],
+    n_threads: int,
+) -> None: ...
+def moments(
+    dtype: int,
+    outer: int,
+    channels: int,
+    inner: int,
+    x: _Array,
+    mean_out: _Array,
+    m2_out: _Array,
+    n_threads: int,
+) -> None: ...
+def affine(
+    dtype: int,
+    outer: int,
+    channels: int,
+    inner: int,
+    x: _Array,
+    y: _Array,
+    mean: Optional[_Array],
+    scale: _Array,
+    shift: _Array,
+    n_threads: int,
+) -> None: ...
+def isa_compiled() -> list[str]: ...
+def isa_supported() -> list[str]: ...
+def best_isa() -> str: ...
+def get_isa() -> str: ...
+def set_isa(name: str) -> None: ...
+def openmp_enabled() -> bool: ...
+def default_threads() -> int: ...

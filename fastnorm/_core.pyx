@@ -1,0 +1,257 @@
+"""fastnorm._core - the thin glue between NumPy arrays and the C API of fastnorm.h.
+
+Design:
+- One def per C entry point (norm, moments, affine) plus the ISA/thread queries.  No loops,
+  no math, no layout policy here: fastnorm/_checks.py turns user input into C-contiguous
+  arrays of the right dtype (float16/bfloat16 as uint16 views) before calling in.
+- Arrays arrive through the buffer protocol (PyBUF_C_CONTIGUOUS, plus PyBUF_WRITABLE for
+  outputs), not typed memoryviews: a raw Py_buffer costs a fraction of a memoryview
+  object, and the glue of a small call must stay in the 100-300 ns range.
+- Backstop checks before C runs: every buffer's item size and byte length must be exactly
+  what the call will touch (C never reads or writes past a buffer); None is NULL.
+- The GIL is released around the C call; the buffers stay exported (NumPy cannot resize
+  or free them) until after it returns.
+- A non-OK status maps through one table to an exception class, with the status text and
+  the arguments in the message.
+"""
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_Clear
+from libc.string cimport memset
+
+from fastnorm._cfastnorm cimport *
+
+cdef extern from "Python.h":
+    # PyObject_GetBuffer without Cython's error check: returns -1 with an exception set.
+    int _get_buffer "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags) noexcept
+
+LAYER_NORM = FASTNORM_LAYER_NORM
+RMS_NORM = FASTNORM_RMS_NORM
+F32 = FASTNORM_F32
+F64 = FASTNORM_F64
+F16 = FASTNORM_F16
+BF16 = FASTNORM_BF16
+
+_ISA_NAMES = tuple(fastnorm_isa_name(<fastnorm_isa_t>i).decode() for i in range(FASTNORM_ISA_COUNT))
+_DTYPE_NAMES = {F32: "F32", F64: "F64", F16: "F16", BF16: "BF16"}
+
+# Status -> exception class; anything not listed (NULL_POINTER, ISA_UNAVAILABLE, unknown
+# codes) is a RuntimeError: it means the Python layer passed something it should not.
+_ERRORS = {
+    FASTNORM_ERR_BAD_SHAPE: ValueError,
+    FASTNORM_ERR_BAD_STRIDE: ValueError,
+    FASTNORM_ERR_BAD_VALUE: ValueError,
+    FASTNORM_ERR_BAD_DTYPE: TypeError,
+    FASTNORM_ERR_NO_MEMORY: MemoryError,
+}
+
+# The most arrays one call takes (norm: x, residual, residual_out, y, weight, bias,
+# mean_out, rstd_out).
+cdef enum:
+    MAX_ARRAYS = 8
+
+
+cdef int _raise(fastnorm_status_t status, str function, str arguments) except -1:
+    message = f"{function}: {fastnorm_status_string(status).decode()} ({arguments})"
+    raise _ERRORS.get(status, RuntimeError)(message)
+
+
+cdef Py_ssize_t _storage_size(int dtype) except -1:
+    if dtype == FASTNORM_F32:
+        return 4
+    if dtype == FASTNORM_F64:
+        return 8
+    if dtype == FASTNORM_F16 or dtype == FASTNORM_BF16:
+        return 2
+    raise TypeError(f"unknown fastnorm dtype code {dtype}; expected one of {_DTYPE_NAMES}")
+
+
+cdef inline Py_ssize_t _compute_size(int dtype) noexcept:
+    return 8 if dtype == FASTNORM_F64 else 4
+
+
+cdef Py_ssize_t _count(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) except -1:
+    """a * b * c elements, refusing negative sizes and products that overflow."""
+    if a < 0 or b < 0 or c < 0:
+        raise ValueError(f"sizes must be >= 0, got ({a}, {b}, {c})")
+    # 16 bytes is more than any item size, so count * itemsize cannot overflow either.
+    cdef Py_ssize_t limit = (<Py_ssize_t>(<size_t>-1 >> 1)) // 16
+    if (b and a > limit // b) or (a * b and c > limit // (a * b)):
+        raise ValueError(f"sizes ({a}, {b}, {c}) are too large")
+    return a * b * c
+
+
+cdef int _buffer_mismatch(Py_buffer *view, str name, Py_ssize_t count, Py_ssize_t itemsize) except -1:
+    if view.itemsize != itemsize:
+        raise TypeError(f"{name}: expected {itemsize}-byte items, got {view.itemsize}-byte items")
+    raise ValueError(f"{name}: expected {count} items ({count * itemsize} bytes), "
+                     f"got {view.len // view.itemsize} items ({view.len} bytes)")
+
+
+cdef int _export_failed(Py_buffer *view, object array, str name, int flags) except -1:
+    """Slow path of _acquire: redo the failed export to raise its error with `name` in it."""
+    PyErr_Clear()
+    try:
+        PyObject_GetBuffer(array, view, flags)
+    except Exception as error:
+        kind = "a writable C-contiguous array" if flags & PyBUF_WRITABLE else "a C-contiguous array"
+        raise type(error)(f"{name}: expected {kind}, got {type(array).__name__} ({error})") from None
+    raise BufferError(f"{name}: the buffer export failed once and then succeeded")  # released by the caller
+
+
+cdef inline int _acquire(Py_buffer *view, object array, str name, Py_ssize_t count,
+                         Py_ssize_t itemsize, bint writable) except -1:
+    """Export `array` into `view` (left NULL for None) and check its size."""
+    if array is None:
+        return 0
+    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE if writable else PyBUF_C_CONTIGUOUS
+    # The non-raising declaration keeps a try/except (~25 ns per call) off the fast path.
+    if _get_buffer(array, view, flags) < 0:
+        _export_failed(view, array, name, flags)
+    if view.itemsize != itemsize or view.len != count * itemsize:
+        _buffer_mismatch(view, name, count, itemsize)
+    return 0
+
+
+cdef inline void _init(Py_buffer *views) noexcept:
+    memset(views, 0, MAX_ARRAYS * sizeof(Py_buffer))  # obj and buf NULL: "not exported"
+
+
+cdef inline void _release(Py_buffer *views) noexcept:
+    for i in range(MAX_ARRAYS):
+        PyBuffer_Release(&views[i])  # a no-op for the ones never exported (obj == NULL)
+
+
+def norm(int kind, int dtype, Py_ssize_t outer, Py_ssize_t middle, Py_ssize_t inner,
+         x, residual, residual_out, y, weight, bias, double eps, mean_out, rstd_out,
+         int n_threads):
+    """LayerNorm/RMSNorm of x seen as (outer, middle, inner), statistics over middle.
+
+    x, residual (IN), residual_out, y (OUT): storage dtype, outer*middle*inner items.
+    weight, bias (IN): compute dtype, middle items.  mean_out, rstd_out (OUT): compute
+    dtype, outer*inner items.  Optional ones may be None.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
+    cdef Py_ssize_t data = _count(outer, middle, inner), stats = _count(outer, 1, inner)
+    cdef Py_buffer v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    _init(v)
+    try:
+        _acquire(&v[0], x, "x", data, item, False)
+        _acquire(&v[1], residual, "residual", data, item, False)
+        _acquire(&v[2], residual_out, "residual_out", data, item, True)
+        _acquire(&v[3], y, "y", data, item, True)
+        _acquire(&v[4], weight, "weight", middle, compute, False)
+        _acquire(&v[5], bias, "bias", middle, compute, False)
+        _acquire(&v[6], mean_out, "mean_out", stats, compute, True)
+        _acquire(&v[7], rstd_out, "rstd_out", stats, compute, True)
+        with nogil:
+            status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype,
+                                   outer, middle, inner, v[0].buf, v[1].buf, v[2].buf, v[3].buf,
+                                   v[4].buf, v[5].buf, eps, v[6].buf, v[7].buf, n_threads)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_norm", f"kind={kind}, dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
+               f"outer={outer}, middle={middle}, inner={inner}, eps={eps!r}, "
+               f"residual={residual is not None}, residual_out={residual_out is not None}")
+
+
+def moments(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+            x, mean_out, m2_out, int n_threads):
+    """Per-channel float64 mean and m2 of x seen as (outer, channels, inner).
+
+    x (IN): storage dtype, outer*channels*inner items.  mean_out, m2_out (OUT): float64,
+    channels items.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), data = _count(outer, channels, inner)
+    cdef Py_buffer v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    _init(v)
+    try:
+        _acquire(&v[0], x, "x", data, item, False)
+        _acquire(&v[1], mean_out, "mean_out", channels, 8, True)
+        _acquire(&v[2], m2_out, "m2_out", channels, 8, True)
+        with nogil:
+            status = fastnorm_moments(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].buf,
+                                      <double *>v[1].buf, <double *>v[2].buf, n_threads)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_moments", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
+               f"outer={outer}, channels={channels}, inner={inner}")
+
+
+def affine(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+           x, y, mean, scale, shift, int n_threads):
+    """y = (x - mean[c]) * scale[c] + shift[c] for x seen as (outer, channels, inner).
+
+    x (IN), y (OUT): storage dtype, outer*channels*inner items (y may be x).  mean (may be
+    None), scale, shift (IN): float64, channels items.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), data = _count(outer, channels, inner)
+    cdef Py_buffer v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    _init(v)
+    try:
+        _acquire(&v[0], x, "x", data, item, False)
+        _acquire(&v[1], y, "y", data, item, True)
+        _acquire(&v[2], mean, "mean", channels, 8, False)
+        _acquire(&v[3], scale, "scale", channels, 8, False)
+        _acquire(&v[4], shift, "shift", channels, 8, False)
+        with nogil:
+            status = fastnorm_affine(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].buf,
+                                     v[1].buf, <const double *>v[2].buf, <const double *>v[3].buf,
+                                     <const double *>v[4].buf, n_threads)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_affine", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
+               f"outer={outer}, channels={channels}, inner={inner}")
+
+
+def isa_compiled():
+    """Kernel families built into this extension, e.g. ["scalar", "avx2", "avx512"]."""
+    return [name for i, name in enumerate(_ISA_NAMES) if fastnorm_isa_compiled(<fastnorm_isa_t>i)]
+
+
+def isa_supported():
+    """Kernel families compiled in that this CPU and OS can run."""
+    return [name for i, name in enumerate(_ISA_NAMES) if fastnorm_isa_supported(<fastnorm_isa_t>i)]
+
+
+def best_isa():
+    """The family chosen at import: the best of isa_supported()."""
+    return _ISA_NAMES[fastnorm_best_isa()]
+
+
+def get_isa():
+    """The family the next call will run."""
+    return _ISA_NAMES[fastnorm_get_isa()]
+
+
+def set_isa(name):
+    """Switch the kernel family for every later call (process-wide)."""
+    if name not in _ISA_NAMES:
+        raise ValueError(f"unknown kernel family {name!r}; expected one of {list(_ISA_NAMES)}")
+    cdef int isa = _ISA_NAMES.index(name)
+    cdef fastnorm_status_t status = fastnorm_set_isa(<fastnorm_isa_t>isa)
+    if status == FASTNORM_ERR_ISA_UNAVAILABLE:
+        raise RuntimeError(f"kernel family {name!r} is not available here: compiled in "
+                           f"{isa_compiled()}, runnable on this CPU {isa_supported()}")
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_set_isa", f"name={name!r}")
+
+
+def openmp_enabled():
+    """Whether the extension was built with OpenMP."""
+    return bool(fastnorm_openmp_enabled())
+
+
+def default_threads():
+    """Threads a call with n_threads <= 0 uses now (OMP_NUM_THREADS, threadpoolctl)."""
+    return fastnorm_default_threads()
+
+
+# Probe the CPU and pick the kernel family now, under the import lock and the GIL, so no
+# two threads race the first choice.
+fastnorm_get_isa()
