@@ -119,3 +119,18 @@ def test_agrees_with_torch(shape, with_affine, isa, rng, tol):
     # Each is within tol of the exact value, so within 2 * tol of each other.
     t = tol[F32]
     np.testing.assert_allclose(got, want, rtol=2 * t.rtol, atol=2 * t.atol)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("n", [2, 4096])
+def test_float64_accuracy_on_shifted_rows(offset, n, isa, rng, tol, accuracy_log):
+    """float64 data keep float64 accuracy on shifted rows, as float32 data keep float32's.
+
+    The float32 path is within ~8 float32 ulps of exact at offset 1e5; the bound here is the
+    table's float64 tolerance (1e-12, thousands of float64 ulps).
+    """
+    x = random_data(rng, (64, n), np.float64, offset=offset)
+    err = float(np.max(np.abs(fastnorm.layer_norm(x) - ref_layer_norm(x))))
+    accuracy_log(f"layer_norm f64 n={n} offset={offset:g} max_abs_err", err)
+    assert err <= tol[np.dtype(np.float64)].atol, (
+        f"layer_norm float64 n={n} offset {offset:g}: max abs error {err:.3e}")

@@ -1,0 +1,250 @@
+"""Every bad input of the contract raises its exception, says what was wrong, writes nothing.
+
+Each case passes an `out` array filled with a sentinel (where the call accepts out=) and
+checks afterwards that it and every input array are unchanged.
+"""
+import numpy as np
+import pytest
+
+import fastnorm
+from fn_testutil import sentinel
+
+BAD_DTYPES = [np.int8, np.int32, np.int64, np.uint16, np.bool_, np.complex64, np.complex128,
+              object]
+
+
+def _dtype_name(dtype):
+    return np.dtype(dtype).name
+
+
+def _inputs(dtype):
+    return np.ones((4, 6, 3)).astype(dtype)
+
+
+DTYPE_CALLS = {
+    "layer_norm": lambda x: fastnorm.layer_norm(x),
+    "rms_norm": lambda x: fastnorm.rms_norm(x),
+    "layer_norm axis": lambda x: fastnorm.layer_norm(x, axis=1),
+    "batch_norm eval": lambda x: fastnorm.batch_norm(x, np.zeros(6, np.float32),
+                                                     np.ones(6, np.float32)),
+    "batch_norm train": lambda x: fastnorm.batch_norm(x, training=True),
+    "group_norm": lambda x: fastnorm.group_norm(x, 2),
+    "instance_norm": lambda x: fastnorm.instance_norm(x),
+    "moments": lambda x: fastnorm.moments(x, axis=(0, 2)),
+}
+
+
+@pytest.mark.parametrize("dtype", BAD_DTYPES, ids=_dtype_name)
+@pytest.mark.parametrize("call", sorted(DTYPE_CALLS))
+def test_unsupported_dtype_raises_type_error_naming_it(dtype, call, isa):
+    x = _inputs(dtype)
+    with pytest.raises(TypeError) as info:
+        DTYPE_CALLS[call](x)
+    name = _dtype_name(dtype)
+    assert name in str(info.value) or str(np.dtype(dtype)) in str(info.value), (
+        f"message should name the dtype {name}: {info.value}")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.complex64, np.bool_], ids=_dtype_name)
+def test_unsupported_dtype_writes_nothing(dtype, isa):
+    x = _inputs(dtype)
+    out = sentinel(x.shape, np.float32)
+    with pytest.raises((TypeError, ValueError)):
+        fastnorm.layer_norm(x, out=out)
+    np.testing.assert_array_equal(out, sentinel(x.shape, np.float32))
+
+
+# ------------------------------------------------------------ row norms: ValueError ---
+
+
+def _readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+X_SHAPE = (4, 6, 8)
+
+# label -> (kwargs for layer_norm / rms_norm given x, whether rms_norm applies)
+ROW_VALUE_ERRORS = {
+    "normalized_shape not trailing": ({"normalized_shape": 6}, True),
+    "normalized_shape wrong tuple": ({"normalized_shape": (6, 7)}, True),
+    "normalized_shape too long": ({"normalized_shape": (1, 4, 6, 8)}, True),
+    "normalized_shape zero": ({"normalized_shape": 0}, True),
+    "axis and normalized_shape": ({"normalized_shape": 8, "axis": -1}, True),
+    "axis out of range": ({"axis": 3}, True),
+    "axis negative out of range": ({"axis": -4}, True),
+    "axis repeated": ({"axis": (1, 1)}, True),
+    "axis repeated via negative": ({"axis": (2, -1)}, True),
+    "eps negative": ({"eps": -1e-5}, True),
+    "eps nan": ({"eps": float("nan")}, True),
+    "eps inf": ({"eps": float("inf")}, True),
+    "eps -inf": ({"eps": float("-inf")}, True),
+    "weight wrong shape": ({"weight": np.ones(7, np.float32)}, True),
+    "weight wrong ndim": ({"weight": np.ones((1, 8), np.float32)}, True),
+    "weight wrong shape with axis": ({"axis": 1, "weight": np.ones(8, np.float32)}, True),
+    "bias wrong shape": ({"bias": np.ones(9, np.float32)}, False),
+    "out wrong shape": ({"out": sentinel((4, 6, 7), np.float32)}, True),
+    "out wrong dtype": ({"out": sentinel(X_SHAPE, np.float64)}, True),
+    "out read-only": ({"out": _readonly(sentinel(X_SHAPE, np.float32))}, True),
+    "out transposed shape": ({"out": sentinel((8, 6, 4), np.float32)}, True),
+}
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("case", sorted(ROW_VALUE_ERRORS))
+def test_row_norm_value_errors_write_nothing(op, case, isa, rng):
+    kw, applies_to_rms = ROW_VALUE_ERRORS[case]
+    if op == "rms_norm" and not applies_to_rms:
+        pytest.skip("rms_norm has no bias")
+    kw = {k: (v.copy() if isinstance(v, np.ndarray) and v.flags.writeable else v)
+          for k, v in kw.items()}
+    x = rng.standard_normal(X_SHAPE).astype(np.float32)
+    x_before = x.copy()
+    out = kw.pop("out", sentinel(X_SHAPE, np.float32))
+    out_before = out.copy()
+    with pytest.raises(ValueError) as info:
+        getattr(fastnorm, op)(x, out=out, **kw)
+    assert str(info.value), "the message must say what was wrong"
+    np.testing.assert_array_equal(out, out_before, err_msg="out was written before the error")
+    np.testing.assert_array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("shape, kw", [((4, 0), {}), ((4, 0, 3), {"normalized_shape": (0, 3)}),
+                                       ((2, 0, 3), {"axis": 1}), ((0,), {}),
+                                       ((0, 0), {})])
+def test_zero_size_normalized_dims_raise(op, shape, kw, isa):
+    x = np.zeros(shape, np.float32)
+    with pytest.raises(ValueError):
+        getattr(fastnorm, op)(x, **kw)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_zero_dimensional_input_raises(op, isa):
+    with pytest.raises(ValueError):
+        getattr(fastnorm, op)(np.float32(3.0))
+
+
+def test_out_aliasing_read_only_input_view_is_rejected(isa):
+    x = np.ones((3, 8), np.float32)
+    ro = x.view()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        fastnorm.layer_norm(ro, out=ro)
+    np.testing.assert_array_equal(x, 1)
+
+
+# ---------------------------------------------------------- batch_norm: ValueError ---
+
+
+def _bn_case(case):
+    x = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
+    kw = {"running_mean": rm, "running_var": rv, "training": True}
+    if case == "eps negative":
+        kw["eps"] = -1.0
+    elif case == "eps nan":
+        kw["eps"] = float("nan")
+    elif case == "weight wrong shape":
+        kw["weight"] = np.ones(5, np.float32)
+    elif case == "bias wrong shape":
+        kw["bias"] = np.ones((6, 1), np.float32)
+    elif case == "axis out of range":
+        kw["axis"] = 3
+    elif case == "axis tuple":
+        kw["axis"] = (1, 2)
+    elif case == "out wrong shape":
+        kw["out"] = sentinel((4, 6), np.float32)
+    elif case == "out wrong dtype":
+        kw["out"] = sentinel(x.shape, np.float16)
+    elif case == "out read-only":
+        kw["out"] = _readonly(sentinel(x.shape, np.float32))
+    elif case == "momentum above 1":
+        kw["momentum"] = 2.0
+    return x, kw
+
+
+BN_CASES = ["eps negative", "eps nan", "weight wrong shape", "bias wrong shape",
+            "axis out of range", "axis tuple", "out wrong shape", "out wrong dtype",
+            "out read-only", "momentum above 1"]
+
+
+@pytest.mark.parametrize("case", BN_CASES)
+def test_batch_norm_value_errors_write_nothing(case, isa):
+    x, kw = _bn_case(case)
+    x_before = x.copy()
+    out = kw.pop("out", sentinel(x.shape, np.float32))
+    out_before = out.copy()
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(x, out=out, **kw)
+    np.testing.assert_array_equal(out, out_before)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(kw["running_mean"], 0)
+    np.testing.assert_array_equal(kw["running_var"], 1)
+
+
+@pytest.mark.parametrize("call", ["group_norm", "instance_norm"])
+@pytest.mark.parametrize("eps", [-1.0, float("nan"), float("inf")])
+def test_group_norm_bad_eps(call, eps, isa):
+    x = np.ones((2, 4, 3), np.float32)
+    with pytest.raises(ValueError):
+        if call == "group_norm":
+            fastnorm.group_norm(x, 2, eps=eps)
+        else:
+            fastnorm.instance_norm(x, eps=eps)
+
+
+def test_group_norm_needs_a_channel_axis(isa):
+    with pytest.raises(ValueError):
+        fastnorm.group_norm(np.ones(6, np.float32), 2)
+
+
+# ------------------------------------------------------- malformed input, no crash ---
+
+MALFORMED = {
+    "None": None,
+    "string": "abc",
+    "ragged list": [[1.0, 2.0], [3.0]],
+    "dict": {"a": 1},
+}
+
+
+@pytest.mark.parametrize("what", sorted(MALFORMED))
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "batch_norm", "group_norm",
+                                "moments"])
+def test_malformed_input_raises_instead_of_crashing(what, op, isa):
+    args = {"batch_norm": (None, None, None, None, True), "group_norm": (1,)}.get(op, ())
+    with pytest.raises((TypeError, ValueError)):
+        getattr(fastnorm, op)(MALFORMED[what], *args)
+
+
+@pytest.mark.parametrize("what", ["string weight", "int weight", "out list", "complex weight"])
+def test_malformed_parameters_raise(what, isa):
+    x = np.ones((3, 4), np.float32)
+    out = sentinel(x.shape, np.float32)
+    kw = {
+        "string weight": {"weight": "abcd"},
+        "int weight": {"weight": np.ones(4, np.int64)},
+        "complex weight": {"weight": np.ones(4, np.complex64)},
+        "out list": {"out": [0.0] * 12},
+    }[what]
+    if what == "int weight":
+        # An integer weight is not a float dtype: rejected, or used exactly as its value.
+        try:
+            y = fastnorm.layer_norm(x, **kw)
+        except (TypeError, ValueError):
+            return
+        np.testing.assert_array_equal(y, fastnorm.layer_norm(x, weight=np.ones(4, np.float32)))
+        return
+    with pytest.raises((TypeError, ValueError)):
+        fastnorm.layer_norm(x, out=kw.pop("out", out), **kw)
+    np.testing.assert_array_equal(out, sentinel(x.shape, np.float32))
+
+
+def test_momentum_and_eps_of_wrong_type(isa):
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises((TypeError, ValueError)):
+        fastnorm.layer_norm(x, eps="1e-5")
+    with pytest.raises((TypeError, ValueError)):
+        fastnorm.batch_norm(x, training=True, momentum="0.1")
