@@ -1,0 +1,150 @@
+"""The CI regression gate: ``python -m fastnorm bench --gate`` (about 10 s).
+
+Each check is a ratio of two medians measured side by side in this process (never an
+absolute time, which depends on the machine and its load), with a bound about 2-3x away
+from the value measured on the development machine: loose enough for a noisy shared
+machine, tight enough for what a regression does to it:
+
+- scalar fallback (the dispatcher or the build lost the SIMD kernels): LayerNorm/RMSNorm
+  go from ~1x a memory copy to 5-10x; the kernel family check catches it directly too;
+- a lost fusion (an extra pass over memory, statistics then normalize as separate sweeps,
+  the residual add done apart): +1x a copy per extra pass;
+- threads that stopped working: 2 threads no faster than 1 on a compute-bound shape;
+- per-call overhead (checks done in slow Python, a needless copy): the 1x768 call against
+  a trivial NumPy call of the same size.
+
+A check that fails is measured again (up to ATTEMPTS times in all) before it counts, so a
+burst of load from another process does not fail CI.  The threads check is only judged
+when other processes left both cores free while it ran (see bench.OtherLoad).
+"""
+
+import dataclasses
+import sys
+
+import fastnorm
+
+from ._bench_contenders import Case, build_contenders
+from .bench import OtherLoad, measure, usable_cores
+
+ATTEMPTS = 3
+MIN_ROUNDS, MIN_TIME = 9, 0.3
+QUIET_OTHER_LOAD = 0.25  # cores others may use while the threads check is still judged
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    case: Case
+    use_out: bool  # out= (copy: np.copyto) or allocating (copy: x.copy())
+    numerator: str  # contender keys, e.g. "fastnorm@1", "copy@1"
+    denominator: str
+    bound: float
+    at_least: bool = False  # bound is a minimum (speed-ups) rather than a maximum
+    needs_two_cores: bool = False
+
+
+def _row(op, shape, dtype="float32", residual=False):
+    return Case(op, shape, dtype, residual=residual)
+
+
+def _bn(op, layout):
+    return Case(op, (32, 64, 56, 56), "float32", layout)
+
+
+# Measured on the development machine (2-core Xeon, AVX-512), 1 thread, medians; the
+# bound is the regression line.  Update both columns together when kernels change.
+CHECKS = (
+    #      name                                        case                               out   num           den          bound
+    Check("layer_norm f32 512x768 / copy", _row("layer_norm", (512, 768)), True, "fastnorm@1", "copy@1", 3.0),
+    Check("layer_norm f32 4096x768 / copy", _row("layer_norm", (4096, 768)), True, "fastnorm@1", "copy@1", 2.5),
+    Check("rms_norm f32 512x768 / copy", _row("rms_norm", (512, 768)), True, "fastnorm@1", "copy@1", 3.0),
+    Check("rms_norm f32 4096x768 / copy", _row("rms_norm", (4096, 768)), True, "fastnorm@1", "copy@1", 2.5),
+    Check("rms_norm+residual f32 4096x768 / 2 copies", _row("rms_norm", (4096, 768), residual=True),
+          True, "fastnorm@1", "copy@1", 2.5),
+    Check("layer_norm bf16 4096x768 / copy", _row("layer_norm", (4096, 768), "bfloat16"),
+          True, "fastnorm@1", "copy@1", 3.0),
+    Check("batch_norm_eval nchw f32 32x64x56x56 / copy", _bn("batch_norm_eval", "nchw"),
+          True, "fastnorm@1", "copy@1", 2.5),
+    Check("batch_norm_train nchw f32 32x64x56x56 / copy", _bn("batch_norm_train", "nchw"),
+          True, "fastnorm@1", "copy@1", 3.5),
+    Check("batch_norm_train nhwc f32 32x64x56x56 / copy", _bn("batch_norm_train", "nhwc"),
+          True, "fastnorm@1", "copy@1", 3.5),
+    Check("layer_norm f32 1x768 call / x.copy() call", _row("layer_norm", (1, 768)),
+          False, "fastnorm@1", "copy@1", 8.0),
+    Check("layer_norm f32 4096x768: 2-thread speed-up", _row("layer_norm", (4096, 768)),
+          True, "fastnorm@1", "fastnorm@2", 1.3, at_least=True, needs_two_cores=True),
+)
+
+
+def _measure_case(case, use_out, threads):
+    """Medians of copy and fastnorm at `threads`, and the cores others used meanwhile."""
+    contenders = build_contenders(case, threads, ("copy",), use_out)
+    load = OtherLoad()
+    times = measure(contenders, MIN_ROUNDS, MIN_TIME)
+    return {key: seconds for key, (seconds, _) in times.items()}, load.cores()
+
+
+def _evaluate(check, times, load):
+    """(value, verdict) with verdict "ok", "FAIL" or "busy" (not judged)."""
+    value = times[check.numerator] / times[check.denominator]
+    if check.needs_two_cores and load is not None and load > QUIET_OTHER_LOAD:
+        return value, "busy"
+    good = value >= check.bound if check.at_least else value <= check.bound
+    return value, "ok" if good else "FAIL"
+
+
+def _run_checks(checks):
+    """Measure each distinct (case, out) once for all checks on it; returns verdicts."""
+    two_cores = usable_cores() >= 2
+    results = {}
+    groups = {}
+    for check in checks:
+        if check.needs_two_cores and not two_cores:
+            results[check] = (None, "skip")
+            continue
+        groups.setdefault((check.case, check.use_out), []).append(check)
+    for (case, use_out), group in groups.items():
+        threads = [1, 2] if any(c.needs_two_cores for c in group) else [1]
+        sys.stderr.write(f"gate: {case.label} {case.shape_text} {case.dtype}\n")
+        times, load = _measure_case(case, use_out, threads)
+        for check in group:
+            results[check] = _evaluate(check, times, load)
+    return results
+
+
+def _isa_check():
+    """The best kernel family this CPU supports must be in use unless FASTNORM_ISA chose."""
+    config = fastnorm.get_config()
+    best = config["isa_available"][-1]
+    if config.get("isa_source", "auto") != "auto":
+        return f"kernel family {config['isa']} (chosen by {config['isa_source']})", "skip"
+    verdict = "ok" if config["isa"] == best else "FAIL"
+    return f"kernel family {config['isa']} (best available {best})", verdict
+
+
+def run_gate():
+    """Run every check; print the table; 0 when all hold, 1 otherwise."""
+    results = _run_checks(CHECKS)
+    for attempt in range(2, ATTEMPTS + 1):
+        failed = [c for c, (_, verdict) in results.items() if verdict in ("FAIL", "busy")]
+        if not failed:
+            break
+        sys.stderr.write(f"gate: measuring {len(failed)} failed check(s) again (attempt {attempt})\n")
+        results.update(_run_checks(failed))
+    fastnorm.set_num_threads(None)
+
+    isa_text, isa_verdict = _isa_check()
+    width = max(len(c.name) for c in CHECKS)
+    print(f"fastnorm bench gate: {isa_text}: {isa_verdict}")
+    print(f"{'check'.ljust(width)}  measured     bound  verdict")
+    for check in CHECKS:
+        value, verdict = results[check]
+        shown = "-" if value is None else f"{value:.2f}"
+        sign = ">=" if check.at_least else "<="
+        note = {"busy": "not judged: other processes were using the cores",
+                "skip": "not judged: fewer than 2 usable cores"}.get(verdict, verdict)
+        print(f"{check.name.ljust(width)}  {shown:>8}  {sign}{check.bound:>6.2f}  {note}")
+    failures = sum(v == "FAIL" for _, v in results.values()) + (isa_verdict == "FAIL")
+    print(f"gate: {'FAILED' if failures else 'passed'}"
+          + (f" ({failures} check(s) out of bounds)" if failures else ""))
+    return 1 if failures else 0
