@@ -165,6 +165,8 @@ class build_ext(_build_ext):
                 f"with {' '.join(flags[family])}")
 
         omp_compile, omp_link = openmp_flags(self.compiler, family)
+        if not omp_compile and family == "unix":
+            omp_compile = ["-Wno-unknown-pragmas"]  # the `omp` pragmas are simply ignored
         ext.extra_compile_args = base + omp_compile
         ext.extra_link_args = link + omp_link
         super().build_extension(ext)
