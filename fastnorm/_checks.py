@@ -97,6 +97,8 @@ def _real(value):
 
 def check_eps(eps):
     """eps as a float; ValueError unless it is a finite real number >= 0."""
+    if type(eps) is float and 0.0 <= eps < _INF:
+        return eps
     value = _real(eps)
     if value is None or not 0.0 <= value < _INF:
         raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
@@ -105,6 +107,8 @@ def check_eps(eps):
 
 def check_momentum(momentum):
     """momentum as a float; ValueError unless it is a real number in [0, 1]."""
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     value = _real(momentum)
     if value is None or not 0.0 <= value <= 1.0:
         raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
@@ -122,6 +126,8 @@ def check_positive_int(value, name):
 
 def resolve_axes(ndim, axis, allow_empty=False):
     """axis (int or tuple of ints, NumPy style) as a sorted tuple of non-negative axes."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return (axis % ndim,)
     if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
         items = (axis,)
     else:
@@ -144,40 +150,32 @@ def resolve_axes(ndim, axis, allow_empty=False):
 
 
 def _as_shape(normalized_shape):
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        return (int(normalized_shape),)
+    """normalized_shape as a tuple (an int is a 1-tuple); values are compared to x's
+    dimensions by equality, as the contract says ("must equal those trailing dimensions")."""
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (normalized_shape,)
     try:
-        shape = tuple(normalized_shape)
+        return tuple(normalized_shape)
     except TypeError:
         raise ValueError(
             f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}"
         ) from None
-    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in shape):
-        raise ValueError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
-    return tuple(int(n) for n in shape)
 
 
-class NormPlan:
-    """How a row norm sees x: the (outer, middle, inner) block of fastnorm_norm.
+class NormPlan(tuple):
+    """How a row norm sees x: (outer, middle, inner, norm_shape, stats_shape, moved).
 
-    moved is None when the normalized axes form one contiguous group (no copy: trailing
-    axes give inner == 1, a group of non-trailing axes inner > 1).  Otherwise it holds
-    the normalized axes, which are moved to the end (one copy) and the result moved back.
+    (outer, middle, inner) is the block of fastnorm_norm, statistics over middle.  moved is
+    None when the normalized axes form one contiguous group (no copy: trailing axes give
+    inner == 1, a group of non-trailing axes inner > 1).  Otherwise it holds the
+    normalized axes, which are moved to the end (one copy) and the result moved back.
+    norm_shape is the shape of weight / bias, stats_shape that of return_stats arrays.
     """
 
-    __slots__ = ("outer", "middle", "inner", "norm_shape", "stats_shape", "moved")
-
-    def __init__(self, outer, middle, inner, norm_shape, stats_shape, moved):
-        self.outer = outer
-        self.middle = middle
-        self.inner = inner
-        self.norm_shape = norm_shape
-        self.stats_shape = stats_shape
-        self.moved = moved
+    __slots__ = ()
 
 
-def norm_plan(shape, normalized_shape, axis):
-    """The NormPlan of layer_norm / rms_norm for x of `shape`, per the contract."""
+def _make_norm_plan(shape, normalized_shape, axis):
     ndim = len(shape)
     if axis is not None:
         if normalized_shape is not None:
@@ -193,8 +191,8 @@ def norm_plan(shape, normalized_shape, axis):
             k = len(wanted)
             if k == 0 or k > ndim or shape[ndim - k :] != wanted:
                 raise ValueError(
-                    f"normalized_shape {wanted} must equal the trailing dimensions of x, "
-                    f"whose shape is {shape}"
+                    f"normalized_shape {normalized_shape!r} must equal the trailing dimensions "
+                    f"of x, whose shape is {shape}"
                 )
             axes = tuple(range(ndim - k, ndim))
     norm_shape = tuple(shape[a] for a in axes)
@@ -206,8 +204,32 @@ def norm_plan(shape, normalized_shape, axis):
     if last - first + 1 == len(axes):
         outer = math.prod(shape[:first])
         inner = math.prod(shape[last + 1 :])
-        return NormPlan(outer, middle, inner, norm_shape, stats_shape, None)
-    return NormPlan(math.prod(stats_shape), middle, 1, norm_shape, stats_shape, axes)
+        return NormPlan((outer, middle, inner, norm_shape, stats_shape, None))
+    return NormPlan((math.prod(stats_shape), middle, 1, norm_shape, stats_shape, axes))
+
+
+# Plans of recent (shape, normalized_shape, axis) calls: planning costs microseconds of
+# Python, a lookup ~0.1 us.  Only plain int axes are cached, because a cache hit skips the
+# type checks (axis=1.0 == 1 must still be refused); errors are never cached.
+_PLAN_CACHE = {}
+_PLAN_CACHE_SIZE = 1024
+
+
+def norm_plan(shape, normalized_shape, axis):
+    """The NormPlan of layer_norm / rms_norm for x of `shape`, per the contract."""
+    if axis is None or type(axis) is int:
+        key = (shape, normalized_shape, axis)
+        try:
+            plan = _PLAN_CACHE.get(key)
+        except TypeError:  # unhashable normalized_shape, e.g. a list
+            return _make_norm_plan(shape, normalized_shape, axis)
+        if plan is None:
+            plan = _make_norm_plan(shape, normalized_shape, axis)
+            if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+                _PLAN_CACHE.clear()
+            _PLAN_CACHE[key] = plan
+        return plan
+    return _make_norm_plan(shape, normalized_shape, axis)
 
 
 def move_to_end(a, axes):
@@ -230,23 +252,18 @@ def channel_block(shape, axis):
 
 
 def as_param(p, shape, compute, name):
-    """weight / bias / per-channel data as a flat C-contiguous array of the compute dtype.
-
-    Any float dtype (and integers) is accepted and converted; the shape must be exactly
-    `shape`.
-    """
+    """weight / bias / per-channel data as a C-contiguous array of the compute dtype and
+    exactly `shape`.  Any float dtype (and integers) is accepted and converted."""
+    if type(p) is np.ndarray and p.dtype is compute and p.shape == shape and p.flags.c_contiguous:
+        return p  # the common case, no copy
     a = as_array(p)
-    if a.dtype is not compute:
+    if a.dtype != compute:
         if a.dtype.kind not in "fiu" and a.dtype != BFLOAT16:
             raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
         a = a.astype(compute)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if a.ndim != 1:
-        a = a.reshape(-1)  # copies only a non-contiguous array
-    elif not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    return a
+    return np.ascontiguousarray(a)
 
 
 def check_running_stat(stat, channels, name, writeable):
@@ -281,16 +298,24 @@ def check_out(out, shape, dtype, name="out"):
         raise ValueError(f"{name} is read-only")
 
 
+def overlaps(a, b):
+    """Whether two distinct arrays may share memory.  Two arrays that own their data
+    (base None) cannot, which skips NumPy's bounds check in the common case."""
+    if a.base is None and b.base is None:
+        return False
+    return np.may_share_memory(a, b)
+
+
 def writes_directly(out, x, *others):
     """True when the kernel may write straight into out: C-contiguous, and either x
-    itself (in place, which every entry point supports) or disjoint from x and others.
-    Otherwise the result goes to a temporary that is copied into out afterwards."""
+    itself (in place, which every entry point supports) or disjoint from x, and disjoint
+    from others.  Otherwise the result goes to a temporary copied into out afterwards."""
     if not out.flags.c_contiguous:
         return False
-    if out is not x and np.may_share_memory(out, x):
+    if out is not x and overlaps(out, x):
         return False
     for other in others:
-        if other is not None and np.may_share_memory(out, other):
+        if other is not None and (other is out or overlaps(out, other)):
             return False
     return True
 
@@ -309,6 +334,6 @@ def check_residual(residual, residual_out, x, out):
         )
     if residual_out is not None:
         check_out(residual_out, x.shape, x.dtype, "residual_out")
-        if out is not None and (residual_out is out or np.may_share_memory(residual_out, out)):
+        if out is not None and (residual_out is out or overlaps(residual_out, out)):
             raise ValueError("residual_out must not be out (nor overlap it)")
     return r

@@ -115,27 +115,27 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
             return y
 
     plan = _checks.norm_plan(x.shape, normalized_shape, axis)
-    w = None if weight is None else as_param(weight, plan.norm_shape, compute, "weight")
-    b = None if bias is None else as_param(bias, plan.norm_shape, compute, "bias")
+    outer, middle, inner, norm_shape, stats_shape, moved = plan
+    w = None if weight is None else as_param(weight, norm_shape, compute, "weight")
+    b = None if bias is None else as_param(bias, norm_shape, compute, "bias")
     if out is not None:
         check_out(out, x.shape, x.dtype)
     r = None
     if residual is not None or residual_out is not None:
         r = _checks.check_residual(residual, residual_out, x, out)
 
-    count = plan.outer * plan.inner  # number of statistics
+    count = outer * inner  # number of statistics
     mean = _empty(count, compute) if return_stats and kind == _LAYER_NORM else None
     rstd = _empty(count, compute) if return_stats else None
     if x.size == 0:
         y = _empty(x.shape, x.dtype) if out is None else out
-    elif plan.moved is not None:
+    elif moved is not None:
         y = _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd)
     else:
         y = _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd)
 
     if not return_stats:
         return y
-    stats_shape = plan.stats_shape
     return y, None if mean is None else mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
@@ -143,7 +143,8 @@ def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
     """Normalized axes form one contiguous group: x is used as it is (after a copy only
     when it is not C-contiguous).  Returns y (out when given)."""
     x = contiguous(x)
-    if r is not None and plan.inner != 1:
+    outer, middle, inner, _norm_shape, _stats_shape, _moved = plan
+    if r is not None and inner != 1:
         # The kernels fuse the residual only for inner == 1: form h in x's dtype first
         # (NumPy and ml_dtypes round the float32 sum once, as the kernels do).
         h = np.add(x, r, out=residual_out) if residual_out is not None else x + r
@@ -163,7 +164,7 @@ def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
     else:
         y = _empty(x.shape, x.dtype)
 
-    _core_norm(kind, code, plan.outer, plan.middle, plan.inner, core_view(x, view),
+    _core_norm(kind, code, outer, middle, inner, core_view(x, view),
                None if r is None else core_view(r, view),
                None if h_target is None else core_view(h_target, view),
                core_view(y, view), w, b, eps, mean, rstd, _checks.num_threads)
@@ -179,12 +180,12 @@ def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
 def _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd):
     """Normalized axes that are not one contiguous group: move them to the end (one copy),
     normalize rows, and move the result back into a C-contiguous y (or out)."""
-    axes = plan.moved
+    outer, middle, _inner, _norm_shape, _stats_shape, axes = plan
     xm = _checks.move_to_end(x, axes)
     rm = None if r is None else _checks.move_to_end(r, axes)
     hm = None if residual_out is None else _empty(xm.shape, x.dtype)
     ym = _empty(xm.shape, x.dtype)
-    _core_norm(kind, code, plan.outer, plan.middle, 1, core_view(xm, view),
+    _core_norm(kind, code, outer, middle, 1, core_view(xm, view),
                None if rm is None else core_view(rm, view),
                None if hm is None else core_view(hm, view),
                core_view(ym, view), w, b, eps, mean, rstd, _checks.num_threads)
@@ -238,20 +239,19 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         )
 
     x = contiguous(x)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if training:
-            mean = _empty(channels, _FLOAT64)
-            m2 = _empty(channels, _FLOAT64)
-            if channels:  # no channels, nothing to reduce
-                _core_moments(code, outer, channels, inner, core_view(x, view), mean, m2,
-                              _checks.num_threads)
-            var = m2 / n
-        else:
-            mean = running_mean.astype(_FLOAT64)
-            var = running_var.astype(_FLOAT64)
-        rstd = 1.0 / np.sqrt(var + eps)
-        scale = rstd if w is None else rstd * w
-        shift = np.zeros(channels) if b is None else b.astype(_FLOAT64)
+    if training:
+        mean = _empty(channels, _FLOAT64)
+        m2 = _empty(channels, _FLOAT64)
+        if channels:  # no channels, nothing to reduce
+            _core_moments(code, outer, channels, inner, core_view(x, view), mean, m2,
+                          _checks.num_threads)
+        var = m2 / n
+    else:
+        mean = running_mean if running_mean.dtype is _FLOAT64 else running_mean.astype(_FLOAT64)
+        var = running_var
+    rstd = _rstd(var, eps)
+    scale = rstd if w is None else rstd * w
+    shift = np.zeros(channels) if b is None else b.astype(_FLOAT64)
 
     if x.size == 0:  # eval of an empty batch, or no channels
         y = _empty(x.shape, x.dtype) if out is None else out
@@ -264,6 +264,19 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if return_stats:
         return y, mean.astype(compute), rstd.astype(compute)
     return y
+
+
+def _rstd(var, eps):
+    """1 / sqrt(var + eps) in float64, a new array.  NaN and inf pass through as IEEE
+    says; only eps == 0 can divide by zero, so only then are NumPy's warnings silenced
+    (the errstate context costs about a microsecond)."""
+    rstd = np.add(var, eps, dtype=_FLOAT64)
+    if eps == 0.0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.sqrt(rstd, out=rstd)
+            return np.divide(1.0, rstd, out=rstd)
+    np.sqrt(rstd, out=rstd)
+    return np.divide(1.0, rstd, out=rstd)
 
 
 def _affine(code, view, outer, channels, inner, x, out, mean, scale, shift):
@@ -329,12 +342,16 @@ def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
     m2 = _empty(groups, _FLOAT64)
     _core_moments(code, 1, groups, per_group * spatial, core_view(x, view), mean, m2,
                   _checks.num_threads)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rstd = 1.0 / np.sqrt(m2 / (per_group * spatial) + eps)
-        # Normalization: one "channel" per (sample, channel) with its group's statistics.
-        mean_nc = np.repeat(mean, per_group)
-        scale_nc = np.repeat(rstd, per_group)
-        if w is not None:
-            scale_nc *= np.tile(w.astype(_FLOAT64), n)
-        shift_nc = np.zeros(n * channels) if b is None else np.tile(b.astype(_FLOAT64), n)
+    rstd = _rstd(m2 / (per_group * spatial), eps)
+    # Normalization: one "channel" per (sample, channel) with its group's statistics,
+    # laid out (n, group, channel in group) to broadcast the per-group values.
+    grouped = (n, num_groups, per_group)
+    mean_nc = _empty(grouped, _FLOAT64)
+    mean_nc[...] = mean.reshape(n, num_groups, 1)
+    scale_nc = _empty(grouped, _FLOAT64)
+    scale_nc[...] = rstd.reshape(n, num_groups, 1)
+    if w is not None:
+        scale_nc *= w.reshape(num_groups, per_group)
+    shift_nc = _empty(grouped, _FLOAT64)
+    shift_nc[...] = 0.0 if b is None else b.reshape(num_groups, per_group)
     return _affine(code, view, 1, n * channels, spatial, x, None, mean_nc, scale_nc, shift_nc)
