@@ -266,19 +266,24 @@ def as_param(p, shape, compute, name):
     return np.ascontiguousarray(a)
 
 
-def check_running_stat(stat, channels, name, writeable):
-    """BatchNorm running statistics: float32/float64 ndarray of shape (C,), else ValueError."""
-    if not isinstance(stat, np.ndarray):
+def check_running_stat(stat, channels, name, training):
+    """BatchNorm running statistics as a float32/float64 array of shape (C,), else
+    ValueError.  Training updates them in place, so there they must already be writeable
+    NumPy arrays; eval only reads them, so anything numpy.asarray takes will do."""
+    if not training:
+        stat = as_array(stat)
+    elif not isinstance(stat, np.ndarray):
         raise ValueError(
-            f"{name} must be a float32 or float64 NumPy array of shape ({channels},), "
-            f"got {type(stat).__name__}"
+            f"{name} must be a float32 or float64 NumPy array of shape ({channels},), updated "
+            f"in place by training, got {type(stat).__name__}"
         )
     if stat.dtype != FLOAT32 and stat.dtype != FLOAT64:
         raise ValueError(f"{name} must be a float32 or float64 array, got dtype {stat.dtype}")
     if stat.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
-    if writeable and not stat.flags.writeable:
+    if training and not stat.flags.writeable:
         raise ValueError(f"{name} is read-only, but training updates it in place")
+    return stat
 
 
 # ---- out= and residual -----------------------------------------------------------

@@ -227,8 +227,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if not training and not has_running:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
     if has_running:
-        _checks.check_running_stat(running_mean, channels, "running_mean", training)
-        _checks.check_running_stat(running_var, channels, "running_var", training)
+        running_mean = _checks.check_running_stat(running_mean, channels, "running_mean", training)
+        running_var = _checks.check_running_stat(running_var, channels, "running_var", training)
     if out is not None:
         check_out(out, x.shape, x.dtype)
     n = outer * inner  # values per channel

@@ -278,14 +278,19 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, axis=None, resi
 # ---- BatchNorm -----------------------------------------------------------------------
 
 
-def _running_stat(stat, channels, name, writeable):
+def _running_stat(stat, channels, name, training):
+    """Running statistics: float32/float64 of shape (C,); NumPy arrays that are writeable
+    in training (updated in place), anything numpy.asarray takes in eval."""
+    if not training:
+        stat = np.asarray(stat)
     if not isinstance(stat, np.ndarray) or stat.dtype not in (_F32, _F64):
         kind = stat.dtype if isinstance(stat, np.ndarray) else type(stat).__name__
         raise ValueError(f"{name} must be a float32 or float64 NumPy array, got {kind}")
     if stat.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
-    if writeable and not stat.flags.writeable:
+    if training and not stat.flags.writeable:
         raise ValueError(f"{name} is read-only but training updates it in place")
+    return stat
 
 
 def _momentum(momentum):
@@ -317,8 +322,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if not training and not has_running:
         raise ValueError("batch_norm in eval mode (training=False) needs running_mean and running_var")
     if has_running:
-        _running_stat(running_mean, channels, "running_mean", writeable=training)
-        _running_stat(running_var, channels, "running_var", writeable=training)
+        running_mean = _running_stat(running_mean, channels, "running_mean", training)
+        running_var = _running_stat(running_var, channels, "running_var", training)
     if out is not None:
         _check_out(out, x.shape, x.dtype)
     n = x.size // channels if channels else 0
