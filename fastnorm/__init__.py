@@ -13,37 +13,19 @@ from ._functional import batch_norm, group_norm, instance_norm, layer_norm, rms_
 from ._moments import merge_moments, moments
 from . import reference  # fastnorm.reference.<function>: the float64 NumPy oracles
 
-try:  # the layers module is written separately; until it exists the functional API stands alone
-    from ._layers import (
-        BatchNorm1d,
-        BatchNorm2d,
-        BatchNorm3d,
-        GroupNorm,
-        InstanceNorm1d,
-        InstanceNorm2d,
-        InstanceNorm3d,
-        LayerNorm,
-        RMSNorm,
-    )
-
-    _LAYERS = [
-        "LayerNorm",
-        "RMSNorm",
-        "BatchNorm1d",
-        "BatchNorm2d",
-        "BatchNorm3d",
-        "GroupNorm",
-        "InstanceNorm1d",
-        "InstanceNorm2d",
-        "InstanceNorm3d",
-    ]
-except ModuleNotFoundError as error:  # pragma: no cover - temporary, until _layers lands
-    if error.name != __name__ + "._layers":
-        raise
-    _LAYERS = []
+from ._layers import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    RMSNorm,
+)
 
 __all__ = [
-    "__version__",
     "layer_norm",
     "rms_norm",
     "batch_norm",
@@ -58,5 +40,13 @@ __all__ = [
     "show_config",
     "set_num_threads",
     "get_num_threads",
-    *_LAYERS,
+    "LayerNorm",
+    "RMSNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
 ]
