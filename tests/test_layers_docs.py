@@ -1,0 +1,27 @@
+"""docs/porting.md's worked example runs and prints what the page shows."""
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "porting.md"
+
+
+def test_porting_example_prints_what_the_page_shows(tmp_path):
+    text = PAGE.read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    shown = re.search(r"\nOutput[^\n]*\n(?:[^\n]+\n)*\n```\n(.*?)```", text, re.S).group(1)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed, expected = run.stdout.splitlines(), shown.splitlines()
+    assert len(printed) == len(expected)
+    for got, want in zip(printed, expected):
+        if want.startswith("max |fastnorm - torch|:"):  # rounding differs by kernel family
+            assert float(got.split(":")[1]) < 1e-6, got
+        else:
+            assert got == want
