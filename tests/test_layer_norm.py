@@ -98,8 +98,8 @@ def test_float32_statistics_on_shifted_rows(offset, isa, rng):
     _, mean, rstd = fastnorm.layer_norm(x, return_stats=True)
     _, ref_mean, ref_rstd = ref_layer_norm(x, return_stats=True)
     # Stored as float32: one rounding of the float64 value (rtol), plus float32-lane
-    # summation noise relative to the unit spread of the data (atol).
-    np.testing.assert_allclose(mean, ref_mean, rtol=2.0**-23, atol=5e-8)
+    # summation noise of about one float32 ulp of the unit-spread deviations (atol).
+    np.testing.assert_allclose(mean, ref_mean, rtol=2.0**-23, atol=2.0**-22)
     np.testing.assert_allclose(rstd, ref_rstd, rtol=2.0**-22)
 
 
