@@ -550,6 +550,10 @@ class _InstanceNorm(_ChannelNorm):
         return self._forward_batched(x)
 
     def _forward_batched(self, x):
+        if (self.training or not self.track_running_stats) and math.prod(x.shape[2:]) == 1:
+            # A single value per instance normalizes to 0 whatever it is; torch refuses it.
+            raise ValueError(f"{type(self).__name__} needs more than 1 spatial element per "
+                             f"instance to use input statistics, got x of shape {x.shape}")
         if not self.track_running_stats:
             return instance_norm(x, self.weight, self.bias, self.eps)
         if not self.training:

@@ -392,6 +392,9 @@ def test_instance_norm_forward_and_running_stats(rng):
     assert_close(layer(x[1]), layer(x)[1])  # unbatched (C, H, W)
     with pytest.raises(ValueError, match="3D .*4D"):
         layer(x[0, 0])
+    layer.train()
+    with pytest.raises(ValueError, match="more than 1 spatial element"):  # as torch
+        layer(x[:, :, :1, :1])
 
 
 # ---- from_torch without torch -------------------------------------------------------

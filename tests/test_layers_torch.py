@@ -398,3 +398,20 @@ def test_state_dict_saved_by_torch_loads(tmp_path, rng):
     assert_close(batch(model[2](want1).numpy()), want3.numpy(), np.float32)
     with pytest.raises(RuntimeError, match="Missing key"):
         fastnorm.LayerNorm(16).load_state_dict(checkpoint, prefix="2.")
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda lib: lib.BatchNorm1d(4), (5, 4, 3, 2)),        # rank
+    (lambda lib: lib.BatchNorm2d(4), (5, 4, 3)),
+    (lambda lib: lib.BatchNorm3d(4), (5, 4, 3, 2)),
+    (lambda lib: lib.BatchNorm1d(4), (1, 4)),              # one value per channel in training
+    (lambda lib: lib.InstanceNorm1d(4), (2, 4, 1)),        # one spatial element
+    (lambda lib: lib.InstanceNorm2d(4, affine=True), (2, 3, 5, 5)),  # channel count
+    (lambda lib: lib.InstanceNorm3d(4), (4, 3, 2)),        # rank
+])
+def test_refuses_what_torch_refuses(make, shape, rng):
+    x = data(rng, shape, np.float32)
+    with pytest.raises(ValueError):
+        run_torch(make(nn), x)
+    with pytest.raises(ValueError):
+        make(fastnorm)(x)
