@@ -87,32 +87,37 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     if eps is None:
         eps = _RMS_EPS[x.dtype]
 
-    # Short path: last axis, C-contiguous, nothing but weight/bias.
-    if (normalized_shape is None and axis is None and residual is None and out is None
-            and residual_out is None and not return_stats and x.ndim and x.flags.c_contiguous):
+    # Short path: the last axis (normalized_shape None or equal to it), C-contiguous x,
+    # weight/bias and out= only.  Anything else, or an error, takes the general path.
+    if (axis is None and residual is None and residual_out is None and not return_stats
+            and x.ndim and x.flags.c_contiguous):
         shape = x.shape
         middle = shape[-1]
-        if middle and x.size:
-            w = None
-            if weight is not None:
-                w = weight
-                if (type(w) is not _ndarray or w.dtype is not compute or w.shape != (middle,)
-                        or not w.flags.c_contiguous):
-                    w = as_param(weight, (middle,), compute, "weight")
-            b = None
-            if bias is not None:
-                b = bias
-                if (type(b) is not _ndarray or b.dtype is not compute or b.shape != (middle,)
-                        or not b.flags.c_contiguous):
-                    b = as_param(bias, (middle,), compute, "bias")
-            y = _empty(shape, x.dtype)
-            if view is None:
-                _core_norm(kind, code, x.size // middle, middle, 1, x, None, None, y, w, b, eps,
-                           None, None, _checks.num_threads)
+        if middle and x.size and (
+                normalized_shape is None
+                or (type(normalized_shape) is tuple and normalized_shape == (middle,))
+                or (type(normalized_shape) is int and normalized_shape == middle)):
+            w = weight
+            if w is not None and (type(w) is not _ndarray or w.dtype is not compute
+                                  or w.shape != (middle,) or not w.flags.c_contiguous):
+                w = as_param(weight, (middle,), compute, "weight")
+            b = bias
+            if b is not None and (type(b) is not _ndarray or b.dtype is not compute
+                                  or b.shape != (middle,) or not b.flags.c_contiguous):
+                b = as_param(bias, (middle,), compute, "bias")
+            if out is None:
+                y = _empty(shape, x.dtype)
             else:
-                _core_norm(kind, code, x.size // middle, middle, 1, x.view(view), None, None,
-                           y.view(view), w, b, eps, None, None, _checks.num_threads)
-            return y
+                check_out(out, shape, x.dtype)
+                y = out if writes_directly(out, x) else None
+            if y is not None:
+                if view is None:
+                    _core_norm(kind, code, x.size // middle, middle, 1, x, None, None, y, w, b,
+                               eps, None, None, _checks.num_threads)
+                else:
+                    _core_norm(kind, code, x.size // middle, middle, 1, x.view(view), None, None,
+                               y.view(view), w, b, eps, None, None, _checks.num_threads)
+                return y
 
     plan = _checks.norm_plan(x.shape, normalized_shape, axis)
     outer, middle, inner, norm_shape, stats_shape, moved = plan
