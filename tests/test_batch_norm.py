@@ -292,3 +292,22 @@ def test_float64_input_with_float32_running_statistics(isa, rng, tol):
     assert_close(y, want, tol)
     np.testing.assert_allclose(rm, ref_rm, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(rv, ref_rv, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", [((8, 4, 5), 1), ((8, 5, 4), -1)])
+def test_eval_is_plain_ieee_affine_for_nan_and_inf(shape, axis, isa, rng):
+    x = random_data(rng, shape, np.float32)
+    c = shape[axis]
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    w = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    clean = fastnorm.batch_norm(x, rm, rv, w, axis=axis)
+    xm = np.moveaxis(x, axis, 1)  # a view: writes land in x
+    xm[0, 0, 0], xm[1, 1, 1], xm[2, 2, 2] = np.nan, np.inf, -np.inf
+    y = fastnorm.batch_norm(x, rm, rv, w, axis=axis)
+    ym, cm = np.moveaxis(y, axis, 1), np.moveaxis(clean, axis, 1)
+    assert np.isnan(ym[0, 0, 0])
+    assert ym[1, 1, 1] == -np.inf  # inf * (negative scale)
+    assert ym[2, 2, 2] == -np.inf  # -inf * (positive scale)
+    touched = np.zeros(ym.shape, bool)
+    touched[0, 0, 0] = touched[1, 1, 1] = touched[2, 2, 2] = True
+    np.testing.assert_array_equal(ym[~touched], cm[~touched])  # other elements unaffected

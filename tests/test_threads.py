@@ -128,3 +128,16 @@ def test_concurrent_in_place_calls_on_disjoint_slices(isa, rng):
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda i: fastnorm.layer_norm(work[i::4], out=work[i::4]), range(4)))
     assert_same_bits(work, want)
+
+
+def test_omp_num_threads_is_honoured_at_import():
+    import os
+    import subprocess
+    import sys
+    code = "import fastnorm; print(fastnorm.get_num_threads(), fastnorm.get_config()['openmp'])"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    threads, openmp = proc.stdout.split()
+    assert int(threads) == 1, f"OMP_NUM_THREADS=1 but get_num_threads() == {threads}"
