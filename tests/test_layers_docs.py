@@ -1,4 +1,5 @@
 """docs/porting.md's worked example runs and prints what the page shows."""
+import os
 import pathlib
 import re
 import subprocess
@@ -6,7 +7,12 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch")
+# Skipped without torch, except where FASTNORM_REQUIRE_TORCH=1 (CI) makes a missing torch
+# an error, so the comparison with torch cannot silently drop out.
+if os.environ.get("FASTNORM_REQUIRE_TORCH") == "1":
+    import torch  # noqa: F401 - imported to fail loudly when missing
+else:
+    torch = pytest.importorskip("torch")
 
 PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "porting.md"
 

@@ -4,12 +4,19 @@ Each test builds a torch module with random parameters and buffers, gives fastno
 module's state (through load_state_dict or from_torch), runs both on the same random
 inputs and compares outputs, running statistics and num_batches_tracked.
 """
+import os
+
 import numpy as np
 import pytest
 
 import fastnorm
 
-torch = pytest.importorskip("torch")
+# Skipped without torch, except where FASTNORM_REQUIRE_TORCH=1 (CI) makes a missing torch
+# an error, so the comparison with torch cannot silently drop out.
+if os.environ.get("FASTNORM_REQUIRE_TORCH") == "1":
+    import torch
+else:
+    torch = pytest.importorskip("torch")
 nn = torch.nn
 
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
