@@ -23,7 +23,6 @@ FLOAT16 = np.dtype(np.float16)
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
 UINT16 = np.dtype(np.uint16)
-INT64 = np.dtype(np.int64)
 _INF = math.inf
 
 # fastnorm_dtype_t of fastnorm.h; fastnorm._functional checks them against _core at import.
