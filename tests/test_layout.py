@@ -147,3 +147,15 @@ def test_group_norm_matches_reference_for_strided_views(isa, rng, tol):
     x = random_data(rng, (2, 8, 6, 6), np.float32)
     view = x[:, ::2, 1:, ::-1]
     assert_close(fastnorm.group_norm(view, 2), ref_group_norm(view, 2), tol, dtype=np.float32)
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
+def test_zero_stride_broadcast_input(op, isa, rng, tol):
+    row = random_data(rng, (1, 33), np.float32)
+    x = np.broadcast_to(row, (5, 33))          # stride 0 along rows, read-only
+    got = row_norm(op, x)
+    assert_close(got, row_norm(op, np.ascontiguousarray(x)), tol)
+    cols = np.broadcast_to(random_data(rng, (6, 1), np.float64), (6, 20))  # constant rows
+    assert_close(row_norm(op, cols), ref_row_norm(op, np.ascontiguousarray(cols)), tol)
+    with pytest.raises(ValueError):
+        row_norm(op, x, out=x)                 # read-only out
