@@ -6,7 +6,6 @@ from the same input values, once per kernel family (the `isa` fixture).
 import numpy as np
 import pytest
 
-import fastnorm
 from fn_testutil import (F32, F64, FULL_DTYPES, ROW_OPS, STRADDLE_LENGTHS, assert_close,
                          compute_dtype, random_data, ref_row_norm, ref_row_norm_axis,
                          row_norm)

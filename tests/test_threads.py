@@ -4,11 +4,13 @@ fastnorm splits work into chunks fixed by the problem size and merges partial st
 in index order, so 1 and 2 OpenMP threads must give bitwise identical results.  The
 inputs are large enough to cross the "run on one thread" threshold.
 """
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 
 import fastnorm
 from fn_testutil import assert_same_bits, random_data
@@ -131,9 +133,6 @@ def test_concurrent_in_place_calls_on_disjoint_slices(isa, rng):
 
 
 def test_omp_num_threads_is_honoured_at_import():
-    import os
-    import subprocess
-    import sys
     code = "import fastnorm; print(fastnorm.get_num_threads(), fastnorm.get_config()['openmp'])"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
