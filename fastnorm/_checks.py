@@ -269,6 +269,9 @@ def check_running_stat(stat, channels, name, training):
     """BatchNorm running statistics as a float32/float64 array of shape (C,), else
     ValueError.  Training updates them in place, so there they must already be writeable
     NumPy arrays; eval only reads them, so anything numpy.asarray takes will do."""
+    if (type(stat) is np.ndarray and (stat.dtype is FLOAT32 or stat.dtype is FLOAT64)
+            and stat.shape == (channels,) and (not training or stat.flags.writeable)):
+        return stat  # the common case
     if not training:
         stat = as_array(stat)
     elif not isinstance(stat, np.ndarray):

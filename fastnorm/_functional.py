@@ -218,9 +218,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     x, (code, compute, view) = _checks.input_rule(x)
     if x.ndim < 2:
         raise ValueError(f"batch_norm needs x with at least 2 dimensions (N, C, ...), got shape {x.shape}")
-    if isinstance(axis, (tuple, list)):
+    if type(axis) is int and -x.ndim <= axis < x.ndim:
+        channel_axis = axis % x.ndim
+    elif isinstance(axis, (tuple, list)):
         raise ValueError(f"axis is the single channel axis of batch_norm, got {axis!r}")
-    (channel_axis,) = _checks.resolve_axes(x.ndim, axis)
+    else:
+        (channel_axis,) = _checks.resolve_axes(x.ndim, axis)
     outer, channels, inner = _checks.channel_block(x.shape, channel_axis)
     eps = _checks.check_eps(eps)
     momentum = _checks.check_momentum(momentum)
@@ -254,8 +257,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     else:
         mean = running_mean if running_mean.dtype is _FLOAT64 else running_mean.astype(_FLOAT64)
         var = running_var
-    rstd = _rstd(var, eps)
-    scale = rstd if w is None else rstd * w
+    scale = _over_std(1.0 if w is None else w, var, eps)  # weight / sqrt(var + eps)
     shift = np.zeros(channels) if b is None else b.astype(_FLOAT64)
 
     if x.size == 0:  # eval of an empty batch, or no channels
@@ -267,21 +269,22 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
         running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
     if return_stats:
+        rstd = scale if w is None else _over_std(1.0, var, eps)
         return y, mean.astype(compute), rstd.astype(compute)
     return y
 
 
-def _rstd(var, eps):
-    """1 / sqrt(var + eps) in float64, a new array.  NaN and inf pass through as IEEE
-    says; only eps == 0 can divide by zero, so only then are NumPy's warnings silenced
-    (the errstate context costs about a microsecond)."""
-    rstd = np.add(var, eps, dtype=_FLOAT64)
+def _over_std(numerator, var, eps):
+    """numerator / sqrt(var + eps) in float64, a new array (numerator: 1.0 or weight).
+    NaN and inf pass through as IEEE says; only eps == 0 can divide by zero, so only then
+    are NumPy's warnings silenced (the errstate context costs about a microsecond)."""
+    result = np.add(var, eps, dtype=_FLOAT64)
     if eps == 0.0:
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.sqrt(rstd, out=rstd)
-            return np.divide(1.0, rstd, out=rstd)
-    np.sqrt(rstd, out=rstd)
-    return np.divide(1.0, rstd, out=rstd)
+            np.sqrt(result, out=result)
+            return np.divide(numerator, result, out=result)
+    np.sqrt(result, out=result)
+    return np.divide(numerator, result, out=result)
 
 
 def _affine(code, view, outer, channels, inner, x, out, mean, scale, shift):
@@ -347,7 +350,7 @@ def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
     m2 = _empty(groups, _FLOAT64)
     _core_moments(code, 1, groups, per_group * spatial, core_view(x, view), mean, m2,
                   _checks.num_threads)
-    rstd = _rstd(m2 / (per_group * spatial), eps)
+    rstd = _over_std(1.0, m2 / (per_group * spatial), eps)
     # Normalization: one "channel" per (sample, channel) with its group's statistics,
     # laid out (n, group, channel in group) to broadcast the per-group values.
     grouped = (n, num_groups, per_group)
