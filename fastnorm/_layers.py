@@ -68,10 +68,7 @@ def _layer_dtype(dtype, allowed, layer):
     return dt
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+_positive_int = _checks.check_positive_int  # ValueError unless an int >= 1
 
 
 def _normalized_shape(normalized_shape):
