@@ -8,7 +8,8 @@ Design:
   outputs), not typed memoryviews: a raw Py_buffer costs a fraction of a memoryview
   object, and the glue of a small call must stay in the 100-300 ns range.
 - Backstop checks before C runs: every buffer's item size and byte length must be exactly
-  what the call will touch (C never reads or writes past a buffer); None is NULL.
+  what the call will touch (C never reads or writes past a buffer), and its data aligned to
+  its items (typed loads of misaligned data are undefined behaviour); None is NULL.
 - The GIL is released around the C call; the buffers stay exported (NumPy cannot resize
   or free them) until after it returns.
 - A non-OK status maps through one table to an exception class, with the status text and
@@ -83,8 +84,11 @@ cdef Py_ssize_t _count(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) except -1:
 cdef int _buffer_mismatch(Py_buffer *view, str name, Py_ssize_t count, Py_ssize_t itemsize) except -1:
     if view.itemsize != itemsize:
         raise TypeError(f"{name}: expected {itemsize}-byte items, got {view.itemsize}-byte items")
-    raise ValueError(f"{name}: expected {count} items ({count * itemsize} bytes), "
-                     f"got {view.len // view.itemsize} items ({view.len} bytes)")
+    if view.len != count * itemsize:
+        raise ValueError(f"{name}: expected {count} items ({count * itemsize} bytes), "
+                         f"got {view.len // view.itemsize} items ({view.len} bytes)")
+    raise ValueError(f"{name}: expected data aligned to its {itemsize}-byte items, got address "
+                     f"{<size_t>view.buf:#x} (a misaligned array: flags.aligned is False)")
 
 
 cdef int _export_failed(Py_buffer *view, object array, str name, int flags) except -1:
@@ -100,14 +104,16 @@ cdef int _export_failed(Py_buffer *view, object array, str name, int flags) exce
 
 cdef inline int _acquire(Py_buffer *view, object array, str name, Py_ssize_t count,
                          Py_ssize_t itemsize, bint writable) except -1:
-    """Export `array` into `view` (left NULL for None) and check its size."""
+    """Export `array` into `view` (left NULL for None) and check its item size, length, alignment."""
     if array is None:
         return 0
     cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE if writable else PyBUF_C_CONTIGUOUS
     # The non-raising declaration keeps a try/except (~25 ns per call) off the fast path.
     if _get_buffer(array, view, flags) < 0:
         _export_failed(view, array, name, flags)
-    if view.itemsize != itemsize or view.len != count * itemsize:
+    # Misaligned data (NumPy allows it, e.g. from a bytes buffer at an odd offset) would make
+    # the C kernels' typed loads undefined behaviour; _checks.py copies such arrays first.
+    if view.itemsize != itemsize or view.len != count * itemsize or <size_t>view.buf & (itemsize - 1):
         _buffer_mismatch(view, name, count, itemsize)
     return 0
 
