@@ -4,7 +4,7 @@ import pytest
 
 import fastnorm
 from fastnorm import reference
-from fn_testutil import F32, random_data
+from fn_testutil import F32, import_torch, random_data
 
 # float64 gradients: analytic formulas in float64 agree to ~1e-13; central differences
 # with h = 1e-6 are accurate to ~1e-9 relative on these unit-scale problems.
@@ -109,7 +109,7 @@ def _torch_grads(torch, fn, x, params, g):
 
 @pytest.mark.parametrize("shape", [(8, 64), (3, 4, 33), (2, 1000)])
 def test_layer_norm_backward_vs_torch(shape, isa, rng):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, w, b, g = _ln_case(rng, shape, 1, True)
     n = shape[-1]
     _, mean, rstd = fastnorm.layer_norm(x, None, w, b, return_stats=True)
@@ -122,7 +122,7 @@ def test_layer_norm_backward_vs_torch(shape, isa, rng):
 
 @pytest.mark.parametrize("shape", [(8, 64), (3, 4, 33), (2, 1000)])
 def test_rms_norm_backward_vs_torch(shape, isa, rng):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x, w, _, g = _ln_case(rng, shape, 1, True)
     n = shape[-1]
     _, rstd = fastnorm.rms_norm(x, None, w, return_stats=True)
@@ -135,7 +135,7 @@ def test_rms_norm_backward_vs_torch(shape, isa, rng):
 
 @pytest.mark.parametrize("shape, axis", [((16, 5), 1), ((4, 6, 3, 3), 1), ((4, 3, 3, 6), -1)])
 def test_batch_norm_backward_vs_torch(shape, axis, isa, rng):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = random_data(rng, shape, np.float64, offset=2.0)
     c = shape[axis]
     w, b = random_data(rng, c, np.float64, offset=1.0), random_data(rng, c, np.float64)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (F32, F64, FULL_DTYPES, TEST_SEED, assert_close, compute_dtype, random_data,
-                         ref_batch_norm, sentinel)
+from fn_testutil import (F32, F64, FULL_DTYPES, TEST_SEED, assert_close, compute_dtype,
+                         import_torch, random_data, ref_batch_norm, sentinel)
 
 # (shape, channel axis): channels-first, channels-last and a middle axis, 2-D to 5-D.
 CHANNEL_CASES = [
@@ -260,7 +260,7 @@ def test_training_accuracy_offset_100(big_case, layout, isa, accuracy_log):
                                          ((4, 7, 7, 6), -1), ((2, 6, 3, 4, 5), 1)])
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
 def test_agrees_with_torch_training_then_eval(shape, axis, momentum, isa, rng, tol):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     F = torch.nn.functional
     c = shape[axis]
     w = random_data(rng, c, np.float32, offset=1.0)

@@ -5,7 +5,7 @@ merged in float64, mean subtracted as an exact pair) and differ only in lane cou
 in summation order.  Each is within the suite's tolerance table (TOLERANCES in
 conftest.py: 1e-6 for float32, 1e-12 for float64, one ulp for the half types) of the exact
 value, and so they must agree with each other within that same table.  The largest
-difference seen is also reported in float32 ulps in the accuracy summary.
+absolute difference on shifted rows is also shown in the accuracy summary.
 """
 import numpy as np
 import pytest
@@ -32,11 +32,12 @@ def _compare(simd_isa, call, tol, label, accuracy_log=None):
         a, b = np.asarray(a), np.asarray(b)
         assert a.shape == b.shape and a.dtype == b.dtype
         assert_close(b, a, tol, err_msg=f"{label}: {simd_isa} vs scalar, output {i}")
-        if a.dtype == np.float32 and a.size:
-            ulps = np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32))
-            worst = max(worst, float(np.max(ulps[np.isfinite(a)], initial=0)))
+        finite = np.isfinite(a.astype(np.float64))
+        if i == 0 and a.size and finite.any():  # the normalized output, not the stats
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))[finite]
+            worst = max(worst, float(diff.max()))
     if accuracy_log is not None:
-        accuracy_log(f"{label} {simd_isa} vs scalar max float32 ulps", worst)
+        accuracy_log(f"{label} {simd_isa} vs scalar max_abs_diff", worst)
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])

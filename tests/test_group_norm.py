@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import F32, FULL_DTYPES, assert_close, random_data, ref_group_norm
+from fn_testutil import (F32, FULL_DTYPES, assert_close, import_torch, random_data,
+                         ref_group_norm)
 
 GROUP_CASES = [
     ((4, 6), 3), ((4, 6), 1), ((4, 6), 6),
@@ -94,7 +95,7 @@ def test_group_norm_zero_size_batch(isa):
 @pytest.mark.parametrize("shape, groups", [((4, 6, 5), 3), ((3, 8, 4, 4), 4), ((2, 6), 2),
                                            ((2, 4, 3, 3, 3), 2)])
 def test_group_norm_agrees_with_torch(shape, groups, isa, rng, tol):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = random_data(rng, shape, np.float32, offset=0.5)
     c = shape[1]
     w, b = random_data(rng, c, np.float32, offset=1.0), random_data(rng, c, np.float32)
@@ -107,7 +108,7 @@ def test_group_norm_agrees_with_torch(shape, groups, isa, rng, tol):
 
 @pytest.mark.parametrize("shape", [(4, 6, 5), (3, 8, 4, 4), (2, 4, 3, 3, 3)])
 def test_instance_norm_agrees_with_torch(shape, isa, rng, tol):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = random_data(rng, shape, np.float32, offset=-0.5)
     c = shape[1]
     w, b = random_data(rng, c, np.float32, offset=1.0), random_data(rng, c, np.float32)

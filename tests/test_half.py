@@ -12,7 +12,8 @@ import pytest
 import fastnorm
 from fastnorm import reference
 from fn_testutil import (F32, HALF_DTYPES, LAYOUTS, STRADDLE_LENGTHS, as_layout,
-                         half_support_reason, random_data, sentinel, ulp_distance_half)
+                         half_support_reason, import_torch, random_data, sentinel,
+                         ulp_distance_half)
 
 _REASON = half_support_reason()
 if _REASON:
@@ -164,7 +165,7 @@ def _from_torch(torch, t, dtype):
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("n", [7, 64, 768])
 def test_agrees_with_torch_in_the_same_dtype(dtype, op, n, isa, rng):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = random_data(rng, (16, n), dtype, offset=0.5)
     w = random_data(rng, n, dtype, offset=1.0)
     if op == "layer_norm":

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (F32, FULL_DTYPES, assert_close, random_data, ref_layer_norm)
+from fn_testutil import (F32, FULL_DTYPES, assert_close, import_torch, random_data,
+                         ref_layer_norm)
 
 OFFSETS = (0.0, 1e2, 1e3, 1e4, 1e5)
 
@@ -106,7 +107,7 @@ def test_float32_statistics_on_shifted_rows(offset, isa, rng):
 @pytest.mark.parametrize("shape", [(8, 768), (3, 5, 64), (2, 4096), (16, 7)])
 @pytest.mark.parametrize("with_affine", [False, True])
 def test_agrees_with_torch(shape, with_affine, isa, rng, tol):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     F = torch.nn.functional
     x = random_data(rng, shape, np.float32, offset=0.3)
     n = shape[-1]

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (FULL_DTYPES, LAYOUTS, ROW_OPS, as_layout, assert_close,
-                         random_data, ref_batch_norm, ref_group_norm, ref_row_norm,
-                         ref_row_norm_axis, row_norm,
-                         sentinel)
+from fn_testutil import (FULL_DTYPES, LAYOUTS, ROW_OPS, as_layout, assert_close, random_data,
+                         ref_batch_norm, ref_group_norm, ref_row_norm, ref_row_norm_axis,
+                         row_norm, sentinel)
 
 NON_CONTIGUOUS = tuple(layout for layout in LAYOUTS if layout != "contiguous")
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (F32, F64, FULL_DTYPES, assert_close, random_data, ref_rms_norm,
-                         rms_default_eps)
+from fn_testutil import (F32, F64, FULL_DTYPES, assert_close, import_torch, random_data,
+                         ref_rms_norm, rms_default_eps)
 
 OFFSETS = (0.0, 1e2, 1e3, 1e4, 1e5)
 
@@ -85,7 +85,7 @@ def test_return_stats_rstd(dtype, isa, rng):
 @pytest.mark.parametrize("with_weight", [False, True])
 @pytest.mark.parametrize("eps", [None, 1e-6])
 def test_agrees_with_torch(shape, with_weight, eps, isa, rng, tol):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     F = torch.nn.functional
     x = random_data(rng, shape, np.float32, offset=0.3)
     n = shape[-1]

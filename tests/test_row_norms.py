@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fn_testutil import (F32, F64, FULL_DTYPES, ROW_OPS, STRADDLE_LENGTHS, assert_close,
-                         compute_dtype, random_data, ref_row_norm, ref_row_norm_axis,
-                         row_norm)
+                         compute_dtype, import_torch, random_data, ref_row_norm,
+                         ref_row_norm_axis, row_norm)
 
 pytestmark = pytest.mark.parametrize("op", ROW_OPS)
 
@@ -172,7 +172,7 @@ def test_list_and_array_like_inputs(op, isa, rng, tol):
 
 
 def test_torch_tensor_input(op, isa, rng, tol):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = random_data(rng, (5, 33), np.float32)
     y = row_norm(op, torch.from_numpy(x.copy()))
     assert isinstance(y, np.ndarray) and y.dtype == F32
