@@ -209,8 +209,10 @@ core = Extension(
     sources=[os.path.join("fastnorm", "_core.pyx"), *BASE_SOURCES],
     include_dirs=["include", C_DIR],
     # The ISA sources are compiled by build_ext itself; listing them here makes a change
-    # to one of them relink the extension.
-    depends=HEADERS + [s for sources in ISA_SOURCES.values() for s in sources],
+    # to one of them relink the extension.  Everything listed also goes into the sdist
+    # (cythonize replaces the .pyx source by the generated .c, so it is listed too).
+    depends=HEADERS + [s for sources in ISA_SOURCES.values() for s in sources]
+    + [os.path.join("fastnorm", "_core.pyx"), os.path.join("fastnorm", "_cfastnorm.pxd")],
 )
 
 setup(
