@@ -323,11 +323,12 @@ def _onnx_model(inp):
     return "BatchNormalization", stats, attributes, outputs
 
 
-def _onnxruntime_call(inp, threads):
-    """run_with_iobinding on a session with `threads` intra-op threads, writing y into a
-    preallocated array (ONNX Runtime's fastest path from Python).  Spinning is off: idle
-    ORT workers otherwise spin for tens of milliseconds after each run and steal the cores
-    from whichever contender is timed next (it was also faster here with spinning off)."""
+def _onnxruntime_call(inp, threads, use_out):
+    """A session with `threads` intra-op threads.  With use_out, run_with_iobinding writes
+    y into a preallocated array (as fastnorm's out=); otherwise session.run allocates it
+    (as fastnorm does without out=).  Spinning is off: idle ORT workers otherwise spin for
+    tens of milliseconds after each run and steal the cores from whichever contender is
+    timed next (it was also faster here with spinning off)."""
     import onnxruntime as ort
 
     op_type, params, attributes, outputs = _onnx_model(inp)
@@ -337,6 +338,8 @@ def _onnxruntime_call(inp, threads):
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    if not use_out:
+        return functools.partial(session.run, ["y"], {"x": inp.x})
     y = np.empty_like(inp.x)
     binding = session.io_binding()
     binding.bind_cpu_input("x", inp.x)
@@ -378,5 +381,5 @@ def build_contenders(case, threads, peers, use_out):
         if "torch" in peers:
             contenders.append(Contender("torch", n, _torch_call(inp), _torch_threads(n)))
         if "onnxruntime" in peers and onnxruntime_skip_reason(case) is None:
-            contenders.append(Contender("onnxruntime", n, _onnxruntime_call(inp, n)))
+            contenders.append(Contender("onnxruntime", n, _onnxruntime_call(inp, n, use_out)))
     return contenders

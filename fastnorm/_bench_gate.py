@@ -39,6 +39,7 @@ class Check:
     numerator: str  # contender keys, e.g. "fastnorm@1", "copy@1"
     denominator: str
     bound: float
+    typical: float  # measured on the development machine, for the reader of the table
     at_least: bool = False  # bound is a minimum (speed-ups) rather than a maximum
     needs_two_cores: bool = False
 
@@ -51,28 +52,36 @@ def _bn(op, layout):
     return Case(op, (32, 64, 56, 56), "float32", layout)
 
 
-# Measured on the development machine (2-core Xeon, AVX-512), 1 thread, medians; the
-# bound is the regression line.  Update both columns together when kernels change.
+# typical: the value on the development machine (2-core Xeon, AVX-512, 1 thread, medians
+# of several gate runs); scalar: what FASTNORM_ISA=scalar gives there, for the checks it
+# moves.  The bound lies between, about 2x from typical.  Update together with kernels.
 CHECKS = (
-    #      name                                        case                               out   num           den          bound
-    Check("layer_norm f32 512x768 / copy", _row("layer_norm", (512, 768)), True, "fastnorm@1", "copy@1", 3.0),
-    Check("layer_norm f32 4096x768 / copy", _row("layer_norm", (4096, 768)), True, "fastnorm@1", "copy@1", 2.5),
-    Check("rms_norm f32 512x768 / copy", _row("rms_norm", (512, 768)), True, "fastnorm@1", "copy@1", 3.0),
-    Check("rms_norm f32 4096x768 / copy", _row("rms_norm", (4096, 768)), True, "fastnorm@1", "copy@1", 2.5),
+    # RMSNorm is memory-bound even in the (compiler-vectorized) scalar family: 1.5x vs 1.05x,
+    # so its bounds catch extra passes over memory; the kernel family check catches scalar.
+    Check("layer_norm f32 512x768 / copy", _row("layer_norm", (512, 768)), True,
+          "fastnorm@1", "copy@1", bound=2.5, typical=1.37),  # scalar 4.3
+    Check("layer_norm f32 4096x768 / copy", _row("layer_norm", (4096, 768)), True,
+          "fastnorm@1", "copy@1", bound=2.5, typical=1.4),  # scalar 3.9
+    Check("rms_norm f32 512x768 / copy", _row("rms_norm", (512, 768)), True,
+          "fastnorm@1", "copy@1", bound=2.0, typical=1.13),  # scalar 1.5
+    Check("rms_norm f32 4096x768 / copy", _row("rms_norm", (4096, 768)), True,
+          "fastnorm@1", "copy@1", bound=2.0, typical=1.04),  # scalar 1.5
     Check("rms_norm+residual f32 4096x768 / 2 copies", _row("rms_norm", (4096, 768), residual=True),
-          True, "fastnorm@1", "copy@1", 2.5),
+          True, "fastnorm@1", "copy@1", bound=2.0, typical=1.1),  # scalar 1.3
     Check("layer_norm bf16 4096x768 / copy", _row("layer_norm", (4096, 768), "bfloat16"),
-          True, "fastnorm@1", "copy@1", 3.0),
+          True, "fastnorm@1", "copy@1", bound=5.0, typical=2.5),  # scalar 12.5, avx2 3.3
     Check("batch_norm_eval nchw f32 32x64x56x56 / copy", _bn("batch_norm_eval", "nchw"),
-          True, "fastnorm@1", "copy@1", 2.5),
+          True, "fastnorm@1", "copy@1", bound=2.0, typical=0.95),  # scalar 1.1
     Check("batch_norm_train nchw f32 32x64x56x56 / copy", _bn("batch_norm_train", "nchw"),
-          True, "fastnorm@1", "copy@1", 3.5),
+          True, "fastnorm@1", "copy@1", bound=2.5, typical=1.25),  # scalar 4.2
     Check("batch_norm_train nhwc f32 32x64x56x56 / copy", _bn("batch_norm_train", "nhwc"),
-          True, "fastnorm@1", "copy@1", 3.5),
+          True, "fastnorm@1", "copy@1", bound=3.5, typical=1.3),  # 2.15 seen; scalar 4.9
     Check("layer_norm f32 1x768 call / x.copy() call", _row("layer_norm", (1, 768)),
-          False, "fastnorm@1", "copy@1", 8.0),
+          False, "fastnorm@1", "copy@1", bound=14.0, typical=7.0),  # scalar 9.6
+    # 4096x768 float32 fits the two L2 + L3 and is split by rows: 2.0-2.1x measured.
     Check("layer_norm f32 4096x768: 2-thread speed-up", _row("layer_norm", (4096, 768)),
-          True, "fastnorm@1", "fastnorm@2", 1.3, at_least=True, needs_two_cores=True),
+          True, "fastnorm@1", "fastnorm@2", bound=1.3, typical=2.0, at_least=True,
+          needs_two_cores=True),
 )
 
 
@@ -136,14 +145,14 @@ def run_gate():
     isa_text, isa_verdict = _isa_check()
     width = max(len(c.name) for c in CHECKS)
     print(f"fastnorm bench gate: {isa_text}: {isa_verdict}")
-    print(f"{'check'.ljust(width)}  measured     bound  verdict")
+    print(f"{'check'.ljust(width)}  measured     bound  typical  verdict")
     for check in CHECKS:
         value, verdict = results[check]
         shown = "-" if value is None else f"{value:.2f}"
         sign = ">=" if check.at_least else "<="
         note = {"busy": "not judged: other processes were using the cores",
                 "skip": "not judged: fewer than 2 usable cores"}.get(verdict, verdict)
-        print(f"{check.name.ljust(width)}  {shown:>8}  {sign}{check.bound:>6.2f}  {note}")
+        print(f"{check.name.ljust(width)}  {shown:>8}  {sign}{check.bound:>6.2f}  {check.typical:7.2f}  {note}")
     failures = sum(v == "FAIL" for _, v in results.values()) + (isa_verdict == "FAIL")
     print(f"gate: {'FAILED' if failures else 'passed'}"
           + (f" ({failures} check(s) out of bounds)" if failures else ""))
