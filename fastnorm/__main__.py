@@ -5,6 +5,7 @@ configuration, like ``info``.
 """
 
 import argparse
+import os
 import sys
 
 
@@ -52,6 +53,9 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

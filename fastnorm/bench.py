@@ -374,7 +374,10 @@ def _run(args):
     dtypes = _choices("--dtypes", args.dtypes, DTYPES)
     layouts = _choices("--layouts", args.layouts, LAYOUTS)
     peers = _choices("--peers", args.peers, PEERS)
-    threads = [int(t) for t in _split(args.threads)]
+    try:
+        threads = [int(t) for t in _split(args.threads)]
+    except ValueError:
+        threads = []
     if not threads or min(threads) < 1:
         raise ValueError(f"--threads: expected thread counts >= 1, got {args.threads!r}")
     row_shapes, batch_norm_shapes = parse_shapes(args.shapes)
