@@ -126,3 +126,40 @@ def test_kernels_run_after_env_override_in_subprocess():
     x = np.arange(12, dtype=np.float64).reshape(3, 4)
     want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _vector_functions(library):
+    """{function name: set of register kinds ('ymm', 'zmm', 'mask')} over the disassembly
+    of the built extension; None when objdump is missing."""
+    import re
+    import shutil
+
+    if shutil.which("objdump") is None:
+        return None
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], check=True,
+                          capture_output=True, text=True).stdout
+    found, name = {}, None
+    header = re.compile(r"^[0-9a-f]+ <(.+)>:$")
+    for line in text.splitlines():
+        match = header.match(line)
+        if match:
+            name = match.group(1)
+            continue
+        kinds = {kind for kind, pattern in (("ymm", "%ymm"), ("zmm", "%zmm"), ("mask", "%k"))
+                 if pattern in line}
+        if kinds and name is not None:
+            found.setdefault(name, set()).update(kinds)
+    return found
+
+
+def test_wide_instructions_only_in_their_kernel_family():
+    # An installed package must import on any x86-64 CPU: code outside the AVX2/AVX-512
+    # kernels (dispatch, glue, and anything run at load time) must be baseline x86-64.
+    # A load-time table filler compiled in the AVX-512 file once broke import on AVX2 CPUs.
+    found = _vector_functions(fastnorm._core.__file__)
+    if found is None:
+        pytest.skip("objdump not installed")
+    strays = {name: kinds for name, kinds in found.items()
+              if not (name.endswith("_avx512") or (name.endswith("_avx2") and "zmm" not in kinds
+                                                   and "mask" not in kinds))}
+    assert not strays, f"wide registers outside the kernel families: {strays}"

@@ -50,12 +50,16 @@
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
 #define KB_BLOCK 64      /* row Welford steps per lane before a float64 merge */
 #define KB_COL_BLOCK 16  /* column Welford rows per block: columns merge less often anyway */
-/* 1/k for the per-lane Welford step count k (all lanes of a block share k). */
-static double kb_inverse_count[KB_BLOCK + 1];
-/* filled once, before any kernel runs: 1/k for every step count k of a block */
-__attribute__((constructor)) static void kb_fill_inverse_count(void) {
-    for (int k = 1; k <= KB_BLOCK; ++k) kb_inverse_count[k] = 1.0 / k;
-}
+/* 1/k for the per-lane Welford step count k (all lanes of a block share k).  A constant
+ * initializer, never code run at load time: this file is compiled with AVX2/AVX-512 flags,
+ * and a load-time constructor built with them faults on CPUs without those instructions. */
+#define KB_INV4(k) 1.0 / (k), 1.0 / ((k) + 1), 1.0 / ((k) + 2), 1.0 / ((k) + 3)
+#define KB_INV16(k) KB_INV4(k), KB_INV4((k) + 4), KB_INV4((k) + 8), KB_INV4((k) + 12)
+static const double kb_inverse_count[KB_BLOCK + 1] = {
+    0.0, KB_INV16(1), KB_INV16(17), KB_INV16(33), KB_INV16(49)};
+_Static_assert(KB_BLOCK == 64, "kb_inverse_count lists 1/k for k = 1..64");
+#undef KB_INV16
+#undef KB_INV4
 #define KB_INLINE static inline __attribute__((always_inline))
 
 /* Merge a block partial (mean, m2, count nb) into float64 lane accumulators (count na). */
@@ -299,14 +303,30 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                          has_weight, has_bias, 0);
 }
 
+/* The mean pair (mean_hi, mean_lo) as compute-dtype values: float64 keeps the caller's
+ * pair (shift, shifted mean), exact where one double would round at large offsets;
+ * float32 splits the double sum into a high/low float pair. */
+KB_INLINE void KB_NAME(kb_mean_pair)(double mean, double mean_lo, KB_C *hi, KB_C *lo) {
+    if (sizeof(KB_C) == sizeof(double)) {
+        *hi = (KB_C)mean;
+        *lo = (KB_C)mean_lo;
+    } else {
+        double total = mean + mean_lo;
+        *hi = (KB_C)total;
+        *lo = (KB_C)(total - (double)*hi);
+    }
+}
+
 static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n, double mean,
-                                   double scale, double beta, const void *weight, const void *bias,
-                                   void *y, int stream) {
+                                   double mean_lo, double scale, double beta, const void *weight,
+                                   const void *bias, void *y, int stream) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
-    KB_C hi = (KB_C)mean, lo = (KB_C)(mean - (double)hi), sc = (KB_C)scale, be = (KB_C)beta;
-    int flags = (rs ? 8 : 0) | (mean != 0.0 ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
+    KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
+    KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
+    int center = mean != 0.0 || mean_lo != 0.0;
+    int flags = (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
     /* a switch of constant flags lets the compiler emit one tight loop per variant */
 #define KB_CASE(f)                                                                              \
     case f:                                                                                     \
