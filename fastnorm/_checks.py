@@ -74,9 +74,16 @@ def input_rule(x, name="x"):
     return x, rule
 
 
+def is_direct(a):
+    """Whether the kernels can read a as it is: C-contiguous and aligned (they load whole
+    items, which a misaligned address does not allow)."""
+    flags = a.flags
+    return flags.c_contiguous and flags.aligned
+
+
 def contiguous(a):
-    """a when it is C-contiguous, else a C-contiguous copy (any layout is accepted)."""
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    """a when the kernels can read it directly, else a copy they can (any layout is accepted)."""
+    return a if is_direct(a) else np.require(a, requirements="CA")
 
 
 def core_view(a, view):
@@ -233,7 +240,7 @@ def norm_plan(shape, normalized_shape, axis):
 
 def move_to_end(a, axes):
     """C-contiguous copy of a with `axes` moved to the end, in order."""
-    return np.ascontiguousarray(np.moveaxis(a, axes, range(a.ndim - len(axes), a.ndim)))
+    return contiguous(np.moveaxis(a, axes, range(a.ndim - len(axes), a.ndim)))
 
 
 def move_back(a, axes):
@@ -253,7 +260,8 @@ def channel_block(shape, axis):
 def as_param(p, shape, compute, name):
     """weight / bias / per-channel data as a C-contiguous array of the compute dtype and
     exactly `shape`.  Any float dtype (and integers) is accepted and converted."""
-    if type(p) is np.ndarray and p.dtype is compute and p.shape == shape and p.flags.c_contiguous:
+    if (type(p) is np.ndarray and p.dtype is compute and p.shape == shape
+            and p.flags.c_contiguous and p.flags.aligned):
         return p  # the common case, no copy
     a = as_array(p)
     if a.dtype != compute:
@@ -262,7 +270,7 @@ def as_param(p, shape, compute, name):
         a = a.astype(compute)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    return np.ascontiguousarray(a)
+    return contiguous(a)
 
 
 def check_running_stat(stat, channels, name, training):
@@ -317,7 +325,8 @@ def writes_directly(out, x, *others):
     """True when the kernel may write straight into out: C-contiguous, and either x
     itself (in place, which every entry point supports) or disjoint from x, and disjoint
     from others.  Otherwise the result goes to a temporary copied into out afterwards."""
-    if not out.flags.c_contiguous:
+    flags = out.flags
+    if not (flags.c_contiguous and flags.aligned):
         return False
     if out is not x and overlaps(out, x):
         return False

@@ -22,6 +22,7 @@ if (_core.F32, _core.F64, _core.F16, _core.BF16) != (
     raise ImportError("fastnorm._core dtype codes differ from fastnorm._checks; rebuild fastnorm")
 
 _ndarray = np.ndarray
+_direct = _checks.is_direct
 _empty = np.empty
 _DTYPES = _checks.DTYPES
 _FLOAT64 = _checks.FLOAT64
@@ -90,7 +91,7 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     # Short path: the last axis (normalized_shape None or equal to it), C-contiguous x,
     # weight/bias and out= only.  Anything else, or an error, takes the general path.
     if (axis is None and residual is None and residual_out is None and not return_stats
-            and x.ndim and x.flags.c_contiguous):
+            and x.ndim and _direct(x)):
         shape = x.shape
         middle = shape[-1]
         if middle and x.size and (
@@ -99,11 +100,11 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
                 or (type(normalized_shape) is int and normalized_shape == middle)):
             w = weight
             if w is not None and (type(w) is not _ndarray or w.dtype is not compute
-                                  or w.shape != (middle,) or not w.flags.c_contiguous):
+                                  or w.shape != (middle,) or not _direct(w)):
                 w = as_param(weight, (middle,), compute, "weight")
             b = bias
             if b is not None and (type(b) is not _ndarray or b.dtype is not compute
-                                  or b.shape != (middle,) or not b.flags.c_contiguous):
+                                  or b.shape != (middle,) or not _direct(b)):
                 b = as_param(bias, (middle,), compute, "bias")
             if out is None:
                 y = _empty(shape, x.dtype)
