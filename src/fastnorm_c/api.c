@@ -145,7 +145,9 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_finish(job->kind, shift, mean_shifted, m2, (double)n, job->eps, &mean, &rstd);
     fn_put(job->dtype, job->mean_out, r, mean);
     fn_put(job->dtype, job->rstd_out, r, rstd);
-    job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, mean, rstd, 0.0,
+    /* the mean goes to the kernel as the pair (shift, mean_shifted): exact for float64 */
+    job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, shift,
+                                            center ? mean_shifted : 0.0, rstd, 0.0,
                                             job->weight, center ? job->bias : NULL, job->y + offset,
                                             job->stream);
 }
@@ -158,7 +160,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
     double *scratch = malloc(sizeof(double) * (2 * items + 3 * rows));
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
     double *part_mean = scratch, *part_m2 = scratch + items;
-    double *shift = scratch + 2 * items, *mean = shift + rows, *rstd = mean + rows;
+    double *shift = scratch + 2 * items, *mean_shifted = shift + rows, *rstd = mean_shifted + rows;
     for (size_t r = 0; r < rows; ++r) /* before any write: residual_out may alias x */
         shift[r] = center ? fn_sum_element(job->dtype, job->x + r * n * size,
                                            job->residual ? job->residual + r * n * size : NULL, 0)
@@ -174,17 +176,18 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
             &part_mean[item], &part_m2[item]);
     }
     for (size_t r = 0; r < rows; ++r) {
-        double count = 0, mean_shifted = 0, m2 = 0;
+        double count = 0, m2 = 0, mean;
+        mean_shifted[r] = 0;
         for (size_t s = 0; s < segments; ++s) {
             size_t begin = s * FN_ROW_SEGMENT, length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
             if (center)
-                fn_merge(&count, &mean_shifted, &m2, (double)length, part_mean[r * segments + s],
+                fn_merge(&count, &mean_shifted[r], &m2, (double)length, part_mean[r * segments + s],
                          part_m2[r * segments + s]);
             else
                 m2 += part_m2[r * segments + s];
         }
-        fn_finish(job->kind, shift[r], mean_shifted, m2, (double)n, job->eps, &mean[r], &rstd[r]);
-        fn_put(job->dtype, job->mean_out, r, mean[r]);
+        fn_finish(job->kind, shift[r], mean_shifted[r], m2, (double)n, job->eps, &mean, &rstd[r]);
+        fn_put(job->dtype, job->mean_out, r, mean);
         fn_put(job->dtype, job->rstd_out, r, rstd[r]);
     }
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -196,8 +199,9 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         const char *residual = job->residual_out || !job->residual ? NULL : job->residual + offset;
         const char *weight = job->weight ? (const char *)job->weight + begin * fn_compute_size(job->dtype) : NULL;
         const char *bias = center && job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
-        job->kernels->row_normalize[job->dtype](h, residual, length, mean[r], rstd[r], 0.0, weight,
-                                                bias, job->y + offset, job->stream);
+        job->kernels->row_normalize[job->dtype](h, residual, length, shift[r], mean_shifted[r],
+                                                rstd[r], 0.0, weight, bias, job->y + offset,
+                                                job->stream);
     }
     free(scratch);
     return FASTNORM_OK;
@@ -224,9 +228,9 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
             fn_finish(job->kind, shift, mean_shifted[j], m2[j], (double)job->middle, job->eps, &mean, &rstd);
             fn_put(job->dtype, job->mean_out, o * job->inner + column + j, mean);
             fn_put(job->dtype, job->rstd_out, o * job->inner + column + j, rstd);
-            if (csize == 8) {
-                mean_hi[j] = mean;
-                mean_lo[j] = 0.0;
+            if (csize == 8) { /* the pair (shift, mean_shifted) is exact where mean rounds */
+                mean_hi[j] = shift;
+                mean_lo[j] = mean_shifted[j];
                 scale[j] = rstd;
             } else {
                 float hi = (float)mean;
@@ -356,7 +360,9 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
         double count = 0, mean = 0, m2 = 0;
         for (size_t column = 0; column < c.width / inner; column += channels)
         for (size_t j = (column + channel) * inner; j < (column + channel + 1) * inner; ++j) {
-            double shift = fn_element(dtype, x, j), col_count = 0, col_mean = 0, col_m2 = 0;
+            /* column j exists in x's first row only when j is narrow or a super-row exists */
+            double shift = c.super_rows || j < c.narrow_width ? fn_element(dtype, x, j) : 0.0;
+            double col_count = 0, col_mean = 0, col_m2 = 0;
             for (size_t chunk = 0; chunk < c.chunks; ++chunk) {
                 size_t first = chunk * c.chunk_rows;
                 size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
@@ -413,7 +419,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
             size_t channel = row % channels;
             size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
             size_t offset = (row * inner + begin) * size;
-            kernels->row_normalize[dtype](xs + offset, NULL, length, mean ? mean[channel] : 0.0,
+            kernels->row_normalize[dtype](xs + offset, NULL, length, mean ? mean[channel] : 0.0, 0.0,
                                           scale[channel], shift[channel], NULL, NULL, ys + offset,
                                           stream);
         }

@@ -23,13 +23,14 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
                                       size_t n, double shift, int center,
                                       double *mean_shifted, double *m2);
 
-/* y[i] = ((h[i] - mean) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
- * with h = x (+ residual, rounded).  mean == 0 skips the subtraction; otherwise it is
+/* y[i] = ((h[i] - (mean + mean_lo)) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
+ * with h = x (+ residual, rounded).  mean + mean_lo is an unevaluated pair (a shift and
+ * the mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
  * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype.
  * stream != 0: y is written with non-temporal stores (for outputs far larger than the
  * caches, where they save the read-for-ownership of every line) and fenced. */
 typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, size_t n,
-                                          double mean, double scale, double beta,
+                                          double mean, double mean_lo, double scale, double beta,
                                           const void *weight, const void *bias, void *y,
                                           int stream);
 
