@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import fastnorm
+
 # Skipped without torch, except where FASTNORM_REQUIRE_TORCH=1 (CI) makes a missing torch
 # an error, so the comparison with torch cannot silently drop out.
 if os.environ.get("FASTNORM_REQUIRE_TORCH") == "1":
@@ -21,8 +23,11 @@ def test_porting_example_prints_what_the_page_shows(tmp_path):
     text = PAGE.read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     shown = re.search(r"\nOutput[^\n]*\n(?:[^\n]+\n)*\n```\n(.*?)```", text, re.S).group(1)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    # run in an empty directory, importing the fastnorm this suite tests (installed or built
+    # in place)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(fastnorm.__file__).parent.parent))
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     printed, expected = run.stdout.splitlines(), shown.splitlines()
     assert len(printed) == len(expected)
