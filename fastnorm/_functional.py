@@ -238,6 +238,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if has_running:
         running_mean = _checks.check_running_stat(running_mean, channels, "running_mean", training)
         running_var = _checks.check_running_stat(running_var, channels, "running_var", training)
+        if training and (running_mean is running_var or _checks.overlaps(running_mean, running_var)):
+            raise ValueError("running_mean and running_var must be separate arrays "
+                             "(training updates both in place)")
     if out is not None:
         check_out(out, x.shape, x.dtype)
     n = outer * inner  # values per channel
@@ -277,15 +280,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
 
 def _over_std(numerator, var, eps):
     """numerator / sqrt(var + eps) in float64, a new array (numerator: 1.0 or weight).
-    NaN and inf pass through as IEEE says; only eps == 0 can divide by zero, so only then
-    are NumPy's warnings silenced (the errstate context costs about a microsecond)."""
+    Plain IEEE arithmetic decides, silently, as in PyTorch: eps == 0 with a zero variance
+    divides by zero, and a negative running variance (eval) gives NaN."""
     result = np.add(var, eps, dtype=_FLOAT64)
-    if eps == 0.0:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.sqrt(result, out=result)
-            return np.divide(numerator, result, out=result)
-    np.sqrt(result, out=result)
-    return np.divide(numerator, result, out=result)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.sqrt(result, out=result)
+        return np.divide(numerator, result, out=result)
 
 
 def _affine(code, view, outer, channels, inner, x, out, mean, scale, shift):

@@ -141,7 +141,10 @@ def _bad_running_stats(c):
     good = lambda: np.zeros(c, np.float32)  # noqa: E731
     readonly = good()
     readonly.flags.writeable = False
+    shared, buffer = good(), np.ones(c + 1, np.float32)
     return {
+        "same_array": (shared, shared),
+        "overlapping": (buffer[:c], buffer[1:]),
         "int_mean": (np.zeros(c, np.int64), good()),
         "int_var": (good(), np.ones(c, np.int32)),
         "float16_var": (good(), np.ones(c, np.float16)),
@@ -158,7 +161,7 @@ def _bad_running_stats(c):
 
 
 # Eval only reads the running statistics, so read-only arrays (and a list) are fine there.
-_WRITE_ONLY_PROBLEMS = {"list_mean", "readonly_var", "readonly_mean"}
+_WRITE_ONLY_PROBLEMS = {"list_mean", "readonly_var", "readonly_mean", "same_array", "overlapping"}
 _BAD_STATS_CASES = ([(case, True) for case in sorted(_bad_running_stats(4))]
                     + [(case, False) for case in sorted(_bad_running_stats(4))
                        if case not in _WRITE_ONLY_PROBLEMS])
@@ -188,6 +191,16 @@ def test_eval_accepts_read_only_running_statistics(isa, rng, tol):
     rm.flags.writeable = rv.flags.writeable = False
     (want, _, _), _, _ = ref_batch_norm(x, rm, rv, return_stats=True)
     assert_close(fastnorm.batch_norm(x, rm, rv), want, tol, dtype=np.float32)
+
+
+def test_eval_with_negative_running_var_gives_nan_silently(isa, rng):
+    # eval is a per-element affine map: IEEE arithmetic decides, without warnings (the
+    # suite turns warnings into errors), as in PyTorch
+    x = random_data(rng, (5, 3, 4), np.float32)
+    rv = np.array([1.0, -1.0, 2.0], np.float32)
+    y = fastnorm.batch_norm(x, np.zeros(3, np.float32), rv)
+    assert np.isnan(y[:, 1]).all()
+    assert np.isfinite(y[:, [0, 2]]).all()
 
 
 def test_eval_without_running_statistics_raises(isa):
