@@ -27,6 +27,10 @@
 #define FN_PARALLEL_MIN_ELEMENTS 32768
 /* Rows longer than this are reduced in segments, so one long row still uses every thread. */
 #define FN_ROW_SEGMENT 16384
+/* The normalize pass of a row at most this long prefetches the next row for the statistics
+ * pass: measured (AVX2, Zen 3, 1 thread), 4096x768 float32 LayerNorm 15% faster, no gain
+ * in L2 or out of the last-level cache, and a slight loss for 16 KB rows. */
+#define FN_PREFETCH_MAX_BYTES 8192
 /* Shorter rows take the column path in fastnorm_moments / fastnorm_affine. */
 #define FN_ROW_PATH_MIN 64
 /* Columns per work item when a norm reduces over a non-trailing axis. */
@@ -47,6 +51,30 @@ static int fn_stream(const void *x, const void *y, size_t bytes) {
 
 static size_t fn_storage_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F32 ? 4 : dtype == FASTNORM_F64 ? 8 : 2; }
 static size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F64 ? 8 : 4; }
+
+/* for (long long var = 0; var < count; ++var) { body }, over the `threads` (a variable in
+ * scope) OpenMP threads with a static schedule.  One thread runs the plain loop: entering
+ * even a one-thread parallel region costs a fraction of a microsecond, a noticeable share
+ * of a small call. */
+#ifdef _OPENMP
+#define FN_PARALLEL_FOR(var, count, ...)                                                  \
+    do {                                                                                  \
+        long long fn_count_ = (long long)(count);                                         \
+        if (threads > 1) {                                                                \
+            _Pragma("omp parallel for schedule(static) num_threads(threads)")             \
+            for (long long var = 0; var < fn_count_; ++var) { __VA_ARGS__ }               \
+        } else {                                                                          \
+            for (long long var = 0; var < fn_count_; ++var) { __VA_ARGS__ }               \
+        }                                                                                 \
+    } while (0)
+#else
+#define FN_PARALLEL_FOR(var, count, ...)                                                  \
+    do {                                                                                  \
+        long long fn_count_ = (long long)(count);                                         \
+        (void)threads;                                                                    \
+        for (long long var = 0; var < fn_count_; ++var) { __VA_ARGS__ }                   \
+    } while (0)
+#endif
 
 static int fn_threads(int n_threads, size_t elements) {
     if (elements < FN_PARALLEL_MIN_ELEMENTS) return 1;
@@ -145,11 +173,12 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_finish(job->kind, shift, mean_shifted, m2, (double)n, job->eps, &mean, &rstd);
     fn_put(job->dtype, job->mean_out, r, mean);
     fn_put(job->dtype, job->rstd_out, r, rstd);
+    int prefetch = r + 1 < job->outer && n * job->item_size <= FN_PREFETCH_MAX_BYTES;
     /* the mean goes to the kernel as the pair (shift, mean_shifted): exact for float64 */
     job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, shift,
                                             center ? mean_shifted : 0.0, rstd, 0.0,
                                             job->weight, center ? job->bias : NULL, job->y + offset,
-                                            job->stream);
+                                            prefetch ? x + n * job->item_size : NULL, job->stream);
 }
 
 /* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order. */
@@ -165,8 +194,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         shift[r] = center ? fn_sum_element(job->dtype, job->x + r * n * size,
                                            job->residual ? job->residual + r * n * size : NULL, 0)
                           : 0.0;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long item = 0; item < (long long)items; ++item) {
+    FN_PARALLEL_FOR(item, items, {
         size_t r = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
         size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
         size_t offset = (r * n + begin) * size;
@@ -174,7 +202,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
             job->x + offset, job->residual ? job->residual + offset : NULL,
             job->residual_out ? job->residual_out + offset : NULL, length, shift[r], center,
             &part_mean[item], &part_m2[item]);
-    }
+    });
     for (size_t r = 0; r < rows; ++r) {
         double count = 0, m2 = 0, mean;
         mean_shifted[r] = 0;
@@ -190,8 +218,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         fn_put(job->dtype, job->mean_out, r, mean);
         fn_put(job->dtype, job->rstd_out, r, rstd[r]);
     }
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long item = 0; item < (long long)items; ++item) {
+    FN_PARALLEL_FOR(item, items, {
         size_t r = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
         size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
         size_t offset = (r * n + begin) * size;
@@ -201,8 +228,8 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         const char *bias = center && job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
         job->kernels->row_normalize[job->dtype](h, residual, length, shift[r], mean_shifted[r],
                                                 rstd[r], 0.0, weight, bias, job->y + offset,
-                                                job->stream);
-    }
+                                                NULL, job->stream);
+    });
     free(scratch);
     return FASTNORM_OK;
 }
@@ -213,8 +240,7 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
     size_t chunks = (job->inner + FN_COLUMN_CHUNK - 1) / FN_COLUMN_CHUNK;
     size_t items = job->outer * chunks, size = job->item_size, csize = fn_compute_size(job->dtype);
     int center = job->kind == FASTNORM_LAYER_NORM;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long item = 0; item < (long long)items; ++item) {
+    FN_PARALLEL_FOR(item, items, {
         size_t o = (size_t)item / chunks, column = ((size_t)item % chunks) * FN_COLUMN_CHUNK;
         size_t width = job->inner - column < FN_COLUMN_CHUNK ? job->inner - column : FN_COLUMN_CHUNK;
         size_t offset = (o * job->middle * job->inner + column) * size;
@@ -243,7 +269,7 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
                                                 center ? mean_hi : NULL, center ? mean_lo : NULL,
                                                 scale, job->weight, center ? job->bias : NULL,
                                                 NULL, job->y + offset, job->stream);
-    }
+    });
 }
 
 fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer,
@@ -270,8 +296,7 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
         return FASTNORM_OK;
     }
     if (middle > FN_ROW_SEGMENT) return fn_norm_long_rows(&job, threads);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long r = 0; r < (long long)outer; ++r) fn_norm_row(&job, (size_t)r);
+    FN_PARALLEL_FOR(r, outer, fn_norm_row(&job, (size_t)r););
     return FASTNORM_OK;
 }
 
@@ -310,15 +335,14 @@ static fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fast
     size_t items = outer * channels * segments, size = fn_storage_size(dtype);
     double *part = malloc(sizeof(double) * 2 * items);
     if (!part) return FASTNORM_ERR_NO_MEMORY;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long item = 0; item < (long long)items; ++item) {
+    FN_PARALLEL_FOR(item, items, {
         size_t row = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
         size_t channel = row % channels;
         size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
         double shift = fn_element(dtype, x, channel * inner);
         kernels->row_stats[dtype](x + (row * inner + begin) * size, NULL, NULL, length, shift, 1,
                                   &part[2 * item], &part[2 * item + 1]);
-    }
+    });
     for (size_t c = 0; c < channels; ++c) {
         double count = 0, mean = 0, m2 = 0;
         for (size_t o = 0; o < outer; ++o)
@@ -346,13 +370,12 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
     double *part_mean = scratch, *part_m2 = scratch + parts;
     double *left_mean = scratch + 2 * parts, *left_m2 = left_mean + c.narrow_width;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long chunk = 0; chunk < (long long)c.chunks; ++chunk) {
+    FN_PARALLEL_FOR(chunk, c.chunks, {
         size_t first = (size_t)chunk * c.chunk_rows;
         size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
         kernels->col_stats[dtype](x + first * c.width * size, rows, c.width, c.width, x, 1,
                                   part_mean + chunk * c.width, part_m2 + chunk * c.width);
-    }
+    });
     if (c.leftover)
         kernels->col_stats[dtype](x + c.super_rows * c.width * size, c.leftover, c.narrow_width,
                                   c.narrow_width, x, 1, left_mean, left_m2);
@@ -413,16 +436,15 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
     if (inner >= FN_ROW_PATH_MIN) {
         size_t segments = (inner + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
         size_t items = outer * channels * segments;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (long long item = 0; item < (long long)items; ++item) {
+        FN_PARALLEL_FOR(item, items, {
             size_t row = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
             size_t channel = row % channels;
             size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
             size_t offset = (row * inner + begin) * size;
             kernels->row_normalize[dtype](xs + offset, NULL, length, mean ? mean[channel] : 0.0, 0.0,
                                           scale[channel], shift[channel], NULL, NULL, ys + offset,
-                                          stream);
-        }
+                                          NULL, stream);
+        });
         return FASTNORM_OK;
     }
     fn_columns c = fn_columns_of(outer, channels, inner);
@@ -447,8 +469,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
             ((float *)col_shift)[j] = (float)shift[channel];
         }
     }
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long long chunk = 0; chunk <= (long long)c.chunks; ++chunk) {
+    FN_PARALLEL_FOR(chunk, c.chunks + 1, {
         size_t first = (size_t)chunk * c.chunk_rows;
         if ((size_t)chunk == c.chunks) { /* the narrow leftover rows */
             if (c.leftover) {
@@ -464,7 +485,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
         kernels->col_normalize[dtype](xs + offset, rows, c.width, c.width, mean ? mean_hi : NULL,
                                       mean ? mean_lo : NULL, col_scale, NULL, NULL, col_shift,
                                       ys + offset, stream);
-    }
+    });
     free(params);
     return FASTNORM_OK;
 }

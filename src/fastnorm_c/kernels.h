@@ -27,12 +27,14 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
  * with h = x (+ residual, rounded).  mean + mean_lo is an unevaluated pair (a shift and
  * the mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
  * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype.
+ * next: NULL, or the span (n elements of x's dtype) the caller reads next, prefetched
+ * into cache meanwhile.
  * stream != 0: y is written with non-temporal stores (for outputs far larger than the
  * caches, where they save the read-for-ownership of every line) and fenced. */
 typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, size_t n,
                                           double mean, double mean_lo, double scale, double beta,
                                           const void *weight, const void *bias, void *y,
-                                          int stream);
+                                          const void *next, int stream);
 
 /* Column statistics of x[r * row_stride + j], r < rows, j < cols.
  * center != 0: Welford on (x - shift_row[j]) (shift_row: storage dtype, cols values,
