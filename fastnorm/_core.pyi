@@ -54,6 +54,19 @@ def affine(
     shift: _Array,
     n_threads: int,
 ) -> None: ...
+def group_norm(
+    dtype: int,
+    n: int,
+    channels: int,
+    groups: int,
+    spatial: int,
+    x: _Array,
+    y: _Array,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    eps: float,
+    n_threads: int,
+) -> None: ...
 def isa_compiled() -> list[str]: ...
 def isa_supported() -> list[str]: ...
 def best_isa() -> str: ...

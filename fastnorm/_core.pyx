@@ -215,6 +215,35 @@ def affine(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
                f"outer={outer}, channels={channels}, inner={inner}")
 
 
+def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
+               Py_ssize_t spatial, x, y, weight, bias, double eps, int n_threads):
+    """GroupNorm of x seen as (n, channels, spatial), statistics per (sample, group).
+
+    x (IN), y (OUT): storage dtype, n*channels*spatial items (y may be x).  weight, bias
+    (IN, may be None): compute dtype, channels items.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
+    cdef Py_ssize_t data = _count(n, channels, spatial)
+    cdef Py_buffer v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    if groups < 0:
+        raise ValueError(f"groups must be >= 0, got {groups}")
+    _init(v)
+    try:
+        _acquire(&v[0], x, "x", data, item, False)
+        _acquire(&v[1], y, "y", data, item, True)
+        _acquire(&v[2], weight, "weight", channels, compute, False)
+        _acquire(&v[3], bias, "bias", channels, compute, False)
+        with nogil:
+            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
+                                         v[0].buf, v[1].buf, v[2].buf, v[3].buf, eps, n_threads)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
+               f"channels={channels}, groups={groups}, spatial={spatial}, eps={eps!r}")
+
+
 def isa_compiled():
     """Kernel families built into this extension, e.g. ["scalar", "avx2", "avx512"]."""
     return [name for i, name in enumerate(_ISA_NAMES) if fastnorm_isa_compiled(<fastnorm_isa_t>i)]

@@ -344,23 +344,8 @@ def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
     if n == 0:
         return _empty(x.shape, x.dtype)
 
-    # Statistics: one "channel" per (sample, group), each a contiguous span of x.
     x = contiguous(x)
-    groups = n * num_groups
-    mean = _empty(groups, _FLOAT64)
-    m2 = _empty(groups, _FLOAT64)
-    _core_moments(code, 1, groups, per_group * spatial, core_view(x, view), mean, m2,
-                  _checks.num_threads)
-    rstd = _over_std(1.0, m2 / (per_group * spatial), eps)
-    # Normalization: one "channel" per (sample, channel) with its group's statistics,
-    # laid out (n, group, channel in group) to broadcast the per-group values.
-    grouped = (n, num_groups, per_group)
-    mean_nc = _empty(grouped, _FLOAT64)
-    mean_nc[...] = mean.reshape(n, num_groups, 1)
-    scale_nc = _empty(grouped, _FLOAT64)
-    scale_nc[...] = rstd.reshape(n, num_groups, 1)
-    if w is not None:
-        scale_nc *= w.reshape(num_groups, per_group)
-    shift_nc = _empty(grouped, _FLOAT64)
-    shift_nc[...] = 0.0 if b is None else b.reshape(num_groups, per_group)
-    return _affine(code, view, 1, n * channels, spatial, x, None, mean_nc, scale_nc, shift_nc)
+    y = _empty(x.shape, x.dtype)
+    _core.group_norm(code, n, channels, num_groups, spatial, core_view(x, view), core_view(y, view),
+                     w, b, eps, _checks.num_threads)
+    return y

@@ -1,7 +1,7 @@
 /*
  * fastnorm.h - the public C API of fastnorm.
  *
- * Three entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
+ * Four entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
  * policy) lives in Python.  Every array is C-contiguous and described as a 3-D block
  * (outer, middle, inner):
  *
@@ -11,7 +11,9 @@
  *                     `inner`, for every one of the `middle` channels (BatchNorm
  *                     training, GroupNorm with one "channel" per (sample, group)).
  *   fastnorm_affine   y = (x - mean[c]) * scale[c] + shift[c] for every channel c of
- *                     `middle` (BatchNorm, GroupNorm normalization).
+ *                     `middle` (BatchNorm eval and training).
+ *   fastnorm_group_norm  GroupNorm / InstanceNorm of (n, channels, spatial), statistics
+ *                     and normalization of each group in one pass where it fits the cache.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
  * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an
@@ -105,6 +107,15 @@ FASTNORM_API fastnorm_status_t fastnorm_affine(
     fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
     const void *x, void *y, const double *mean, const double *scale,
     const double *shift, int n_threads);
+
+/* GroupNorm of x viewed as (n, channels, spatial): statistics over each (sample, group of
+ * channels / groups channels) span, then y = (x - mean) * rstd * weight[c] + bias[c].
+ * weight, bias: NULL or `channels` elements of the compute dtype.  A group small enough
+ * for the L2 cache is normalized right after its statistics (one pass over memory).
+ * y may equal x.  channels % groups must be 0. */
+FASTNORM_API fastnorm_status_t fastnorm_group_norm(
+    fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
+    const void *x, void *y, const void *weight, const void *bias, double eps, int n_threads);
 
 /* Kernel family selection.  fastnorm_set_isa fails with FASTNORM_ERR_ISA_UNAVAILABLE
  * when the family was not compiled in or the CPU lacks it. */
