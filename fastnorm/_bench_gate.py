@@ -64,8 +64,10 @@ CHECKS = (
           "fastnorm@1", "copy@1", bound=4.0, typical=2.1),  # 512 1.37, scalar 8.2
     Check("layer_norm f32 4096x768 / copy", _row("layer_norm", (4096, 768)), True,
           "fastnorm@1", "copy@1", bound=3.5, typical=1.9),  # 512 1.4, scalar 5.2
+    # 1.4-2.5 seen in CI runs on Zen 3 (the in-cache copy is noisy there); the bound sits
+    # near scalar's 3.2, which the kernel family check catches directly
     Check("rms_norm f32 512x768 / copy", _row("rms_norm", (512, 768)), True,
-          "fastnorm@1", "copy@1", bound=2.7, typical=1.9),  # 512 1.13, scalar 3.2
+          "fastnorm@1", "copy@1", bound=3.0, typical=1.9),  # 512 1.13, scalar 3.2
     Check("rms_norm f32 4096x768 / copy", _row("rms_norm", (4096, 768)), True,
           "fastnorm@1", "copy@1", bound=2.7, typical=1.8),  # 512 1.04, scalar 2.4
     Check("rms_norm+residual f32 4096x768 / 2 copies", _row("rms_norm", (4096, 768), residual=True),
