@@ -49,7 +49,7 @@
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
 #define KB_BLOCK 64      /* row Welford steps per lane before a float64 merge */
-#define KB_COL_BLOCK 16  /* column Welford rows per block: columns merge less often anyway */
+#define KB_COL_BLOCK 32  /* column Welford rows per block before a float64 merge */
 /* 1/k for the per-lane Welford step count k (all lanes of a block share k).  A constant
  * initializer, never code run at load time: this file is compiled with AVX2/AVX-512 flags,
  * and a load-time constructor built with them faults on CPUs without those instructions. */
@@ -359,53 +359,107 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
 
 /* ---- column statistics ------------------------------------------------------------ */
 
-/* One strip of up to KB_LANES columns starting at column j0 (width lanes_used). */
-KB_INLINE void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
-                                     const KB_T *shift_row, int center, size_t width,
-                                     double *mean_out, double *m2_out) {
+/* Merge a strip block's partial (vectors mean, m2 over `count` rows) into the float64
+ * lane accumulators of the strip, which hold `acc_count` rows. */
+KB_INLINE void KB_NAME(kb_col_merge)(double *acc_mean, double *acc_m2, double acc_count, KB_V mean,
+                                     KB_V m2, double count, int center) {
+    double lane_mean[KB_LANES], lane_m2[KB_LANES];
+    kb_to_double(m2, lane_m2);
+    if (center) {
+        kb_to_double(mean, lane_mean);
+        kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, count, KB_LANES);
+    } else {
+        for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
+    }
+}
+
+/* Float64 accumulators of one strip of KB_LANES columns. */
+typedef struct {
+    double mean[KB_LANES], m2[KB_LANES];
+} KB_NAME(kb_col_acc);
+
+static void KB_NAME(kb_col_acc_store)(const KB_NAME(kb_col_acc) *acc, size_t width, int center,
+                                      double *mean_out, double *m2_out) {
+    for (size_t lane = 0; lane < width && lane < KB_LANES; ++lane) {
+        mean_out[lane] = center ? acc->mean[lane] : 0.0;
+        m2_out[lane] = acc->m2[lane];
+    }
+}
+
+/* One strip of up to KB_LANES columns (`width` of them), one Welford stream down the rows. */
+static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
+                                  const KB_T *shift_row, int center, size_t width,
+                                  double *mean_out, double *m2_out) {
     int full = width >= KB_LANES;
     KB_V shift_v = kb_set1(0);
     if (center) shift_v = full ? kb_load(shift_row) : kb_load_n(shift_row, width);
-    double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
-    double lane_mean[KB_LANES], lane_m2[KB_LANES];
+    KB_NAME(kb_col_acc) acc = {{0}, {0}};
     for (size_t r0 = 0; r0 < rows; r0 += KB_COL_BLOCK) {
         size_t block = rows - r0 < KB_COL_BLOCK ? rows - r0 : KB_COL_BLOCK;
         const KB_T *p = x + r0 * row_stride;
-        KB_V h = full ? kb_load(p) : kb_load_n(p, width);
-        KB_V mean = kb_sub(h, shift_v), m2 = center ? kb_set1(0) : kb_mul(h, h);
+        KB_V mean, m2;
+        KB_NAME(kb_welford_first)(full ? kb_load(p) : kb_load_n(p, width), shift_v, center, &mean, &m2);
         for (size_t k = 2; k <= block; ++k) {
             p += row_stride;
-            h = full ? kb_load(p) : kb_load_n(p, width);
-            if (center) {
-                KB_V value = kb_sub(h, shift_v);
-                KB_V delta = kb_sub(value, mean);
-                mean = kb_fma(delta, kb_set1((KB_C)kb_inverse_count[k]), mean);
-                m2 = kb_fma(delta, kb_sub(value, mean), m2);
-            } else {
-                m2 = kb_fma(h, h, m2);
-            }
+            KB_NAME(kb_welford_step)(full ? kb_load(p) : kb_load_n(p, width), shift_v,
+                                     kb_set1((KB_C)kb_inverse_count[k]), center, &mean, &m2);
         }
-        kb_to_double(m2, lane_m2);
-        if (center) {
-            kb_to_double(mean, lane_mean);
-            kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, (double)block,
-                           KB_LANES);
-            acc_count += (double)block;
-        } else {
-            for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
+        KB_NAME(kb_col_merge)(acc.mean, acc.m2, (double)r0, mean, m2, (double)block, center);
+    }
+    KB_NAME(kb_col_acc_store)(&acc, width, center, mean_out, m2_out);
+}
+
+/* Four full strips side by side (4 * KB_LANES adjacent columns): the same arithmetic as
+ * four kb_col_strip calls, but one pass down the rows reading 4 adjacent vectors of each,
+ * so four dependency chains overlap and the reads are sequential.  Measured against strip
+ * by strip (AVX2, Zen 3, interleaved in one process): channels-last BatchNorm statistics
+ * 0.55x the time with 64 channels, 0.60x with 256, 0.80x with 3. */
+static void KB_NAME(kb_col_strips4)(const KB_T *x, size_t rows, size_t row_stride,
+                                    const KB_T *shift_row, int center, double *mean_out,
+                                    double *m2_out) {
+    KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0;
+    if (center) {
+        s0 = kb_load(shift_row);
+        s1 = kb_load(shift_row + KB_LANES);
+        s2 = kb_load(shift_row + 2 * KB_LANES);
+        s3 = kb_load(shift_row + 3 * KB_LANES);
+    }
+    KB_NAME(kb_col_acc) acc[4] = {{{0}, {0}}, {{0}, {0}}, {{0}, {0}}, {{0}, {0}}};
+    for (size_t r0 = 0; r0 < rows; r0 += KB_COL_BLOCK) {
+        size_t block = rows - r0 < KB_COL_BLOCK ? rows - r0 : KB_COL_BLOCK;
+        const KB_T *p = x + r0 * row_stride;
+        KB_V mean0, mean1, mean2, mean3, m2_0, m2_1, m2_2, m2_3;
+        KB_NAME(kb_welford_first)(kb_load(p), s0, center, &mean0, &m2_0);
+        KB_NAME(kb_welford_first)(kb_load(p + KB_LANES), s1, center, &mean1, &m2_1);
+        KB_NAME(kb_welford_first)(kb_load(p + 2 * KB_LANES), s2, center, &mean2, &m2_2);
+        KB_NAME(kb_welford_first)(kb_load(p + 3 * KB_LANES), s3, center, &mean3, &m2_3);
+        for (size_t k = 2; k <= block; ++k) {
+            const KB_V inverse = kb_set1((KB_C)kb_inverse_count[k]);
+            p += row_stride;
+            KB_NAME(kb_welford_step)(kb_load(p), s0, inverse, center, &mean0, &m2_0);
+            KB_NAME(kb_welford_step)(kb_load(p + KB_LANES), s1, inverse, center, &mean1, &m2_1);
+            KB_NAME(kb_welford_step)(kb_load(p + 2 * KB_LANES), s2, inverse, center, &mean2, &m2_2);
+            KB_NAME(kb_welford_step)(kb_load(p + 3 * KB_LANES), s3, inverse, center, &mean3, &m2_3);
         }
+        KB_NAME(kb_col_merge)(acc[0].mean, acc[0].m2, (double)r0, mean0, m2_0, (double)block, center);
+        KB_NAME(kb_col_merge)(acc[1].mean, acc[1].m2, (double)r0, mean1, m2_1, (double)block, center);
+        KB_NAME(kb_col_merge)(acc[2].mean, acc[2].m2, (double)r0, mean2, m2_2, (double)block, center);
+        KB_NAME(kb_col_merge)(acc[3].mean, acc[3].m2, (double)r0, mean3, m2_3, (double)block, center);
     }
-    for (size_t lane = 0; lane < width && lane < KB_LANES; ++lane) {
-        mean_out[lane] = center ? acc_mean[lane] : 0.0;
-        m2_out[lane] = acc_m2[lane];
-    }
+    for (int strip = 0; strip < 4; ++strip)
+        KB_NAME(kb_col_acc_store)(&acc[strip], KB_LANES, center, mean_out + strip * KB_LANES,
+                                  m2_out + strip * KB_LANES);
 }
 
 static void KB_NAME(col_stats)(const void *x, size_t rows, size_t cols, size_t row_stride,
                                const void *shift_row, int center, double *mean_shifted,
                                double *m2) {
     const KB_T *xs = (const KB_T *)x, *shift = (const KB_T *)shift_row;
-    for (size_t j = 0; j < cols; j += KB_LANES) {
+    size_t j = 0;
+    for (; j + 4 * KB_LANES <= cols; j += 4 * KB_LANES)
+        KB_NAME(kb_col_strips4)(xs + j, rows, row_stride, center ? shift + j : NULL, center,
+                                mean_shifted + j, m2 + j);
+    for (; j < cols; j += KB_LANES) {
         size_t width = cols - j < KB_LANES ? cols - j : KB_LANES;
         KB_NAME(kb_col_strip)(xs + j, rows, row_stride, center ? shift + j : NULL, center, width,
                               mean_shifted + j, m2 + j);
