@@ -41,8 +41,8 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
 
     fastnorm_status_t fastnorm_affine(
         fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
-        const void *x, void *y, const double *mean, const double *scale,
-        const double *shift, int n_threads)
+        const void *x, void *y, const double *mean, const double *var,
+        const void *weight, const void *bias, double eps, int n_threads)
 
     fastnorm_status_t fastnorm_group_norm(
         fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,

@@ -50,8 +50,10 @@ def affine(
     x: _Array,
     y: _Array,
     mean: Optional[_Array],
-    scale: _Array,
-    shift: _Array,
+    var: _Array,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    eps: float,
     n_threads: int,
 ) -> None: ...
 def group_norm(

@@ -188,13 +188,16 @@ def moments(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
 
 
 def affine(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
-           x, y, mean, scale, shift, int n_threads):
-    """y = (x - mean[c]) * scale[c] + shift[c] for x seen as (outer, channels, inner).
+           x, y, mean, var, weight, bias, double eps, int n_threads):
+    """y = (x - mean[c]) * weight[c] / sqrt(var[c] + eps) + bias[c], x seen as (outer,
+    channels, inner).
 
     x (IN), y (OUT): storage dtype, outer*channels*inner items (y may be x).  mean (may be
-    None), scale, shift (IN): float64, channels items.
+    None), var (IN): float64, channels items.  weight, bias (IN, may be None): compute
+    dtype, channels items.
     """
-    cdef Py_ssize_t item = _storage_size(dtype), data = _count(outer, channels, inner)
+    cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
+    cdef Py_ssize_t data = _count(outer, channels, inner)
     cdef Py_buffer v[MAX_ARRAYS]
     cdef fastnorm_status_t status
     _init(v)
@@ -202,17 +205,18 @@ def affine(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
         _acquire(&v[0], x, "x", data, item, False)
         _acquire(&v[1], y, "y", data, item, True)
         _acquire(&v[2], mean, "mean", channels, 8, False)
-        _acquire(&v[3], scale, "scale", channels, 8, False)
-        _acquire(&v[4], shift, "shift", channels, 8, False)
+        _acquire(&v[3], var, "var", channels, 8, False)
+        _acquire(&v[4], weight, "weight", channels, compute, False)
+        _acquire(&v[5], bias, "bias", channels, compute, False)
         with nogil:
             status = fastnorm_affine(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].buf,
                                      v[1].buf, <const double *>v[2].buf, <const double *>v[3].buf,
-                                     <const double *>v[4].buf, n_threads)
+                                     v[4].buf, v[5].buf, eps, n_threads)
     finally:
         _release(v)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_affine", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
-               f"outer={outer}, channels={channels}, inner={inner}")
+               f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
 
 
 def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,

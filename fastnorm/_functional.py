@@ -269,43 +269,40 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         var = m2 / n
     else:
         mean = running_mean if running_mean.dtype is _FLOAT64 else running_mean.astype(_FLOAT64)
-        var = running_var
-    scale = _over_std(1.0 if w is None else w, var, eps)  # weight / sqrt(var + eps)
-    shift = np.zeros(channels) if b is None else b.astype(_FLOAT64)
+        var = running_var if running_var.dtype is _FLOAT64 else running_var.astype(_FLOAT64)
 
     if x.size == 0:  # eval of an empty batch, or no channels
         y = _empty(x.shape, x.dtype) if out is None else out
-    else:
-        y = _affine(code, view, outer, channels, inner, x, out, mean, scale, shift)
+    else:  # weight / sqrt(var + eps) and bias are folded per channel in C
+        y = _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps)
 
     if training and has_running:  # after the kernel: a failure leaves them untouched
         running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
         running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
     if return_stats:
-        rstd = scale if w is None else _over_std(1.0, var, eps)
-        return y, mean.astype(compute), rstd.astype(compute)
+        return y, mean.astype(compute), _rstd(var, eps).astype(compute)
     return y
 
 
-def _over_std(numerator, var, eps):
-    """numerator / sqrt(var + eps) in float64, a new array (numerator: 1.0 or weight).
-    Plain IEEE arithmetic decides, silently, as in PyTorch: eps == 0 with a zero variance
-    divides by zero, and a negative running variance (eval) gives NaN."""
+def _rstd(var, eps):
+    """1 / sqrt(var + eps) in float64, as the kernel folds it.  Plain IEEE arithmetic
+    decides, silently, as in PyTorch: eps == 0 with a zero variance divides by zero, and a
+    negative running variance (eval) gives NaN."""
     result = np.add(var, eps, dtype=_FLOAT64)
     with np.errstate(divide="ignore", invalid="ignore"):
         np.sqrt(result, out=result)
-        return np.divide(numerator, result, out=result)
+        return np.divide(1.0, result, out=result)
 
 
-def _affine(code, view, outer, channels, inner, x, out, mean, scale, shift):
-    """y = (x - mean[c]) * scale[c] + shift[c] into out (directly when it can) or a new array.
-    x is C-contiguous; the per-channel arrays are float64."""
+def _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps):
+    """y = (x - mean[c]) * w[c] / sqrt(var[c] + eps) + b[c] into out (directly when it can)
+    or a new array.  x is C-contiguous; mean and var are float64, w and b compute dtype."""
     if out is not None and writes_directly(out, x):
         y = out
     else:
         y = _empty(x.shape, x.dtype)
     _core_affine(code, outer, channels, inner, core_view(x, view), core_view(y, view),
-                 mean, scale, shift, _checks.num_threads)
+                 mean, var, w, b, eps, _checks.num_threads)
     if out is not None and y is not out:
         out[...] = y
         return out

@@ -10,8 +10,8 @@
  *   fastnorm_moments  per-channel Welford partials (count, mean, m2) over `outer` and
  *                     `inner`, for every one of the `middle` channels (BatchNorm
  *                     training, GroupNorm with one "channel" per (sample, group)).
- *   fastnorm_affine   y = (x - mean[c]) * scale[c] + shift[c] for every channel c of
- *                     `middle` (BatchNorm eval and training).
+ *   fastnorm_affine   y = (x - mean[c]) * weight[c] / sqrt(var[c] + eps) + bias[c] for
+ *                     every channel c of `middle` (BatchNorm eval and training).
  *   fastnorm_group_norm  GroupNorm / InstanceNorm of (n, channels, spatial), statistics
  *                     and normalization of each group in one pass where it fits the cache.
  *
@@ -99,14 +99,16 @@ FASTNORM_API fastnorm_status_t fastnorm_moments(
     fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
     const void *x, double *mean_out, double *m2_out, int n_threads);
 
-/* y = (x - mean[c]) * scale[c] + shift[c] for x viewed as (outer, channels, inner).
- * mean, scale, shift: `channels` float64 values (mean may be NULL for 0).  The mean is
- * subtracted as a high/low pair in the compute dtype, so large offsets cancel exactly.
- * y may equal x. */
+/* BatchNorm's normalization of x viewed as (outer, channels, inner):
+ *   y = (x - mean[c]) * weight[c] / sqrt(var[c] + eps) + bias[c].
+ * mean, var: `channels` float64 values (mean may be NULL for 0).  weight, bias: NULL or
+ * `channels` values of the compute dtype.  The per-channel factors are folded in float64
+ * (IEEE arithmetic decides a negative var); the mean is subtracted as a high/low pair in
+ * the compute dtype, so large offsets cancel exactly.  y may equal x. */
 FASTNORM_API fastnorm_status_t fastnorm_affine(
     fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
-    const void *x, void *y, const double *mean, const double *scale,
-    const double *shift, int n_threads);
+    const void *x, void *y, const double *mean, const double *var,
+    const void *weight, const void *bias, double eps, int n_threads);
 
 /* GroupNorm of x viewed as (n, channels, spatial): statistics over each (sample, group of
  * channels / groups channels) span, then y = (x - mean) * rstd * weight[c] + bias[c].

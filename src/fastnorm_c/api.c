@@ -121,6 +121,12 @@ static void fn_put(fastnorm_dtype_t dtype, void *base, size_t index, double valu
         ((float *)base)[index] = (float)value;
 }
 
+/* weight or bias entry i in the compute dtype, or `absent` when there is none */
+static double fn_param(fastnorm_dtype_t dtype, const void *p, size_t i, double absent) {
+    if (!p) return absent;
+    return dtype == FASTNORM_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+
 /* Chan et al.: merge partial (count_b, mean_b, m2_b) into (count, mean, m2). */
 static void fn_merge(double *count, double *mean, double *m2, double count_b, double mean_b, double m2_b) {
     if (count_b == 0) return;
@@ -181,93 +187,55 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
                                             prefetch ? x + n * job->item_size : NULL, job->stream);
 }
 
-/* Rows longer than FN_ROW_SEGMENT, cut into segments: partial statistics per segment,
- * merged per row in order, then the normalize pass per segment. */
-typedef struct {
-    const fn_norm_job *job;
-    size_t segments;
-    double *part_mean, *part_m2, *shift, *mean_shifted, *rstd;
-} fn_long_rows;
-
-static size_t fn_segment_length(size_t n, size_t begin) {
-    return n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
-}
-
-static void fn_long_stats(const fn_long_rows *l, size_t item) {
-    const fn_norm_job *job = l->job;
-    size_t r = item / l->segments, begin = (item % l->segments) * FN_ROW_SEGMENT;
-    size_t offset = (r * job->middle + begin) * job->item_size;
-    job->kernels->row_stats[job->dtype](
-        job->x + offset, job->residual ? job->residual + offset : NULL,
-        job->residual_out ? job->residual_out + offset : NULL,
-        fn_segment_length(job->middle, begin), l->shift[r], job->kind == FASTNORM_LAYER_NORM,
-        &l->part_mean[item], &l->part_m2[item]);
-}
-
-static void fn_long_finish(const fn_long_rows *l) {
-    const fn_norm_job *job = l->job;
-    for (size_t r = 0; r < job->outer; ++r) {
-        double count = 0, m2 = 0, mean;
-        l->mean_shifted[r] = 0;
-        for (size_t s = 0, item = r * l->segments; s < l->segments; ++s, ++item) {
-            double length = (double)fn_segment_length(job->middle, s * FN_ROW_SEGMENT);
-            if (job->kind == FASTNORM_LAYER_NORM)
-                fn_merge(&count, &l->mean_shifted[r], &m2, length, l->part_mean[item], l->part_m2[item]);
-            else
-                m2 += l->part_m2[item];
-        }
-        fn_finish(job->kind, l->shift[r], l->mean_shifted[r], m2, (double)job->middle, job->eps,
-                  &mean, &l->rstd[r]);
-        fn_put(job->dtype, job->mean_out, r, mean);
-        fn_put(job->dtype, job->rstd_out, r, l->rstd[r]);
-    }
-}
-
-static void fn_long_normalize(const fn_long_rows *l, size_t item) {
-    const fn_norm_job *job = l->job;
-    size_t r = item / l->segments, begin = (item % l->segments) * FN_ROW_SEGMENT;
-    size_t offset = (r * job->middle + begin) * job->item_size, csize = fn_compute_size(job->dtype);
-    const char *h = job->residual_out ? job->residual_out + offset : job->x + offset;
-    const char *residual = job->residual_out || !job->residual ? NULL : job->residual + offset;
-    const char *weight = job->weight ? (const char *)job->weight + begin * csize : NULL;
-    const char *bias = job->kind == FASTNORM_LAYER_NORM && job->bias
-                           ? (const char *)job->bias + begin * csize : NULL;
-    job->kernels->row_normalize[job->dtype](h, residual, fn_segment_length(job->middle, begin),
-                                            l->shift[r], l->mean_shifted[r], l->rstd[r], 0.0,
-                                            weight, bias, job->y + offset, NULL, job->stream);
-}
-
+/* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order. */
 static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) {
     size_t rows = job->outer, n = job->middle, size = job->item_size;
-    size_t segments = (n + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
-    long long items = (long long)(rows * segments);
-    double *scratch = malloc(sizeof(double) * (2 * (size_t)items + 3 * rows));
+    size_t segments = (n + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT, items = rows * segments;
+    int center = job->kind == FASTNORM_LAYER_NORM;
+    double *scratch = malloc(sizeof(double) * (2 * items + 3 * rows));
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
-    fn_long_rows l = {job, segments, scratch, scratch + items, scratch + 2 * items,
-                      scratch + 2 * items + rows, scratch + 2 * items + 2 * rows};
+    double *part_mean = scratch, *part_m2 = scratch + items;
+    double *shift = scratch + 2 * items, *mean_shifted = shift + rows, *rstd = mean_shifted + rows;
     for (size_t r = 0; r < rows; ++r) /* before any write: residual_out may alias x */
-        l.shift[r] = job->kind == FASTNORM_LAYER_NORM
-            ? fn_sum_element(job->dtype, job->x + r * n * size,
-                             job->residual ? job->residual + r * n * size : NULL, 0)
-            : 0.0;
-    if (threads > 1) {
-        /* one parallel region for both passes: a second fork/join costs microseconds
-         * (measured, 2 threads, one row of 32768 / 65536 float32: 14.2 -> 11.3 us and
-         * 19.8 -> 17.4 us against two regions) */
-#pragma omp parallel num_threads(threads)
-        {
-#pragma omp for schedule(static)
-            for (long long item = 0; item < items; ++item) fn_long_stats(&l, (size_t)item);
-#pragma omp single
-            fn_long_finish(&l);
-#pragma omp for schedule(static)
-            for (long long item = 0; item < items; ++item) fn_long_normalize(&l, (size_t)item);
+        shift[r] = center ? fn_sum_element(job->dtype, job->x + r * n * size,
+                                           job->residual ? job->residual + r * n * size : NULL, 0)
+                          : 0.0;
+    FN_PARALLEL_FOR(item, items, {
+        size_t r = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
+        size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+        size_t offset = (r * n + begin) * size;
+        job->kernels->row_stats[job->dtype](
+            job->x + offset, job->residual ? job->residual + offset : NULL,
+            job->residual_out ? job->residual_out + offset : NULL, length, shift[r], center,
+            &part_mean[item], &part_m2[item]);
+    });
+    for (size_t r = 0; r < rows; ++r) {
+        double count = 0, m2 = 0, mean;
+        mean_shifted[r] = 0;
+        for (size_t s = 0; s < segments; ++s) {
+            size_t begin = s * FN_ROW_SEGMENT, length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+            if (center)
+                fn_merge(&count, &mean_shifted[r], &m2, (double)length, part_mean[r * segments + s],
+                         part_m2[r * segments + s]);
+            else
+                m2 += part_m2[r * segments + s];
         }
-    } else {
-        for (long long item = 0; item < items; ++item) fn_long_stats(&l, (size_t)item);
-        fn_long_finish(&l);
-        for (long long item = 0; item < items; ++item) fn_long_normalize(&l, (size_t)item);
+        fn_finish(job->kind, shift[r], mean_shifted[r], m2, (double)n, job->eps, &mean, &rstd[r]);
+        fn_put(job->dtype, job->mean_out, r, mean);
+        fn_put(job->dtype, job->rstd_out, r, rstd[r]);
     }
+    FN_PARALLEL_FOR(item, items, {
+        size_t r = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
+        size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+        size_t offset = (r * n + begin) * size;
+        const char *h = job->residual_out ? job->residual_out + offset : job->x + offset;
+        const char *residual = job->residual_out || !job->residual ? NULL : job->residual + offset;
+        const char *weight = job->weight ? (const char *)job->weight + begin * fn_compute_size(job->dtype) : NULL;
+        const char *bias = center && job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
+        job->kernels->row_normalize[job->dtype](h, residual, length, shift[r], mean_shifted[r],
+                                                rstd[r], 0.0, weight, bias, job->y + offset,
+                                                NULL, job->stream);
+    });
     free(scratch);
     return FASTNORM_OK;
 }
@@ -467,14 +435,11 @@ fastnorm_status_t fastnorm_moments(fastnorm_dtype_t dtype, size_t outer, size_t 
 
 /* ---- fastnorm_affine ---------------------------------------------------------------- */
 
-fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
-                                  const void *x, void *y, const double *mean, const double *scale,
-                                  const double *shift, int n_threads) {
-    int overflow = 0;
-    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
-    if (!x || !y || !scale || !shift) return FASTNORM_ERR_NULL_POINTER;
-    size_t total = fn_product(outer, channels, inner, &overflow);
-    if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
+/* y = (x - mean[c]) * scale[c] + shift[c] over (outer, channels, inner); the float64
+ * per-channel arrays are the caller's. */
+static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+                                   size_t total, const void *x, void *y, const double *mean,
+                                   const double *scale, const double *shift, int n_threads) {
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
     int threads = fn_threads(n_threads, total), stream = fn_stream(x, y, total * size);
@@ -537,6 +502,30 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
     return FASTNORM_OK;
 }
 
+fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+                                  const void *x, void *y, const double *mean, const double *var,
+                                  const void *weight, const void *bias, double eps, int n_threads) {
+    int overflow = 0;
+    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
+    if (!x || !y || !var) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = fn_product(outer, channels, inner, &overflow);
+    if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
+    if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
+    /* fold weight / sqrt(var + eps) and bias per channel in float64; IEEE arithmetic
+     * decides a negative variance (NaN) or eps == 0 with a zero variance (inf) */
+    double *folded = malloc(sizeof(double) * 2 * channels);
+    if (!folded) return FASTNORM_ERR_NO_MEMORY;
+    double *scale = folded, *shift = folded + channels;
+    for (size_t c = 0; c < channels; ++c) {
+        scale[c] = fn_param(dtype, weight, c, 1.0) / sqrt(var[c] + eps);
+        shift[c] = fn_param(dtype, bias, c, 0.0);
+    }
+    fastnorm_status_t status = fn_affine(dtype, outer, channels, inner, total, x, y, mean, scale,
+                                         shift, n_threads);
+    free(folded);
+    return status;
+}
+
 /* ---- fastnorm_group_norm ------------------------------------------------------------ */
 
 /* Groups of at most this many bytes are normalized right after their statistics, while
@@ -554,11 +543,6 @@ typedef struct {
     int stream;
 } fn_group_job;
 
-/* weight or bias entry i in the compute dtype, or `absent` when there is none */
-static double fn_param(fastnorm_dtype_t dtype, const void *p, size_t i, double absent) {
-    if (!p) return absent;
-    return dtype == FASTNORM_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
-}
 
 /* Channel row r (of n * channels) with its group's statistics and its own weight / bias. */
 static void fn_group_normalize_row(const fn_group_job *job, size_t r, size_t begin, size_t length,
