@@ -22,7 +22,6 @@ if (_core.F32, _core.F64, _core.F16, _core.BF16) != (
     raise ImportError("fastnorm._core dtype codes differ from fastnorm._checks; rebuild fastnorm")
 
 _ndarray = np.ndarray
-_direct = _checks.is_direct
 _empty = np.empty
 _DTYPES = _checks.DTYPES
 _FLOAT64 = _checks.FLOAT64
@@ -32,6 +31,7 @@ _RMS_NORM = _core.RMS_NORM
 _core_norm = _core.norm
 _core_moments = _core.moments
 _core_affine = _core.affine
+_core_group_norm = _core.group_norm
 # rms_norm's default eps: the machine epsilon of the computation dtype.
 _RMS_EPS = {dtype: float(np.finfo(rule[1]).eps) for dtype, rule in _DTYPES.items()}
 
@@ -352,6 +352,6 @@ def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
 
     x = contiguous(x)
     y = _empty(x.shape, x.dtype)
-    _core.group_norm(code, n, channels, num_groups, spatial, core_view(x, view), core_view(y, view),
+    _core_group_norm(code, n, channels, num_groups, spatial, core_view(x, view), core_view(y, view),
                      w, b, eps, _checks.num_threads)
     return y
