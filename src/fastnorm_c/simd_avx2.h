@@ -119,8 +119,7 @@ static inline __m256i fn_avx2_bf16_round_bits(__m256 v) {
 }
 /* eight 32-bit lanes holding 16-bit values -> eight packed 16-bit values */
 static inline __m128i fn_avx2_narrow_u16(__m256i lanes) {
-    __m256i packed = _mm256_packus_epi32(lanes, lanes); /* per 128-bit half: a0..3 a0..3 */
-    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+    return _mm_packus_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
 }
 static inline __m256 avx2_load_bf16(const uint16_t *p) {
     return fn_avx2_bf16_widen(_mm_loadu_si128((const __m128i *)p));
