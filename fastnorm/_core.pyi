@@ -32,6 +32,16 @@ def norm(
     rstd_out: Optional[_Array],
     n_threads: int,
 ) -> None: ...
+def rows(
+    kind: int,
+    x: object,
+    normalized_shape: object,
+    weight: object,
+    bias: object,
+    eps: Optional[float],
+    out: object,
+    n_threads: int,
+) -> Optional[_Array]: ...
 def moments(
     dtype: int,
     outer: int,

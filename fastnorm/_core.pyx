@@ -15,11 +15,18 @@ Design:
 - A non-OK status maps through one table to an exception class, with the status text and
   the arguments in the message.
 """
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
 from cpython.exc cimport PyErr_Clear
 from libc.string cimport memset
 
 from fastnorm._cfastnorm cimport *
+
+import numpy
+
+# rows() allocates its output with NumPy (a runtime dependency; nothing of NumPy at build time)
+cdef object _ndarray = numpy.ndarray
+cdef object _empty = numpy.empty
 
 cdef extern from "Python.h":
     # PyObject_GetBuffer without Cython's error check: returns -1 with an exception set.
@@ -160,6 +167,104 @@ def norm(int kind, int dtype, Py_ssize_t outer, Py_ssize_t middle, Py_ssize_t in
         _raise(status, "fastnorm_norm", f"kind={kind}, dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, middle={middle}, inner={inner}, eps={eps!r}, "
                f"residual={residual is not None}, residual_out={residual_out is not None}")
+
+
+cdef inline int _format_dtype(const char *format) noexcept:
+    """fastnorm dtype of a native NumPy float buffer format ("f", "d", "e"), else -1."""
+    if format == NULL or format[0] == 0 or format[1] != 0:
+        return -1
+    if format[0] == b"f":
+        return FASTNORM_F32
+    if format[0] == b"d":
+        return FASTNORM_F64
+    if format[0] == b"e":
+        return FASTNORM_F16
+    return -1
+
+
+cdef inline bint _export_exact(Py_buffer *view, object array, int flags) noexcept:
+    """Export a NumPy array's buffer with its format, or report False (error cleared)."""
+    if type(array) is not _ndarray:
+        return False
+    if _get_buffer(array, view, flags | PyBUF_FORMAT) < 0:
+        PyErr_Clear()
+        return False
+    return True
+
+
+cdef inline bint _apart(Py_buffer *a, Py_buffer *b) noexcept:
+    """The byte ranges of two exported buffers do not overlap (b.buf NULL: b was not exported)."""
+    cdef size_t a0 = <size_t>a.buf, b0 = <size_t>b.buf
+    return b.buf == NULL or a0 + <size_t>a.len <= b0 or b0 + <size_t>b.len <= a0
+
+
+cdef inline bint _is_param(Py_buffer *view, Py_ssize_t middle, int compute_dtype) noexcept:
+    """A weight/bias this path takes: 1-D, `middle` items of the compute dtype, aligned."""
+    return (view.ndim == 1 and view.shape[0] == middle and _format_dtype(view.format) == compute_dtype
+            and <size_t>view.buf % <size_t>view.itemsize == 0)
+
+
+def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
+    """The common LayerNorm/RMSNorm call in one step: statistics over x's last axis.
+
+    Takes only what needs no conversion: NumPy arrays, x C-contiguous float32/float64/
+    float16 and aligned, normalized_shape None, an int or a 1-tuple of an int equal to the
+    last dimension, weight/bias None or 1-D of the compute dtype (float64 for float64 x,
+    float32 otherwise), out None (allocated) or a C-contiguous array like x that is x
+    itself or shares no memory with any input.  eps is a checked float, or None for
+    the compute dtype's machine epsilon (rms_norm's default).  Returns y, or None without
+    writing anything when an argument is outside that: the caller's general path then
+    converts, copies or raises with the right message.
+    """
+    cdef Py_buffer v[MAX_ARRAYS]  # x, weight, bias, y
+    cdef fastnorm_status_t status
+    cdef int dtype, compute
+    cdef Py_ssize_t middle, outer, i
+    cdef double epsilon
+    _init(v)
+    try:
+        if not _export_exact(&v[0], x, PyBUF_C_CONTIGUOUS):
+            return None
+        dtype = _format_dtype(v[0].format)
+        if dtype < 0 or v[0].ndim == 0 or v[0].len == 0 or <size_t>v[0].buf % <size_t>v[0].itemsize:
+            return None
+        middle = v[0].shape[v[0].ndim - 1]
+        outer = v[0].len // v[0].itemsize // middle
+        if normalized_shape is not None:
+            if type(normalized_shape) is tuple and len(<tuple>normalized_shape) == 1:
+                normalized_shape = (<tuple>normalized_shape)[0]
+            if type(normalized_shape) is not int or normalized_shape != middle:
+                return None
+        compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
+        epsilon = (2.0 ** -52 if compute == FASTNORM_F64 else 2.0 ** -23) if eps is None else eps
+        if weight is not None and not (_export_exact(&v[1], weight, PyBUF_C_CONTIGUOUS)
+                                       and _is_param(&v[1], middle, compute)):
+            return None
+        if bias is not None and not (_export_exact(&v[2], bias, PyBUF_C_CONTIGUOUS)
+                                     and _is_param(&v[2], middle, compute)):
+            return None
+        if out is None:
+            out = _empty(x.shape, x.dtype)
+        if not _export_exact(&v[3], out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE):
+            return None
+        if v[3].ndim != v[0].ndim or _format_dtype(v[3].format) != dtype:
+            return None
+        for i in range(v[0].ndim):
+            if v[3].shape[i] != v[0].shape[i]:
+                return None
+        if not ((v[3].buf == v[0].buf or _apart(&v[3], &v[0])) and _apart(&v[3], &v[1])
+                and _apart(&v[3], &v[2])):
+            return None
+        with nogil:
+            status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, outer,
+                                   middle, 1, v[0].buf, NULL, NULL, v[3].buf, v[1].buf, v[2].buf,
+                                   epsilon, NULL, NULL, n_threads)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_norm", f"kind={kind}, dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
+               f"outer={outer}, middle={middle}, eps={epsilon!r}")
+    return out
 
 
 def moments(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,

@@ -4,9 +4,11 @@ Each function checks every argument (fastnorm._checks) before anything is writte
 to the (outer, middle, inner) block of include/fastnorm/fastnorm.h and calls one of the
 three entry points of fastnorm._core (norm, moments, affine), which release the GIL.
 
-The common call -- a C-contiguous float32 array normalized over its last axis, no out= or
-residual -- takes a short path that skips the general shape planning, because for small
-inputs the Python around the kernel is most of the cost.
+The common call of layer_norm / rms_norm -- a C-contiguous float32/float64/float16 array
+normalized over its last axis, parameters already in the compute dtype, no residual or
+stats -- goes straight to _core.rows, which checks those buffers in C and declines
+anything else (nothing written) to the general path here: for small inputs the Python
+around the kernel was most of the cost (1x768 float32: see docs/performance.md).
 """
 
 import math
@@ -29,6 +31,7 @@ _INF = math.inf
 _LAYER_NORM = _core.LAYER_NORM
 _RMS_NORM = _core.RMS_NORM
 _core_norm = _core.norm
+_core_rows = _core.rows
 _core_moments = _core.moments
 _core_affine = _core.affine
 _core_group_norm = _core.group_norm
@@ -54,6 +57,11 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *, ax
     """
     if type(eps) is not float or not 0.0 <= eps < _INF:
         eps = _checks.check_eps(eps)
+    if axis is None and residual is None and residual_out is None and not return_stats:
+        y = _core_rows(_LAYER_NORM, x, normalized_shape, weight, bias, eps, out,
+                       _checks.num_threads)
+        if y is not None:
+            return y
     return _row_norm(_LAYER_NORM, x, normalized_shape, weight, bias, eps, axis, residual,
                      residual_out, out, return_stats)
 
@@ -68,6 +76,11 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, axis=None, resi
     """
     if eps is not None and (type(eps) is not float or not 0.0 <= eps < _INF):
         eps = _checks.check_eps(eps)
+    if axis is None and residual is None and residual_out is None and not return_stats:
+        y = _core_rows(_RMS_NORM, x, normalized_shape, weight, None, eps, out,
+                       _checks.num_threads)
+        if y is not None:
+            return y
     result = _row_norm(_RMS_NORM, x, normalized_shape, weight, None, eps, axis, residual,
                        residual_out, out, return_stats)
     if return_stats:
@@ -87,47 +100,6 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     code, compute, view = rule
     if eps is None:
         eps = _RMS_EPS[x.dtype]
-
-    # Short path: the last axis (normalized_shape None or equal to it), arrays of the right
-    # dtypes and shapes, out= not overlapping x unless it is x.  Layout (C-contiguous,
-    # aligned, writeable) is left to _core, which checks every buffer before the kernel
-    # runs and raises ValueError/BufferError, with nothing written, for one it cannot take
-    # as it is; the general path then copies what needs copying.  Saves ~1 us per call.
-    if (axis is None and residual is None and residual_out is None and not return_stats
-            and x.ndim):
-        shape = x.shape
-        middle = shape[-1]
-        if middle and x.size and (
-                normalized_shape is None
-                or (type(normalized_shape) is tuple and normalized_shape == (middle,))
-                or (type(normalized_shape) is int and normalized_shape == middle)):
-            w = weight
-            if w is not None and (type(w) is not _ndarray or w.dtype is not compute
-                                  or w.shape != (middle,)):
-                w = as_param(weight, (middle,), compute, "weight")
-            b = bias
-            if b is not None and (type(b) is not _ndarray or b.dtype is not compute
-                                  or b.shape != (middle,)):
-                b = as_param(bias, (middle,), compute, "bias")
-            if out is None:
-                y = _empty(shape, x.dtype)
-            elif (type(out) is _ndarray and out.shape == shape and out.dtype is x.dtype
-                  and (out is x or not _checks.overlaps(out, x))):
-                y = out
-            else:
-                y = None  # the general path checks out= and says what is wrong
-            if y is not None:
-                try:
-                    if view is None:
-                        _core_norm(kind, code, x.size // middle, middle, 1, x, None, None, y, w,
-                                   b, eps, None, None, _checks.num_threads)
-                    else:
-                        _core_norm(kind, code, x.size // middle, middle, 1, x.view(view), None,
-                                   None, y.view(view), w, b, eps, None, None,
-                                   _checks.num_threads)
-                    return y
-                except (ValueError, BufferError):
-                    pass
 
     plan = _checks.norm_plan(x.shape, normalized_shape, axis)
     outer, middle, inner, norm_shape, stats_shape, moved = plan
@@ -169,12 +141,12 @@ def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
 
     h_target = residual_out
     if residual_out is not None and residual_out is not x and residual_out is not r:
-        if not writes_directly(residual_out, x, r):  # partial overlap or not C-contiguous
+        if not writes_directly(residual_out, x, r, w, b):  # overlap or not C-contiguous
             h_target = _empty(x.shape, x.dtype)
 
     if out is None:
         y = _empty(x.shape, x.dtype)
-    elif writes_directly(out, x, r, h_target):
+    elif writes_directly(out, x, r, h_target, w, b):
         y = out
     else:
         y = _empty(x.shape, x.dtype)

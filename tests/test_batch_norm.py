@@ -332,3 +332,20 @@ def test_eval_is_plain_ieee_affine_for_nan_and_inf(shape, axis, isa, rng):
     touched = np.zeros(ym.shape, bool)
     touched[0, 0, 0] = touched[1, 1, 1] = touched[2, 2, 2] = True
     np.testing.assert_array_equal(ym[~touched], cm[~touched])  # other elements unaffected
+
+
+@pytest.mark.parametrize("shared", ["weight", "running_mean"])
+def test_eval_out_sharing_memory_with_a_parameter(shared, isa, rng, tol):
+    # out's first elements are the parameter's memory: fastnorm_affine folds every channel's
+    # parameters before it writes, so out is written directly and must still be right
+    x = random_data(rng, (4, 8, 5), np.float64, offset=0.5)
+    w, b, rm, rv = (a.astype(np.float64) for a in _params(rng, 8, np.float64))
+    want = ref_batch_norm(x, rm, rv, w, b)[0]
+    holder = np.empty(x.size, np.float64)
+    holder[:8] = w if shared == "weight" else rm
+    param = holder[:8]
+    out = holder.reshape(x.shape)
+    args = (param, rv, w, b) if shared == "running_mean" else (rm, rv, param, b)
+    y = fastnorm.batch_norm(x, *args, out=out)
+    assert y is out
+    assert_close(y, want, tol)
