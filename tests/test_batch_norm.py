@@ -228,7 +228,7 @@ def test_one_dimensional_input_raises(isa):
 
 # -------------------------------------------------------- offset-100 accuracy (issue 2) ---
 
-BIG_SHAPES = [(32, 64, 56, 56), (64, 3, 224, 224)]
+BIG_SHAPES = [(32, 64, 56, 56), (64, 3, 224, 224), (8, 256, 14, 14)]  # the last: gathered rows
 
 
 @pytest.fixture(scope="module", params=BIG_SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -10,6 +10,9 @@ AXIS_CASES = [
     ((7, 300), -1), ((6, 5, 40), (0, 2)), ((6, 5, 40), (0, 1)), ((6, 5, 40), (1, 2)),
     ((4, 3, 5, 6), (0, 2, 3)), ((4, 5, 6, 3), (0, 1, 2)), ((4, 3, 5, 6), 1),
     ((2, 3, 4, 5, 6), (0, 3)), ((1, 1), None), ((5, 1), 0),
+    # short rows gathered per channel into 16 KB spans: one span, and several with a
+    # partial last one (float32: 64 rows of 256 bytes per span; float64: 32)
+    ((40, 2, 200), (0, 2)), ((70, 3, 64), (0, 2)),
 ]
 
 
