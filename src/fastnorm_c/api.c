@@ -504,25 +504,25 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
         return FASTNORM_OK;
     }
     fn_columns c = fn_columns_of(outer, channels, inner);
-    /* per-column parameters of one super-row, in the compute dtype */
-    char *params = malloc(4 * c.width * csize);
+    /* per-column parameters of one super-row, in the compute dtype: y = (x - hi) * scale +
+     * shift', the low part of the mean (m - hi) folded into shift' in float64 (no mean_lo
+     * vector: one load and one subtraction fewer per vector, one rounding fewer) */
+    char *params = malloc(3 * c.width * csize);
     if (!params) return FASTNORM_ERR_NO_MEMORY;
-    char *mean_hi = params, *mean_lo = params + c.width * csize;
-    char *col_scale = params + 2 * c.width * csize, *col_shift = params + 3 * c.width * csize;
+    char *mean_hi = params, *col_scale = params + c.width * csize;
+    char *col_shift = params + 2 * c.width * csize;
     for (size_t j = 0; j < c.width; ++j) {
         size_t channel = (j / inner) % channels;
         double m = mean ? mean[channel] : 0.0;
         if (csize == 8) {
             ((double *)mean_hi)[j] = m;
-            ((double *)mean_lo)[j] = 0.0;
             ((double *)col_scale)[j] = scale[channel];
             ((double *)col_shift)[j] = shift[channel];
         } else {
             float hi = (float)m;
             ((float *)mean_hi)[j] = hi;
-            ((float *)mean_lo)[j] = (float)(m - (double)hi);
             ((float *)col_scale)[j] = (float)scale[channel];
-            ((float *)col_shift)[j] = (float)shift[channel];
+            ((float *)col_shift)[j] = (float)(shift[channel] - (m - (double)hi) * scale[channel]);
         }
     }
     FN_PARALLEL_FOR(chunk, c.chunks + 1, {
@@ -531,7 +531,7 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
             if (c.leftover) {
                 size_t offset = c.super_rows * c.width * size;
                 kernels->col_normalize[dtype](xs + offset, c.leftover, c.narrow_width, c.narrow_width,
-                                              mean ? mean_hi : NULL, mean ? mean_lo : NULL, col_scale,
+                                              mean ? mean_hi : NULL, NULL, col_scale,
                                               NULL, NULL, col_shift, ys + offset, stream);
             }
             continue;
@@ -539,7 +539,7 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
         size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
         size_t offset = first * c.width * size;
         kernels->col_normalize[dtype](xs + offset, rows, c.width, c.width, mean ? mean_hi : NULL,
-                                      mean ? mean_lo : NULL, col_scale, NULL, NULL, col_shift,
+                                      NULL, col_scale, NULL, NULL, col_shift,
                                       ys + offset, stream);
     });
     free(params);

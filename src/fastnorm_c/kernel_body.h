@@ -258,8 +258,11 @@ KB_INLINE void KB_NAME(kb_prefetch_line)(const char *span, size_t i) {
 }
 
 /* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail. */
+/* y = ((h - mean_hi) * scale + low) * w + b, where low = -mean_lo * scale folds the low
+ * part of the mean into the FMA: one operation fewer than subtracting it, and one rounding
+ * fewer.  Without a weight, `beta` already holds beta + low. */
 KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
-                                                size_t left, KB_V mean_hi, KB_V mean_lo,
+                                                size_t left, KB_V mean_hi, KB_V low,
                                                 KB_V scale, KB_V beta, const KB_C *weight,
                                                 const KB_C *bias, KB_T *y, int has_residual,
                                                 int center, int has_weight, int has_bias,
@@ -268,11 +271,14 @@ KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *resid
     KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
     if (has_residual)
         h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
-    if (center) h = kb_sub(kb_sub(h, mean_hi), mean_lo);
+    if (center) h = kb_sub(h, mean_hi);
     KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta;
-    KB_V out = has_weight ? kb_fma(kb_mul(h, scale),
-                                   full ? kb_param(weight + i) : kb_param_n(weight + i, left), add)
-                          : kb_fma(h, scale, add);
+    KB_V out;
+    if (has_weight)
+        out = kb_fma(center ? kb_fma(h, scale, low) : kb_mul(h, scale),
+                     full ? kb_param(weight + i) : kb_param_n(weight + i, left), add);
+    else
+        out = kb_fma(h, scale, has_bias ? kb_add(add, low) : add);
     if (full && stream)
         kb_stream(y + i, out);
     else if (full)
@@ -286,12 +292,13 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                               const KB_C *weight, const KB_C *bias, KB_T *y,
                                               const char *next, int has_residual, int center,
                                               int has_weight, int has_bias, int stream) {
-    const KB_V mean_hi_v = kb_set1(mean_hi), mean_lo_v = kb_set1(mean_lo);
-    const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(beta);
+    KB_C low = center ? (KB_C)(-(double)mean_lo * (double)scale) : 0;
+    const KB_V mean_hi_v = kb_set1(mean_hi), low_v = kb_set1(low);
+    const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(has_weight || has_bias ? beta : beta + low);
     size_t i = 0, head = stream ? KB_NAME(kb_stream_head)(y, n) : 0;
     if (head == n) stream = head = 0; /* nothing aligned to stream to */
     if (head) /* unaligned start: a partial vector up to the first aligned element */
-        KB_NAME(kb_row_normalize_vector)(x, residual, 0, head, mean_hi_v, mean_lo_v, scale_v,
+        KB_NAME(kb_row_normalize_vector)(x, residual, 0, head, mean_hi_v, low_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
                                          has_weight, has_bias, 0);
     i = head;
@@ -299,21 +306,21 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
      * the load ports have room to fetch the caller's next span meanwhile */
     if (stream) {
         for (; i + KB_LANES <= n; i += KB_LANES) {
-            KB_NAME(kb_prefetch_line)(next, i);
-            KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, mean_lo_v,
+            if (next) KB_NAME(kb_prefetch_line)(next, i);
+            KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v,
                                              scale_v, beta_v, weight, bias, y, has_residual,
                                              center, has_weight, has_bias, 1);
         }
         kb_stream_fence();
     }
     for (; i + KB_LANES <= n; i += KB_LANES) {
-        KB_NAME(kb_prefetch_line)(next, i);
-        KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, mean_lo_v, scale_v,
+        if (next) KB_NAME(kb_prefetch_line)(next, i);
+        KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
                                          has_weight, has_bias, 0);
     }
     if (i < n)
-        KB_NAME(kb_row_normalize_vector)(x, residual, i, n - i, mean_hi_v, mean_lo_v, scale_v,
+        KB_NAME(kb_row_normalize_vector)(x, residual, i, n - i, mean_hi_v, low_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
                                          has_weight, has_bias, 0);
 }
@@ -336,7 +343,7 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
                                    double mean_lo, double scale, double beta, const void *weight,
                                    const void *bias, void *y, const void *next, int stream) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
-    const char *nx = next ? (const char *)next : (const char *)x; /* x: a prefetch of cached data */
+    const char *nx = (const char *)next;
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
@@ -468,7 +475,8 @@ static void KB_NAME(col_stats)(const void *x, size_t rows, size_t cols, size_t r
 
 /* ---- column normalize ------------------------------------------------------------ */
 
-/* One vector of row r's normalize pass at column j; `left` < KB_LANES: a masked tail. */
+/* One vector of row r's normalize pass at column j; `left` < KB_LANES: a masked tail.
+ * mean_lo may be NULL when the caller folded the mean's low part into col_shift. */
 KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t j, size_t left,
                                                 const KB_C *mean_hi, const KB_C *mean_lo,
                                                 const KB_C *scale, const KB_C *col_shift,
@@ -479,8 +487,8 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
     KB_V h = full ? kb_load(xr + j) : kb_load_n(xr + j, left);
     if (center) {
         KB_V hi = full ? kb_param(mean_hi + j) : kb_param_n(mean_hi + j, left);
-        KB_V lo = full ? kb_param(mean_lo + j) : kb_param_n(mean_lo + j, left);
-        h = kb_sub(kb_sub(h, hi), lo);
+        h = kb_sub(h, hi);
+        if (mean_lo) h = kb_sub(h, full ? kb_param(mean_lo + j) : kb_param_n(mean_lo + j, left));
     }
     KB_V sc = full ? kb_param(scale + j) : kb_param_n(scale + j, left);
     KB_V add = bias;

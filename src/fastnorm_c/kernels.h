@@ -46,7 +46,8 @@ typedef void (*fastnorm_col_stats_fn)(const void *x, size_t rows, size_t cols, s
 
 /* y[r, j] = ((x[r, j] - mean_hi[j]) - mean_lo[j]) * scale[j] * row_weight[r]
  *           + row_bias[r] + col_shift[j]
- * y has the same row_stride as x.  mean_hi/mean_lo NULL: no subtraction; row_weight NULL
+ * y has the same row_stride as x.  mean_hi NULL: no subtraction; mean_lo NULL alone: no
+ * low part (a caller may fold it into col_shift); row_weight NULL
  * means 1, row_bias and col_shift NULL mean 0.  All parameter arrays are compute dtype.
  * stream: as for rows. */
 typedef void (*fastnorm_col_normalize_fn)(const void *x, size_t rows, size_t cols, size_t row_stride,
