@@ -489,6 +489,15 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     int threads = fn_threads(n_threads, total), stream = fn_stream(x, y, total * size);
     const char *xs = (const char *)x;
     char *ys = (char *)y;
+    if (inner >= FN_ROW_PATH_MIN && inner <= FN_ROW_SEGMENT) { /* one kernel call per row */
+        FN_PARALLEL_FOR(row, outer * channels, {
+            size_t channel = (size_t)row % channels, offset = (size_t)row * inner * size;
+            kernels->row_normalize[dtype](xs + offset, NULL, inner, mean ? mean[channel] : 0.0, 0.0,
+                                          scale[channel], shift[channel], NULL, NULL, ys + offset,
+                                          NULL, stream);
+        });
+        return FASTNORM_OK;
+    }
     if (inner >= FN_ROW_PATH_MIN) {
         size_t segments = (inner + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
         size_t items = outer * channels * segments;
