@@ -44,6 +44,11 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         const void *x, void *y, const double *mean, const double *var,
         const void *weight, const void *bias, double eps, int n_threads)
 
+    fastnorm_status_t fastnorm_batch_norm_train(
+        fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+        const void *x, void *y, const void *weight, const void *bias, double eps,
+        double *mean_out, double *var_out, int n_threads)
+
     fastnorm_status_t fastnorm_group_norm(
         fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
         const void *x, void *y, const void *weight, const void *bias, double eps,

@@ -66,6 +66,20 @@ def affine(
     eps: float,
     n_threads: int,
 ) -> None: ...
+def batch_norm_train(
+    dtype: int,
+    outer: int,
+    channels: int,
+    inner: int,
+    x: _Array,
+    y: _Array,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    eps: float,
+    mean_out: _Array,
+    var_out: _Array,
+    n_threads: int,
+) -> None: ...
 def group_norm(
     dtype: int,
     n: int,

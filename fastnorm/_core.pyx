@@ -324,6 +324,38 @@ def affine(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
                f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
 
 
+def batch_norm_train(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+                     x, y, weight, bias, double eps, mean_out, var_out, int n_threads):
+    """BatchNorm training of x seen as (outer, channels, inner): batch mean and population
+    variance per channel into mean_out / var_out, then y as affine() gives with them.
+
+    x (IN), y (OUT): storage dtype, outer*channels*inner items (y may be x).  weight, bias
+    (IN, may be None): compute dtype, channels items.  mean_out, var_out (OUT): float64,
+    channels items.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
+    cdef Py_ssize_t data = _count(outer, channels, inner)
+    cdef Py_buffer v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    _init(v)
+    try:
+        _acquire(&v[0], x, "x", data, item, False)
+        _acquire(&v[1], y, "y", data, item, True)
+        _acquire(&v[2], weight, "weight", channels, compute, False)
+        _acquire(&v[3], bias, "bias", channels, compute, False)
+        _acquire(&v[4], mean_out, "mean_out", channels, 8, True)
+        _acquire(&v[5], var_out, "var_out", channels, 8, True)
+        with nogil:
+            status = fastnorm_batch_norm_train(<fastnorm_dtype_t>dtype, outer, channels, inner,
+                                               v[0].buf, v[1].buf, v[2].buf, v[3].buf, eps,
+                                               <double *>v[4].buf, <double *>v[5].buf, n_threads)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_batch_norm_train", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
+               f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
+
+
 def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
                Py_ssize_t spatial, x, y, weight, bias, double eps, int n_threads):
     """GroupNorm of x seen as (n, channels, spatial), statistics per (sample, group).

@@ -2,7 +2,8 @@
 
 Each function checks every argument (fastnorm._checks) before anything is written, maps x
 to the (outer, middle, inner) block of include/fastnorm/fastnorm.h and calls one of the
-three entry points of fastnorm._core (norm, moments, affine), which release the GIL.
+entry points of fastnorm._core (rows, norm, affine, batch_norm_train, group_norm), which
+release the GIL.
 
 The common call of layer_norm / rms_norm -- a C-contiguous float32/float64/float16 array
 normalized over its last axis, parameters already in the compute dtype, no residual or
@@ -32,8 +33,8 @@ _LAYER_NORM = _core.LAYER_NORM
 _RMS_NORM = _core.RMS_NORM
 _core_norm = _core.norm
 _core_rows = _core.rows
-_core_moments = _core.moments
 _core_affine = _core.affine
+_core_batch_norm_train = _core.batch_norm_train
 _core_group_norm = _core.group_norm
 # rms_norm's default eps: the machine epsilon of the computation dtype.
 _RMS_EPS = {dtype: float(np.finfo(rule[1]).eps) for dtype, rule in _DTYPES.items()}
@@ -232,13 +233,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         )
 
     x = contiguous(x)
-    if training:
+    if training:  # filled by the kernel with the batch statistics
         mean = _empty(channels, _FLOAT64)
-        m2 = _empty(channels, _FLOAT64)
-        if channels:  # no channels, nothing to reduce
-            _core_moments(code, outer, channels, inner, core_view(x, view), mean, m2,
-                          _checks.num_threads)
-        var = m2 / n
+        var = _empty(channels, _FLOAT64)
     else:
         mean = running_mean if running_mean.dtype is _FLOAT64 else running_mean.astype(_FLOAT64)
         var = running_var if running_var.dtype is _FLOAT64 else running_var.astype(_FLOAT64)
@@ -246,7 +243,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if x.size == 0:  # eval of an empty batch, or no channels
         y = _empty(x.shape, x.dtype) if out is None else out
     else:  # weight / sqrt(var + eps) and bias are folded per channel in C
-        y = _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps)
+        y = _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps, training)
 
     if training and has_running:  # after the kernel: a failure leaves them untouched
         running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
@@ -266,15 +263,21 @@ def _rstd(var, eps):
         return np.divide(1.0, result, out=result)
 
 
-def _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps):
+def _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps, training):
     """y = (x - mean[c]) * w[c] / sqrt(var[c] + eps) + b[c] into out (directly when it can)
-    or a new array.  x is C-contiguous; mean and var are float64, w and b compute dtype."""
+    or a new array.  x is C-contiguous; mean and var are float64, w and b compute dtype.
+    training: mean and var are outputs, filled with x's batch statistics first (one C
+    call, which normalizes each channel right after its statistics when it fits the cache)."""
     if out is not None and writes_directly(out, x):
         y = out
     else:
         y = _empty(x.shape, x.dtype)
-    _core_affine(code, outer, channels, inner, core_view(x, view), core_view(y, view),
-                 mean, var, w, b, eps, _checks.num_threads)
+    if training:
+        _core_batch_norm_train(code, outer, channels, inner, core_view(x, view),
+                               core_view(y, view), w, b, eps, mean, var, _checks.num_threads)
+    else:
+        _core_affine(code, outer, channels, inner, core_view(x, view), core_view(y, view),
+                     mean, var, w, b, eps, _checks.num_threads)
     if out is not None and y is not out:
         out[...] = y
         return out

@@ -33,6 +33,7 @@ def _thread_cases(rng):
     long_row64 = long_row.astype(np.float64)
     nchw = random_data(rng, (16, 32, 32, 32), np.float32, offset=100.0)
     nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
     w = random_data(rng, 1024, np.float32, offset=1.0)
 
     def bn(x, axis):
@@ -50,6 +51,8 @@ def _thread_cases(rng):
         "layer_norm axis=1": lambda: (fastnorm.layer_norm(nchw, axis=1),),
         "batch_norm NCHW": lambda: bn(nchw, 1),
         "batch_norm NHWC": lambda: bn(nhwc, -1),
+        "batch_norm NCHW 14x14": lambda: bn(small, 1),
+        "batch_norm NCHW one sample": lambda: bn(nchw[:1], 1),
         "batch_norm eval": lambda: (fastnorm.batch_norm(nchw, np.full(32, 100, np.float32),
                                                         np.ones(32, np.float32)),),
         "group_norm": lambda: (fastnorm.group_norm(nchw, 8),),

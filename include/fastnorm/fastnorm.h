@@ -1,7 +1,7 @@
 /*
  * fastnorm.h - the public C API of fastnorm.
  *
- * Four entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
+ * Five entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
  * policy) lives in Python.  Every array is C-contiguous and described as a 3-D block
  * (outer, middle, inner):
  *
@@ -11,7 +11,9 @@
  *                     `inner`, for every one of the `middle` channels (BatchNorm
  *                     training, GroupNorm with one "channel" per (sample, group)).
  *   fastnorm_affine   y = (x - mean[c]) * weight[c] / sqrt(var[c] + eps) + bias[c] for
- *                     every channel c of `middle` (BatchNorm eval and training).
+ *                     every channel c of `middle` (BatchNorm eval).
+ *   fastnorm_batch_norm_train  per-channel batch statistics, then fastnorm_affine's y
+ *                     (BatchNorm training), in one pass where a channel fits the cache.
  *   fastnorm_group_norm  GroupNorm / InstanceNorm of (n, channels, spatial), statistics
  *                     and normalization of each group in one pass where it fits the cache.
  *
@@ -109,6 +111,17 @@ FASTNORM_API fastnorm_status_t fastnorm_affine(
     fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
     const void *x, void *y, const double *mean, const double *var,
     const void *weight, const void *bias, double eps, int n_threads);
+
+/* BatchNorm training of x viewed as (outer, channels, inner): each channel's batch mean and
+ * population variance over its outer*inner values (float64, into mean_out / var_out, each
+ * `channels` values; var NaN when the values are not all finite), then fastnorm_affine's
+ * y with them.  With one sample (outer == 1), a channel small enough for the L2 cache is
+ * normalized right after its statistics (one pass over memory).  weight, bias: NULL or
+ * `channels` values of the compute dtype.  y may equal x. */
+FASTNORM_API fastnorm_status_t fastnorm_batch_norm_train(
+    fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+    const void *x, void *y, const void *weight, const void *bias, double eps,
+    double *mean_out, double *var_out, int n_threads);
 
 /* GroupNorm of x viewed as (n, channels, spatial): statistics over each (sample, group of
  * channels / groups channels) span, then y = (x - mean) * rstd * weight[c] + bias[c].
