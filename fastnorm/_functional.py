@@ -199,38 +199,13 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     """
     x = _checks.as_array(x)
     x, (code, compute, view) = _checks.input_rule(x)
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm needs x with at least 2 dimensions (N, C, ...), got shape {x.shape}")
-    if type(axis) is int and -x.ndim <= axis < x.ndim:
-        channel_axis = axis % x.ndim
-    elif isinstance(axis, (tuple, list)):
-        raise ValueError(f"axis is the single channel axis of batch_norm, got {axis!r}")
-    else:
-        (channel_axis,) = _checks.resolve_axes(x.ndim, axis)
-    outer, channels, inner = _checks.channel_block(x.shape, channel_axis)
-    eps = _checks.check_eps(eps)
-    momentum = _checks.check_momentum(momentum)
-    w = None if weight is None else as_param(weight, (channels,), compute, "weight")
-    b = None if bias is None else as_param(bias, (channels,), compute, "bias")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("give both running_mean and running_var, or neither")
+    (channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean,
+     running_var) = _batch_norm_args(x.shape, compute, running_mean, running_var, weight, bias,
+                                     training, momentum, eps, axis)
     has_running = running_mean is not None
-    if not training and not has_running:
-        raise ValueError("batch_norm with training=False needs running_mean and running_var")
-    if has_running:
-        running_mean = _checks.check_running_stat(running_mean, channels, "running_mean", training)
-        running_var = _checks.check_running_stat(running_var, channels, "running_var", training)
-        if training and (running_mean is running_var or _checks.overlaps(running_mean, running_var)):
-            raise ValueError("running_mean and running_var must be separate arrays "
-                             "(training updates both in place)")
     if out is not None:
         check_out(out, x.shape, x.dtype)
     n = outer * inner  # values per channel
-    if training and n < 2:
-        raise ValueError(
-            f"batch_norm training needs at least 2 values per channel, got {n} "
-            f"(x has shape {x.shape}, channel axis {channel_axis})"
-        )
 
     x = contiguous(x)
     if training:  # filled by the kernel with the batch statistics
@@ -246,11 +221,54 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         y = _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps, training)
 
     if training and has_running:  # after the kernel: a failure leaves them untouched
-        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-        running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+        _update_running(running_mean, running_var, mean, var, n, momentum)
     if return_stats:
         return y, mean.astype(compute), _rstd(var, eps).astype(compute)
     return y
+
+
+def _batch_norm_args(shape, compute, running_mean, running_var, weight, bias, training,
+                     momentum, eps, axis):
+    """batch_norm's checks for x of `shape` (also fastnorm.dask's): (channel_axis, outer,
+    channels, inner, eps, momentum, weight, bias, running_mean, running_var), the
+    parameters as arrays of the compute dtype."""
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"batch_norm needs x with at least 2 dimensions (N, C, ...), got shape {shape}")
+    if type(axis) is int and -ndim <= axis < ndim:
+        channel_axis = axis % ndim
+    elif isinstance(axis, (tuple, list)):
+        raise ValueError(f"axis is the single channel axis of batch_norm, got {axis!r}")
+    else:
+        (channel_axis,) = _checks.resolve_axes(ndim, axis)
+    outer, channels, inner = _checks.channel_block(shape, channel_axis)
+    eps = _checks.check_eps(eps)
+    momentum = _checks.check_momentum(momentum)
+    w = None if weight is None else as_param(weight, (channels,), compute, "weight")
+    b = None if bias is None else as_param(bias, (channels,), compute, "bias")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm with training=False needs running_mean and running_var")
+    if running_mean is not None:
+        running_mean = _checks.check_running_stat(running_mean, channels, "running_mean", training)
+        running_var = _checks.check_running_stat(running_var, channels, "running_var", training)
+        if training and (running_mean is running_var or _checks.overlaps(running_mean, running_var)):
+            raise ValueError("running_mean and running_var must be separate arrays "
+                             "(training updates both in place)")
+    if training and outer * inner < 2:
+        raise ValueError(
+            f"batch_norm training needs at least 2 values per channel, got {outer * inner} "
+            f"(x has shape {shape}, channel axis {channel_axis})"
+        )
+    return channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean, running_var
+
+
+def _update_running(running_mean, running_var, mean, var, n, momentum):
+    """PyTorch's running-statistics update, in place: momentum-weighted, the variance
+    unbiased (n values per channel)."""
+    running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
 
 
 def _rstd(var, eps):
