@@ -24,7 +24,7 @@ import numpy as np
 import fastnorm
 
 from ._bench_contenders import (
-    BATCH_NORM_OPS, DTYPES, OPS, PEERS, ROW_OPS, Case, build_contenders, bytes_moved,
+    DTYPES, OPS, PEERS, ROW_OPS, Case, build_contenders, bytes_moved,
     onnxruntime_skip_reason, peer_available,
 )
 
