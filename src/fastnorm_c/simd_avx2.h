@@ -104,22 +104,32 @@ static inline __m256 avx2_round_f16(__m256 v) {
 }
 
 /* ---- storage bfloat16 ---- */
+/* bfloat16 bits into the high half of each 32-bit lane: one in-lane byte shuffle of the
+ * eight values broadcast to both 128-bit lanes (a widening move plus a shift costs two
+ * operations on the shuffle/shift pipes, which the store's narrowing also needs). */
 static inline __m256 fn_avx2_bf16_widen(__m128i h) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    const __m256i spread = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+                                            -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(h), spread));
 }
-/* float32 -> bfloat16 bits in the low half of each 32-bit lane, ties to even, NaN quieted */
-static inline __m256i fn_avx2_bf16_round_bits(__m256 v) {
+/* float32 -> bfloat16 bits in the high half of each 32-bit lane (low half garbage), ties
+ * to even, NaN quieted.  No shifts: the tie bit is tested with AND + compare, so the
+ * integer ALUs do the work and the shuffle/shift pipes stay free. */
+static inline __m256i fn_avx2_bf16_round_high(__m256 v) {
     __m256i bits = _mm256_castps_si256(v);
-    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    __m256i rounded = _mm256_srli_epi32(
-        _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x10000)),
+                                      _mm256_setzero_si256());
+    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(even, _mm256_set1_epi32(0x8000)));
     __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+    __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x400000));
     return _mm256_blendv_epi8(rounded, quiet, nan);
 }
-/* eight 32-bit lanes holding 16-bit values -> eight packed 16-bit values */
-static inline __m128i fn_avx2_narrow_u16(__m256i lanes) {
-    return _mm_packus_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+/* the high 16 bits of eight 32-bit lanes -> eight packed 16-bit values */
+static inline __m128i fn_avx2_narrow_high_u16(__m256i lanes) {
+    const __m256i gather = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+                                            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i packed = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(lanes, gather), 0x08);
+    return _mm256_castsi256_si128(packed);
 }
 static inline __m256 avx2_load_bf16(const uint16_t *p) {
     return fn_avx2_bf16_widen(_mm_loadu_si128((const __m128i *)p));
@@ -128,13 +138,13 @@ static inline __m256 avx2_load_n_bf16(const uint16_t *p, size_t n) {
     return fn_avx2_bf16_widen(fn_avx2_load_n_u16(p, n));
 }
 static inline void avx2_store_bf16(uint16_t *p, __m256 v) {
-    _mm_storeu_si128((__m128i *)p, fn_avx2_narrow_u16(fn_avx2_bf16_round_bits(v)));
+    _mm_storeu_si128((__m128i *)p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)));
 }
 static inline void avx2_store_n_bf16(uint16_t *p, __m256 v, size_t n) {
-    fn_avx2_store_n_u16(p, fn_avx2_narrow_u16(fn_avx2_bf16_round_bits(v)), n);
+    fn_avx2_store_n_u16(p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)), n);
 }
 static inline __m256 avx2_round_bf16(__m256 v) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(fn_avx2_bf16_round_bits(v), 16));
+    return _mm256_castsi256_ps(_mm256_and_si256(fn_avx2_bf16_round_high(v), _mm256_set1_epi32((int)0xffff0000u)));
 }
 
 /* ---- streaming (non-temporal) stores: p aligned to the vector's storage bytes ---- */
@@ -144,7 +154,7 @@ static inline void avx2_stream_f16(uint16_t *p, __m256 v) {
     _mm_stream_si128((__m128i *)p, _mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING));
 }
 static inline void avx2_stream_bf16(uint16_t *p, __m256 v) {
-    _mm_stream_si128((__m128i *)p, fn_avx2_narrow_u16(fn_avx2_bf16_round_bits(v)));
+    _mm_stream_si128((__m128i *)p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)));
 }
 static inline void avx2_stream_fence(void) { _mm_sfence(); }
 
