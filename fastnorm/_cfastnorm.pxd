@@ -49,6 +49,10 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         const void *x, void *y, const void *weight, const void *bias, double eps,
         double *mean_out, double *var_out, int n_threads)
 
+    fastnorm_status_t fastnorm_update_running(
+        fastnorm_dtype_t running_dtype, size_t channels, size_t count, double momentum,
+        const double *mean, const double *var, void *running_mean, void *running_var)
+
     fastnorm_status_t fastnorm_group_norm(
         fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
         const void *x, void *y, const void *weight, const void *bias, double eps,

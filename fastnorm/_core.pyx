@@ -18,6 +18,8 @@ Design:
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.exc cimport PyErr_Clear
+from libc.math cimport isfinite
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from fastnorm._cfastnorm cimport *
@@ -354,6 +356,139 @@ def batch_norm_train(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_batch_norm_train", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
+
+
+def update_running(int running_dtype, running_mean, running_var, mean, var, Py_ssize_t count,
+                   double momentum):
+    """BatchNorm's running statistics after a training step, in place (fastnorm.h's formula).
+
+    running_mean, running_var (IN/OUT): running_dtype (F32 or F64), C-contiguous, as many
+    items as mean.  mean, var (IN): float64 batch statistics over `count` values.
+    """
+    cdef Py_ssize_t channels = len(mean), item = _storage_size(running_dtype)
+    cdef Py_buffer v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    _init(v)
+    try:
+        _acquire(&v[0], running_mean, "running_mean", channels, item, True)
+        _acquire(&v[1], running_var, "running_var", channels, item, True)
+        _acquire(&v[2], mean, "mean", channels, 8, False)
+        _acquire(&v[3], var, "var", channels, 8, False)
+        status = fastnorm_update_running(<fastnorm_dtype_t>running_dtype, channels, count, momentum,
+                                         <const double *>v[2].buf, <const double *>v[3].buf,
+                                         v[0].buf, v[1].buf)
+    finally:
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_update_running", f"channels={channels}, count={count}, "
+               f"momentum={momentum!r}")
+
+
+cdef inline bint _is_running_stat(Py_buffer *view, Py_ssize_t channels) noexcept:
+    """A running statistic this path takes: 1-D, `channels` float32/float64 items, aligned."""
+    cdef int dtype = _format_dtype(view.format)
+    return (view.ndim == 1 and view.shape[0] == channels and <size_t>view.buf % <size_t>view.itemsize == 0
+            and (dtype == FASTNORM_F32 or dtype == FASTNORM_F64))
+
+
+def batch_norm(x, running_mean, running_var, weight, bias, bint training, momentum, eps, axis,
+               out, int n_threads):
+    """The common BatchNorm call in one step: channel axis 1 or -1, no return_stats.
+
+    Takes only what needs no conversion: NumPy arrays, x C-contiguous float32/float64/
+    float16 and aligned with at least 2 dimensions; weight/bias None or 1-D of the compute
+    dtype; running statistics 1-D float32/float64 (both, or for training neither; writable
+    and apart for training); out None or a C-contiguous array like x that is x itself or
+    shares no memory with any other argument; eps and momentum valid floats, axis the int
+    1 or -1.  Returns y, or None without writing anything when an argument is outside
+    that: the caller's general path then converts, copies or raises with the right message.
+    """
+    cdef Py_buffer v[MAX_ARRAYS]  # x, y, weight, bias, running_mean, running_var
+    cdef fastnorm_status_t status = FASTNORM_OK
+    cdef int dtype, compute, running = -1, flags
+    cdef Py_ssize_t outer = 1, channels, inner = 1, i, channel_axis
+    cdef double epsilon, rate
+    cdef double *stats = NULL
+    cdef const double *mean
+    cdef const double *var
+    if type(eps) is not float or type(momentum) is not float or type(axis) is not int:
+        return None
+    epsilon, rate = eps, momentum
+    if not (0.0 <= epsilon and isfinite(epsilon) and 0.0 <= rate <= 1.0) or not (axis == 1 or axis == -1):
+        return None
+    _init(v)
+    try:
+        if not _export_exact(&v[0], x, PyBUF_C_CONTIGUOUS):
+            return None
+        dtype = _format_dtype(v[0].format)
+        if dtype < 0 or v[0].ndim < 2 or v[0].len == 0 or <size_t>v[0].buf % <size_t>v[0].itemsize:
+            return None
+        channel_axis = 1 if axis == 1 else v[0].ndim - 1
+        for i in range(channel_axis):
+            outer *= v[0].shape[i]
+        channels = v[0].shape[channel_axis]
+        for i in range(channel_axis + 1, v[0].ndim):
+            inner *= v[0].shape[i]
+        if training and outer * inner < 2:
+            return None
+        compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
+        if weight is not None and not (_export_exact(&v[2], weight, PyBUF_C_CONTIGUOUS)
+                                       and _is_param(&v[2], channels, compute)):
+            return None
+        if bias is not None and not (_export_exact(&v[3], bias, PyBUF_C_CONTIGUOUS)
+                                     and _is_param(&v[3], channels, compute)):
+            return None
+        if running_mean is not None and running_var is not None:
+            flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE if training else PyBUF_C_CONTIGUOUS
+            if not (_export_exact(&v[4], running_mean, flags) and _is_running_stat(&v[4], channels)
+                    and _export_exact(&v[5], running_var, flags) and _is_running_stat(&v[5], channels)
+                    and _format_dtype(v[4].format) == _format_dtype(v[5].format)
+                    and (not training or _apart(&v[4], &v[5]))):
+                return None
+            running = _format_dtype(v[4].format)
+        elif not training or running_mean is not None or running_var is not None:
+            return None
+        if out is None:
+            out = _empty(x.shape, x.dtype)
+        if not _export_exact(&v[1], out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE):
+            return None
+        if v[1].ndim != v[0].ndim or _format_dtype(v[1].format) != dtype:
+            return None
+        for i in range(v[0].ndim):
+            if v[1].shape[i] != v[0].shape[i]:
+                return None
+        if not ((v[1].buf == v[0].buf or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
+                and _apart(&v[1], &v[3]) and _apart(&v[1], &v[4]) and _apart(&v[1], &v[5])):
+            return None
+        stats = <double *>malloc(2 * channels * sizeof(double))
+        if stats == NULL:
+            raise MemoryError(f"batch_norm: no memory for the statistics of {channels} channels")
+        mean, var = <const double *>v[4].buf, <const double *>v[5].buf
+        if running == FASTNORM_F32:  # eval reads them as float64 (NumPy's exact conversion)
+            for i in range(channels):
+                stats[i] = (<float *>v[4].buf)[i]
+                stats[channels + i] = (<float *>v[5].buf)[i]
+            mean, var = stats, stats + channels
+        with nogil:
+            if training:
+                status = fastnorm_batch_norm_train(<fastnorm_dtype_t>dtype, outer, channels, inner,
+                                                   v[0].buf, v[1].buf, v[2].buf, v[3].buf, epsilon,
+                                                   stats, stats + channels, n_threads)
+                if status == FASTNORM_OK and running >= 0:
+                    status = fastnorm_update_running(<fastnorm_dtype_t>running, channels,
+                                                     outer * inner, rate, stats, stats + channels,
+                                                     v[4].buf, v[5].buf)
+            else:
+                status = fastnorm_affine(<fastnorm_dtype_t>dtype, outer, channels, inner,
+                                         v[0].buf, v[1].buf, mean, var, v[2].buf, v[3].buf,
+                                         epsilon, n_threads)
+    finally:
+        free(stats)
+        _release(v)
+    if status != FASTNORM_OK:
+        _raise(status, "batch_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, outer={outer}, "
+               f"channels={channels}, inner={inner}, eps={epsilon!r}, training={training}")
+    return out
 
 
 def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,

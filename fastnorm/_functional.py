@@ -2,14 +2,16 @@
 
 Each function checks every argument (fastnorm._checks) before anything is written, maps x
 to the (outer, middle, inner) block of include/fastnorm/fastnorm.h and calls one of the
-entry points of fastnorm._core (rows, norm, affine, batch_norm_train, group_norm), which
-release the GIL.
+entry points of fastnorm._core (rows, norm, batch_norm, affine, batch_norm_train,
+group_norm), which release the GIL.
 
 The common call of layer_norm / rms_norm -- a C-contiguous float32/float64/float16 array
 normalized over its last axis, parameters already in the compute dtype, no residual or
 stats -- goes straight to _core.rows, which checks those buffers in C and declines
 anything else (nothing written) to the general path here: for small inputs the Python
 around the kernel was most of the cost (1x768 float32: see docs/performance.md).
+batch_norm's common call (channel axis 1 or -1, no return_stats) goes the same way
+through _core.batch_norm, running statistics updated in C.
 """
 
 import math
@@ -35,6 +37,7 @@ _core_norm = _core.norm
 _core_rows = _core.rows
 _core_affine = _core.affine
 _core_batch_norm_train = _core.batch_norm_train
+_core_batch_norm = _core.batch_norm
 _core_group_norm = _core.group_norm
 # rms_norm's default eps: the machine epsilon of the computation dtype.
 _RMS_EPS = {dtype: float(np.finfo(rule[1]).eps) for dtype, rule in _DTYPES.items()}
@@ -197,6 +200,18 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     unbiased running variance).  ``return_stats=True`` returns ``(y, mean, rstd)`` of shape
     ``(C,)``: the statistics used, in the computation dtype.
     """
+    if not return_stats:
+        y = _core_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                             axis, out, _checks.num_threads)
+        if y is not None:
+            return y
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                       out, return_stats)
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out,
+                return_stats):
+    """batch_norm's general path: any dtype, layout and argument form, and its errors."""
     x = _checks.as_array(x)
     x, (code, compute, view) = _checks.input_rule(x)
     (channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean,
@@ -265,10 +280,16 @@ def _batch_norm_args(shape, compute, running_mean, running_var, weight, bias, tr
 
 
 def _update_running(running_mean, running_var, mean, var, n, momentum):
-    """PyTorch's running-statistics update, in place: momentum-weighted, the variance
-    unbiased (n values per channel)."""
-    running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-    running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    """PyTorch's running-statistics update, in place (fastnorm_update_running): momentum-
+    weighted, the variance unbiased (n values per channel).  Strided or misaligned running
+    statistics are updated through contiguous copies."""
+    code = _core.F32 if running_mean.dtype == np.float32 else _core.F64
+    targets = [s if s.flags.c_contiguous and s.flags.aligned else s.copy()
+               for s in (running_mean, running_var)]
+    _core.update_running(code, targets[0], targets[1], mean, var, n, momentum)
+    for target, stat in zip(targets, (running_mean, running_var)):
+        if target is not stat:
+            stat[...] = target
 
 
 def _rstd(var, eps):

@@ -1,8 +1,10 @@
-"""The one-step path of layer_norm / rms_norm (fastnorm._core.rows).
+"""The one-step paths of layer_norm / rms_norm (fastnorm._core.rows) and batch_norm
+(fastnorm._core.batch_norm).
 
 The common call goes straight to C; anything else must be declined to the general path
-(fastnorm._functional._row_norm) with nothing written, and give the same result or the
-same error as it would there.  A spy on _row_norm tells which path a call took.
+(fastnorm._functional._row_norm / _batch_norm) with nothing written, and give the same
+result or the same error as it would there.  A spy on the general path tells which path
+a call took.
 """
 import ml_dtypes
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 import fastnorm
 from fastnorm import _functional
-from fn_testutil import ROW_OPS, assert_close, ref_row_norm, row_norm
+from fn_testutil import ROW_OPS, assert_close, ref_batch_norm, ref_row_norm, row_norm
 
 N = 96
 
@@ -141,3 +143,169 @@ def test_declined_bad_arguments_raise_the_general_errors(op, rng, general_calls)
         row_norm(op, x, out=wrong)
     assert np.all(wrong == 0), "a refused out= was written"
     assert len(general_calls) == 4
+
+
+# ---- batch_norm ------------------------------------------------------------------------
+
+C = 6
+
+
+@pytest.fixture
+def general_bn_calls(monkeypatch):
+    """A list that grows by one for every batch_norm call that reached the general path."""
+    calls = []
+    general = _functional._batch_norm
+
+    def spy(*args, **kw):
+        calls.append(args)
+        return general(*args, **kw)
+
+    monkeypatch.setattr(_functional, "_batch_norm", spy)
+    return calls
+
+
+def _bn_case(rng, dtype=np.float32, axis=1, running_dtype=np.float32):
+    shape = (3, C, 5, 4) if axis == 1 else (3, 5, 4, C)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    compute = np.float64 if dtype == np.float64 else np.float32
+    w = rng.standard_normal(C).astype(compute)
+    b = rng.standard_normal(C).astype(compute)
+    rm = rng.standard_normal(C).astype(running_dtype)
+    rv = (rng.random(C) + 0.5).astype(running_dtype)
+    return x, w, b, rm, rv
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("axis", [1, -1])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("running_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_batch_norm_common_call_skips_the_general_path(dtype, axis, training, running_dtype,
+                                                       with_out, rng, tol, general_bn_calls):
+    x, w, b, rm, rv = _bn_case(rng, dtype, axis, running_dtype)
+    want, want_rm, want_rv = ref_batch_norm(x, rm, rv, w, b, training=training, axis=axis)
+    forced_rm, forced_rv = rm.copy(), rv.copy()
+    out = np.full_like(x, np.nan) if with_out else None
+    y = fastnorm.batch_norm(x, rm, rv, w, b, training=training, axis=axis, out=out)
+    assert general_bn_calls == []
+    assert y.dtype == x.dtype and y.shape == x.shape
+    if with_out:
+        assert y is out
+    assert_close(y, want, tol)
+    # batch statistics of non-float64 data are float32-accurate, whatever the running dtype
+    stat_dtype = np.float64 if dtype == running_dtype == np.float64 else np.float32
+    assert_close(rm, want_rm, tol, dtype=stat_dtype)
+    assert_close(rv, want_rv, tol, dtype=stat_dtype)
+    # the general path, forced by return_stats, computes the very same values
+    forced = fastnorm.batch_norm(x, forced_rm, forced_rv, w, b, training=training, axis=axis,
+                                 return_stats=True)[0]
+    assert len(general_bn_calls) == 1
+    np.testing.assert_array_equal(y, forced)
+    np.testing.assert_array_equal(rm, forced_rm)
+    np.testing.assert_array_equal(rv, forced_rv)
+
+
+def test_batch_norm_training_without_running_stats_and_in_place(rng, tol, general_bn_calls):
+    x, w, b, _rm, _rv = _bn_case(rng)
+    want = ref_batch_norm(x, None, None, w, b, training=True)[0]
+    y = fastnorm.batch_norm(x, None, None, w, b, training=True, out=x)
+    assert y is x and general_bn_calls == []
+    assert_close(x, want, tol)
+
+
+@pytest.mark.parametrize("running_dtype", [np.float32, np.float64])
+def test_running_update_is_the_numpy_formula(running_dtype, rng):
+    # API.md's formula evaluated by NumPy with float64 batch statistics, bit for bit
+    rm = rng.standard_normal(37).astype(running_dtype)
+    rv = rng.random(37).astype(running_dtype)
+    mean, var, n, momentum = rng.standard_normal(37), rng.random(37), 51, 0.3
+    want_rm = ((1.0 - momentum) * rm + momentum * mean).astype(running_dtype)
+    want_rv = ((1.0 - momentum) * rv + momentum * (var * (n / (n - 1)))).astype(running_dtype)
+    strided_rm = np.zeros(74, running_dtype)[::2]  # updated through a contiguous copy
+    strided_rm[...] = rm
+    _functional._update_running(rm, rv, mean, var, n, momentum)
+    np.testing.assert_array_equal(rm, want_rm)
+    np.testing.assert_array_equal(rv, want_rv)
+    _functional._update_running(strided_rm, rv.copy(), mean, var, n, momentum)
+    np.testing.assert_array_equal(strided_rm, want_rm)
+
+
+def _bn_declined_cases(rng):
+    """(name, x, kwargs) the one-step batch_norm path must hand to the general path."""
+    x, w, b, rm, rv = _bn_case(rng)
+    holder = np.empty(x.size + C // 2, np.float32)  # out's first C // 2 elements: half the running mean
+    holder[:C] = rm
+    return [
+        ("list input", x.tolist(), {}),
+        ("bfloat16", x.astype(ml_dtypes.bfloat16), {}),
+        ("channel axis 2", x, {"axis": 2, "running_mean": rm[:5].copy(), "running_var": rv[:5].copy(),
+                               "weight": w[:5].copy(), "bias": b[:5].copy()}),
+        ("numpy integer axis", x, {"axis": np.int64(1)}),
+        ("float64 weight for float32 x", x, {"weight": w.astype(np.float64)}),
+        ("weight as a list", x, {"weight": w.tolist()}),
+        ("running stats of two dtypes", x, {"running_var": rv.astype(np.float64)}),
+        ("strided running stats in training", x, {"training": True, "running_mean": np.repeat(rm, 2)[::2]}),
+        ("running stats as lists in eval", x, {"running_mean": rm.tolist(), "running_var": rv.tolist()}),
+        ("numpy float momentum", x, {"training": True, "momentum": np.float32(0.25)}),
+        ("int eps", x, {"eps": 0}),
+        ("Fortran-ordered x", np.asfortranarray(x), {}),
+        ("out overlapping x", x, {"out": "shifted"}),
+        ("out overlapping the running mean", x, {"running_mean": holder[:C], "out": holder[C // 2:].reshape(x.shape)}),
+        ("return_stats", x, {"return_stats": True}),
+    ]
+
+
+BN_DECLINED = [name for name, _x, _kw in _bn_declined_cases(np.random.default_rng(0))]
+
+
+@pytest.mark.parametrize("name", BN_DECLINED)
+def test_batch_norm_declined_calls_take_the_general_path(name, rng, tol, general_bn_calls):
+    x, kw = {case[0]: case[1:] for case in _bn_declined_cases(rng)}[name]  # fresh arrays
+    _x, w, b, rm, rv = _bn_case(rng)
+    kw = {"running_mean": rm, "running_var": rv, "weight": w, "bias": b, **kw}
+    x_values = np.array(x, dtype=np.asarray(x).dtype)  # a copy of the input's values
+    if isinstance(kw.get("out"), str):
+        storage = np.empty(x_values.size + 8, x_values.dtype)
+        storage[8:] = x_values.ravel()
+        x = storage[8:].reshape(x_values.shape)
+        kw["out"] = storage[:-8].reshape(x_values.shape)  # 8 elements before x, same shape
+    ref_kw = {k: v for k, v in kw.items() if k not in ("out", "return_stats")}
+    ref_kw = {k: (np.asarray(v, np.float64) if k in ("running_mean", "running_var", "weight", "bias")
+                  else v) for k, v in ref_kw.items()}
+    want = ref_batch_norm(x_values.astype(np.float64) if x_values.dtype.kind == "f" else x_values,
+                          **ref_kw)
+    result = fastnorm.batch_norm(x, **kw)
+    y = result[0] if kw.get("return_stats") else result
+    assert len(general_bn_calls) == 1, name
+    if "out" in kw:
+        assert y is kw["out"], name
+    assert_close(np.asarray(y, np.float64), want[0], tol, dtype=np.asarray(y).dtype, err_msg=name)
+    if kw.get("training"):
+        assert_close(np.asarray(kw["running_mean"], np.float64), want[1], tol, dtype=np.float32, err_msg=name)
+
+
+def test_batch_norm_declined_bad_arguments_raise_the_general_errors(rng, general_bn_calls):
+    x, w, b, rm, rv = _bn_case(rng)
+    rm_before, rv_before = rm.copy(), rv.copy()
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        fastnorm.batch_norm(x, weight=w, bias=b)
+    with pytest.raises(ValueError, match="weight"):
+        fastnorm.batch_norm(x, rm, rv, np.ones(C + 1, np.float32))
+    with pytest.raises(ValueError, match="momentum"):
+        fastnorm.batch_norm(x, rm, rv, training=True, momentum=1.5)
+    with pytest.raises(ValueError, match="eps"):
+        fastnorm.batch_norm(x, rm, rv, eps=-1.0)
+    one = x[:1, :, :1, :1].copy()
+    with pytest.raises(ValueError, match="at least 2 values"):
+        fastnorm.batch_norm(one, rm, rv, training=True)
+    read_only = rm.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fastnorm.batch_norm(x, read_only, rv, training=True)
+    wrong = np.zeros(x.shape, np.float64)
+    with pytest.raises((TypeError, ValueError), match="out"):
+        fastnorm.batch_norm(x, rm, rv, out=wrong)
+    assert np.all(wrong == 0), "a refused out= was written"
+    np.testing.assert_array_equal(rm, rm_before)  # refused training calls update nothing
+    np.testing.assert_array_equal(rv, rv_before)
+    assert len(general_bn_calls) == 7

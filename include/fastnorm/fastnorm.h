@@ -1,7 +1,7 @@
 /*
  * fastnorm.h - the public C API of fastnorm.
  *
- * Five entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
+ * Six entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
  * policy) lives in Python.  Every array is C-contiguous and described as a 3-D block
  * (outer, middle, inner):
  *
@@ -16,6 +16,7 @@
  *                     (BatchNorm training), in one pass where a channel fits the cache.
  *   fastnorm_group_norm  GroupNorm / InstanceNorm of (n, channels, spatial), statistics
  *                     and normalization of each group in one pass where it fits the cache.
+ *   fastnorm_update_running  BatchNorm's running statistics after a training step.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
  * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an
@@ -122,6 +123,18 @@ FASTNORM_API fastnorm_status_t fastnorm_batch_norm_train(
     fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
     const void *x, void *y, const void *weight, const void *bias, double eps,
     double *mean_out, double *var_out, int n_threads);
+
+/* PyTorch's running-statistics update after a BatchNorm training step over `count` values
+ * per channel, in place for c < channels:
+ *   running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c]
+ *   running_var[c]  = (1 - momentum) * running_var[c] + momentum * var[c] * count / (count - 1)
+ * running_mean, running_var: `channels` values of running_dtype (FASTNORM_F32 or
+ * FASTNORM_F64), updated in place.  The (1 - momentum) products are rounded to
+ * running_dtype and the sums taken in float64, then rounded once: NumPy's result for the
+ * formula above with float64 mean/var.  count >= 2, momentum in [0, 1]. */
+FASTNORM_API fastnorm_status_t fastnorm_update_running(
+    fastnorm_dtype_t running_dtype, size_t channels, size_t count, double momentum,
+    const double *mean, const double *var, void *running_mean, void *running_var);
 
 /* GroupNorm of x viewed as (n, channels, spatial): statistics over each (sample, group of
  * channels / groups channels) span, then y = (x - mean) * rstd * weight[c] + bias[c].

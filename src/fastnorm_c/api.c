@@ -658,6 +658,30 @@ fastnorm_status_t fastnorm_batch_norm_train(fastnorm_dtype_t dtype, size_t outer
                            eps, n_threads);
 }
 
+fastnorm_status_t fastnorm_update_running(fastnorm_dtype_t running_dtype, size_t channels,
+                                          size_t count, double momentum, const double *mean,
+                                          const double *var, void *running_mean,
+                                          void *running_var) {
+    if (running_dtype != FASTNORM_F32 && running_dtype != FASTNORM_F64) return FASTNORM_ERR_BAD_DTYPE;
+    if (channels && (!mean || !var || !running_mean || !running_var)) return FASTNORM_ERR_NULL_POINTER;
+    if (count < 2 || !(momentum >= 0.0 && momentum <= 1.0)) return FASTNORM_ERR_BAD_VALUE;
+    const double keep = 1.0 - momentum, unbias = (double)count / (double)(count - 1);
+    if (running_dtype == FASTNORM_F32) {
+        float *rm = (float *)running_mean, *rv = (float *)running_var, keep32 = (float)keep;
+        for (size_t c = 0; c < channels; ++c) {
+            rm[c] = (float)((double)(keep32 * rm[c]) + momentum * mean[c]);
+            rv[c] = (float)((double)(keep32 * rv[c]) + momentum * (var[c] * unbias));
+        }
+    } else {
+        double *rm = (double *)running_mean, *rv = (double *)running_var;
+        for (size_t c = 0; c < channels; ++c) {
+            rm[c] = keep * rm[c] + momentum * mean[c];
+            rv[c] = keep * rv[c] + momentum * (var[c] * unbias);
+        }
+    }
+    return FASTNORM_OK;
+}
+
 /* ---- fastnorm_group_norm ------------------------------------------------------------ */
 
 /* Groups of at most this many bytes are normalized right after their statistics, while
