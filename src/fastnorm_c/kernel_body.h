@@ -13,9 +13,11 @@
  * Numerical strategy (see README "Numerics"):
  *   - Welford runs per lane on h - shift, where shift is a value of the data itself, so
  *     offset-dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly.
- *   - KB_STREAMS independent accumulator sets hide the FMA latency; each runs at most
- *     KB_BLOCK steps in the compute dtype before its partials are merged into float64
- *     lane accumulators with Chan's formula.  Lanes merge at the end in float64.
+ *   - KB_STREAMS independent accumulator sets hide the FMA latency; each takes at most
+ *     KB_BLOCK values per lane in the compute dtype before its partials are merged into
+ *     float64 lane accumulators with Chan's formula.  Lanes merge at the end in float64.
+ *     Row streams take two vectors per step (the pair merged with Chan's formula), column
+ *     streams one.
  *   - Elements left over after the last full step use exact float64 two-pass arithmetic.
  *   - The mean is subtracted as a high/low pair of compute-dtype values.
  */
@@ -48,7 +50,7 @@
 
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
-#define KB_BLOCK 64      /* row Welford steps per lane before a float64 merge */
+#define KB_BLOCK 64      /* row Welford values per lane before a float64 merge */
 #define KB_COL_BLOCK 32  /* column Welford rows per block before a float64 merge */
 /* 1/k for the per-lane Welford step count k (all lanes of a block share k).  A constant
  * initializer, never code run at load time: this file is compiled with AVX2/AVX-512 flags,
@@ -139,10 +141,56 @@ KB_INLINE void KB_NAME(kb_pair)(KB_V *mean, KB_V *m2, KB_V mean_b, KB_V m2_b, KB
     }
 }
 
+/* A Welford stream that takes two values per step: the pair's own mean and m2 merged into
+ * the stream with Chan's formula.  One dependency chain (subtract, FMA) per two vectors
+ * instead of one, so four streams keep the FMA pipes busy.  The stream holds twice its
+ * mean (`mean2`) and twice its m2 (`m2x2`), which saves two multiplies per step; !center
+ * keeps two sums of squares instead. */
+KB_INLINE void KB_NAME(kb_welford2_first)(KB_V h0, KB_V h1, KB_V shift, int center, KB_V *mean2,
+                                          KB_V *m2x2) {
+    if (center) {
+        KB_V a = kb_sub(h0, shift), b = kb_sub(h1, shift), d = kb_sub(a, b);
+        *mean2 = kb_add(a, b);
+        *m2x2 = kb_mul(d, d);
+    } else {
+        *mean2 = kb_mul(h1, h1);
+        *m2x2 = kb_mul(h0, h0);
+    }
+}
+
+/* Step k (inverse = 1/k, rest = (k-1)/k): the stream holds 2(k-1) values; with
+ * pair = a + b, d = a - b and delta = pair - mean2, Chan's merge gives
+ * mean2 += delta / k and m2x2 += d^2 + delta^2 (k-1)/k.  Five additions and four
+ * multiplies: the adder and FMA pipes share the work (the textbook delta * (pair - new
+ * mean2) would put six of nine operations on the two adders). */
+KB_INLINE void KB_NAME(kb_welford2_step)(KB_V h0, KB_V h1, KB_V shift, KB_V inverse, KB_V rest,
+                                         int center, KB_V *mean2, KB_V *m2x2) {
+    if (center) {
+        KB_V a = kb_sub(h0, shift), b = kb_sub(h1, shift);
+        KB_V pair = kb_add(a, b), d = kb_sub(a, b);
+        KB_V delta = kb_sub(pair, *mean2);
+        *mean2 = kb_fma(delta, inverse, *mean2);
+        *m2x2 = kb_fma(delta, kb_mul(delta, rest), kb_fma(d, d, *m2x2));
+    } else {
+        *mean2 = kb_fma(h1, h1, *mean2);
+        *m2x2 = kb_fma(h0, h0, *m2x2);
+    }
+}
+
+/* A stream's (twice mean, twice m2) as (mean, m2), or its two sums of squares as one. */
+KB_INLINE void KB_NAME(kb_welford2_finish)(KB_V *mean2, KB_V *m2x2, int center) {
+    if (center) {
+        *mean2 = kb_mul(*mean2, kb_set1((KB_C)0.5));
+        *m2x2 = kb_mul(*m2x2, kb_set1((KB_C)0.5));
+    } else {
+        *m2x2 = kb_add(*m2x2, *mean2);
+    }
+}
+
 KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                           size_t n, double shift, int center, double *mean_shifted,
                                           double *m2_out, int has_residual, int has_residual_out) {
-    enum { STEP = KB_STREAMS * KB_LANES };
+    enum { STEP = 2 * KB_STREAMS * KB_LANES, PAIR_BLOCK = KB_BLOCK / 2 };
     size_t steps = n / STEP, done = steps * STEP;
     double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
     double lane_mean[KB_LANES], lane_m2[KB_LANES];
@@ -151,29 +199,36 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
     /* Four named streams, not an array: indexed vector arrays end up on the stack. */
 #define KB_H(s) KB_NAME(kb_load_h)(x, residual, residual_out, i + (s) * KB_LANES, has_residual, \
                                    has_residual_out)
-    for (size_t step0 = 0; step0 < steps; step0 += KB_BLOCK) {
-        size_t block = steps - step0 < KB_BLOCK ? steps - step0 : KB_BLOCK;
+    /* blocks of PAIR_BLOCK steps: each stream lane takes KB_BLOCK values in float32 */
+    for (size_t step0 = 0; step0 < steps; step0 += PAIR_BLOCK) {
+        size_t block = steps - step0 < PAIR_BLOCK ? steps - step0 : PAIR_BLOCK;
         KB_V mean0, mean1, mean2, mean3, m2_0, m2_1, m2_2, m2_3;
-        KB_NAME(kb_welford_first)(KB_H(0), shift_v, center, &mean0, &m2_0);
-        KB_NAME(kb_welford_first)(KB_H(1), shift_v, center, &mean1, &m2_1);
-        KB_NAME(kb_welford_first)(KB_H(2), shift_v, center, &mean2, &m2_2);
-        KB_NAME(kb_welford_first)(KB_H(3), shift_v, center, &mean3, &m2_3);
+        KB_NAME(kb_welford2_first)(KB_H(0), KB_H(1), shift_v, center, &mean0, &m2_0);
+        KB_NAME(kb_welford2_first)(KB_H(2), KB_H(3), shift_v, center, &mean1, &m2_1);
+        KB_NAME(kb_welford2_first)(KB_H(4), KB_H(5), shift_v, center, &mean2, &m2_2);
+        KB_NAME(kb_welford2_first)(KB_H(6), KB_H(7), shift_v, center, &mean3, &m2_3);
         i += STEP;
         for (size_t k = 2; k <= block; ++k, i += STEP) {
             const KB_V inverse = kb_set1((KB_C)kb_inverse_count[k]);
-            KB_NAME(kb_welford_step)(KB_H(0), shift_v, inverse, center, &mean0, &m2_0);
-            KB_NAME(kb_welford_step)(KB_H(1), shift_v, inverse, center, &mean1, &m2_1);
-            KB_NAME(kb_welford_step)(KB_H(2), shift_v, inverse, center, &mean2, &m2_2);
-            KB_NAME(kb_welford_step)(KB_H(3), shift_v, inverse, center, &mean3, &m2_3);
+            const KB_V rest = kb_set1((KB_C)(1.0 - kb_inverse_count[k]));
+            KB_NAME(kb_welford2_step)(KB_H(0), KB_H(1), shift_v, inverse, rest, center, &mean0, &m2_0);
+            KB_NAME(kb_welford2_step)(KB_H(2), KB_H(3), shift_v, inverse, rest, center, &mean1, &m2_1);
+            KB_NAME(kb_welford2_step)(KB_H(4), KB_H(5), shift_v, inverse, rest, center, &mean2, &m2_2);
+            KB_NAME(kb_welford2_step)(KB_H(6), KB_H(7), shift_v, inverse, rest, center, &mean3, &m2_3);
         }
-        /* The streams hold equal counts: pair them up in registers (Chan's formula for
-         * equal halves), so only one vector per block is widened and merged in float64. */
-        KB_V half_count = kb_set1((KB_C)block * (KB_C)0.5);
+        KB_NAME(kb_welford2_finish)(&mean0, &m2_0, center);
+        KB_NAME(kb_welford2_finish)(&mean1, &m2_1, center);
+        KB_NAME(kb_welford2_finish)(&mean2, &m2_2, center);
+        KB_NAME(kb_welford2_finish)(&mean3, &m2_3, center);
+        /* The streams hold equal counts (2 * block): pair them up in registers (Chan's
+         * formula for equal halves), so only one vector per block is widened and merged
+         * in float64. */
+        KB_V half_count = kb_set1((KB_C)block);
         KB_NAME(kb_pair)(&mean0, &m2_0, mean1, m2_1, half_count, center);
         KB_NAME(kb_pair)(&mean2, &m2_2, mean3, m2_3, half_count, center);
         KB_NAME(kb_pair)(&mean0, &m2_0, mean2, m2_2, kb_add(half_count, half_count), center);
         KB_V block_mean = mean0, block_m2 = m2_0;
-        double block_count = (double)block * KB_STREAMS;
+        double block_count = (double)block * 2 * KB_STREAMS;
         if (acc_count == 0) { /* the first block (for most rows the only one): no merge */
             kb_to_double(block_m2, acc_m2);
             kb_to_double(block_mean, acc_mean);
@@ -230,12 +285,19 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
                                double shift, int center, double *mean_shifted, double *m2) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
     KB_T *hs = (KB_T *)residual_out;
-    if (!rs)
-        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, center, mean_shifted, m2, 0, 0);
+    /* constant flags: one loop per variant, registers allocated for it alone */
+    if (center && !rs)
+        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, 1, mean_shifted, m2, 0, 0);
+    else if (center && !hs)
+        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, 1, mean_shifted, m2, 1, 0);
+    else if (center)
+        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, 1, mean_shifted, m2, 1, 1);
+    else if (!rs)
+        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, 0, mean_shifted, m2, 0, 0);
     else if (!hs)
-        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, center, mean_shifted, m2, 1, 0);
+        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, 0, mean_shifted, m2, 1, 0);
     else
-        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, center, mean_shifted, m2, 1, 1);
+        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, 0, mean_shifted, m2, 1, 1);
 }
 
 /* ---- row normalize --------------------------------------------------------------- */
