@@ -206,6 +206,25 @@ cdef inline bint _is_param(Py_buffer *view, Py_ssize_t middle, int compute_dtype
             and <size_t>view.buf % <size_t>view.itemsize == 0)
 
 
+cdef inline bint _param_taken(Py_buffer *view, object param, Py_ssize_t middle,
+                              int compute_dtype) noexcept:
+    """None, or a weight/bias the one-step paths take (exported into view)."""
+    return param is None or (_export_exact(view, param, PyBUF_C_CONTIGUOUS)
+                             and _is_param(view, middle, compute_dtype))
+
+
+cdef inline bint _export_like(Py_buffer *view, object out, Py_buffer *x, int dtype) noexcept:
+    """Export out (writable, C-contiguous) and report whether it has x's shape and dtype."""
+    if not _export_exact(view, out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE):
+        return False
+    if view.ndim != x.ndim or _format_dtype(view.format) != dtype:
+        return False
+    for i in range(x.ndim):
+        if view.shape[i] != x.shape[i]:
+            return False
+    return True
+
+
 def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
     """The common LayerNorm/RMSNorm call in one step: statistics over x's last axis.
 
@@ -239,21 +258,12 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
                 return None
         compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
         epsilon = (2.0 ** -52 if compute == FASTNORM_F64 else 2.0 ** -23) if eps is None else eps
-        if weight is not None and not (_export_exact(&v[1], weight, PyBUF_C_CONTIGUOUS)
-                                       and _is_param(&v[1], middle, compute)):
-            return None
-        if bias is not None and not (_export_exact(&v[2], bias, PyBUF_C_CONTIGUOUS)
-                                     and _is_param(&v[2], middle, compute)):
+        if not (_param_taken(&v[1], weight, middle, compute) and _param_taken(&v[2], bias, middle, compute)):
             return None
         if out is None:
             out = _empty(x.shape, x.dtype)
-        if not _export_exact(&v[3], out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE):
+        if not _export_like(&v[3], out, &v[0], dtype):
             return None
-        if v[3].ndim != v[0].ndim or _format_dtype(v[3].format) != dtype:
-            return None
-        for i in range(v[0].ndim):
-            if v[3].shape[i] != v[0].shape[i]:
-                return None
         if not ((v[3].buf == v[0].buf or _apart(&v[3], &v[0])) and _apart(&v[3], &v[1])
                 and _apart(&v[3], &v[2])):
             return None
@@ -432,11 +442,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
         if training and outer * inner < 2:
             return None
         compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
-        if weight is not None and not (_export_exact(&v[2], weight, PyBUF_C_CONTIGUOUS)
-                                       and _is_param(&v[2], channels, compute)):
-            return None
-        if bias is not None and not (_export_exact(&v[3], bias, PyBUF_C_CONTIGUOUS)
-                                     and _is_param(&v[3], channels, compute)):
+        if not (_param_taken(&v[2], weight, channels, compute) and _param_taken(&v[3], bias, channels, compute)):
             return None
         if running_mean is not None and running_var is not None:
             flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE if training else PyBUF_C_CONTIGUOUS
@@ -450,13 +456,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
             return None
         if out is None:
             out = _empty(x.shape, x.dtype)
-        if not _export_exact(&v[1], out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE):
+        if not _export_like(&v[1], out, &v[0], dtype):
             return None
-        if v[1].ndim != v[0].ndim or _format_dtype(v[1].format) != dtype:
-            return None
-        for i in range(v[0].ndim):
-            if v[1].shape[i] != v[0].shape[i]:
-                return None
         if not ((v[1].buf == v[0].buf or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
                 and _apart(&v[1], &v[3]) and _apart(&v[1], &v[4]) and _apart(&v[1], &v[5])):
             return None

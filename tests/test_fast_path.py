@@ -17,18 +17,23 @@ from fn_testutil import ROW_OPS, assert_close, ref_batch_norm, ref_row_norm, row
 N = 96
 
 
-@pytest.fixture
-def general_calls(monkeypatch):
-    """A list that grows by one for every call that reached the general path."""
+def _spy(monkeypatch, name):
+    """A list that grows by one for every call of fastnorm._functional.<name>."""
     calls = []
-    general = _functional._row_norm
+    general = getattr(_functional, name)
 
     def spy(*args, **kw):
         calls.append(args)
         return general(*args, **kw)
 
-    monkeypatch.setattr(_functional, "_row_norm", spy)
+    monkeypatch.setattr(_functional, name, spy)
     return calls
+
+
+@pytest.fixture
+def general_calls(monkeypatch):
+    """Calls of layer_norm / rms_norm that reached the general path."""
+    return _spy(monkeypatch, "_row_norm")
 
 
 def _params(op, n, dtype, rng):
@@ -107,17 +112,24 @@ def _declined_cases(rng):
 DECLINED = [name for name, _x, _kw in _declined_cases(np.random.default_rng(0))]
 
 
+def _placed(x, kw):
+    """(x, a copy of its values); kw["out"] == "shifted" becomes an out= that overlaps x,
+    starting 8 elements before it."""
+    x_values = np.array(x, dtype=np.asarray(x).dtype)
+    if isinstance(kw.get("out"), str):  # "shifted"
+        storage = np.empty(x_values.size + 8, x_values.dtype)
+        storage[8:] = x_values.ravel()
+        x = storage[8:].reshape(x_values.shape)
+        kw["out"] = storage[:-8].reshape(x_values.shape)
+    return x, x_values
+
+
 @pytest.mark.parametrize("op", ROW_OPS)
 @pytest.mark.parametrize("name", DECLINED)
 def test_declined_calls_take_the_general_path(op, name, rng, tol, general_calls):
     x, kw = {case[0]: case[1:] for case in _declined_cases(rng)}[name]  # fresh arrays
     kw = dict(kw)
-    x_values = np.array(x, dtype=np.asarray(x).dtype)  # a copy of the input's values
-    if isinstance(kw.get("out"), str):
-        storage = np.empty(x_values.size + 8, x_values.dtype)
-        storage[8:] = x_values.ravel()
-        x = storage[8:].reshape(x_values.shape)
-        kw["out"] = storage[:-8].reshape(x_values.shape)  # 8 elements before x, same shape
+    x, x_values = _placed(x, kw)
     weight = kw.pop("weight", None)
     want = ref_row_norm(op, x_values.astype(np.float64) if x_values.dtype.kind == "f" else x_values,
                         kw.get("normalized_shape") if not isinstance(kw.get("normalized_shape"), list) else None,
@@ -152,16 +164,8 @@ C = 6
 
 @pytest.fixture
 def general_bn_calls(monkeypatch):
-    """A list that grows by one for every batch_norm call that reached the general path."""
-    calls = []
-    general = _functional._batch_norm
-
-    def spy(*args, **kw):
-        calls.append(args)
-        return general(*args, **kw)
-
-    monkeypatch.setattr(_functional, "_batch_norm", spy)
-    return calls
+    """Calls of batch_norm that reached the general path."""
+    return _spy(monkeypatch, "_batch_norm")
 
 
 def _bn_case(rng, dtype=np.float32, axis=1, running_dtype=np.float32):
@@ -263,12 +267,7 @@ def test_batch_norm_declined_calls_take_the_general_path(name, rng, tol, general
     x, kw = {case[0]: case[1:] for case in _bn_declined_cases(rng)}[name]  # fresh arrays
     _x, w, b, rm, rv = _bn_case(rng)
     kw = {"running_mean": rm, "running_var": rv, "weight": w, "bias": b, **kw}
-    x_values = np.array(x, dtype=np.asarray(x).dtype)  # a copy of the input's values
-    if isinstance(kw.get("out"), str):
-        storage = np.empty(x_values.size + 8, x_values.dtype)
-        storage[8:] = x_values.ravel()
-        x = storage[8:].reshape(x_values.shape)
-        kw["out"] = storage[:-8].reshape(x_values.shape)  # 8 elements before x, same shape
+    x, x_values = _placed(x, kw)
     ref_kw = {k: v for k, v in kw.items() if k not in ("out", "return_stats")}
     ref_kw = {k: (np.asarray(v, np.float64) if k in ("running_mean", "running_var", "weight", "bias")
                   else v) for k, v in ref_kw.items()}
