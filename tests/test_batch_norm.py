@@ -15,6 +15,8 @@ CHANNEL_CASES = [
     ((3, 17, 9, 9), 1), ((3, 9, 9, 17), -1), ((2, 70, 33), 1), ((2, 33, 70), -1),
     ((1, 6, 1100), 1), ((1, 5, 9, 9), 1),  # training with one sample: each channel's row
     ((4, 6, 1100), 1),                     # normalized right after its statistics; and not
+    ((2, 6, 7, 7), 1), ((1, 8, 4, 5), 1),  # rows of 16-63 values: row statistics, and the
+    ((3, 7, 4, 8), 1),                     # affine by rows from 48 values, by columns below
 ]
 
 
