@@ -553,19 +553,23 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     if (!params) return FASTNORM_ERR_NO_MEMORY;
     char *mean_hi = params, *col_scale = params + c.width * csize;
     char *col_shift = params + 2 * c.width * csize;
-    for (size_t j = 0; j < c.width; ++j) {
-        size_t channel = (j / inner) % channels;
+    /* a super-row is k * channels blocks of `inner` columns, block b of channel b % channels:
+     * each channel's three values computed once per block, no division per column */
+    for (size_t block = 0, channel = 0; block * inner < c.width; ++block) {
         double m = mean ? mean[channel] : 0.0;
-        if (csize == 8) {
-            ((double *)mean_hi)[j] = m;
-            ((double *)col_scale)[j] = scale[channel];
-            ((double *)col_shift)[j] = shift[channel];
-        } else {
-            float hi = (float)m;
-            ((float *)mean_hi)[j] = hi;
-            ((float *)col_scale)[j] = (float)scale[channel];
-            ((float *)col_shift)[j] = (float)(shift[channel] - (m - (double)hi) * scale[channel]);
+        for (size_t j = block * inner; j < (block + 1) * inner; ++j) {
+            if (csize == 8) {
+                ((double *)mean_hi)[j] = m;
+                ((double *)col_scale)[j] = scale[channel];
+                ((double *)col_shift)[j] = shift[channel];
+            } else {
+                float hi = (float)m;
+                ((float *)mean_hi)[j] = hi;
+                ((float *)col_scale)[j] = (float)scale[channel];
+                ((float *)col_shift)[j] = (float)(shift[channel] - (m - (double)hi) * scale[channel]);
+            }
         }
+        channel = channel + 1 == channels ? 0 : channel + 1;
     }
     FN_PARALLEL_FOR(chunk, c.chunks + 1, {
         size_t first = (size_t)chunk * c.chunk_rows;
