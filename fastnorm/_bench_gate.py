@@ -10,8 +10,8 @@ machine, tight enough for what a regression does to it:
 - a lost fusion (an extra pass over memory, statistics then normalize as separate sweeps,
   the residual add done apart): +1x a copy per extra pass;
 - threads that stopped working: 2 threads no faster than 1 on a compute-bound shape;
-- per-call overhead (checks done in slow Python, a needless copy): the 1x768 call against
-  a trivial NumPy call of the same size.
+- per-call overhead (checks done in slow Python, a needless copy): the 1x768 LayerNorm
+  call and a tiny BatchNorm call against a trivial NumPy call of the same size.
 
 A check that fails is measured again (up to ATTEMPTS times in all) before it counts, so a
 burst of load from another process does not fail CI.  The threads check is only judged
@@ -85,6 +85,11 @@ CHECKS = (
     # path), so a call that stops taking the one-step path crosses the bound
     Check("layer_norm f32 1x768 call / x.copy() call", _row("layer_norm", (1, 768)),
           False, "fastnorm@1", "copy@1", bound=6.0, typical=3.3),
+    # 5.2-8.4 on Zen 3 since _core.batch_norm(); 17-22 with it disabled (the general path),
+    # so a call that stops taking the one-step path crosses the bound
+    Check("batch_norm_eval f32 1x16x4x4 call / x.copy() call",
+          Case("batch_norm_eval", (1, 16, 4, 4), "float32", "nchw"), False,
+          "fastnorm@1", "copy@1", bound=14.0, typical=6.0),
     # 4096x768 float32 fits the last-level cache and is split by rows: 1.5-1.9x measured
     # (512: 2.0-2.1x).
     Check("layer_norm f32 4096x768: 2-thread speed-up", _row("layer_norm", (4096, 768)),
