@@ -1,9 +1,14 @@
 """fastnorm._core - the thin glue between NumPy arrays and the C API of fastnorm.h.
 
 Design:
-- One def per C entry point (norm, moments, affine) plus the ISA/thread queries.  No loops,
-  no math, no layout policy here: fastnorm/_checks.py turns user input into C-contiguous
-  arrays of the right dtype (float16/bfloat16 as uint16 views) before calling in.
+- One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
+  update_running) plus the ISA/thread queries.  No math and no layout policy here:
+  fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
+  (float16/bfloat16 as uint16 views) before calling in.  The exceptions are the two
+  one-step paths of the common calls, rows() (LayerNorm/RMSNorm) and batch_norm(), which
+  check the buffers of NumPy arrays themselves and decline anything else, unwritten, to
+  that Python path; batch_norm() widens float32 running statistics to the float64 that
+  fastnorm_affine reads, as NumPy's astype would.
 - Arrays arrive through the buffer protocol (PyBUF_C_CONTIGUOUS, plus PyBUF_WRITABLE for
   outputs), not typed memoryviews: a raw Py_buffer costs a fraction of a memoryview
   object, and the glue of a small call must stay in the 100-300 ns range.
