@@ -248,3 +248,26 @@ def test_momentum_and_eps_of_wrong_type(isa):
         fastnorm.layer_norm(x, eps="1e-5")
     with pytest.raises((TypeError, ValueError)):
         fastnorm.batch_norm(x, training=True, momentum="0.1")
+
+
+def test_running_update_entry_point_refuses_bad_arguments():
+    # fastnorm_update_running validates before writing (the Python layer checks first, so
+    # only a direct call through _core reaches these)
+    from fastnorm import _core
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    mean, var = np.full(3, 2.0), np.full(3, 4.0)
+    with pytest.raises(TypeError, match="fastnorm_update_running"):
+        _core.update_running(_core.F16, rm.view(np.uint16)[:3], rv.view(np.uint16)[:3], mean, var, 10, 0.1)
+    with pytest.raises(ValueError, match="fastnorm_update_running"):
+        _core.update_running(_core.F32, rm, rv, mean, var, 1, 0.1)
+    with pytest.raises(ValueError, match="fastnorm_update_running"):
+        _core.update_running(_core.F32, rm, rv, mean, var, 10, 1.5)
+    with pytest.raises(ValueError, match="running_var"):
+        _core.update_running(_core.F32, rm, np.ones(2, np.float32), mean, var, 10, 0.1)
+    with pytest.raises(TypeError, match="running_mean"):
+        _core.update_running(_core.F32, rm.astype(np.float64), rv, mean, var, 10, 0.1)
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+    _core.update_running(_core.F32, rm, rv, mean, var, 10, 0.5)
+    np.testing.assert_allclose(rm, 1.0)
+    np.testing.assert_allclose(rv, 0.5 + 0.5 * 4.0 * 10 / 9, rtol=1e-6)
