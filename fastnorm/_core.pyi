@@ -80,6 +80,28 @@ def batch_norm_train(
     var_out: _Array,
     n_threads: int,
 ) -> None: ...
+def update_running(
+    running_dtype: int,
+    running_mean: _Array,
+    running_var: _Array,
+    mean: _Array,
+    var: _Array,
+    count: int,
+    momentum: float,
+) -> None: ...
+def batch_norm(
+    x: object,
+    running_mean: object,
+    running_var: object,
+    weight: object,
+    bias: object,
+    training: bool,
+    momentum: object,
+    eps: object,
+    axis: object,
+    out: object,
+    n_threads: int,
+) -> Optional[_Array]: ...
 def group_norm(
     dtype: int,
     n: int,
