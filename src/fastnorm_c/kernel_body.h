@@ -16,8 +16,8 @@
  *   - KB_STREAMS independent accumulator sets hide the FMA latency; each takes at most
  *     KB_BLOCK values per lane in the compute dtype before its partials are merged into
  *     float64 lane accumulators with Chan's formula.  Lanes merge at the end in float64.
- *     Row streams take two vectors per step (the pair merged with Chan's formula), column
- *     streams one.
+ *     Every stream takes two vectors per step, the pair merged in with Chan's formula
+ *     (a row's next two vectors, or a column strip's next two rows).
  *   - Elements left over after the last full step use exact float64 two-pass arithmetic.
  *   - The mean is subtracted as a high/low pair of compute-dtype values.
  */
@@ -51,7 +51,6 @@
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
 #define KB_BLOCK 64      /* row Welford values per lane before a float64 merge */
-#define KB_COL_BLOCK 32  /* column Welford rows per block before a float64 merge */
 /* 1/k for the per-lane Welford step count k (all lanes of a block share k).  A constant
  * initializer, never code run at load time: this file is compiled with AVX2/AVX-512 flags,
  * and a load-time constructor built with them faults on CPUs without those instructions. */
@@ -108,25 +107,10 @@ KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *r
     return h;
 }
 
-/* The first value of a Welford stream (center), or its first square (!center). */
-KB_INLINE void KB_NAME(kb_welford_first)(KB_V h, KB_V shift, int center, KB_V *mean, KB_V *m2) {
+/* One value per lane as a partial (center: its shifted value, m2 0; !center: its square). */
+KB_INLINE void KB_NAME(kb_welford_one)(KB_V h, KB_V shift, int center, KB_V *mean, KB_V *m2) {
     *mean = kb_sub(h, shift);
     *m2 = center ? kb_set1(0) : kb_mul(h, h);
-}
-
-/* Step k of a Welford stream (inverse = 1/k), or a sum of squares when !center. */
-KB_INLINE void KB_NAME(kb_welford_step)(KB_V h, KB_V shift, KB_V inverse, int center,
-                                        KB_V *mean, KB_V *m2) {
-    if (center) {
-        /* the textbook update: rewriting it as mean * (k-1)/k + value/k shortens the
-         * dependency chain but rounds (k-1)/k, which drifts the mean (measured 2x error) */
-        KB_V value = kb_sub(h, shift);
-        KB_V delta = kb_sub(value, *mean);
-        *mean = kb_fma(delta, inverse, *mean);
-        *m2 = kb_fma(delta, kb_sub(value, *mean), *m2);
-    } else {
-        *m2 = kb_fma(h, h, *m2);
-    }
 }
 
 /* Chan's merge of two streams of equal count n into the first; half_count = n / 2. */
@@ -465,7 +449,8 @@ static void KB_NAME(kb_col_acc_store)(const KB_NAME(kb_col_acc) *acc, size_t wid
     }
 }
 
-/* One strip of up to KB_LANES columns (`width` of them), one Welford stream down the rows. */
+/* One strip of up to KB_LANES columns (`width` of them), one Welford stream down the rows,
+ * two rows per step in blocks of up to KB_BLOCK rows, as kb_col_strips4 below. */
 static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
                                   const KB_T *shift_row, int center, size_t width,
                                   double *mean_out, double *m2_out) {
@@ -473,18 +458,28 @@ static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
     KB_V shift_v = kb_set1(0);
     if (center) shift_v = full ? kb_load(shift_row) : kb_load_n(shift_row, width);
     KB_NAME(kb_col_acc) acc = {{0}, {0}};
-    for (size_t r0 = 0; r0 < rows; r0 += KB_COL_BLOCK) {
-        size_t block = rows - r0 < KB_COL_BLOCK ? rows - r0 : KB_COL_BLOCK;
-        const KB_T *p = x + r0 * row_stride;
+#define KB_ROW(r) (full ? kb_load(x + (r) * row_stride) : kb_load_n(x + (r) * row_stride, width))
+    size_t r0 = 0;
+    while (rows - r0 >= 2) {
+        size_t block = (rows - r0 < KB_BLOCK ? rows - r0 : KB_BLOCK) & ~(size_t)1;
         KB_V mean, m2;
-        KB_NAME(kb_welford_first)(full ? kb_load(p) : kb_load_n(p, width), shift_v, center, &mean, &m2);
-        for (size_t k = 2; k <= block; ++k) {
-            p += row_stride;
-            KB_NAME(kb_welford_step)(full ? kb_load(p) : kb_load_n(p, width), shift_v,
-                                     kb_set1((KB_C)kb_inverse_count[k]), center, &mean, &m2);
+        KB_NAME(kb_welford2_first)(KB_ROW(r0), KB_ROW(r0 + 1), shift_v, center, &mean, &m2);
+        for (size_t k = 2; k <= block / 2; ++k) {
+            size_t r = r0 + 2 * (k - 1);
+            KB_NAME(kb_welford2_step)(KB_ROW(r), KB_ROW(r + 1), shift_v,
+                                      kb_set1((KB_C)kb_inverse_count[k]),
+                                      kb_set1((KB_C)(1.0 - kb_inverse_count[k])), center, &mean, &m2);
         }
+        KB_NAME(kb_welford2_finish)(&mean, &m2, center);
         KB_NAME(kb_col_merge)(acc.mean, acc.m2, (double)r0, mean, m2, (double)block, center);
+        r0 += block;
     }
+    if (r0 < rows) { /* an odd last row: a partial of one value per lane */
+        KB_V mean, m2;
+        KB_NAME(kb_welford_one)(KB_ROW(r0), shift_v, center, &mean, &m2);
+        KB_NAME(kb_col_merge)(acc.mean, acc.m2, (double)r0, mean, m2, 1.0, center);
+    }
+#undef KB_ROW
     KB_NAME(kb_col_acc_store)(&acc, width, center, mean_out, m2_out);
 }
 
@@ -540,7 +535,7 @@ KB_INLINE void KB_NAME(kb_col_strips4)(const KB_T *x, size_t rows, size_t row_st
         const KB_V shifts[4] = {s0, s1, s2, s3};
         for (int strip = 0; strip < 4; ++strip) {
             KB_V mean, m2;
-            KB_NAME(kb_welford_first)(kb_load(p + strip * KB_LANES), shifts[strip], center, &mean, &m2);
+            KB_NAME(kb_welford_one)(kb_load(p + strip * KB_LANES), shifts[strip], center, &mean, &m2);
             KB_NAME(kb_col_merge)(acc[strip].mean, acc[strip].m2, (double)r0, mean, m2, 1.0, center);
         }
     }
