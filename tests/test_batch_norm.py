@@ -9,6 +9,7 @@ from fn_testutil import (F32, F64, FULL_DTYPES, TEST_SEED, assert_close, compute
 # (shape, channel axis): channels-first, channels-last and a middle axis, 2-D to 5-D.
 CHANNEL_CASES = [
     ((16, 5), 1), ((16, 5), -1), ((5, 16), 0),
+    ((5, 3), -1), ((3, 2, 3), -1),  # fewer samples than a super-row: only leftover rows
     ((6, 5, 7), 1), ((6, 7, 5), -1), ((5, 6, 7), 0),
     ((4, 5, 6, 7), 1), ((4, 6, 7, 5), -1), ((4, 6, 5, 7), 2),
     ((2, 5, 3, 4, 6), 1), ((2, 3, 4, 6, 5), -1), ((2, 3, 4, 5, 6), 3),

@@ -459,6 +459,7 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
      * once per chunk and the loop over columns vectorizes (one column at a time through
      * fn_merge was a chain of divisions: 9 us of a 40 us (3136, 64) call) */
     double count = 0;
+    for (size_t j = 0; j < c.width; ++j) col_mean[j] = col_m2[j] = 0; /* no chunk: no rows */
     for (size_t chunk = 0; chunk < c.chunks; ++chunk) {
         size_t first = chunk * c.chunk_rows;
         double rows = (double)(c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows);
