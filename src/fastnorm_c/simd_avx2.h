@@ -60,6 +60,10 @@ static inline void avx2_store_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); 
 static inline void avx2_store_n_f32(float *p, __m256 v, size_t n) {
     _mm256_maskstore_ps(p, fn_avx2_mask32(n), v);
 }
+static inline void avx2_store2_f32(float *p, __m256 a, __m256 b) {
+    _mm256_storeu_ps(p, a);
+    _mm256_storeu_ps(p + 8, b);
+}
 static inline __m256 avx2_round_f32(__m256 v) { return v; }
 
 /* ---- storage float64 ---- */
@@ -70,6 +74,10 @@ static inline __m256d avx2_load_n_f64(const double *p, size_t n) {
 static inline void avx2_store_f64(double *p, __m256d v) { _mm256_storeu_pd(p, v); }
 static inline void avx2_store_n_f64(double *p, __m256d v, size_t n) {
     _mm256_maskstore_pd(p, fn_avx2_mask64(n), v);
+}
+static inline void avx2_store2_f64(double *p, __m256d a, __m256d b) {
+    _mm256_storeu_pd(p, a);
+    _mm256_storeu_pd(p + 4, b);
 }
 static inline __m256d avx2_round_f64(__m256d v) { return v; }
 
@@ -98,6 +106,11 @@ static inline void avx2_store_f16(uint16_t *p, __m256 v) {
 }
 static inline void avx2_store_n_f16(uint16_t *p, __m256 v, size_t n) {
     fn_avx2_store_n_u16(p, _mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING), n);
+}
+/* two vectors in one 32-byte store: half the store operations of 16-byte ones */
+static inline void avx2_store2_f16(uint16_t *p, __m256 a, __m256 b) {
+    _mm256_storeu_si256((__m256i *)p, _mm256_set_m128i(_mm256_cvtps_ph(b, FN_AVX2_F16_ROUNDING),
+                                                       _mm256_cvtps_ph(a, FN_AVX2_F16_ROUNDING)));
 }
 static inline __m256 avx2_round_f16(__m256 v) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING));
@@ -143,6 +156,20 @@ static inline void avx2_store_bf16(uint16_t *p, __m256 v) {
 static inline void avx2_store_n_bf16(uint16_t *p, __m256 v, size_t n) {
     fn_avx2_store_n_u16(p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)), n);
 }
+/* two vectors in one 32-byte store: each one's high halves gathered into its own half of
+ * every 128-bit lane (a's low, b's high), OR-ed and put in order by one permute */
+static inline __m256i fn_avx2_bf16_pack2(__m256 a, __m256 b) {
+    const __m256i low = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+                                         2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i high = _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11, 14, 15,
+                                          -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i both = _mm256_or_si256(_mm256_shuffle_epi8(fn_avx2_bf16_round_high(a), low),
+                                   _mm256_shuffle_epi8(fn_avx2_bf16_round_high(b), high));
+    return _mm256_permute4x64_epi64(both, 0xd8);
+}
+static inline void avx2_store2_bf16(uint16_t *p, __m256 a, __m256 b) {
+    _mm256_storeu_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b));
+}
 static inline __m256 avx2_round_bf16(__m256 v) {
     return _mm256_castsi256_ps(_mm256_and_si256(fn_avx2_bf16_round_high(v), _mm256_set1_epi32((int)0xffff0000u)));
 }
@@ -155,6 +182,22 @@ static inline void avx2_stream_f16(uint16_t *p, __m256 v) {
 }
 static inline void avx2_stream_bf16(uint16_t *p, __m256 v) {
     _mm_stream_si128((__m128i *)p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)));
+}
+/* two vectors, p aligned to both vectors' storage bytes */
+static inline void avx2_stream2_f32(float *p, __m256 a, __m256 b) {
+    _mm256_stream_ps(p, a);
+    _mm256_stream_ps(p + 8, b);
+}
+static inline void avx2_stream2_f64(double *p, __m256d a, __m256d b) {
+    _mm256_stream_pd(p, a);
+    _mm256_stream_pd(p + 4, b);
+}
+static inline void avx2_stream2_f16(uint16_t *p, __m256 a, __m256 b) {
+    _mm256_stream_si256((__m256i *)p, _mm256_set_m128i(_mm256_cvtps_ph(b, FN_AVX2_F16_ROUNDING),
+                                                       _mm256_cvtps_ph(a, FN_AVX2_F16_ROUNDING)));
+}
+static inline void avx2_stream2_bf16(uint16_t *p, __m256 a, __m256 b) {
+    _mm256_stream_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b));
 }
 static inline void avx2_stream_fence(void) { _mm_sfence(); }
 

@@ -56,6 +56,10 @@ static inline void avx512_store_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v)
 static inline void avx512_store_n_f32(float *p, __m512 v, size_t n) {
     _mm512_mask_storeu_ps(p, fn_avx512_mask16(n), v);
 }
+static inline void avx512_store2_f32(float *p, __m512 a, __m512 b) {
+    avx512_store_f32(p, a);
+    avx512_store_f32(p + 16, b);
+}
 static inline __m512 avx512_round_f32(__m512 v) { return v; }
 
 /* ---- storage float64 ---- */
@@ -66,6 +70,10 @@ static inline __m512d avx512_load_n_f64(const double *p, size_t n) {
 static inline void avx512_store_f64(double *p, __m512d v) { _mm512_storeu_pd(p, v); }
 static inline void avx512_store_n_f64(double *p, __m512d v, size_t n) {
     _mm512_mask_storeu_pd(p, fn_avx512_mask8(n), v);
+}
+static inline void avx512_store2_f64(double *p, __m512d a, __m512d b) {
+    avx512_store_f64(p, a);
+    avx512_store_f64(p + 8, b);
 }
 static inline __m512d avx512_round_f64(__m512d v) { return v; }
 
@@ -82,6 +90,10 @@ static inline void avx512_store_f16(uint16_t *p, __m512 v) {
 }
 static inline void avx512_store_n_f16(uint16_t *p, __m512 v, size_t n) {
     _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
+}
+static inline void avx512_store2_f16(uint16_t *p, __m512 a, __m512 b) {
+    avx512_store_f16(p, a);
+    avx512_store_f16(p + 16, b);
 }
 static inline __m512 avx512_round_f16(__m512 v) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
@@ -113,6 +125,10 @@ static inline void avx512_store_bf16(uint16_t *p, __m512 v) {
 static inline void avx512_store_n_bf16(uint16_t *p, __m512 v, size_t n) {
     _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
 }
+static inline void avx512_store2_bf16(uint16_t *p, __m512 a, __m512 b) {
+    avx512_store_bf16(p, a);
+    avx512_store_bf16(p + 16, b);
+}
 static inline __m512 avx512_round_bf16(__m512 v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
 }
@@ -125,6 +141,22 @@ static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
 }
 static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
     _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+}
+static inline void avx512_stream2_f32(float *p, __m512 a, __m512 b) {
+    avx512_stream_f32(p, a);
+    avx512_stream_f32(p + 16, b);
+}
+static inline void avx512_stream2_f64(double *p, __m512d a, __m512d b) {
+    avx512_stream_f64(p, a);
+    avx512_stream_f64(p + 8, b);
+}
+static inline void avx512_stream2_f16(uint16_t *p, __m512 a, __m512 b) {
+    avx512_stream_f16(p, a);
+    avx512_stream_f16(p + 16, b);
+}
+static inline void avx512_stream2_bf16(uint16_t *p, __m512 a, __m512 b) {
+    avx512_stream_bf16(p, a);
+    avx512_stream_bf16(p + 16, b);
 }
 static inline void avx512_stream_fence(void) { _mm_sfence(); }
 

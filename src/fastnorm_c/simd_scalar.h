@@ -25,13 +25,16 @@ FN_SCALAR_MATH(float, c32)
 FN_SCALAR_MATH(double, c64)
 #undef FN_SCALAR_MATH
 
+/* store2/stream2 only let kernel_body.h compile: its pair loops are off in this family */
 #define FN_SCALAR_STORAGE(T, C, dt)                                                            \
     static inline C scalar_load_##dt(const T *p) { return fn_load1_##dt(p); }                   \
     static inline C scalar_load_n_##dt(const T *p, size_t n) { (void)n; return fn_load1_##dt(p); } \
     static inline void scalar_store_##dt(T *p, C v) { fn_store1_##dt(p, v); }                   \
     static inline void scalar_store_n_##dt(T *p, C v, size_t n) { (void)n; fn_store1_##dt(p, v); } \
+    static inline void scalar_store2_##dt(T *p, C a, C b) { fn_store1_##dt(p, a); fn_store1_##dt(p + 1, b); } \
     static inline C scalar_round_##dt(C v) { return fn_round1_##dt(v); }                        \
-    static inline void scalar_stream_##dt(T *p, C v) { fn_store1_##dt(p, v); }
+    static inline void scalar_stream_##dt(T *p, C v) { fn_store1_##dt(p, v); }                 \
+    static inline void scalar_stream2_##dt(T *p, C a, C b) { fn_store1_##dt(p, a); fn_store1_##dt(p + 1, b); }
 FN_SCALAR_STORAGE(float, float, f32)
 FN_SCALAR_STORAGE(double, double, f64)
 FN_SCALAR_STORAGE(uint16_t, float, f16)

@@ -1,0 +1,60 @@
+"""Outputs of 16 MiB or more are written with streaming (non-temporal) stores, two vectors
+per store where the kernel family pairs them (src/fastnorm_c/api.c FN_STREAM_MIN_BYTES).
+
+Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
+a call must equal, bit for bit, the same rows normalized in a small call (plain stores), also
+when the output starts one element past an aligned address (the kernel then stores single
+vectors until a pair can start aligned).
+"""
+import numpy as np
+import pytest
+
+import fastnorm
+from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, half_support_reason,
+                         random_data, row_norm)
+
+STREAM_MIN_BYTES = 16 << 20
+DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
+N = 1000  # not a multiple of any pair of vectors: every row ends in single vectors and a tail
+
+
+def _out(shape, dtype, misaligned):
+    """An output array of `shape`, starting one element past an aligned address if asked."""
+    size = int(np.prod(shape))
+    buffer = np.empty(size + 64, dtype)
+    start = (-buffer.ctypes.data // dtype.itemsize) % 32 + (1 if misaligned else 0)
+    return buffer[start:start + size].reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, misaligned, isa, rng):
+    rows = STREAM_MIN_BYTES // (N * dtype.itemsize) + 3
+    x = random_data(rng, (rows, N), dtype, offset=3.0)
+    w = random_data(rng, N, dtype, offset=1.0)
+    args = ((N,), w, random_data(rng, N, dtype)) if op == "layer_norm" else ((N,), w)
+    out = _out(x.shape, dtype, misaligned)
+    assert out.nbytes >= STREAM_MIN_BYTES
+    y = row_norm(op, x, *args, out=out)
+    assert y is out
+    for pick in (slice(0, 3), slice(rows // 2, rows // 2 + 2), slice(rows - 3, rows)):
+        assert_same_bits(y[pick], row_norm(op, x[pick], *args), err_msg=f"rows {pick}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, misaligned, isa, rng):
+    channels, inner = 4, N
+    samples = STREAM_MIN_BYTES // (channels * inner * dtype.itemsize) + 2
+    x = random_data(rng, (samples, channels, inner), dtype, offset=2.0)
+    stats = dict(running_mean=random_data(rng, channels, np.float32),
+                 running_var=random_data(rng, channels, np.float32, offset=2.0, scale=0.1),
+                 weight=random_data(rng, channels, np.float32, offset=1.0),
+                 bias=random_data(rng, channels, np.float32))
+    out = _out(x.shape, dtype, misaligned)
+    assert out.nbytes >= STREAM_MIN_BYTES
+    y = fastnorm.batch_norm(x, training=False, out=out, **stats)
+    for pick in (slice(0, 1), slice(samples - 2, samples)):
+        assert_same_bits(y[pick], fastnorm.batch_norm(x[pick], training=False, **stats),
+                         err_msg=f"samples {pick}")
