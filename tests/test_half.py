@@ -147,6 +147,48 @@ def test_nan_and_inf_rows(dtype, isa, rng):
                                   b.view(np.uint16))
 
 
+def _nan_patterns(dtype):
+    """Every NaN bit pattern of the half type (both signs, quiet and signaling)."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    values = bits.view(dtype)
+    return values[np.isnan(values.astype(np.float32))]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_every_nan_input_makes_its_row_nan(dtype, op, isa, rng):
+    # AVX2 stores bfloat16 rows without a NaN test when weight and bias hold no NaN
+    # (FN_STORE_NAN_CANONICAL): a NaN read from the input must still come out as NaN.
+    nans = _nan_patterns(dtype)
+    n = 64
+    x = random_data(rng, (nans.size, n), dtype)
+    x[np.arange(nans.size), np.arange(nans.size) % n] = nans
+    w = random_data(rng, n, np.float32, offset=1.0)
+    args = ((n,), w, random_data(rng, n, np.float32)) if op == "layer_norm" else ((n,), w)
+    y = getattr(fastnorm, op)(x, *args)
+    assert np.isnan(y.astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_nan_weight_and_bias_payloads_stay_nan(dtype, op, isa, rng):
+    # float32 parameters may carry NaN payloads in their low 16 bits, which rounding to
+    # bfloat16 like a number would carry into the sign (0x7fffffff -> -0.0): a call with
+    # such parameters must keep the store's NaN test.
+    n = 64
+    x = random_data(rng, (5, n), dtype)
+    payloads = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF, 0x7FC08001], np.uint32).view(np.float32)
+    w = random_data(rng, n, np.float32, offset=1.0)
+    w[[3, 17, 30, 44]] = payloads
+    nan = np.isnan(w)
+    if op == "layer_norm":
+        b = random_data(rng, n, np.float32)
+        b[[9, 50]] = payloads[:2]
+        nan |= np.isnan(b)
+        y = fastnorm.layer_norm(x, (n,), w, b)
+    else:
+        y = fastnorm.rms_norm(x, (n,), w)
+    np.testing.assert_array_equal(np.isnan(y.astype(np.float32)), np.broadcast_to(nan, y.shape))
+
+
 # ------------------------------------------------- PyTorch in the same half dtype ---
 
 

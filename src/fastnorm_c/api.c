@@ -177,8 +177,20 @@ typedef struct {
     const void *weight, *bias;
     double eps;
     void *mean_out, *rstd_out;
-    int stream;
+    int stream, row_store; /* column kernels: stream; row kernels: FN_STORE_* flags */
 } fn_norm_job;
+
+/* FN_STORE_NAN_CANONICAL when weight and bias (compute dtype, n values or NULL) hold no NaN:
+ * a LayerNorm/RMSNorm row's other scalars are numbers or C's NAN (fn_finish).  Only
+ * bfloat16 has a store that is faster under it, so other dtypes skip the scan. */
+static int fn_nan_canonical(fastnorm_dtype_t dtype, const void *weight, const void *bias,
+                            size_t n) {
+    if (dtype != FASTNORM_BF16) return 0;
+    const float *w = (const float *)weight, *b = (const float *)bias;
+    int nan = 0;
+    for (size_t i = 0; i < n; ++i) nan |= (w && isnan(w[i])) | (b && isnan(b[i]));
+    return nan ? 0 : FN_STORE_NAN_CANONICAL;
+}
 
 /* Statistics then normalization of row r, read from cache the second time. */
 static void fn_norm_row(const fn_norm_job *job, size_t r) {
@@ -198,7 +210,7 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, shift,
                                             center ? mean_shifted : 0.0, rstd, 0.0,
                                             job->weight, center ? job->bias : NULL, job->y + offset,
-                                            prefetch ? x + n * job->item_size : NULL, job->stream);
+                                            prefetch ? x + n * job->item_size : NULL, job->row_store);
 }
 
 /* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order. */
@@ -248,7 +260,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         const char *bias = center && job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
         job->kernels->row_normalize[job->dtype](h, residual, length, shift[r], mean_shifted[r],
                                                 rstd[r], 0.0, weight, bias, job->y + offset,
-                                                NULL, job->stream);
+                                                NULL, job->row_store);
     });
     free(scratch);
     return FASTNORM_OK;
@@ -306,10 +318,14 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (residual_out && !residual) return FASTNORM_ERR_NULL_POINTER;
     if (residual && inner != 1) return FASTNORM_ERR_BAD_SHAPE;
     if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
+    int stream = fn_stream(x, y, total * fn_storage_size(dtype));
     fn_norm_job job = {fastnorm_active_kernels(), kind, dtype, outer, middle, inner,
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
                        (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
-                       fn_stream(x, y, total * fn_storage_size(dtype))};
+                       stream,
+                       (stream ? FN_STORE_STREAM : 0) |
+                           fn_nan_canonical(dtype, weight,
+                                            kind == FASTNORM_LAYER_NORM ? bias : NULL, middle)};
     int threads = fn_threads(n_threads, total);
     if (inner != 1) {
         fn_norm_columns(&job, threads);

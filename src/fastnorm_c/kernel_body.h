@@ -7,7 +7,9 @@
  *   KB_CT   the compute dtype tag (c32, c64)
  * The primitives are named <family>_<op>_<tag>: load/load_n/store/store_n/store2/round/
  * stream/stream2 take storage (n-element forms touch only n elements, 2-forms store two
- * vectors), set1/add/sub/mul/fma/param/param_n/to_double work in the compute dtype; <family>_vec_<ct> is the vector type and
+ * vectors and are told whether FN_STORE_NAN_CANONICAL holds; <family>_canonical_<tag> is 1
+ * where that makes them faster), set1/add/sub/mul/fma/param/param_n/to_double work in the
+ * compute dtype; <family>_vec_<ct> is the vector type and
  * <family>_lanes_<ct> its lane count.
  *
  * Numerical strategy (see README "Numerics"):
@@ -38,6 +40,7 @@
 #define kb_stream KB_GLUE(KB_ISA, stream, KB_DT)
 #define kb_stream2 KB_GLUE(KB_ISA, stream2, KB_DT)
 #define kb_stream_fence KB_GLUE(KB_ISA, stream, fence)
+#define KB_CANONICAL KB_GLUE(KB_ISA, canonical, KB_DT)
 #define kb_set1 KB_GLUE(KB_ISA, set1, KB_CT)
 #define kb_add KB_GLUE(KB_ISA, add, KB_CT)
 #define kb_sub KB_GLUE(KB_ISA, sub, KB_CT)
@@ -347,7 +350,8 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                               KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
                                               const KB_C *weight, const KB_C *bias, KB_T *y,
                                               const char *next, int has_residual, int center,
-                                              int has_weight, int has_bias, int stream) {
+                                              int has_weight, int has_bias, int stream,
+                                              int canonical) {
     KB_C low = center ? (KB_C)(-(double)mean_lo * (double)scale) : 0;
     const KB_V mean_hi_v = kb_set1(mean_hi), low_v = kb_set1(low);
     const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(has_weight || has_bias ? beta : beta + low);
@@ -384,7 +388,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
         for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
             KB_PREFETCH2(i);
             KB_V first = KB_VALUE(i);
-            kb_stream2(y + i, first, KB_VALUE(i + KB_LANES));
+            kb_stream2(y + i, first, KB_VALUE(i + KB_LANES), canonical);
         }
         for (; i + KB_LANES <= n; i += KB_LANES)
             KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v,
@@ -395,7 +399,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
         KB_PREFETCH2(i);
         KB_V first = KB_VALUE(i);
-        kb_store2(y + i, first, KB_VALUE(i + KB_LANES));
+        kb_store2(y + i, first, KB_VALUE(i + KB_LANES), canonical);
     }
 #undef KB_PREFETCH2
 #undef KB_VALUE
@@ -437,25 +441,30 @@ KB_INLINE void KB_NAME(kb_mean_pair)(double mean, double mean_lo, KB_C *hi, KB_C
 
 static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n, double mean,
                                    double mean_lo, double scale, double beta, const void *weight,
-                                   const void *bias, void *y, const void *next, int stream) {
+                                   const void *bias, void *y, const void *next, int store) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
     const char *nx = (const char *)next;
+    int stream = store & FN_STORE_STREAM;
+    int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL); /* a variant where it pays */
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
     KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
     int center = mean != 0.0 || mean_lo != 0.0;
-    int flags = (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
-    /* a switch of constant flags lets the compiler emit one tight loop per variant */
+    int flags = (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
+    /* a switch of constant flags lets the compiler emit one tight loop per variant (and drop
+     * the canonical ones where KB_CANONICAL is 0) */
 #define KB_CASE(f)                                                                              \
     case f:                                                                                     \
         KB_NAME(kb_row_normalize_impl)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, nx, (f) & 8,      \
-                                       (f) & 4, (f) & 2, (f) & 1, stream);                      \
+                                       (f) & 4, (f) & 2, (f) & 1, stream, (f) & 16);            \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
         KB_CASE(8) KB_CASE(9) KB_CASE(10) KB_CASE(11) KB_CASE(12) KB_CASE(13) KB_CASE(14)
-        KB_CASE(15)
+        KB_CASE(15) KB_CASE(16) KB_CASE(17) KB_CASE(18) KB_CASE(19) KB_CASE(20) KB_CASE(21)
+        KB_CASE(22) KB_CASE(23) KB_CASE(24) KB_CASE(25) KB_CASE(26) KB_CASE(27) KB_CASE(28)
+        KB_CASE(29) KB_CASE(30) KB_CASE(31)
     }
 #undef KB_CASE
 }
@@ -700,6 +709,7 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef kb_stream
 #undef kb_stream2
 #undef kb_stream_fence
+#undef KB_CANONICAL
 #undef kb_set1
 #undef kb_add
 #undef kb_sub

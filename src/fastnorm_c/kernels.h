@@ -29,12 +29,23 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
  * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype.
  * next: NULL, or the span (n elements of x's dtype) the caller reads next, prefetched
  * into cache meanwhile.
- * stream != 0: y is written with non-temporal stores (for outputs far larger than the
- * caches, where they save the read-for-ownership of every line) and fenced. */
+ * store: FN_STORE_* flags. */
 typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, size_t n,
                                           double mean, double mean_lo, double scale, double beta,
                                           const void *weight, const void *bias, void *y,
-                                          const void *next, int stream);
+                                          const void *next, int store);
+
+/* How the row normalize kernel may write y. */
+enum {
+    /* non-temporal stores, fenced (for outputs far larger than the caches, where they save
+     * the read-for-ownership of every line) */
+    FN_STORE_STREAM = 1,
+    /* weight and bias hold no NaN and the scalar arguments are numbers or C's NAN, so every
+     * NaN the pass computes is propagated from a 16-bit input or is a default NaN: its low
+     * 16 bits are zero, and rounding it to bfloat16 like a number keeps it the same quiet
+     * NaN.  AVX2 then skips the bfloat16 store's NaN test. */
+    FN_STORE_NAN_CANONICAL = 2
+};
 
 /* Column statistics of x[r * row_stride + j], r < rows, j < cols.
  * center != 0: Welford on (x - shift_row[j]) (shift_row: storage dtype, cols values,

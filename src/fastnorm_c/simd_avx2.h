@@ -13,6 +13,8 @@
 #include "storage.h"
 
 enum { avx2_lanes_c32 = 8, avx2_lanes_c64 = 4 };
+/* which dtypes' store2/stream2 have a faster form under FN_STORE_NAN_CANONICAL */
+enum { avx2_canonical_f32 = 0, avx2_canonical_f64 = 0, avx2_canonical_f16 = 0, avx2_canonical_bf16 = 1 };
 typedef __m256 avx2_vec_c32;
 typedef __m256d avx2_vec_c64;
 
@@ -60,7 +62,8 @@ static inline void avx2_store_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); 
 static inline void avx2_store_n_f32(float *p, __m256 v, size_t n) {
     _mm256_maskstore_ps(p, fn_avx2_mask32(n), v);
 }
-static inline void avx2_store2_f32(float *p, __m256 a, __m256 b) {
+static inline void avx2_store2_f32(float *p, __m256 a, __m256 b, int canonical) {
+    (void)canonical;
     _mm256_storeu_ps(p, a);
     _mm256_storeu_ps(p + 8, b);
 }
@@ -75,7 +78,8 @@ static inline void avx2_store_f64(double *p, __m256d v) { _mm256_storeu_pd(p, v)
 static inline void avx2_store_n_f64(double *p, __m256d v, size_t n) {
     _mm256_maskstore_pd(p, fn_avx2_mask64(n), v);
 }
-static inline void avx2_store2_f64(double *p, __m256d a, __m256d b) {
+static inline void avx2_store2_f64(double *p, __m256d a, __m256d b, int canonical) {
+    (void)canonical;
     _mm256_storeu_pd(p, a);
     _mm256_storeu_pd(p + 4, b);
 }
@@ -108,7 +112,8 @@ static inline void avx2_store_n_f16(uint16_t *p, __m256 v, size_t n) {
     fn_avx2_store_n_u16(p, _mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING), n);
 }
 /* two vectors in one 32-byte store: half the store operations of 16-byte ones */
-static inline void avx2_store2_f16(uint16_t *p, __m256 a, __m256 b) {
+static inline void avx2_store2_f16(uint16_t *p, __m256 a, __m256 b, int canonical) {
+    (void)canonical;
     _mm256_storeu_si256((__m256i *)p, _mm256_set_m128i(_mm256_cvtps_ph(b, FN_AVX2_F16_ROUNDING),
                                                        _mm256_cvtps_ph(a, FN_AVX2_F16_ROUNDING)));
 }
@@ -126,16 +131,21 @@ static inline __m256 fn_avx2_bf16_widen(__m128i h) {
     return _mm256_castsi256_ps(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(h), spread));
 }
 /* float32 -> bfloat16 bits in the high half of each 32-bit lane (low half garbage), ties
- * to even, NaN quieted.  No shifts: the tie bit is tested with AND + compare, so the
+ * to even, for a number or a NaN whose low 16 bits are zero (FN_STORE_NAN_CANONICAL: such
+ * a NaN gains no carry).  No shifts: the tie bit is tested with AND + compare, so the
  * integer ALUs do the work and the shuffle/shift pipes stay free. */
-static inline __m256i fn_avx2_bf16_round_high(__m256 v) {
+static inline __m256i fn_avx2_bf16_round_high_canonical(__m256 v) {
     __m256i bits = _mm256_castps_si256(v);
     __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x10000)),
                                       _mm256_setzero_si256());
-    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(even, _mm256_set1_epi32(0x8000)));
+    return _mm256_add_epi32(bits, _mm256_add_epi32(even, _mm256_set1_epi32(0x8000)));
+}
+/* the same for any input: a NaN is quieted, whatever its low bits (rounding could carry
+ * them into the exponent and sign) */
+static inline __m256i fn_avx2_bf16_round_high(__m256 v) {
     __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x400000));
-    return _mm256_blendv_epi8(rounded, quiet, nan);
+    __m256i quiet = _mm256_or_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x400000));
+    return _mm256_blendv_epi8(fn_avx2_bf16_round_high_canonical(v), quiet, nan);
 }
 /* the high 16 bits of eight 32-bit lanes -> eight packed 16-bit values */
 static inline __m128i fn_avx2_narrow_high_u16(__m256i lanes) {
@@ -156,19 +166,20 @@ static inline void avx2_store_bf16(uint16_t *p, __m256 v) {
 static inline void avx2_store_n_bf16(uint16_t *p, __m256 v, size_t n) {
     fn_avx2_store_n_u16(p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)), n);
 }
-/* two vectors in one 32-byte store: each one's high halves gathered into its own half of
+/* two vectors for one 32-byte store: each one's high halves gathered into its own half of
  * every 128-bit lane (a's low, b's high), OR-ed and put in order by one permute */
-static inline __m256i fn_avx2_bf16_pack2(__m256 a, __m256 b) {
+static inline __m256i fn_avx2_bf16_pack2(__m256 a, __m256 b, int canonical) {
     const __m256i low = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
                                          2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
     const __m256i high = _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11, 14, 15,
                                           -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11, 14, 15);
-    __m256i both = _mm256_or_si256(_mm256_shuffle_epi8(fn_avx2_bf16_round_high(a), low),
-                                   _mm256_shuffle_epi8(fn_avx2_bf16_round_high(b), high));
+    __m256i ra = canonical ? fn_avx2_bf16_round_high_canonical(a) : fn_avx2_bf16_round_high(a);
+    __m256i rb = canonical ? fn_avx2_bf16_round_high_canonical(b) : fn_avx2_bf16_round_high(b);
+    __m256i both = _mm256_or_si256(_mm256_shuffle_epi8(ra, low), _mm256_shuffle_epi8(rb, high));
     return _mm256_permute4x64_epi64(both, 0xd8);
 }
-static inline void avx2_store2_bf16(uint16_t *p, __m256 a, __m256 b) {
-    _mm256_storeu_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b));
+static inline void avx2_store2_bf16(uint16_t *p, __m256 a, __m256 b, int canonical) {
+    _mm256_storeu_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b, canonical));
 }
 static inline __m256 avx2_round_bf16(__m256 v) {
     return _mm256_castsi256_ps(_mm256_and_si256(fn_avx2_bf16_round_high(v), _mm256_set1_epi32((int)0xffff0000u)));
@@ -184,20 +195,23 @@ static inline void avx2_stream_bf16(uint16_t *p, __m256 v) {
     _mm_stream_si128((__m128i *)p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)));
 }
 /* two vectors, p aligned to both vectors' storage bytes */
-static inline void avx2_stream2_f32(float *p, __m256 a, __m256 b) {
+static inline void avx2_stream2_f32(float *p, __m256 a, __m256 b, int canonical) {
+    (void)canonical;
     _mm256_stream_ps(p, a);
     _mm256_stream_ps(p + 8, b);
 }
-static inline void avx2_stream2_f64(double *p, __m256d a, __m256d b) {
+static inline void avx2_stream2_f64(double *p, __m256d a, __m256d b, int canonical) {
+    (void)canonical;
     _mm256_stream_pd(p, a);
     _mm256_stream_pd(p + 4, b);
 }
-static inline void avx2_stream2_f16(uint16_t *p, __m256 a, __m256 b) {
+static inline void avx2_stream2_f16(uint16_t *p, __m256 a, __m256 b, int canonical) {
+    (void)canonical;
     _mm256_stream_si256((__m256i *)p, _mm256_set_m128i(_mm256_cvtps_ph(b, FN_AVX2_F16_ROUNDING),
                                                        _mm256_cvtps_ph(a, FN_AVX2_F16_ROUNDING)));
 }
-static inline void avx2_stream2_bf16(uint16_t *p, __m256 a, __m256 b) {
-    _mm256_stream_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b));
+static inline void avx2_stream2_bf16(uint16_t *p, __m256 a, __m256 b, int canonical) {
+    _mm256_stream_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b, canonical));
 }
 static inline void avx2_stream_fence(void) { _mm_sfence(); }
 

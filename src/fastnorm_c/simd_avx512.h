@@ -14,6 +14,8 @@
 #include "storage.h"
 
 enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
+/* no store2/stream2 here has a faster form under FN_STORE_NAN_CANONICAL */
+enum { avx512_canonical_f32 = 0, avx512_canonical_f64 = 0, avx512_canonical_f16 = 0, avx512_canonical_bf16 = 0 };
 typedef __m512 avx512_vec_c32;
 typedef __m512d avx512_vec_c64;
 
@@ -56,7 +58,8 @@ static inline void avx512_store_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v)
 static inline void avx512_store_n_f32(float *p, __m512 v, size_t n) {
     _mm512_mask_storeu_ps(p, fn_avx512_mask16(n), v);
 }
-static inline void avx512_store2_f32(float *p, __m512 a, __m512 b) {
+static inline void avx512_store2_f32(float *p, __m512 a, __m512 b, int canonical) {
+    (void)canonical;
     avx512_store_f32(p, a);
     avx512_store_f32(p + 16, b);
 }
@@ -71,7 +74,8 @@ static inline void avx512_store_f64(double *p, __m512d v) { _mm512_storeu_pd(p, 
 static inline void avx512_store_n_f64(double *p, __m512d v, size_t n) {
     _mm512_mask_storeu_pd(p, fn_avx512_mask8(n), v);
 }
-static inline void avx512_store2_f64(double *p, __m512d a, __m512d b) {
+static inline void avx512_store2_f64(double *p, __m512d a, __m512d b, int canonical) {
+    (void)canonical;
     avx512_store_f64(p, a);
     avx512_store_f64(p + 8, b);
 }
@@ -91,7 +95,8 @@ static inline void avx512_store_f16(uint16_t *p, __m512 v) {
 static inline void avx512_store_n_f16(uint16_t *p, __m512 v, size_t n) {
     _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
 }
-static inline void avx512_store2_f16(uint16_t *p, __m512 a, __m512 b) {
+static inline void avx512_store2_f16(uint16_t *p, __m512 a, __m512 b, int canonical) {
+    (void)canonical;
     avx512_store_f16(p, a);
     avx512_store_f16(p + 16, b);
 }
@@ -125,7 +130,8 @@ static inline void avx512_store_bf16(uint16_t *p, __m512 v) {
 static inline void avx512_store_n_bf16(uint16_t *p, __m512 v, size_t n) {
     _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
 }
-static inline void avx512_store2_bf16(uint16_t *p, __m512 a, __m512 b) {
+static inline void avx512_store2_bf16(uint16_t *p, __m512 a, __m512 b, int canonical) {
+    (void)canonical;
     avx512_store_bf16(p, a);
     avx512_store_bf16(p + 16, b);
 }
@@ -142,19 +148,23 @@ static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
 static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
     _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
 }
-static inline void avx512_stream2_f32(float *p, __m512 a, __m512 b) {
+static inline void avx512_stream2_f32(float *p, __m512 a, __m512 b, int canonical) {
+    (void)canonical;
     avx512_stream_f32(p, a);
     avx512_stream_f32(p + 16, b);
 }
-static inline void avx512_stream2_f64(double *p, __m512d a, __m512d b) {
+static inline void avx512_stream2_f64(double *p, __m512d a, __m512d b, int canonical) {
+    (void)canonical;
     avx512_stream_f64(p, a);
     avx512_stream_f64(p + 8, b);
 }
-static inline void avx512_stream2_f16(uint16_t *p, __m512 a, __m512 b) {
+static inline void avx512_stream2_f16(uint16_t *p, __m512 a, __m512 b, int canonical) {
+    (void)canonical;
     avx512_stream_f16(p, a);
     avx512_stream_f16(p + 16, b);
 }
-static inline void avx512_stream2_bf16(uint16_t *p, __m512 a, __m512 b) {
+static inline void avx512_stream2_bf16(uint16_t *p, __m512 a, __m512 b, int canonical) {
+    (void)canonical;
     avx512_stream_bf16(p, a);
     avx512_stream_bf16(p + 16, b);
 }

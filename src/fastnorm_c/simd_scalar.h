@@ -9,6 +9,8 @@
 #include "storage.h"
 
 enum { scalar_lanes_c32 = 1, scalar_lanes_c64 = 1 };
+/* no store has a faster form under FN_STORE_NAN_CANONICAL */
+enum { scalar_canonical_f32 = 0, scalar_canonical_f64 = 0, scalar_canonical_f16 = 0, scalar_canonical_bf16 = 0 };
 typedef float scalar_vec_c32;
 typedef double scalar_vec_c64;
 
@@ -31,10 +33,16 @@ FN_SCALAR_MATH(double, c64)
     static inline C scalar_load_n_##dt(const T *p, size_t n) { (void)n; return fn_load1_##dt(p); } \
     static inline void scalar_store_##dt(T *p, C v) { fn_store1_##dt(p, v); }                   \
     static inline void scalar_store_n_##dt(T *p, C v, size_t n) { (void)n; fn_store1_##dt(p, v); } \
-    static inline void scalar_store2_##dt(T *p, C a, C b) { fn_store1_##dt(p, a); fn_store1_##dt(p + 1, b); } \
+    static inline void scalar_store2_##dt(T *p, C a, C b, int canonical) {                       \
+        (void)canonical;                                                                       \
+        fn_store1_##dt(p, a);                                                                  \
+        fn_store1_##dt(p + 1, b);                                                              \
+    }                                                                                          \
     static inline C scalar_round_##dt(C v) { return fn_round1_##dt(v); }                        \
     static inline void scalar_stream_##dt(T *p, C v) { fn_store1_##dt(p, v); }                 \
-    static inline void scalar_stream2_##dt(T *p, C a, C b) { fn_store1_##dt(p, a); fn_store1_##dt(p + 1, b); }
+    static inline void scalar_stream2_##dt(T *p, C a, C b, int canonical) {                      \
+        scalar_store2_##dt(p, a, b, canonical);                                                \
+    }
 FN_SCALAR_STORAGE(float, float, f32)
 FN_SCALAR_STORAGE(double, double, f64)
 FN_SCALAR_STORAGE(uint16_t, float, f16)
