@@ -60,7 +60,7 @@ typedef void (*fastnorm_col_stats_fn)(const void *x, size_t rows, size_t cols, s
  * y has the same row_stride as x.  mean_hi NULL: no subtraction; mean_lo NULL alone: no
  * low part (a caller may fold it into col_shift); row_weight NULL
  * means 1, row_bias and col_shift NULL mean 0.  All parameter arrays are compute dtype.
- * stream: as for rows. */
+ * stream != 0: non-temporal stores, as FN_STORE_STREAM for rows. */
 typedef void (*fastnorm_col_normalize_fn)(const void *x, size_t rows, size_t cols, size_t row_stride,
                                           const void *mean_hi, const void *mean_lo,
                                           const void *scale, const void *row_weight,

@@ -62,11 +62,6 @@ static inline void avx2_store_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); 
 static inline void avx2_store_n_f32(float *p, __m256 v, size_t n) {
     _mm256_maskstore_ps(p, fn_avx2_mask32(n), v);
 }
-static inline void avx2_store2_f32(float *p, __m256 a, __m256 b, int canonical) {
-    (void)canonical;
-    _mm256_storeu_ps(p, a);
-    _mm256_storeu_ps(p + 8, b);
-}
 static inline __m256 avx2_round_f32(__m256 v) { return v; }
 
 /* ---- storage float64 ---- */
@@ -77,11 +72,6 @@ static inline __m256d avx2_load_n_f64(const double *p, size_t n) {
 static inline void avx2_store_f64(double *p, __m256d v) { _mm256_storeu_pd(p, v); }
 static inline void avx2_store_n_f64(double *p, __m256d v, size_t n) {
     _mm256_maskstore_pd(p, fn_avx2_mask64(n), v);
-}
-static inline void avx2_store2_f64(double *p, __m256d a, __m256d b, int canonical) {
-    (void)canonical;
-    _mm256_storeu_pd(p, a);
-    _mm256_storeu_pd(p + 4, b);
 }
 static inline __m256d avx2_round_f64(__m256d v) { return v; }
 
@@ -197,17 +187,22 @@ static inline void avx2_stream_f16(uint16_t *p, __m256 v) {
 static inline void avx2_stream_bf16(uint16_t *p, __m256 v) {
     _mm_stream_si128((__m128i *)p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)));
 }
-/* two vectors, p aligned to both vectors' storage bytes */
-static inline void avx2_stream2_f32(float *p, __m256 a, __m256 b, int canonical) {
-    (void)canonical;
-    _mm256_stream_ps(p, a);
-    _mm256_stream_ps(p + 8, b);
-}
-static inline void avx2_stream2_f64(double *p, __m256d a, __m256d b, int canonical) {
-    (void)canonical;
-    _mm256_stream_pd(p, a);
-    _mm256_stream_pd(p + 4, b);
-}
+/* two vectors, p aligned to both vectors' storage bytes; float32/float64 store them one
+ * after the other */
+#define FN_AVX2_TWO(T, V, dt, lanes)                                                         \
+    static inline void avx2_store2_##dt(T *p, V a, V b, int canonical) {                     \
+        (void)canonical;                                                                     \
+        avx2_store_##dt(p, a);                                                               \
+        avx2_store_##dt(p + lanes, b);                                                       \
+    }                                                                                        \
+    static inline void avx2_stream2_##dt(T *p, V a, V b, int canonical) {                    \
+        (void)canonical;                                                                     \
+        avx2_stream_##dt(p, a);                                                              \
+        avx2_stream_##dt(p + lanes, b);                                                      \
+    }
+FN_AVX2_TWO(float, __m256, f32, 8)
+FN_AVX2_TWO(double, __m256d, f64, 4)
+#undef FN_AVX2_TWO
 static inline void avx2_stream2_f16(uint16_t *p, __m256 a, __m256 b, int canonical) {
     (void)canonical;
     _mm256_stream_si256((__m256i *)p, _mm256_set_m128i(_mm256_cvtps_ph(b, FN_AVX2_F16_ROUNDING),

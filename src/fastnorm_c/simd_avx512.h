@@ -58,11 +58,6 @@ static inline void avx512_store_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v)
 static inline void avx512_store_n_f32(float *p, __m512 v, size_t n) {
     _mm512_mask_storeu_ps(p, fn_avx512_mask16(n), v);
 }
-static inline void avx512_store2_f32(float *p, __m512 a, __m512 b, int canonical) {
-    (void)canonical;
-    avx512_store_f32(p, a);
-    avx512_store_f32(p + 16, b);
-}
 static inline __m512 avx512_round_f32(__m512 v) { return v; }
 
 /* ---- storage float64 ---- */
@@ -73,11 +68,6 @@ static inline __m512d avx512_load_n_f64(const double *p, size_t n) {
 static inline void avx512_store_f64(double *p, __m512d v) { _mm512_storeu_pd(p, v); }
 static inline void avx512_store_n_f64(double *p, __m512d v, size_t n) {
     _mm512_mask_storeu_pd(p, fn_avx512_mask8(n), v);
-}
-static inline void avx512_store2_f64(double *p, __m512d a, __m512d b, int canonical) {
-    (void)canonical;
-    avx512_store_f64(p, a);
-    avx512_store_f64(p + 8, b);
 }
 static inline __m512d avx512_round_f64(__m512d v) { return v; }
 
@@ -94,11 +84,6 @@ static inline void avx512_store_f16(uint16_t *p, __m512 v) {
 }
 static inline void avx512_store_n_f16(uint16_t *p, __m512 v, size_t n) {
     _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
-}
-static inline void avx512_store2_f16(uint16_t *p, __m512 a, __m512 b, int canonical) {
-    (void)canonical;
-    avx512_store_f16(p, a);
-    avx512_store_f16(p + 16, b);
 }
 static inline __m512 avx512_round_f16(__m512 v) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
@@ -130,11 +115,6 @@ static inline void avx512_store_bf16(uint16_t *p, __m512 v) {
 static inline void avx512_store_n_bf16(uint16_t *p, __m512 v, size_t n) {
     _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
 }
-static inline void avx512_store2_bf16(uint16_t *p, __m512 a, __m512 b, int canonical) {
-    (void)canonical;
-    avx512_store_bf16(p, a);
-    avx512_store_bf16(p + 16, b);
-}
 static inline __m512 avx512_round_bf16(__m512 v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
 }
@@ -148,26 +128,24 @@ static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
 static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
     _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
 }
-static inline void avx512_stream2_f32(float *p, __m512 a, __m512 b, int canonical) {
-    (void)canonical;
-    avx512_stream_f32(p, a);
-    avx512_stream_f32(p + 16, b);
-}
-static inline void avx512_stream2_f64(double *p, __m512d a, __m512d b, int canonical) {
-    (void)canonical;
-    avx512_stream_f64(p, a);
-    avx512_stream_f64(p + 8, b);
-}
-static inline void avx512_stream2_f16(uint16_t *p, __m512 a, __m512 b, int canonical) {
-    (void)canonical;
-    avx512_stream_f16(p, a);
-    avx512_stream_f16(p + 16, b);
-}
-static inline void avx512_stream2_bf16(uint16_t *p, __m512 a, __m512 b, int canonical) {
-    (void)canonical;
-    avx512_stream_bf16(p, a);
-    avx512_stream_bf16(p + 16, b);
-}
 static inline void avx512_stream_fence(void) { _mm_sfence(); }
+
+/* ---- two vectors per call (kernel_body.h's paired loops): no packing gains here ---- */
+#define FN_AVX512_TWO(T, V, dt, lanes)                                                       \
+    static inline void avx512_store2_##dt(T *p, V a, V b, int canonical) {                   \
+        (void)canonical;                                                                     \
+        avx512_store_##dt(p, a);                                                             \
+        avx512_store_##dt(p + lanes, b);                                                     \
+    }                                                                                        \
+    static inline void avx512_stream2_##dt(T *p, V a, V b, int canonical) {                  \
+        (void)canonical;                                                                     \
+        avx512_stream_##dt(p, a);                                                            \
+        avx512_stream_##dt(p + lanes, b);                                                    \
+    }
+FN_AVX512_TWO(float, __m512, f32, 16)
+FN_AVX512_TWO(double, __m512d, f64, 8)
+FN_AVX512_TWO(uint16_t, __m512, f16, 16)
+FN_AVX512_TWO(uint16_t, __m512, bf16, 16)
+#undef FN_AVX512_TWO
 
 #endif /* FASTNORM_SIMD_AVX512_H */
