@@ -73,8 +73,9 @@ CHECKS = (
     Check("rms_norm+residual f32 4096x768 / 2 copies", _row("rms_norm", (4096, 768), residual=True),
           True, "fastnorm@1", "copy@1", bound=2.0, typical=1.0),  # 512 1.1, scalar 1.2
     # bfloat16 has no conversion instructions in AVX2: rounding on store is integer work
+    # (5.1-5.8 since the paired stores without the NaN test, 6.0 before)
     Check("layer_norm bf16 4096x768 / copy", _row("layer_norm", (4096, 768), "bfloat16"),
-          True, "fastnorm@1", "copy@1", bound=10.0, typical=6.0),  # 512 2.5, scalar 24
+          True, "fastnorm@1", "copy@1", bound=10.0, typical=5.5),  # 512 2.5, scalar 24
     Check("batch_norm_eval nchw f32 32x64x56x56 / copy", _bn("batch_norm_eval", "nchw"),
           True, "fastnorm@1", "copy@1", bound=2.0, typical=0.81),  # 512 0.95, scalar 0.97
     Check("batch_norm_train nchw f32 32x64x56x56 / copy", _bn("batch_norm_train", "nchw"),
