@@ -57,9 +57,10 @@
  * cache keeps between calls) at 1.45x. */
 #define FN_STREAM_MIN_BYTES (16u << 20)
 
-/* Stream y only when it is large and not read back: in place, x's lines are owned already. */
+/* Stream y only when it is large and not read back: in place, x's lines are owned already.
+ * FN_STORE_STREAM or 0: the row kernels' store flag, and the column kernels' boolean. */
 static int fn_stream(const void *x, const void *y, size_t bytes) {
-    return bytes >= FN_STREAM_MIN_BYTES && x != y;
+    return bytes >= FN_STREAM_MIN_BYTES && x != y ? FN_STORE_STREAM : 0;
 }
 
 static size_t fn_storage_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F32 ? 4 : dtype == FASTNORM_F64 ? 8 : 2; }
@@ -323,9 +324,8 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
                        (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
                        stream,
-                       (stream ? FN_STORE_STREAM : 0) |
-                           fn_nan_canonical(dtype, weight,
-                                            kind == FASTNORM_LAYER_NORM ? bias : NULL, middle)};
+                       stream | fn_nan_canonical(dtype, weight,
+                                                 kind == FASTNORM_LAYER_NORM ? bias : NULL, middle)};
     int threads = fn_threads(n_threads, total);
     if (inner != 1) {
         fn_norm_columns(&job, threads);
