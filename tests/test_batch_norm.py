@@ -109,13 +109,32 @@ def test_training_momentum_zero_leaves_running_statistics(isa, rng):
     np.testing.assert_array_equal(rv, 4.0)
 
 
-def test_eval_accuracy_with_large_running_mean(isa, rng, tol):
-    # Folding mean into a shift would lose the low bits of 100 + N(0, 1).
-    x = random_data(rng, (16, 8, 12, 12), np.float32, offset=100.0)
-    rm = x.astype(np.float64).mean((0, 2, 3)).astype(np.float32)
-    rv = x.astype(np.float64).var((0, 2, 3)).astype(np.float32)
-    y = fastnorm.batch_norm(x, rm, rv)
-    (want, *_), _, _ = ref_batch_norm(x, rm, rv, return_stats=True)
+@pytest.mark.parametrize("shape, axis", [((16, 8, 12, 12), 1), ((16, 12, 12, 8), -1),
+                                         ((300, 3), -1)])
+def test_eval_accuracy_with_large_running_mean(shape, axis, isa, rng, tol):
+    # Folding the mean into the shift (x * scale + (bias - mean * scale)) would lose the low
+    # bits of 100 + N(0, 1): fastnorm_affine folds only means within one spread of zero.
+    x = random_data(rng, shape, np.float32, offset=100.0)
+    reduce = tuple(d for d in range(x.ndim) if d != axis % x.ndim)
+    rm = x.astype(np.float64).mean(reduce).astype(np.float32)
+    rv = x.astype(np.float64).var(reduce).astype(np.float32)
+    y = fastnorm.batch_norm(x, rm, rv, axis=axis)
+    (want, *_), _, _ = ref_batch_norm(x, rm, rv, axis=axis, return_stats=True)
+    assert_close(y, want, tol)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eval_accuracy_with_the_largest_folded_mean(sign, dtype, isa, rng, tol):
+    # Channels-last eval folds the mean into the shift when every |mean| <= sqrt(var + eps);
+    # at that bound the extra rounding is at most about one ulp of |weight|.
+    c = 40
+    rv = np.abs(random_data(rng, c, dtype, offset=2.0)) + 0.1
+    rm = (sign * np.sqrt(rv.astype(np.float64) + 1e-5) * 0.9999).astype(dtype)
+    w, b = random_data(rng, c, dtype, offset=1.0), random_data(rng, c, dtype)
+    x = (random_data(rng, (257, c), dtype) * np.sqrt(rv) + rm).astype(dtype)
+    y = fastnorm.batch_norm(x, rm, rv, w, b, axis=-1)
+    (want, *_), _, _ = ref_batch_norm(x, rm, rv, w, b, axis=-1, return_stats=True)
     assert_close(y, want, tol)
 
 

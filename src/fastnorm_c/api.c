@@ -609,6 +609,23 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     return FASTNORM_OK;
 }
 
+/* The column path loads a mean, a scale and a shift per vector; folding the mean into the
+ * shift, y = x * scale + (shift - mean * scale), saves one load and one subtraction
+ * (channels-last (3136, 64) float32 0.76x the time, (1568, 256) 0.85x; ctypes A/B, 1
+ * thread).  It rounds x * scale where the unfolded form rounds (x - mean) * scale, which
+ * adds at most about |mean * scale| ulps-worth of error: so every channel must have
+ * |mean| <= sqrt(var + eps), where |mean * scale| <= |weight|, the output's own unit.
+ * Offset data (a mean of 100, a spread of 1) keeps the exact subtraction.  Folds the
+ * shifts in float64 and returns 1, or leaves them and returns 0. */
+static int fn_fold_mean(size_t channels, const double *mean, const double *var, double eps,
+                        const double *scale, double *shift) {
+    if (!mean) return 0;
+    for (size_t c = 0; c < channels; ++c)
+        if (!(fabs(mean[c]) <= sqrt(var[c] + eps)) || !isfinite(mean[c] * scale[c])) return 0;
+    for (size_t c = 0; c < channels; ++c) shift[c] -= mean[c] * scale[c];
+    return 1;
+}
+
 fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
                                   const void *x, void *y, const double *mean, const double *var,
                                   const void *weight, const void *bias, double eps, int n_threads) {
@@ -627,6 +644,8 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
         scale[c] = fn_param(dtype, weight, c, 1.0) / sqrt(var[c] + eps);
         shift[c] = fn_param(dtype, bias, c, 0.0);
     }
+    if (inner < FN_AFFINE_ROW_MIN && fn_fold_mean(channels, mean, var, eps, scale, shift))
+        mean = NULL;
     fastnorm_status_t status = fn_affine(dtype, outer, channels, inner, total, x, y, mean, scale,
                                          shift, n_threads);
     free(folded);
