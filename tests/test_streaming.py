@@ -4,7 +4,8 @@ per store where the kernel family pairs them (src/fastnorm_c/api.c FN_STREAM_MIN
 Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
 a call must equal, bit for bit, the same rows normalized in a small call (plain stores), also
 when the output starts one element past an aligned address (the kernel then stores single
-vectors until a pair can start aligned).
+vectors until a pair can start aligned) or 16 bytes past it, where NumPy puts large arrays
+(a row's partial first and last vectors are then streamed in 16-byte pieces).
 """
 import numpy as np
 import pytest
@@ -18,23 +19,29 @@ DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
 N = 1000  # not a multiple of any pair of vectors: every row ends in single vectors and a tail
 
 
-def _out(shape, dtype, misaligned):
-    """An output array of `shape`, starting one element past an aligned address if asked."""
+OFFSETS = ["aligned", "one element", "16 bytes"]
+
+
+def _out(shape, dtype, offset):
+    """An output array of `shape` starting at a 64-byte boundary or `offset` past one."""
     size = int(np.prod(shape))
     buffer = np.empty(size + 64, dtype)
-    start = (-buffer.ctypes.data // dtype.itemsize) % 32 + (1 if misaligned else 0)
-    return buffer[start:start + size].reshape(shape)
+    skip = {"aligned": 0, "one element": 1, "16 bytes": 16 // dtype.itemsize}[offset]
+    start = (-buffer.ctypes.data // dtype.itemsize) % (64 // dtype.itemsize) + skip
+    out = buffer[start:start + size].reshape(shape)
+    assert out.ctypes.data % 64 == skip * dtype.itemsize
+    return out
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
-def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, misaligned, isa, rng):
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
     rows = STREAM_MIN_BYTES // (N * dtype.itemsize) + 3
     x = random_data(rng, (rows, N), dtype, offset=3.0)
     w = random_data(rng, N, dtype, offset=1.0)
     args = ((N,), w, random_data(rng, N, dtype)) if op == "layer_norm" else ((N,), w)
-    out = _out(x.shape, dtype, misaligned)
+    out = _out(x.shape, dtype, offset)
     assert out.nbytes >= STREAM_MIN_BYTES
     y = row_norm(op, x, *args, out=out)
     assert y is out
@@ -43,18 +50,24 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, misaligned, isa, rn
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
-@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
-def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, misaligned, isa, rng):
-    channels, inner = 4, N
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last"])
+def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, offset, isa,
+                                                                rng):
+    # channels-last: each sample is a (N, 12) block of columns (fastnorm_affine's column
+    # path), whose rows of 12 values end in a partial vector
+    channels, inner = (4, N) if layout == "channels-first" else (12, N)
     samples = STREAM_MIN_BYTES // (channels * inner * dtype.itemsize) + 2
-    x = random_data(rng, (samples, channels, inner), dtype, offset=2.0)
+    shape = (samples, channels, inner) if layout == "channels-first" else (samples, inner, channels)
+    axis = 1 if layout == "channels-first" else -1
+    x = random_data(rng, shape, dtype, offset=2.0)
     stats = dict(running_mean=random_data(rng, channels, np.float32),
                  running_var=random_data(rng, channels, np.float32, offset=2.0, scale=0.1),
                  weight=random_data(rng, channels, np.float32, offset=1.0),
                  bias=random_data(rng, channels, np.float32))
-    out = _out(x.shape, dtype, misaligned)
+    out = _out(x.shape, dtype, offset)
     assert out.nbytes >= STREAM_MIN_BYTES
-    y = fastnorm.batch_norm(x, training=False, out=out, **stats)
+    y = fastnorm.batch_norm(x, training=False, axis=axis, out=out, **stats)
     for pick in (slice(0, 1), slice(samples - 2, samples)):
-        assert_same_bits(y[pick], fastnorm.batch_norm(x[pick], training=False, **stats),
+        assert_same_bits(y[pick], fastnorm.batch_norm(x[pick], training=False, axis=axis, **stats),
                          err_msg=f"samples {pick}")

@@ -211,6 +211,13 @@ static inline void avx2_stream2_f16(uint16_t *p, __m256 a, __m256 b, int canonic
 static inline void avx2_stream2_bf16(uint16_t *p, __m256 a, __m256 b, int canonical) {
     _mm256_stream_si256((__m256i *)p, fn_avx2_bf16_pack2(a, b, canonical));
 }
+/* `bytes` from src streamed to p in 16-byte pieces (p 16-byte aligned, any remainder under
+ * 16 bytes left to the caller): a row's partial first or last vector, so that a cache line
+ * it shares with the neighbouring row is written by streaming stores only */
+static inline void avx2_stream_bytes(void *p, const void *src, size_t bytes) {
+    for (size_t b = 0; b + 16 <= bytes; b += 16)
+        _mm_stream_si128((__m128i *)((char *)p + b), _mm_loadu_si128((const __m128i *)((const char *)src + b)));
+}
 static inline void avx2_stream_fence(void) { _mm_sfence(); }
 
 #endif /* FASTNORM_SIMD_AVX2_H */

@@ -11,6 +11,7 @@
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <string.h>
 #include "storage.h"
 
 enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
@@ -127,6 +128,11 @@ static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
 }
 static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
     _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+}
+/* as avx2_stream_bytes */
+static inline void avx512_stream_bytes(void *p, const void *src, size_t bytes) {
+    for (size_t b = 0; b + 16 <= bytes; b += 16)
+        _mm_stream_si128((__m128i *)((char *)p + b), _mm_loadu_si128((const __m128i *)((const char *)src + b)));
 }
 static inline void avx512_stream_fence(void) { _mm_sfence(); }
 

@@ -6,6 +6,7 @@
 #define FASTNORM_SIMD_SCALAR_H
 
 #include <stddef.h>
+#include <string.h>
 #include "storage.h"
 
 enum { scalar_lanes_c32 = 1, scalar_lanes_c64 = 1 };
@@ -50,6 +51,9 @@ FN_SCALAR_STORAGE(uint16_t, float, bf16)
 #undef FN_SCALAR_STORAGE
 
 /* plain stores stand in for streaming ones: nothing to fence */
+static inline void scalar_stream_bytes(void *p, const void *src, size_t bytes) {
+    memcpy(p, src, bytes / 16 * 16);
+}
 static inline void scalar_stream_fence(void) {}
 
 #endif /* FASTNORM_SIMD_SCALAR_H */
