@@ -76,8 +76,11 @@ def test_return_stats_are_those_of_h(dtype, op, isa, rng):
 @pytest.mark.parametrize("alias", ["residual_out=x", "residual_out=residual", "out=x",
                                    "out=residual", "out=x, residual_out=residual",
                                    "out=residual, residual_out=x"])
-def test_aliasing(dtype, op, alias, isa, rng):
-    x, r = _pair(rng, (8, 96), dtype)
+# (20, 40000): rows longer than a segment, taken a batch of rows at a time (api.c's
+# fn_norm_long_rows), several batches in every dtype
+@pytest.mark.parametrize("shape", [(8, 96), (20, 40000)], ids=["short rows", "long rows"])
+def test_aliasing(dtype, op, alias, shape, isa, rng):
+    x, r = _pair(rng, shape, dtype)
     want_y, want_h = _call(op, _h(x, r)), _h(x, r)
     kw = {}
     for part in alias.split(", "):

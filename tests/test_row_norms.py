@@ -39,6 +39,23 @@ def test_one_row_of_2_to_the_20(op, dtype, isa, rng, tol):
     assert_close(row_norm(op, x, None, w, b), ref_row_norm(op, x, None, w, b), tol)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_long_rows_in_batches_equal_each_row_alone(op, dtype, isa, rng, tol):
+    # Rows longer than a segment go through both passes about 1 MB of rows at a time:
+    # (11, 40000) is 2 batches in float32 and 4 in float64.  Each row's result is the
+    # same, bit for bit, as that row normalized on its own.
+    n = 40000
+    x = random_data(rng, (11, n), dtype, offset=2.0)
+    w, b = _affine(op, rng, (n,), dtype, True, True)
+    y, *stats = row_norm(op, x, None, w, b, return_stats=True)  # (mean,) rstd
+    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
+    for row in (0, 5, 6, 10):
+        alone, *stats_alone = row_norm(op, x[row:row + 1], None, w, b, return_stats=True)
+        np.testing.assert_array_equal(y[row:row + 1], alone, err_msg=f"row {row}")
+        for stat, stat_alone in zip(stats, stats_alone):
+            np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
+
+
 @pytest.mark.parametrize("shape, normalized_shape", [
     ((37,), None), ((37,), 37), ((37,), (37,)),
     ((5, 33), None), ((5, 33), (5, 33)),
