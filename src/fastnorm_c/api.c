@@ -377,8 +377,9 @@ static fn_columns fn_columns_of(size_t outer, size_t channels, size_t inner) {
     c.super_rows = outer / k;
     c.leftover = outer % k;
     c.chunk_rows = FN_COLUMN_ITEM_ELEMENTS / c.width;
-    size_t quarter = (c.super_rows + 3) / 4, floor = quarter < FN_COLUMN_MIN_ROWS ? quarter : FN_COLUMN_MIN_ROWS;
-    if (c.chunk_rows < floor) c.chunk_rows = floor;
+    size_t quarter = (c.super_rows + 3) / 4;
+    size_t min_rows = quarter < FN_COLUMN_MIN_ROWS ? quarter : FN_COLUMN_MIN_ROWS;
+    if (c.chunk_rows < min_rows) c.chunk_rows = min_rows;
     if (c.chunk_rows < 16) c.chunk_rows = 16;
     c.chunks = (c.super_rows + c.chunk_rows - 1) / c.chunk_rows;
     return c;
