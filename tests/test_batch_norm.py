@@ -126,8 +126,9 @@ def test_eval_accuracy_with_large_running_mean(shape, axis, isa, rng, tol):
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_eval_accuracy_with_the_largest_folded_mean(sign, dtype, isa, rng, tol):
-    # Channels-last eval folds the mean into the shift when every |mean| <= sqrt(var + eps);
-    # at that bound the extra rounding is at most about one ulp of |weight|.
+    # Channels-last eval folds a channel's mean into its shift where |mean| <= sqrt(var + eps)
+    # (every channel here, just inside that bound); the extra rounding is then at most
+    # about one ulp of |weight|.
     c = 40
     rv = np.abs(random_data(rng, c, dtype, offset=2.0)) + 0.1
     rm = (sign * np.sqrt(rv.astype(np.float64) + 1e-5) * 0.9999).astype(dtype)

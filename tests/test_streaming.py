@@ -54,8 +54,8 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
 @pytest.mark.parametrize("layout", ["channels-first", "channels-last"])
 def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, offset, isa,
                                                                 rng):
-    # channels-last: each sample is a (N, 12) block of columns (fastnorm_affine's column
-    # path), whose rows of 12 values end in a partial vector
+    # channels-last: each sample is a (N, 12) block of columns, fastnorm_affine's column
+    # path, which streams only when every row starts aligned and stores plainly otherwise
     channels, inner = (4, N) if layout == "channels-first" else (12, N)
     samples = STREAM_MIN_BYTES // (channels * inner * dtype.itemsize) + 2
     shape = (samples, channels, inner) if layout == "channels-first" else (samples, inner, channels)
