@@ -56,6 +56,27 @@ def test_long_rows_in_batches_equal_each_row_alone(op, dtype, isa, rng, tol):
             np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_weight_and_bias_at_any_address_give_the_same_bits(op, dtype, isa, rng, tol):
+    # From 16 rows up, weight and bias not on a 64-byte line are read from an aligned copy
+    # (FN_ALIGN_PARAMS_MIN_ROWS); fewer rows read the caller's arrays.  Either way the result
+    # is the same, bit for bit, wherever the parameters sit.
+    n = 200
+    x = random_data(rng, (40, n), dtype, offset=1.5)
+    w0, b0 = _affine(op, rng, (n,), dtype, True, True)
+    expected = row_norm(op, x, None, w0, b0)
+    assert_close(expected, ref_row_norm(op, x, None, w0, b0), tol)
+    for shift in range(8):  # elements past the start of a fresh (16-byte aligned) buffer
+        w_buffer, b_buffer = np.empty(n + 8, dtype), np.empty(n + 8, dtype)
+        w, b = w_buffer[shift:shift + n], b_buffer[shift:shift + n]
+        w[...] = w0
+        b[...] = b0
+        b = b if op == "layer_norm" else None
+        for rows in (40, 3):
+            np.testing.assert_array_equal(row_norm(op, x[:rows], None, w, b), expected[:rows],
+                                          err_msg=f"weight {shift} elements in, {rows} rows")
+
+
 @pytest.mark.parametrize("shape, normalized_shape", [
     ((37,), None), ((37,), 37), ((37,), (37,)),
     ((5, 33), None), ((5, 33), (5, 33)),
