@@ -85,6 +85,23 @@ static void *fn_malloc_aligned(size_t bytes, void **block) {
     return *block ? (void *)(((uintptr_t)*block + 63) & ~(uintptr_t)63) : NULL;
 }
 
+/* `bytes` of parameters copied to dst in a row kernel's order (kernels.h, param_block):
+ * natural for order 0, else each full block of `order` float32 values as its even-indexed
+ * values, then its odd ones.  Returns dst. */
+static const void *fn_copy_params(void *dst, const void *src, size_t bytes, size_t order) {
+    const float *from = (const float *)src;
+    float *to = (float *)dst;
+    size_t n = bytes / sizeof(float), blocked = order ? n / order * order : 0, half = order / 2;
+    for (size_t block = 0; block < blocked; block += order)
+        for (size_t k = 0; k < half; ++k) {
+            to[block + k] = from[block + 2 * k];
+            to[block + half + k] = from[block + 2 * k + 1];
+        }
+    memcpy((char *)dst + blocked * sizeof(float), (const char *)src + blocked * sizeof(float),
+           bytes - blocked * sizeof(float));
+    return dst;
+}
+
 static size_t fn_storage_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F32 ? 4 : dtype == FASTNORM_F64 ? 8 : 2; }
 static size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F64 ? 8 : 4; }
 
@@ -343,6 +360,17 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
     });
 }
 
+/* A checked call's rows (or columns), on `threads` threads. */
+static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
+    if (job->inner != 1) {
+        fn_norm_columns(job, threads);
+        return FASTNORM_OK;
+    }
+    if (job->middle > FN_ROW_SEGMENT) return fn_norm_long_rows(job, threads);
+    FN_PARALLEL_FOR(r, job->outer, fn_norm_row(job, (size_t)r););
+    return FASTNORM_OK;
+}
+
 fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer,
                                 size_t middle, size_t inner, const void *x, const void *residual,
                                 void *residual_out, void *y, const void *weight, const void *bias,
@@ -359,27 +387,25 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
     int stream = fn_stream(x, y, total * fn_storage_size(dtype));
     if (kind == FASTNORM_RMS_NORM) bias = NULL; /* RMSNorm has no bias */
+    const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     void *param_block = NULL;
-    if (inner == 1 && outer >= FN_ALIGN_PARAMS_MIN_ROWS &&
-        (((uintptr_t)weight | (uintptr_t)bias) & 63)) {
-        size_t bytes = middle * fn_compute_size(dtype);
-        char *copy = fn_malloc_aligned(2 * bytes, &param_block);
-        if (copy && weight) weight = memcpy(copy, weight, bytes);
-        if (copy && bias) bias = memcpy(copy + bytes, bias, bytes);
-    } /* without memory for the copy, the caller's arrays serve */
-    fn_norm_job job = {fastnorm_active_kernels(), kind, dtype, outer, middle, inner,
+    if (inner == 1 && (weight || bias)) {
+        /* the row kernels' parameter order (kernels.h), on a cache line for many rows */
+        size_t order = kernels->param_block[dtype], bytes = middle * fn_compute_size(dtype);
+        int misaligned = (((uintptr_t)weight | (uintptr_t)bias) & 63) != 0;
+        if (order || (outer >= FN_ALIGN_PARAMS_MIN_ROWS && misaligned)) {
+            char *copy = fn_malloc_aligned(2 * bytes, &param_block);
+            if (!copy && order) return FASTNORM_ERR_NO_MEMORY;
+            if (copy && weight) weight = fn_copy_params(copy, weight, bytes, order);
+            if (copy && bias) bias = fn_copy_params(copy + bytes, bias, bytes, order);
+        } /* an aligned copy only helps: without memory for it, the caller's arrays serve */
+    }
+    fn_norm_job job = {kernels, kind, dtype, outer, middle, inner,
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
                        (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
                        stream,
                        stream | fn_nan_canonical(dtype, weight, bias, middle)};
-    int threads = fn_threads(n_threads, total);
-    fastnorm_status_t status = FASTNORM_OK;
-    if (inner != 1)
-        fn_norm_columns(&job, threads);
-    else if (middle > FN_ROW_SEGMENT)
-        status = fn_norm_long_rows(&job, threads);
-    else
-        FN_PARALLEL_FOR(r, outer, fn_norm_row(&job, (size_t)r););
+    fastnorm_status_t status = fn_norm_run(&job, fn_threads(n_threads, total));
     free(param_block);
     return status;
 }

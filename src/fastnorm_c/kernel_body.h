@@ -5,12 +5,15 @@
  *   KB_ISA  the family prefix of its simd_<family>.h primitives (scalar, avx2, avx512)
  *   KB_DT   the storage dtype tag (f32, f64, f16, bf16)
  *   KB_CT   the compute dtype tag (c32, c64)
- * The primitives are named <family>_<op>_<tag>: load/load_n/store/store_n/store2/round/
- * stream/stream2 take storage (n-element forms touch only n elements, 2-forms store two
- * vectors and are told whether FN_STORE_NAN_CANONICAL holds; <family>_canonical_<tag> is 1
- * where that makes them faster), set1/add/sub/mul/fma/param/param_n/to_double work in the
- * compute dtype; <family>_vec_<ct> is the vector type and
- * <family>_lanes_<ct> its lane count.
+ * The primitives are named <family>_<op>_<tag>: load/load_n/load2/store/store_n/store2/
+ * round/stream/stream2 take storage (n-element forms touch only n elements, 2-forms load
+ * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;
+ * <family>_canonical_<tag> is 1 where that makes them faster), set1/add/sub/mul/fma/param/
+ * param_n/to_double work in the compute dtype; <family>_vec_<ct> is the vector type and
+ * <family>_lanes_<ct> its lane count.  A pair is the next 2 * lanes elements, in order
+ * unless <family>_param_block_<tag> is set: then the pair holds them in an order of the
+ * family's own (AVX2 bfloat16: even elements, odd elements), which the normalize pass's
+ * weight and bias follow block by block (kernels.h).
  *
  * Numerical strategy (see README "Numerics"):
  *   - Welford runs per lane on h - shift, where shift is a value of the data itself, so
@@ -33,6 +36,8 @@
 #define KB_LANES KB_GLUE(KB_ISA, lanes, KB_CT)
 #define kb_load KB_GLUE(KB_ISA, load, KB_DT)
 #define kb_load_n KB_GLUE(KB_ISA, load_n, KB_DT)
+#define kb_load2 KB_GLUE(KB_ISA, load2, KB_DT)
+#define KB_PAIR_BLOCK KB_GLUE(KB_ISA, param_block, KB_DT)
 #define kb_store KB_GLUE(KB_ISA, store, KB_DT)
 #define kb_store_n KB_GLUE(KB_ISA, store_n, KB_DT)
 #define kb_store2 KB_GLUE(KB_ISA, store2, KB_DT)
@@ -309,10 +314,25 @@ KB_INLINE void KB_NAME(kb_prefetch_line)(const char *span, size_t i) {
         __builtin_prefetch(span + byte);
 }
 
-/* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail. */
-/* y = ((h - mean_hi) * scale + low) * w + b, where low = -mean_lo * scale folds the low
+/* The normalize pass on h, the vector at element i; `left` < KB_LANES selects a masked
+ * tail of the parameters.
+ * y = ((h - mean_hi) * scale + low) * w + b, where low = -mean_lo * scale folds the low
  * part of the mean into the FMA: one operation fewer than subtracting it, and one rounding
  * fewer.  Without a weight, `beta` already holds beta + low. */
+KB_INLINE KB_V KB_NAME(kb_normalize_h)(KB_V h, size_t i, size_t left, KB_V mean_hi, KB_V low,
+                                       KB_V scale, KB_V beta, const KB_C *weight,
+                                       const KB_C *bias, int center, int has_weight,
+                                       int has_bias) {
+    int full = left >= KB_LANES;
+    if (center) h = kb_sub(h, mean_hi);
+    KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta;
+    if (has_weight)
+        return kb_fma(center ? kb_fma(h, scale, low) : kb_mul(h, scale),
+                      full ? kb_param(weight + i) : kb_param_n(weight + i, left), add);
+    return kb_fma(h, scale, has_bias ? kb_add(add, low) : add);
+}
+
+/* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail. */
 KB_INLINE KB_V KB_NAME(kb_row_normalize_value)(const KB_T *x, const KB_T *residual, size_t i,
                                                size_t left, KB_V mean_hi, KB_V low, KB_V scale,
                                                KB_V beta, const KB_C *weight, const KB_C *bias,
@@ -322,12 +342,29 @@ KB_INLINE KB_V KB_NAME(kb_row_normalize_value)(const KB_T *x, const KB_T *residu
     KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
     if (has_residual)
         h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
-    if (center) h = kb_sub(h, mean_hi);
-    KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta;
-    if (has_weight)
-        return kb_fma(center ? kb_fma(h, scale, low) : kb_mul(h, scale),
-                      full ? kb_param(weight + i) : kb_param_n(weight + i, left), add);
-    return kb_fma(h, scale, has_bias ? kb_add(add, low) : add);
+    return KB_NAME(kb_normalize_h)(h, i, left, mean_hi, low, scale, beta, weight, bias, center,
+                                   has_weight, has_bias);
+}
+
+/* The pair of vectors at element i (kb_load2's order; the parameters' pair at i is in the
+ * same order). */
+KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residual, size_t i,
+                                              KB_V mean_hi, KB_V low, KB_V scale, KB_V beta,
+                                              const KB_C *weight, const KB_C *bias,
+                                              int has_residual, int center, int has_weight,
+                                              int has_bias, KB_V *first, KB_V *second) {
+    KB_V h0, h1;
+    kb_load2(x + i, &h0, &h1);
+    if (has_residual) {
+        KB_V r0, r1;
+        kb_load2(residual + i, &r0, &r1);
+        h0 = kb_round(kb_add(h0, r0));
+        h1 = kb_round(kb_add(h1, r1));
+    }
+    *first = KB_NAME(kb_normalize_h)(h0, i, KB_LANES, mean_hi, low, scale, beta, weight, bias,
+                                     center, has_weight, has_bias);
+    *second = KB_NAME(kb_normalize_h)(h1, i + KB_LANES, KB_LANES, mean_hi, low, scale, beta,
+                                      weight, bias, center, has_weight, has_bias);
 }
 
 KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
@@ -373,7 +410,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(has_weight || has_bias ? beta : beta + low);
     stream = stream && KB_LANES > 1; /* the scalar family's "streaming" stores are plain */
     size_t i = 0, head = stream ? KB_NAME(kb_stream_head)(y, n) : 0;
-    if (head == n) stream = head = 0; /* nothing aligned to stream to */
+    /* nothing aligned to stream to; or pairs in a family order, which must start at the
+     * row's start (where the parameters' blocks start) */
+    if (head == n || (KB_PAIR_BLOCK && head)) stream = head = 0;
     if (head) /* unaligned start: a partial vector up to the first aligned element */
         KB_NAME(kb_stream_part)(y, KB_NAME(kb_row_normalize_value)(x, residual, 0, head, mean_hi_v,
                                                                    low_v, scale_v, beta_v, weight,
@@ -388,17 +427,21 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
      * statistics pass just read them), so the load ports have room to fetch the caller's
      * next span meanwhile. */
     const int pairs = KB_LANES > 1;
-#define KB_VALUE(at)                                                                              \
-    KB_NAME(kb_row_normalize_value)(x, residual, at, KB_LANES, mean_hi_v, low_v, scale_v, beta_v, \
-                                    weight, bias, has_residual, center, has_weight, has_bias)
+    _Static_assert(KB_PAIR_BLOCK == 0 || KB_PAIR_BLOCK == 2 * KB_LANES, "a parameter block is a pair");
+#define KB_PAIR(at, first, second)                                                               \
+    KB_NAME(kb_row_normalize_pair)(x, residual, at, mean_hi_v, low_v, scale_v, beta_v, weight,   \
+                                   bias, has_residual, center, has_weight, has_bias, &first,    \
+                                   &second)
 #define KB_PREFETCH2(at)                                                                          \
     if (next) {                                                                                   \
         KB_NAME(kb_prefetch_line)(next, at);                                                      \
         KB_NAME(kb_prefetch_line)(next, (at) + KB_LANES);                                         \
     }
     if (stream) {
-        /* pairs start where y is aligned for a two-vector streaming store */
-        if (pairs && (uintptr_t)(y + i) % (2 * KB_LANES * sizeof(KB_T)) && i + KB_LANES <= n) {
+        /* pairs start where y is aligned for a two-vector streaming store (in a family
+         * order: at the row's start, and the store needs one vector's alignment) */
+        if (pairs && !KB_PAIR_BLOCK && (uintptr_t)(y + i) % (2 * KB_LANES * sizeof(KB_T)) &&
+            i + KB_LANES <= n) {
             KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v,
                                              scale_v, beta_v, weight, bias, y, has_residual,
                                              center, has_weight, has_bias, 1);
@@ -406,8 +449,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
         }
         for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
             KB_PREFETCH2(i);
-            KB_V first = KB_VALUE(i);
-            kb_stream2(y + i, first, KB_VALUE(i + KB_LANES), canonical);
+            KB_V first, second;
+            KB_PAIR(i, first, second);
+            kb_stream2(y + i, first, second, canonical);
         }
         for (; i + KB_LANES <= n; i += KB_LANES)
             KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v,
@@ -424,11 +468,14 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     }
     for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
         KB_PREFETCH2(i);
-        KB_V first = KB_VALUE(i);
-        kb_store2(y + i, first, KB_VALUE(i + KB_LANES), canonical);
+        KB_V first, second;
+        KB_PAIR(i, first, second);
+        kb_store2(y + i, first, second, canonical);
     }
 #undef KB_PREFETCH2
-#undef KB_VALUE
+#undef KB_PAIR
+    /* where the parameters are in natural order again: after the last full pair block */
+    const size_t natural = KB_PAIR_BLOCK ? n / KB_PAIR_BLOCK * KB_PAIR_BLOCK : 0;
     for (; i + KB_LANES <= n; i += KB_LANES) {
         if (next) KB_NAME(kb_prefetch_line)(next, i);
         KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v, scale_v,
@@ -440,8 +487,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
      * to memory is microcoded).  Not in place, where its inputs are overwritten already.
      * (The streaming path above ends its rows itself: a plain store into a line still
      * being streamed costs that line's write-combining flush and a read, 1.25x the time
-     * of a 25 MB BatchNorm eval.) */
-    if (i < n && n >= KB_LANES && (const void *)x != (const void *)y)
+     * of a 25 MB BatchNorm eval.)  Not into a pair block either (its parameters are in
+     * the family's order). */
+    if (i < n && n >= KB_LANES && n - KB_LANES >= natural && (const void *)x != (const void *)y)
         KB_NAME(kb_row_normalize_vector)(x, residual, n - KB_LANES, KB_LANES, mean_hi_v, low_v,
                                          scale_v, beta_v, weight, bias, y, has_residual, center,
                                          has_weight, has_bias, 0);
@@ -728,6 +776,8 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef KB_LANES
 #undef kb_load
 #undef kb_load_n
+#undef kb_load2
+#undef KB_PAIR_BLOCK
 #undef kb_store
 #undef kb_store_n
 #undef kb_store2

@@ -26,7 +26,8 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
 /* y[i] = ((h[i] - (mean + mean_lo)) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
  * with h = x (+ residual, rounded).  mean + mean_lo is an unevaluated pair (a shift and
  * the mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
- * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype.
+ * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype, in
+ * the table's param_block order for the dtype.
  * next: NULL, or the span (n elements of x's dtype) the caller reads next, prefetched
  * into cache meanwhile.
  * store: FN_STORE_* flags. */
@@ -73,6 +74,12 @@ typedef struct {
     fastnorm_row_normalize_fn row_normalize[FASTNORM_DTYPE_COUNT];
     fastnorm_col_stats_fn col_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_col_normalize_fn col_normalize[FASTNORM_DTYPE_COUNT];
+    /* The order row_normalize takes weight and bias in.  0: natural.  b (even, compute
+     * dtype float32 only): each full block of b values from the span's start holds the
+     * block's even-indexed values, then its odd ones; the last n % b values keep their
+     * place.  A family whose vectors split into even and odd elements for free sets it
+     * (AVX2 bfloat16), and the caller reorders a copy once per call. */
+    unsigned char param_block[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;

@@ -17,6 +17,8 @@
 enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
 /* no store2/stream2 here has a faster form under FN_STORE_NAN_CANONICAL */
 enum { avx512_canonical_f32 = 0, avx512_canonical_f64 = 0, avx512_canonical_f16 = 0, avx512_canonical_bf16 = 0 };
+/* weight and bias in natural order for every dtype (kernels.h, param_block) */
+enum { avx512_param_block_f32 = 0, avx512_param_block_f64 = 0, avx512_param_block_f16 = 0, avx512_param_block_bf16 = 0 };
 typedef __m512 avx512_vec_c32;
 typedef __m512d avx512_vec_c64;
 
@@ -138,6 +140,10 @@ static inline void avx512_stream_fence(void) { _mm_sfence(); }
 
 /* ---- two vectors per call (kernel_body.h's paired loops): no packing gains here ---- */
 #define FN_AVX512_TWO(T, V, dt, lanes)                                                       \
+    static inline void avx512_load2_##dt(const T *p, V *a, V *b) {                           \
+        *a = avx512_load_##dt(p);                                                            \
+        *b = avx512_load_##dt(p + lanes);                                                    \
+    }                                                                                        \
     static inline void avx512_store2_##dt(T *p, V a, V b, int canonical) {                   \
         (void)canonical;                                                                     \
         avx512_store_##dt(p, a);                                                             \

@@ -12,6 +12,8 @@
 enum { scalar_lanes_c32 = 1, scalar_lanes_c64 = 1 };
 /* no store has a faster form under FN_STORE_NAN_CANONICAL */
 enum { scalar_canonical_f32 = 0, scalar_canonical_f64 = 0, scalar_canonical_f16 = 0, scalar_canonical_bf16 = 0 };
+/* weight and bias in natural order for every dtype (kernels.h, param_block) */
+enum { scalar_param_block_f32 = 0, scalar_param_block_f64 = 0, scalar_param_block_f16 = 0, scalar_param_block_bf16 = 0 };
 typedef float scalar_vec_c32;
 typedef double scalar_vec_c64;
 
@@ -28,9 +30,13 @@ FN_SCALAR_MATH(float, c32)
 FN_SCALAR_MATH(double, c64)
 #undef FN_SCALAR_MATH
 
-/* store2/stream2 only let kernel_body.h compile: its pair loops are off in this family */
+/* load2/store2/stream2 only let kernel_body.h compile: its pair loops are off in this family */
 #define FN_SCALAR_STORAGE(T, C, dt)                                                            \
     static inline C scalar_load_##dt(const T *p) { return fn_load1_##dt(p); }                   \
+    static inline void scalar_load2_##dt(const T *p, C *a, C *b) {                              \
+        *a = fn_load1_##dt(p);                                                                 \
+        *b = fn_load1_##dt(p + 1);                                                             \
+    }                                                                                          \
     static inline C scalar_load_n_##dt(const T *p, size_t n) { (void)n; return fn_load1_##dt(p); } \
     static inline void scalar_store_##dt(T *p, C v) { fn_store1_##dt(p, v); }                   \
     static inline void scalar_store_n_##dt(T *p, C v, size_t n) { (void)n; fn_store1_##dt(p, v); } \
