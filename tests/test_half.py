@@ -168,14 +168,16 @@ def test_every_nan_input_makes_its_row_nan(dtype, op, isa, rng):
     assert np.isnan(y.astype(np.float32)).all()
 
 
+@pytest.mark.parametrize("rows", [5, 40])
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-def test_nan_weight_and_bias_payloads_stay_nan(dtype, op, isa, rng):
+def test_nan_weight_and_bias_payloads_stay_nan(dtype, op, rows, isa, rng):
     # float32 parameters may carry NaN payloads in their low 16 bits, which rounding to
-    # bfloat16 like a number would carry into the sign (0x7fffffff -> -0.0): a call with
-    # such parameters must keep the store's NaN test.
+    # bfloat16 like a number would carry into the sign (0x7fffffff -> -0.0) or round to
+    # infinity (0x7f800001): a few rows keep the store's NaN test, many rows have the
+    # parameters' NaNs made canonical in the copy the call makes of them.
     n = 64
-    x = random_data(rng, (5, n), dtype)
-    payloads = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF, 0x7FC08001], np.uint32).view(np.float32)
+    x = random_data(rng, (rows, n), dtype)
+    payloads = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC08001], np.uint32).view(np.float32)
     w = random_data(rng, n, np.float32, offset=1.0)
     w[[3, 17, 30, 44]] = payloads
     nan = np.isnan(w)

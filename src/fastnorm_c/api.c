@@ -71,7 +71,10 @@
  * a line; LayerNorm 64x768 and 512x768 float32 with both there took 1.05x the time of
  * aligned ones (C driver, 1 thread, Zen 3).  The copy costs two rows' parameters per call. */
 #define FN_ALIGN_PARAMS_MIN_ROWS 16
-
+/* A bfloat16 call of at least this many rows makes its parameters' NaNs canonical while
+ * copying them (about 0.6 cycles per parameter), so that the stores skip their NaN test
+ * (3 operations per 8 values of every row); fewer rows keep the test (fn_row_params). */
+#define FN_CANONICAL_PARAMS_MIN_ROWS 8
 /* Stream y only when it is large and not read back: in place, x's lines are owned already.
  * FN_STORE_STREAM or 0: the row kernels' store flag, and the column kernels' boolean. */
 static int fn_stream(const void *x, const void *y, size_t bytes) {
@@ -85,20 +88,38 @@ static void *fn_malloc_aligned(size_t bytes, void **block) {
     return *block ? (void *)(((uintptr_t)*block + 63) & ~(uintptr_t)63) : NULL;
 }
 
-/* `bytes` of parameters copied to dst in a row kernel's order (kernels.h, param_block):
- * natural for order 0, else each full block of `order` float32 values as its even-indexed
- * values, then its odd ones.  Returns dst. */
-static const void *fn_copy_params(void *dst, const void *src, size_t bytes, size_t order) {
-    const float *from = (const float *)src;
-    float *to = (float *)dst;
-    size_t n = bytes / sizeof(float), blocked = order ? n / order * order : 0, half = order / 2;
-    for (size_t block = 0; block < blocked; block += order)
-        for (size_t k = 0; k < half; ++k) {
+/* A float32 value's bits, a NaN made quiet with its low 16 bits cleared: the same NaN
+ * once rounded to bfloat16 (FN_STORE_NAN_CANONICAL). */
+static uint32_t fn_canonical_nan(uint32_t bits) {
+    return (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x400000u) & 0xffff0000u : bits;
+}
+
+/* `n` compute-dtype parameters (`size` bytes each) copied to dst in a row kernel's order
+ * (kernels.h, param_block): natural for order 0, else (float32, order 16) each full block
+ * of 16 values as its 8 even-indexed values, then its 8 odd ones.  bfloat16's parameters
+ * (`canonical`) have their NaNs made canonical on the way, so that the kernel's bfloat16
+ * stores may skip their NaN test.  Loops of constant shape, which the compiler vectorizes:
+ * a one-row call pays for this copy.  Returns dst. */
+static const void *fn_copy_params(void *dst, const void *src, size_t n, size_t size,
+                                  size_t order, int canonical) {
+    size_t blocked = order == 16 ? n / 16 * 16 : 0;
+    const uint32_t *from = (const uint32_t *)src;
+    uint32_t *to = (uint32_t *)dst;
+    if (canonical) {
+        for (size_t block = 0; block < blocked; block += 16)
+            for (size_t k = 0; k < 8; ++k) {
+                to[block + k] = fn_canonical_nan(from[block + 2 * k]);
+                to[block + 8 + k] = fn_canonical_nan(from[block + 2 * k + 1]);
+            }
+        for (size_t i = blocked; i < n; ++i) to[i] = fn_canonical_nan(from[i]);
+        return dst;
+    }
+    for (size_t block = 0; block < blocked; block += 16)
+        for (size_t k = 0; k < 8; ++k) {
             to[block + k] = from[block + 2 * k];
-            to[block + half + k] = from[block + 2 * k + 1];
+            to[block + 8 + k] = from[block + 2 * k + 1];
         }
-    memcpy((char *)dst + blocked * sizeof(float), (const char *)src + blocked * sizeof(float),
-           bytes - blocked * sizeof(float));
+    memcpy((char *)dst + blocked * size, (const char *)src + blocked * size, (n - blocked) * size);
     return dst;
 }
 
@@ -220,16 +241,27 @@ typedef struct {
     int stream, row_store; /* column kernels: stream; row kernels: FN_STORE_* flags */
 } fn_norm_job;
 
-/* FN_STORE_NAN_CANONICAL when weight and bias (compute dtype, n values or NULL) hold no NaN:
- * a LayerNorm/RMSNorm row's other scalars are numbers or C's NAN (fn_finish).  Only
- * bfloat16 has a store that is faster under it, so other dtypes skip the scan. */
-static int fn_nan_canonical(fastnorm_dtype_t dtype, const void *weight, const void *bias,
-                            size_t n) {
-    if (dtype != FASTNORM_BF16) return 0;
-    const float *w = (const float *)weight, *b = (const float *)bias;
-    int nan = 0;
-    for (size_t i = 0; i < n; ++i) nan |= (w && isnan(w[i])) | (b && isnan(b[i]));
-    return nan ? 0 : FN_STORE_NAN_CANONICAL;
+/* The row kernels' weight and bias for a call of `rows` rows of n values, and the store
+ * flags they imply.  They are copied into the table's param_block order where that is
+ * not natural, and onto a cache line from FN_ALIGN_PARAMS_MIN_ROWS rows if they are not
+ * on one.  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its NaNs made
+ * canonical and the flags include FN_STORE_NAN_CANONICAL, as they do without parameters;
+ * otherwise the kernels keep the bfloat16 store's NaN test.  Returns the flags, or -1
+ * without memory for a copy the kernels need; *block receives the copy to free (or NULL). */
+static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype, size_t rows,
+                         size_t n, const void **weight, const void **bias, void **block) {
+    int bf16 = dtype == FASTNORM_BF16;
+    size_t order = kernels->param_block[dtype], size = fn_compute_size(dtype);
+    *block = NULL;
+    if (!*weight && !*bias) return bf16 ? FN_STORE_NAN_CANONICAL : 0;
+    int misaligned = (((uintptr_t)*weight | (uintptr_t)*bias) & 63) != 0;
+    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misaligned)) return 0;
+    char *copy = fn_malloc_aligned(2 * n * size, block);
+    if (!copy) return order ? -1 : 0; /* an aligned copy only helps: the caller's serve */
+    int canonical = bf16 && rows >= FN_CANONICAL_PARAMS_MIN_ROWS;
+    if (*weight) *weight = fn_copy_params(copy, *weight, n, size, order, canonical);
+    if (*bias) *bias = fn_copy_params(copy + n * size, *bias, n, size, order, canonical);
+    return canonical ? FN_STORE_NAN_CANONICAL : 0;
 }
 
 /* Statistics then normalization of row r, read from cache the second time. */
@@ -389,22 +421,15 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (kind == FASTNORM_RMS_NORM) bias = NULL; /* RMSNorm has no bias */
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     void *param_block = NULL;
-    if (inner == 1 && (weight || bias)) {
-        /* the row kernels' parameter order (kernels.h), on a cache line for many rows */
-        size_t order = kernels->param_block[dtype], bytes = middle * fn_compute_size(dtype);
-        int misaligned = (((uintptr_t)weight | (uintptr_t)bias) & 63) != 0;
-        if (order || (outer >= FN_ALIGN_PARAMS_MIN_ROWS && misaligned)) {
-            char *copy = fn_malloc_aligned(2 * bytes, &param_block);
-            if (!copy && order) return FASTNORM_ERR_NO_MEMORY;
-            if (copy && weight) weight = fn_copy_params(copy, weight, bytes, order);
-            if (copy && bias) bias = fn_copy_params(copy + bytes, bias, bytes, order);
-        } /* an aligned copy only helps: without memory for it, the caller's arrays serve */
+    int row_store = 0;
+    if (inner == 1) { /* the column path takes weight and bias per row, as scalars */
+        row_store = fn_row_params(kernels, dtype, outer, middle, &weight, &bias, &param_block);
+        if (row_store < 0) return FASTNORM_ERR_NO_MEMORY;
     }
     fn_norm_job job = {kernels, kind, dtype, outer, middle, inner,
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
                        (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
-                       stream,
-                       stream | fn_nan_canonical(dtype, weight, bias, middle)};
+                       stream, stream | row_store};
     fastnorm_status_t status = fn_norm_run(&job, fn_threads(n_threads, total));
     free(param_block);
     return status;

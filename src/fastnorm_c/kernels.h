@@ -74,11 +74,12 @@ typedef struct {
     fastnorm_row_normalize_fn row_normalize[FASTNORM_DTYPE_COUNT];
     fastnorm_col_stats_fn col_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_col_normalize_fn col_normalize[FASTNORM_DTYPE_COUNT];
-    /* The order row_normalize takes weight and bias in.  0: natural.  b (even, compute
-     * dtype float32 only): each full block of b values from the span's start holds the
-     * block's even-indexed values, then its odd ones; the last n % b values keep their
-     * place.  A family whose vectors split into even and odd elements for free sets it
-     * (AVX2 bfloat16), and the caller reorders a copy once per call. */
+    /* The order row_normalize takes weight and bias in.  0: natural.  16 (compute dtype
+     * float32 only; the one block api.c's fn_copy_params knows): each full block of 16
+     * values from the span's start holds the block's 8 even-indexed values, then its 8
+     * odd ones; the last n % 16 values keep their place.  A family whose vectors split
+     * into even and odd elements for free sets it (AVX2 bfloat16), and the caller
+     * reorders a copy once per call. */
     unsigned char param_block[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
