@@ -475,7 +475,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
 #undef KB_PREFETCH2
 #undef KB_PAIR
     /* where the parameters are in natural order again: after the last full pair block */
-    const size_t natural = KB_PAIR_BLOCK ? n / KB_PAIR_BLOCK * KB_PAIR_BLOCK : 0;
+    const size_t natural = KB_PAIR_BLOCK ? n / (2 * KB_LANES) * (2 * KB_LANES) : 0;
     for (; i + KB_LANES <= n; i += KB_LANES) {
         if (next) KB_NAME(kb_prefetch_line)(next, i);
         KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v, scale_v,
