@@ -166,9 +166,9 @@ static inline void avx2_store_n_bf16(uint16_t *p, __m256 v, size_t n) {
 /* A pair of bfloat16 vectors as the normalize pass takes them: the 16 values at p as their
  * even-indexed elements (a) and their odd ones (b), from one 32-byte load by a shift and
  * an AND, and stored back by a shift and a 16-bit blend.  Against widening and narrowing
- * each half in place (byte shuffles and a cross-lane permute): 0.81x the time of the
- * normalize loop in L1 (benchmarks/kernel_cycles.c's loop, Zen 3).  Weight and bias come
- * in the same order (avx2_param_block_bf16). */
+ * each half in place (byte shuffles and a cross-lane permute): 0.75-0.83x the time of the
+ * normalize loop in L1 (benchmarks/kernel_cycles.c and a standalone copy of the loop, Zen
+ * 3).  Weight and bias come in the same order (avx2_param_block_bf16). */
 static inline void avx2_load2_bf16(const uint16_t *p, __m256 *a, __m256 *b) {
     __m256i v = _mm256_loadu_si256((const __m256i *)p);
     *a = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
