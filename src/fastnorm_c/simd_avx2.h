@@ -198,7 +198,7 @@ static inline void avx2_stream_f16(uint16_t *p, __m256 v) {
 static inline void avx2_stream_bf16(uint16_t *p, __m256 v) {
     _mm_stream_si128((__m128i *)p, fn_avx2_narrow_high_u16(fn_avx2_bf16_round_high(v)));
 }
-/* two vectors, p aligned to both vectors' storage bytes (bfloat16: to 16 bytes);
+/* two vectors, p aligned to both vectors' storage bytes;
  * float32/float64 store them one after the other */
 #define FN_AVX2_TWO(T, V, dt, lanes)                                                         \
     static inline void avx2_load2_##dt(const T *p, V *a, V *b) {                             \
