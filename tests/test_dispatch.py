@@ -159,7 +159,13 @@ def test_wide_instructions_only_in_their_kernel_family():
     found = _vector_functions(fastnorm._core.__file__)
     if found is None:
         pytest.skip("objdump not installed")
+    # A family's functions end in its name; its header's primitives (simd_avx2.h,
+    # simd_avx512.h: included by that family's file only) start with it, and GCC may
+    # leave one out of line when a kernel grows past its inlining budget.
+    def family(name, isa):
+        return name.endswith("_" + isa) or name.startswith((isa + "_", "fn_" + isa + "_"))
+
     strays = {name: kinds for name, kinds in found.items()
-              if not (name.endswith("_avx512") or (name.endswith("_avx2") and "zmm" not in kinds
-                                                   and "mask" not in kinds))}
+              if not (family(name, "avx512") or (family(name, "avx2") and "zmm" not in kinds
+                                                 and "mask" not in kinds))}
     assert not strays, f"wide registers outside the kernel families: {strays}"
