@@ -6,7 +6,7 @@ from the same input values, once per kernel family (the `isa` fixture).
 import numpy as np
 import pytest
 
-from fn_testutil import (F32, F64, FULL_DTYPES, ROW_OPS, STRADDLE_LENGTHS, assert_close,
+from fn_testutil import (F32, F64, FULL_DTYPES, HALF_DTYPES, ROW_OPS, STRADDLE_LENGTHS, assert_close,
                          compute_dtype, import_torch, random_data, ref_row_norm,
                          ref_row_norm_axis, row_norm)
 
@@ -75,6 +75,28 @@ def test_weight_and_bias_at_any_address_give_the_same_bits(op, dtype, isa, rng, 
         for rows in (40, 3):
             np.testing.assert_array_equal(row_norm(op, x[:rows], None, w, b), expected[:rows],
                                           err_msg=f"weight {shift} elements in, {rows} rows")
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
+def test_rows_at_any_address_give_the_same_bits(op, dtype, isa, rng, tol):
+    # The normalize pass starts its loop where y reaches a vector boundary and writes the
+    # row's first and last vectors after it; the parameters are copied to y's place in a
+    # cache line (fn_param_phase).  x and y anywhere, apart or in place: the same bits.
+    for n in (24, 37, 192, 200):
+        x0 = random_data(rng, (20, n), dtype, offset=1.5)
+        w, b = _affine(op, rng, (n,), dtype, True, True)
+        expected = row_norm(op, x0, None, w, b)
+        assert_close(expected, ref_row_norm(op, x0, None, w, b), tol)
+        for x_shift, y_shift in [(s, s) for s in range(8)] + [(1, 3), (0, 5), (6, 2)]:
+            x_buffer, y_buffer = np.empty(x0.size + 8, dtype), np.empty(x0.size + 8, dtype)
+            x = x_buffer[x_shift:x_shift + x0.size].reshape(x0.shape)
+            y = y_buffer[y_shift:y_shift + x0.size].reshape(x0.shape)
+            x[...] = x0
+            where = f"n={n}, x {x_shift} and y {y_shift} elements in"
+            np.testing.assert_array_equal(row_norm(op, x, None, w, b, out=y), expected,
+                                          err_msg=where)
+            np.testing.assert_array_equal(row_norm(op, x, None, w, b, out=x), expected,
+                                          err_msg=where + ", in place")
 
 
 @pytest.mark.parametrize("shape, normalized_shape", [

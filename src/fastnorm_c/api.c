@@ -65,11 +65,11 @@
  * cache keeps between calls) at 1.45x. */
 #define FN_STREAM_MIN_BYTES (16u << 20)
 
-/* A row norm of at least this many rows reads its weight and bias from a copy on a 64-byte
- * boundary when they are not on one: every vector of every row loads them, and a load that
- * straddles two cache lines costs a second access.  NumPy places small arrays 16 bytes past
- * a line; LayerNorm 64x768 and 512x768 float32 with both there took 1.05x the time of
- * aligned ones (C driver, 1 thread, Zen 3).  The copy costs two rows' parameters per call. */
+/* A row norm of at least this many rows reads its weight and bias from a copy placed like
+ * y when they are not: every vector of every row loads them, the normalize pass works on
+ * y's vector boundaries, and a load that straddles two cache lines costs a second access.
+ * NumPy places arrays 16 bytes past a line, where the parameters usually sit like y
+ * already.  The copy costs two rows' parameters per call. */
 #define FN_ALIGN_PARAMS_MIN_ROWS 16
 /* A bfloat16 call of at least this many rows makes its parameters' NaNs canonical while
  * copying them (about 0.6 cycles per parameter), so that the stores skip their NaN test
@@ -241,26 +241,43 @@ typedef struct {
     int stream, row_store; /* column kernels: stream; row kernels: FN_STORE_* flags */
 } fn_norm_job;
 
-/* The row kernels' weight and bias for a call of `rows` rows of n values, and the store
- * flags they imply.  They are copied into the table's param_block order where that is
- * not natural, and onto a cache line from FN_ALIGN_PARAMS_MIN_ROWS rows if they are not
- * on one.  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its NaNs made
- * canonical and the flags include FN_STORE_NAN_CANONICAL, as they do without parameters;
- * otherwise the kernels keep the bfloat16 store's NaN test.  Returns the flags, or -1
- * without memory for a copy the kernels need; *block receives the copy to free (or NULL). */
+/* Where a parameter copy for the row kernels starts, relative to a 64-byte boundary: where
+ * y's vector boundaries fall, in compute-dtype elements (the normalize pass starts its
+ * loop there), when every row of y starts at the same place in a cache line; else on the
+ * boundary. */
+static size_t fn_param_phase(const void *y, size_t item_size, size_t n, size_t size) {
+    uintptr_t address = (uintptr_t)y;
+    if ((n * item_size) % 64 || address % item_size) return 0;
+    size_t lead = (64 - address % 64) % 64 / item_size; /* y's elements before a boundary */
+    return (64 - lead * size % 64) % 64;
+}
+
+/* The row kernels' weight and bias for a call of `rows` rows of n values written to y, and
+ * the store flags they imply.  They are copied into the table's param_block order where
+ * that is not natural, and placed like y (fn_param_phase) from FN_ALIGN_PARAMS_MIN_ROWS
+ * rows if they are not.  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its
+ * NaNs made canonical and the flags include FN_STORE_NAN_CANONICAL, as they do without
+ * parameters; otherwise the kernels keep the bfloat16 store's NaN test.  Returns the
+ * flags, or -1 without memory for a copy the kernels need; *block receives the copy to
+ * free (or NULL). */
 static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype, size_t rows,
-                         size_t n, const void **weight, const void **bias, void **block) {
+                         size_t n, const void *y, const void **weight, const void **bias,
+                         void **block) {
     int bf16 = dtype == FASTNORM_BF16;
     size_t order = kernels->param_block[dtype], size = fn_compute_size(dtype);
     *block = NULL;
     if (!*weight && !*bias) return bf16 ? FN_STORE_NAN_CANONICAL : 0;
-    int misaligned = (((uintptr_t)*weight | (uintptr_t)*bias) & 63) != 0;
-    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misaligned)) return 0;
-    char *copy = fn_malloc_aligned(2 * n * size, block);
-    if (!copy) return order ? -1 : 0; /* an aligned copy only helps: the caller's serve */
+    /* pairs in a family order start at the row's start, so their blocks on a boundary */
+    size_t phase = order ? 0 : fn_param_phase(y, fn_storage_size(dtype), n, size);
+    size_t stride = (n * size + 63) / 64 * 64; /* bias: as far past weight as a line multiple */
+    int misplaced = (*weight && ((uintptr_t)*weight - phase) % 64) ||
+                    (*bias && ((uintptr_t)*bias - phase) % 64);
+    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced)) return 0;
+    char *copy = fn_malloc_aligned(stride + n * size + phase, block);
+    if (!copy) return order ? -1 : 0; /* a copy in place only helps: the caller's serve */
     int canonical = bf16 && rows >= FN_CANONICAL_PARAMS_MIN_ROWS;
-    if (*weight) *weight = fn_copy_params(copy, *weight, n, size, order, canonical);
-    if (*bias) *bias = fn_copy_params(copy + n * size, *bias, n, size, order, canonical);
+    if (*weight) *weight = fn_copy_params(copy + phase, *weight, n, size, order, canonical);
+    if (*bias) *bias = fn_copy_params(copy + phase + stride, *bias, n, size, order, canonical);
     return canonical ? FN_STORE_NAN_CANONICAL : 0;
 }
 
@@ -423,7 +440,7 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     void *param_block = NULL;
     int row_store = 0;
     if (inner == 1) { /* the column path takes weight and bias per row, as scalars */
-        row_store = fn_row_params(kernels, dtype, outer, middle, &weight, &bias, &param_block);
+        row_store = fn_row_params(kernels, dtype, outer, middle, y, &weight, &bias, &param_block);
         if (row_store < 0) return FASTNORM_ERR_NO_MEMORY;
     }
     fn_norm_job job = {kernels, kind, dtype, outer, middle, inner,

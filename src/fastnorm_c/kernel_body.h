@@ -305,20 +305,36 @@ KB_INLINE size_t KB_NAME(kb_stream_head)(const KB_T *y, size_t n) {
     return head < n ? head : n;
 }
 
-/* Prefetch the cache line of element i of a span, once per line (i steps by KB_LANES).
- * Not in the scalar family (one lane): its loops rely on the compiler's auto-vectorization,
- * which a per-element prefetch defeats (measured 1.6x slower). */
-KB_INLINE void KB_NAME(kb_prefetch_line)(const char *span, size_t i) {
-    size_t byte = i * sizeof(KB_T);
-    if (KB_LANES > 1 && (KB_LANES * sizeof(KB_T) >= 64 || byte % 64 < KB_LANES * sizeof(KB_T)))
+/* Prefetch the cache lines of elements i ... i + count - 1 of a span, each line once as i
+ * steps by count: every 64 bytes of a step of 64 or more, else from the step that starts
+ * in a line's first `step` bytes.  Not in the scalar family (one lane): its loops rely on
+ * the compiler's auto-vectorization, which a per-element prefetch defeats (measured 1.6x
+ * slower). */
+KB_INLINE void KB_NAME(kb_prefetch_lines)(const char *span, size_t i, size_t count) {
+    size_t byte = i * sizeof(KB_T), step = count * sizeof(KB_T);
+    if (KB_LANES == 1) return;
+    if (step >= 64)
+        for (size_t offset = 0; offset < step; offset += 64) __builtin_prefetch(span + byte + offset);
+    else if (byte % 64 < step)
         __builtin_prefetch(span + byte);
 }
 
-/* The normalize pass on h, the vector at element i; `left` < KB_LANES selects a masked
- * tail of the parameters.
- * y = ((h - mean_hi) * scale + low) * w + b, where low = -mean_lo * scale folds the low
- * part of the mean into the FMA: one operation fewer than subtracting it, and one rounding
- * fewer.  Without a weight, `beta` already holds beta + low. */
+/* The normalize pass's constants as vectors: y = ((h - mean_hi) * scale + low) * w + b,
+ * where low = -mean_lo * scale folds the low part of the mean into the FMA (one operation
+ * fewer than subtracting it, and one rounding fewer); without weight and bias, `beta`
+ * already holds beta + low. */
+KB_INLINE void KB_NAME(kb_normalize_constants)(KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
+                                               int center, int has_affine, KB_V *mean_hi_v,
+                                               KB_V *low_v, KB_V *scale_v, KB_V *beta_v) {
+    KB_C low = center ? (KB_C)(-(double)mean_lo * (double)scale) : 0;
+    *mean_hi_v = kb_set1(mean_hi);
+    *low_v = kb_set1(low);
+    *scale_v = kb_set1(scale);
+    *beta_v = kb_set1(has_affine ? beta : beta + low);
+}
+
+/* The normalize pass on h, the vector at element i (kb_normalize_constants); `left` <
+ * KB_LANES selects a masked tail of the parameters. */
 KB_INLINE KB_V KB_NAME(kb_normalize_h)(KB_V h, size_t i, size_t left, KB_V mean_hi, KB_V low,
                                        KB_V scale, KB_V beta, const KB_C *weight,
                                        const KB_C *bias, int center, int has_weight,
@@ -405,9 +421,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                               const char *next, int has_residual, int center,
                                               int has_weight, int has_bias, int stream,
                                               int canonical) {
-    KB_C low = center ? (KB_C)(-(double)mean_lo * (double)scale) : 0;
-    const KB_V mean_hi_v = kb_set1(mean_hi), low_v = kb_set1(low);
-    const KB_V scale_v = kb_set1(scale), beta_v = kb_set1(has_weight || has_bias ? beta : beta + low);
+    KB_V mean_hi_v, low_v, scale_v, beta_v;
+    KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, has_weight || has_bias,
+                                    &mean_hi_v, &low_v, &scale_v, &beta_v);
     stream = stream && KB_LANES > 1; /* the scalar family's "streaming" stores are plain */
     size_t i = 0, head = stream ? KB_NAME(kb_stream_head)(y, n) : 0;
     /* nothing aligned to stream to; or pairs in a family order, which must start at the
@@ -433,10 +449,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                    bias, has_residual, center, has_weight, has_bias, &first,    \
                                    &second)
 #define KB_PREFETCH2(at)                                                                          \
-    if (next) {                                                                                   \
-        KB_NAME(kb_prefetch_line)(next, at);                                                      \
-        KB_NAME(kb_prefetch_line)(next, (at) + KB_LANES);                                         \
-    }
+    if (next) KB_NAME(kb_prefetch_lines)(next, at, 2 * KB_LANES);
     if (stream) {
         /* pairs start where y is aligned for a two-vector streaming store (in a family
          * order: at the row's start, and the store needs one vector's alignment) */
@@ -477,7 +490,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     /* where the parameters are in natural order again: after the last full pair block */
     const size_t natural = KB_PAIR_BLOCK ? n / (2 * KB_LANES) * (2 * KB_LANES) : 0;
     for (; i + KB_LANES <= n; i += KB_LANES) {
-        if (next) KB_NAME(kb_prefetch_line)(next, i);
+        if (next) KB_NAME(kb_prefetch_lines)(next, i, KB_LANES);
         KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
                                          has_weight, has_bias, 0);
@@ -497,6 +510,43 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
         KB_NAME(kb_row_normalize_vector)(x, residual, i, n - i, mean_hi_v, low_v, scale_v,
                                          beta_v, weight, bias, y, has_residual, center,
                                          has_weight, has_bias, 0);
+}
+
+/* kb_row_normalize_impl where y is not on a vector boundary (NumPy puts arrays 16 bytes
+ * past a cache line): the row from y's first vector boundary on, a whole number of
+ * vectors, so that no store and, where the caller placed x and the parameters as y
+ * (fn_row_params), no load splits across two lines.  The row's first and last vectors,
+ * full and unaligned, are computed before and stored after it: right in place too, where
+ * their overlap with its outputs is rewritten with the same values.  (Computing the last
+ * one after the loop instead took 1.04x the time of LayerNorm 512x768; running the loop
+ * from the boundary inside kb_row_normalize_impl cost four instructions of index
+ * arithmetic per pair.) */
+KB_INLINE void KB_NAME(kb_row_normalize_aligned)(const KB_T *x, const KB_T *residual, size_t n,
+                                                 KB_C mean_hi, KB_C mean_lo, KB_C scale,
+                                                 KB_C beta, const KB_C *weight, const KB_C *bias,
+                                                 KB_T *y, const char *next, int has_residual,
+                                                 int center, int has_weight, int has_bias) {
+    size_t lead = KB_NAME(kb_stream_head)(y, n);
+    if (!lead || lead + 2 * KB_LANES > n) {
+        KB_NAME(kb_row_normalize_impl)(x, residual, n, mean_hi, mean_lo, scale, beta, weight, bias,
+                                       y, next, has_residual, center, has_weight, has_bias, 0, 0);
+        return;
+    }
+    KB_V mean_hi_v, low_v, scale_v, beta_v;
+    KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, has_weight || has_bias,
+                                    &mean_hi_v, &low_v, &scale_v, &beta_v);
+#define KB_EDGE(at)                                                                                 \
+    KB_NAME(kb_row_normalize_value)(x, residual, at, KB_LANES, mean_hi_v, low_v, scale_v, beta_v,   \
+                                    weight, bias, has_residual, center, has_weight, has_bias)
+    KB_V first = KB_EDGE(0), last = KB_EDGE(n - KB_LANES);
+#undef KB_EDGE
+    KB_NAME(kb_row_normalize_impl)(x + lead, has_residual ? residual + lead : NULL,
+                                   (n - lead) / KB_LANES * KB_LANES, mean_hi, mean_lo, scale, beta,
+                                   has_weight ? weight + lead : NULL, has_bias ? bias + lead : NULL,
+                                   y + lead, next ? next + lead * sizeof(KB_T) : NULL,
+                                   has_residual, center, has_weight, has_bias, 0, 0);
+    kb_store(y, first);
+    kb_store(y + n - KB_LANES, last);
 }
 
 /* The mean pair (mean_hi, mean_lo) as compute-dtype values: float64 keeps the caller's
@@ -525,20 +575,30 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
     KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
     int center = mean != 0.0 || mean_lo != 0.0;
-    int flags = (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
+    /* from y's vector boundary (not streamed, whose loop aligns itself; not in a family
+     * order, whose blocks start at the row's start: AVX2 bfloat16, the canonical stores') */
+    int align = KB_LANES > 1 && !KB_PAIR_BLOCK && !stream && !canonical;
+    int flags = (align ? 32 : 0) | (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) |
+                (ws ? 2 : 0) | (bs ? 1 : 0);
     /* a switch of constant flags lets the compiler emit one tight loop per variant (and drop
-     * the canonical ones where KB_CANONICAL is 0) */
+     * the canonical and aligned ones where the family has none) */
 #define KB_CASE(f)                                                                              \
     case f:                                                                                     \
-        KB_NAME(kb_row_normalize_impl)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, nx, (f) & 8,      \
-                                       (f) & 4, (f) & 2, (f) & 1, stream, (f) & 16);            \
+        if ((f) & 32)                                                                           \
+            KB_NAME(kb_row_normalize_aligned)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, nx,        \
+                                              (f) & 8, (f) & 4, (f) & 2, (f) & 1);              \
+        else                                                                                    \
+            KB_NAME(kb_row_normalize_impl)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, nx, (f) & 8,  \
+                                           (f) & 4, (f) & 2, (f) & 1, stream, (f) & 16);        \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
         KB_CASE(8) KB_CASE(9) KB_CASE(10) KB_CASE(11) KB_CASE(12) KB_CASE(13) KB_CASE(14)
         KB_CASE(15) KB_CASE(16) KB_CASE(17) KB_CASE(18) KB_CASE(19) KB_CASE(20) KB_CASE(21)
         KB_CASE(22) KB_CASE(23) KB_CASE(24) KB_CASE(25) KB_CASE(26) KB_CASE(27) KB_CASE(28)
-        KB_CASE(29) KB_CASE(30) KB_CASE(31)
+        KB_CASE(29) KB_CASE(30) KB_CASE(31) KB_CASE(32) KB_CASE(33) KB_CASE(34) KB_CASE(35)
+        KB_CASE(36) KB_CASE(37) KB_CASE(38) KB_CASE(39) KB_CASE(40) KB_CASE(41) KB_CASE(42)
+        KB_CASE(43) KB_CASE(44) KB_CASE(45) KB_CASE(46) KB_CASE(47)
     }
 #undef KB_CASE
 }
