@@ -35,6 +35,10 @@ def _thread_cases(rng):
     nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
     small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
     w = random_data(rng, 1024, np.float32, offset=1.0)
+    # 15 channel rows, split 7 / 8 between two threads: the second starts mid-cycle
+    odd = random_data(rng, (5, 3, 50, 50), np.float32, offset=100.0)
+    odd_stats = [np.array(v, np.float32) for v in ([99, 100, 101], [0.5, 1, 2], [1, 2, 3],
+                                                   [0, 1, -1])]
 
     def bn(x, axis):
         rm, rv = np.zeros(32, np.float32), np.ones(32, np.float32)
@@ -55,6 +59,9 @@ def _thread_cases(rng):
         "batch_norm NCHW one sample": lambda: bn(nchw[:1], 1),
         "batch_norm eval": lambda: (fastnorm.batch_norm(nchw, np.full(32, 100, np.float32),
                                                         np.ones(32, np.float32)),),
+        "batch_norm eval 5x3": lambda: (fastnorm.batch_norm(odd, *odd_stats),),
+        "batch_norm NCHW 5x3": lambda: (fastnorm.batch_norm(odd, None, None, *odd_stats[2:],
+                                                            training=True),),
         "group_norm": lambda: (fastnorm.group_norm(nchw, 8),),
         "moments all": lambda: fastnorm.moments(long_row),
         "moments channels": lambda: fastnorm.moments(nchw, axis=(0, 2, 3)),

@@ -658,12 +658,13 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     int threads = fn_threads(n_threads, total), stream = fn_stream(x, y, total * size);
     const char *xs = (const char *)x;
     char *ys = (char *)y;
-    if (inner >= FN_AFFINE_ROW_MIN && inner <= FN_ROW_SEGMENT) { /* one kernel call per row */
-        FN_PARALLEL_FOR(row, outer * channels, {
-            size_t channel = (size_t)row % channels, offset = (size_t)row * inner * size;
-            kernels->row_normalize[dtype](xs + offset, NULL, inner, mean ? mean[channel] : 0.0, 0.0,
-                                          scale[channel], shift[channel], NULL, NULL, ys + offset,
-                                          NULL, stream);
+    if (inner >= FN_AFFINE_ROW_MIN && inner <= FN_ROW_SEGMENT) { /* a thread's rows per call */
+        size_t rows = outer * channels;
+        FN_PARALLEL_FOR(t, threads, {
+            size_t first = rows * (size_t)t / (size_t)threads;
+            size_t last = rows * (size_t)(t + 1) / (size_t)threads, offset = first * inner * size;
+            kernels->rows_affine[dtype](xs + offset, last - first, inner, first, channels, mean,
+                                        scale, shift, ys + offset, stream);
         });
         return FASTNORM_OK;
     }

@@ -512,41 +512,36 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                          has_weight, has_bias, 0);
 }
 
-/* kb_row_normalize_impl where y is not on a vector boundary (NumPy puts arrays 16 bytes
- * past a cache line): the row from y's first vector boundary on, a whole number of
+/* Where y is not on a vector boundary (NumPy puts arrays 16 bytes past a cache line), the
+ * caller runs kb_row_normalize_impl from y's first vector boundary over a whole number of
  * vectors, so that no store and, where the caller placed x and the parameters as y
- * (fn_row_params), no load splits across two lines.  The row's first and last vectors,
- * full and unaligned, are computed before and stored after it: right in place too, where
- * their overlap with its outputs is rewritten with the same values.  (Computing the last
- * one after the loop instead took 1.04x the time of LayerNorm 512x768; running the loop
- * from the boundary inside kb_row_normalize_impl cost four instructions of index
- * arithmetic per pair.) */
-KB_INLINE void KB_NAME(kb_row_normalize_aligned)(const KB_T *x, const KB_T *residual, size_t n,
-                                                 KB_C mean_hi, KB_C mean_lo, KB_C scale,
-                                                 KB_C beta, const KB_C *weight, const KB_C *bias,
-                                                 KB_T *y, const char *next, int has_residual,
-                                                 int center, int has_weight, int has_bias) {
+ * (fn_row_params), no load splits across two lines; it stores the row's first and last
+ * vectors, full and unaligned, after that loop, which is right in place too (their
+ * overlap with the loop's outputs is rewritten with the same values).  Returns the
+ * loop's first element (0: no such loop, the row as it is) and its length in *body, and
+ * computes the two vectors, flags tested at run time: two vectors a row do not need a
+ * variant of their own (a copy of the whole pass per variant doubled the compile time).
+ * (Computing the last vector after the loop took 1.04x the time of LayerNorm 512x768;
+ * running the loop from the boundary by index inside kb_row_normalize_impl cost four
+ * instructions of index arithmetic per pair.) */
+KB_INLINE size_t KB_NAME(kb_row_edges)(const KB_T *x, const KB_T *residual, size_t n,
+                                       KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
+                                       const KB_C *weight, const KB_C *bias, int center,
+                                       const KB_T *y, size_t *body, KB_V *first, KB_V *last) {
     size_t lead = KB_NAME(kb_stream_head)(y, n);
-    if (!lead || lead + 2 * KB_LANES > n) {
-        KB_NAME(kb_row_normalize_impl)(x, residual, n, mean_hi, mean_lo, scale, beta, weight, bias,
-                                       y, next, has_residual, center, has_weight, has_bias, 0, 0);
-        return;
-    }
+    if (!lead || lead + 2 * KB_LANES > n) return 0;
     KB_V mean_hi_v, low_v, scale_v, beta_v;
-    KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, has_weight || has_bias,
+    KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, weight || bias,
                                     &mean_hi_v, &low_v, &scale_v, &beta_v);
 #define KB_EDGE(at)                                                                                 \
     KB_NAME(kb_row_normalize_value)(x, residual, at, KB_LANES, mean_hi_v, low_v, scale_v, beta_v,   \
-                                    weight, bias, has_residual, center, has_weight, has_bias)
-    KB_V first = KB_EDGE(0), last = KB_EDGE(n - KB_LANES);
+                                    weight, bias, residual != NULL, center, weight != NULL,         \
+                                    bias != NULL)
+    *first = KB_EDGE(0);
+    *last = KB_EDGE(n - KB_LANES);
 #undef KB_EDGE
-    KB_NAME(kb_row_normalize_impl)(x + lead, has_residual ? residual + lead : NULL,
-                                   (n - lead) / KB_LANES * KB_LANES, mean_hi, mean_lo, scale, beta,
-                                   has_weight ? weight + lead : NULL, has_bias ? bias + lead : NULL,
-                                   y + lead, next ? next + lead * sizeof(KB_T) : NULL,
-                                   has_residual, center, has_weight, has_bias, 0, 0);
-    kb_store(y, first);
-    kb_store(y + n - KB_LANES, last);
+    *body = (n - lead) / KB_LANES * KB_LANES;
+    return lead;
 }
 
 /* The mean pair (mean_hi, mean_lo) as compute-dtype values: float64 keeps the caller's
@@ -575,32 +570,71 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
     KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
     int center = mean != 0.0 || mean_lo != 0.0;
-    /* from y's vector boundary (not streamed, whose loop aligns itself; not in a family
-     * order, whose blocks start at the row's start: AVX2 bfloat16, the canonical stores') */
-    int align = KB_LANES > 1 && !KB_PAIR_BLOCK && !stream && !canonical;
-    int flags = (align ? 32 : 0) | (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) |
-                (ws ? 2 : 0) | (bs ? 1 : 0);
+    /* from y's vector boundary (kb_row_edges); not streamed, whose loop aligns itself; not
+     * in a family order, whose blocks start at the row's start (AVX2 bfloat16, the
+     * canonical stores') */
+    size_t lead = 0, body = n;
+    KB_V first = kb_set1(0), last = first;
+    if (KB_LANES > 1 && !KB_PAIR_BLOCK && !stream && !canonical)
+        lead = KB_NAME(kb_row_edges)(xs, rs, n, hi, lo, sc, be, ws, bs, center, ys, &body, &first,
+                                     &last);
+    if (lead) {
+        xs += lead;
+        rs = rs ? rs + lead : NULL;
+        ws = ws ? ws + lead : NULL;
+        bs = bs ? bs + lead : NULL;
+        nx = nx ? nx + lead * sizeof(KB_T) : NULL;
+    }
+    int flags = (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
     /* a switch of constant flags lets the compiler emit one tight loop per variant (and drop
-     * the canonical and aligned ones where the family has none) */
+     * the canonical ones where KB_CANONICAL is 0) */
 #define KB_CASE(f)                                                                              \
     case f:                                                                                     \
-        if ((f) & 32)                                                                           \
-            KB_NAME(kb_row_normalize_aligned)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, nx,        \
-                                              (f) & 8, (f) & 4, (f) & 2, (f) & 1);              \
-        else                                                                                    \
-            KB_NAME(kb_row_normalize_impl)(xs, rs, n, hi, lo, sc, be, ws, bs, ys, nx, (f) & 8,  \
-                                           (f) & 4, (f) & 2, (f) & 1, stream, (f) & 16);        \
+        KB_NAME(kb_row_normalize_impl)(xs, rs, body, hi, lo, sc, be, ws, bs, ys + lead, nx,     \
+                                       (f) & 8, (f) & 4, (f) & 2, (f) & 1, stream, (f) & 16);   \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
         KB_CASE(8) KB_CASE(9) KB_CASE(10) KB_CASE(11) KB_CASE(12) KB_CASE(13) KB_CASE(14)
         KB_CASE(15) KB_CASE(16) KB_CASE(17) KB_CASE(18) KB_CASE(19) KB_CASE(20) KB_CASE(21)
         KB_CASE(22) KB_CASE(23) KB_CASE(24) KB_CASE(25) KB_CASE(26) KB_CASE(27) KB_CASE(28)
-        KB_CASE(29) KB_CASE(30) KB_CASE(31) KB_CASE(32) KB_CASE(33) KB_CASE(34) KB_CASE(35)
-        KB_CASE(36) KB_CASE(37) KB_CASE(38) KB_CASE(39) KB_CASE(40) KB_CASE(41) KB_CASE(42)
-        KB_CASE(43) KB_CASE(44) KB_CASE(45) KB_CASE(46) KB_CASE(47)
+        KB_CASE(29) KB_CASE(30) KB_CASE(31)
     }
 #undef KB_CASE
+    if (lead) {
+        kb_store(ys, first);
+        kb_store(ys + n - KB_LANES, last);
+    }
+}
+
+static void KB_NAME(rows_affine)(const void *x, size_t rows, size_t n, size_t first,
+                                 size_t channels, const double *mean, const double *scale,
+                                 const double *shift, void *y, int store) {
+    int stream = store & FN_STORE_STREAM;
+    int edges = KB_LANES > 1 && !KB_PAIR_BLOCK && !stream; /* as row_normalize decides */
+    for (size_t r = 0, c = first % channels; r < rows; ++r, c = c + 1 == channels ? 0 : c + 1) {
+        const KB_T *xr = (const KB_T *)x + r * n;
+        KB_T *yr = (KB_T *)y + r * n;
+        KB_C hi, lo, sc = (KB_C)scale[c], be = (KB_C)shift[c];
+        double m = mean ? mean[c] : 0.0;
+        KB_NAME(kb_mean_pair)(m, 0.0, &hi, &lo);
+        size_t lead = 0, body = n;
+        KB_V head = kb_set1(0), tail = head;
+        if (edges)
+            lead = KB_NAME(kb_row_edges)(xr, NULL, n, hi, lo, sc, be, NULL, NULL, m != 0.0, yr,
+                                         &body, &head, &tail);
+        /* row_normalize's variants without residual, weight and bias */
+        if (m != 0.0)
+            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, body, hi, lo, sc, be, NULL, NULL,
+                                           yr + lead, NULL, 0, 1, 0, 0, stream, 0);
+        else
+            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, body, hi, lo, sc, be, NULL, NULL,
+                                           yr + lead, NULL, 0, 0, 0, 0, stream, 0);
+        if (lead) {
+            kb_store(yr, head);
+            kb_store(yr + n - KB_LANES, tail);
+        }
+    }
 }
 
 /* ---- column statistics ------------------------------------------------------------ */

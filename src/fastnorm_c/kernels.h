@@ -36,6 +36,15 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, s
                                           const void *weight, const void *bias, void *y,
                                           const void *next, int store);
 
+/* Rows r < rows of n elements each, one after another from x (and y): row r normalized
+ * as row_normalize does with mean[c] (0 without mean), scale[c] and beta shift[c] and no
+ * weight or bias, c = (first + r) % channels.  One call for many short rows (BatchNorm
+ * over NCHW), where a call per row cost about as many instructions as its loop.  store: as for
+ * row_normalize (FN_STORE_STREAM). */
+typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, size_t first,
+                                        size_t channels, const double *mean, const double *scale,
+                                        const double *shift, void *y, int store);
+
 /* How the row normalize kernel may write y. */
 enum {
     /* non-temporal stores, fenced (for outputs far larger than the caches, where they save
@@ -72,6 +81,7 @@ typedef struct {
     const char *name;
     fastnorm_row_stats_fn row_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_row_normalize_fn row_normalize[FASTNORM_DTYPE_COUNT];
+    fastnorm_rows_affine_fn rows_affine[FASTNORM_DTYPE_COUNT];
     fastnorm_col_stats_fn col_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_col_normalize_fn col_normalize[FASTNORM_DTYPE_COUNT];
     /* The order row_normalize takes weight and bias in.  0: natural.  16 (compute dtype

@@ -27,6 +27,6 @@
 #define FN_TABLE_ROW(kernel) \
     {kernel##_f32_avx2, kernel##_f64_avx2, kernel##_f16_avx2, kernel##_bf16_avx2}
 const fastnorm_kernels_t fastnorm_kernels_avx2 = {
-    "avx2", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize), FN_TABLE_ROW(col_stats),
-    FN_TABLE_ROW(col_normalize),
+    "avx2", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize),
+    FN_TABLE_ROW(rows_affine), FN_TABLE_ROW(col_stats), FN_TABLE_ROW(col_normalize),
     {avx2_param_block_f32, avx2_param_block_f64, avx2_param_block_f16, avx2_param_block_bf16}};

@@ -27,6 +27,6 @@
 #define FN_TABLE_ROW(kernel) \
     {kernel##_f32_avx512, kernel##_f64_avx512, kernel##_f16_avx512, kernel##_bf16_avx512}
 const fastnorm_kernels_t fastnorm_kernels_avx512 = {
-    "avx512", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize), FN_TABLE_ROW(col_stats),
-    FN_TABLE_ROW(col_normalize),
+    "avx512", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize),
+    FN_TABLE_ROW(rows_affine), FN_TABLE_ROW(col_stats), FN_TABLE_ROW(col_normalize),
     {avx512_param_block_f32, avx512_param_block_f64, avx512_param_block_f16, avx512_param_block_bf16}};

@@ -28,6 +28,6 @@
 #define FN_TABLE_ROW(kernel) \
     {kernel##_f32_scalar, kernel##_f64_scalar, kernel##_f16_scalar, kernel##_bf16_scalar}
 const fastnorm_kernels_t fastnorm_kernels_scalar = {
-    "scalar", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize), FN_TABLE_ROW(col_stats),
-    FN_TABLE_ROW(col_normalize),
+    "scalar", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize),
+    FN_TABLE_ROW(rows_affine), FN_TABLE_ROW(col_stats), FN_TABLE_ROW(col_normalize),
     {scalar_param_block_f32, scalar_param_block_f64, scalar_param_block_f16, scalar_param_block_bf16}};
