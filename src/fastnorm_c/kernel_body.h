@@ -512,8 +512,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                          has_weight, has_bias, 0);
 }
 
-/* Where y is not on a vector boundary (NumPy puts arrays 16 bytes past a cache line), the
- * caller runs kb_row_normalize_impl from y's first vector boundary over a whole number of
+/* Where y is not on a vector boundary (NumPy puts arrays 16 bytes past a cache line) and
+ * the row is neither streamed (that loop aligns itself) nor in a family order (AVX2
+ * bfloat16, whose parameter blocks start at the row's start), the caller runs kb_row_normalize_impl from y's first vector boundary over a whole number of
  * vectors, so that no store and, where the caller placed x and the parameters as y
  * (fn_row_params), no load splits across two lines; it stores the row's first and last
  * vectors, full and unaligned, after that loop, which is right in place too (their
@@ -527,7 +528,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
 KB_INLINE size_t KB_NAME(kb_row_edges)(const KB_T *x, const KB_T *residual, size_t n,
                                        KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
                                        const KB_C *weight, const KB_C *bias, int center,
-                                       const KB_T *y, size_t *body, KB_V *first, KB_V *last) {
+                                       const KB_T *y, int stream, size_t *body, KB_V *first,
+                                       KB_V *last) {
+    if (KB_LANES == 1 || KB_PAIR_BLOCK || stream) return 0;
     size_t lead = KB_NAME(kb_stream_head)(y, n);
     if (!lead || lead + 2 * KB_LANES > n) return 0;
     KB_V mean_hi_v, low_v, scale_v, beta_v;
@@ -570,14 +573,11 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
     KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
     int center = mean != 0.0 || mean_lo != 0.0;
-    /* from y's vector boundary (kb_row_edges); not streamed, whose loop aligns itself; not
-     * in a family order, whose blocks start at the row's start (AVX2 bfloat16, the
-     * canonical stores') */
-    size_t lead = 0, body = n;
+    /* from y's vector boundary where kb_row_edges finds one */
+    size_t body = n;
     KB_V first = kb_set1(0), last = first;
-    if (KB_LANES > 1 && !KB_PAIR_BLOCK && !stream && !canonical)
-        lead = KB_NAME(kb_row_edges)(xs, rs, n, hi, lo, sc, be, ws, bs, center, ys, &body, &first,
-                                     &last);
+    size_t lead = KB_NAME(kb_row_edges)(xs, rs, n, hi, lo, sc, be, ws, bs, center, ys, stream,
+                                        &body, &first, &last);
     if (lead) {
         xs += lead;
         rs = rs ? rs + lead : NULL;
@@ -611,18 +611,16 @@ static void KB_NAME(rows_affine)(const void *x, size_t rows, size_t n, size_t fi
                                  size_t channels, const double *mean, const double *scale,
                                  const double *shift, void *y, int store) {
     int stream = store & FN_STORE_STREAM;
-    int edges = KB_LANES > 1 && !KB_PAIR_BLOCK && !stream; /* as row_normalize decides */
     for (size_t r = 0, c = first % channels; r < rows; ++r, c = c + 1 == channels ? 0 : c + 1) {
         const KB_T *xr = (const KB_T *)x + r * n;
         KB_T *yr = (KB_T *)y + r * n;
         KB_C hi, lo, sc = (KB_C)scale[c], be = (KB_C)shift[c];
         double m = mean ? mean[c] : 0.0;
         KB_NAME(kb_mean_pair)(m, 0.0, &hi, &lo);
-        size_t lead = 0, body = n;
+        size_t body = n;
         KB_V head = kb_set1(0), tail = head;
-        if (edges)
-            lead = KB_NAME(kb_row_edges)(xr, NULL, n, hi, lo, sc, be, NULL, NULL, m != 0.0, yr,
-                                         &body, &head, &tail);
+        size_t lead = KB_NAME(kb_row_edges)(xr, NULL, n, hi, lo, sc, be, NULL, NULL, m != 0.0, yr,
+                                            stream, &body, &head, &tail);
         /* row_normalize's variants without residual, weight and bias */
         if (m != 0.0)
             KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, body, hi, lo, sc, be, NULL, NULL,
