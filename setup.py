@@ -24,6 +24,7 @@ import sys
 import tempfile
 from glob import glob
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
@@ -207,7 +208,9 @@ CYTHON_DIRECTIVES = dict(
 core = Extension(
     "fastnorm._core",
     sources=[os.path.join("fastnorm", "_core.pyx"), *BASE_SOURCES],
-    include_dirs=["include", C_DIR],
+    # NumPy's headers: the one-step paths of _core.pyx read arrays through its C API.
+    include_dirs=["include", C_DIR, numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # The ISA sources are compiled by build_ext itself; listing them here makes a change
     # to one of them relink the extension.  Everything listed also goes into the sdist
     # (cythonize replaces the .pyx source by the generated .c, so it is listed too).

@@ -25,7 +25,7 @@ _FLOAT64 = _checks.FLOAT64
 
 def _inputs(grad_y, x):
     """(grad_y, x, x's original dtype, compute dtype) with both arrays in the compute dtype."""
-    x, (_code, compute, _view) = _checks.input_rule(_checks.as_array(x))
+    x, (_code, compute) = _checks.input_rule(_checks.as_array(x))
     grad_y = _checks.as_array(grad_y)
     grad_y, _rule = _checks.input_rule(grad_y, "grad_y")
     if grad_y.shape != x.shape:

@@ -22,21 +22,19 @@ except ImportError:  # pragma: no cover - ml_dtypes is a dependency
 FLOAT16 = np.dtype(np.float16)
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
-UINT16 = np.dtype(np.uint16)
 _INF = math.inf
 
 # fastnorm_dtype_t of fastnorm.h; fastnorm._functional checks them against _core at import.
 CODE_F32, CODE_F64, CODE_F16, CODE_BF16 = 0, 1, 2, 3
 
-# storage dtype -> (fastnorm_dtype_t code, compute dtype, dtype of the view given to _core).
-# _core sees half-precision data as uint16 words.
+# storage dtype -> (fastnorm_dtype_t code, compute dtype).
 DTYPES = {
-    FLOAT32: (CODE_F32, FLOAT32, None),
-    FLOAT64: (CODE_F64, FLOAT64, None),
-    FLOAT16: (CODE_F16, FLOAT32, UINT16),
+    FLOAT32: (CODE_F32, FLOAT32),
+    FLOAT64: (CODE_F64, FLOAT64),
+    FLOAT16: (CODE_F16, FLOAT32),
 }
 if BFLOAT16 is not None:
-    DTYPES[BFLOAT16] = (CODE_BF16, FLOAT32, UINT16)
+    DTYPES[BFLOAT16] = (CODE_BF16, FLOAT32)
 
 # Threads passed to _core: 0 means OpenMP's default, so OMP_NUM_THREADS and threadpoolctl
 # apply; fastnorm._config.set_num_threads stores an explicit count here.
@@ -52,7 +50,7 @@ def as_array(x):
 
 
 def dtype_rule(dtype, name="x"):
-    """(core code, compute dtype, core view dtype) of a supported dtype, else TypeError."""
+    """(core code, compute dtype) of a supported dtype, else TypeError."""
     rule = DTYPES.get(dtype)
     if rule is None:
         raise TypeError(
@@ -84,11 +82,6 @@ def is_direct(a):
 def contiguous(a):
     """a when the kernels can read it directly, else a copy they can (any layout is accepted)."""
     return a if is_direct(a) else np.require(a, requirements="CA")
-
-
-def core_view(a, view):
-    """The array as _core takes it: half types as uint16 words, others unchanged."""
-    return a if view is None else a.view(view)
 
 
 # ---- scalars ------------------------------------------------------------------------

@@ -4,40 +4,39 @@ Design:
 - One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
   update_running) plus the ISA/thread queries.  No math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
-  (float16/bfloat16 as uint16 views) before calling in.  The exceptions are the two
+  before calling in.  The exceptions are the two
   one-step paths of the common calls, rows() (LayerNorm/RMSNorm) and batch_norm(), which
-  check the buffers of NumPy arrays themselves and decline anything else, unwritten, to
+  check the NumPy arrays themselves and decline anything else, unwritten, to
   that Python path; batch_norm() widens float32 running statistics to the float64 that
   fastnorm_affine reads, as NumPy's astype would.
-- Arrays arrive through the buffer protocol (PyBUF_C_CONTIGUOUS, plus PyBUF_WRITABLE for
-  outputs), not typed memoryviews: a raw Py_buffer costs a fraction of a memoryview
-  object, and the glue of a small call must stay in the 100-300 ns range.
-- Backstop checks before C runs: every buffer's item size and byte length must be exactly
-  what the call will touch (C never reads or writes past a buffer), and its data aligned to
-  its items (typed loads of misaligned data are undefined behaviour); None is NULL.
-- The GIL is released around the C call; the buffers stay exported (NumPy cannot resize
-  or free them) until after it returns.
+- Arrays are NumPy arrays, read through NumPy's C API (_Array): a buffer export or a
+  typed memoryview costs about 130 ns an array or more, as much as the kernel of a
+  768-value row, and a call takes four to eight arrays.  The general entry points are
+  given the dtype code and check only an array's item size, so bfloat16 (a user dtype)
+  and float16 arrays arrive as they are.
+- Backstop checks before C runs: every array is C-contiguous (and writeable when C
+  writes it), its item size and byte length exactly what the call will touch (C never
+  reads or writes past an array), and its data aligned to its items (typed loads of
+  misaligned data are undefined behaviour); None is NULL.
+- The GIL is released around the C call.  The arguments' references keep the arrays
+  alive; as in NumPy's own ufuncs, nothing else stops another thread resizing one
+  (ndarray.resize refuses while references like these exist, unless refcheck=False).
 - A non-OK status maps through one table to an exception class, with the status text and
   the arguments in the message.
 """
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
-                             PyObject_GetBuffer)
-from cpython.exc cimport PyErr_Clear
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from fastnorm._cfastnorm cimport *
 
+cimport numpy as cnp
 import numpy
 
-# rows() allocates its output with NumPy (a runtime dependency; nothing of NumPy at build time)
+cnp.import_array()
+
 cdef object _ndarray = numpy.ndarray
 cdef object _empty = numpy.empty
-
-cdef extern from "Python.h":
-    # PyObject_GetBuffer without Cython's error check: returns -1 with an exception set.
-    int _get_buffer "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags) noexcept
 
 LAYER_NORM = FASTNORM_LAYER_NORM
 RMS_NORM = FASTNORM_RMS_NORM
@@ -95,50 +94,112 @@ cdef Py_ssize_t _count(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) except -1:
     return a * b * c
 
 
-cdef int _buffer_mismatch(Py_buffer *view, str name, Py_ssize_t count, Py_ssize_t itemsize) except -1:
-    if view.itemsize != itemsize:
-        raise TypeError(f"{name}: expected {itemsize}-byte items, got {view.itemsize}-byte items")
-    if view.len != count * itemsize:
+cdef struct _Array:
+    # An ndarray as the glue reads it, through NumPy's C API: a buffer export
+    # (PyObject_GetBuffer) costs about 130 ns an array, more than a 768-value row's kernel.
+    char *data  # NULL: the argument was None
+    Py_ssize_t nbytes
+    Py_ssize_t itemsize
+    int flags  # NPY_ARRAY_*
+    int dtype  # fastnorm dtype of a native float32/float64/float16 array, else -1
+    int ndim
+    cnp.npy_intp *shape
+
+
+cdef inline int _numpy_dtype(cnp.ndarray arr) noexcept:
+    """fastnorm dtype of a native-order float32/float64/float16 array, else -1 (bfloat16
+    is a user type: only the general path takes it)."""
+    cdef int type_num = cnp.PyArray_TYPE(arr)
+    if not cnp.PyArray_ISNOTSWAPPED(arr):
+        return -1
+    if type_num == cnp.NPY_FLOAT32:
+        return FASTNORM_F32
+    if type_num == cnp.NPY_FLOAT64:
+        return FASTNORM_F64
+    if type_num == cnp.NPY_FLOAT16:
+        return FASTNORM_F16
+    return -1
+
+
+cdef inline void _read(_Array *a, cnp.ndarray arr) noexcept:
+    a.data = cnp.PyArray_BYTES(arr)
+    a.nbytes = cnp.PyArray_NBYTES(arr)
+    a.itemsize = cnp.PyArray_ITEMSIZE(arr)
+    a.flags = cnp.PyArray_FLAGS(arr)
+    a.dtype = _numpy_dtype(arr)
+    a.ndim = cnp.PyArray_NDIM(arr)
+    a.shape = cnp.PyArray_DIMS(arr)
+
+
+cdef inline bint _usable(_Array *a, bint writable) noexcept:
+    """C-contiguous, writeable when asked, data aligned to its items (typed loads of
+    misaligned data are undefined behaviour in C; NumPy allows such arrays)."""
+    cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_WRITEABLE if writable else cnp.NPY_ARRAY_C_CONTIGUOUS
+    return a.flags & need == need and <size_t>a.data & <size_t>(a.itemsize - 1) == 0
+
+
+cdef int _mismatch(_Array *a, str name, Py_ssize_t count, Py_ssize_t itemsize, bint writable) except -1:
+    if a.flags & cnp.NPY_ARRAY_C_CONTIGUOUS == 0:
+        raise ValueError(f"{name}: expected a C-contiguous array")
+    if writable and a.flags & cnp.NPY_ARRAY_WRITEABLE == 0:
+        raise ValueError(f"{name}: expected a writeable array, got a read-only one")
+    if a.itemsize != itemsize:
+        raise TypeError(f"{name}: expected {itemsize}-byte items, got {a.itemsize}-byte items")
+    if a.nbytes != count * itemsize:
         raise ValueError(f"{name}: expected {count} items ({count * itemsize} bytes), "
-                         f"got {view.len // view.itemsize} items ({view.len} bytes)")
+                         f"got {a.nbytes // a.itemsize} items ({a.nbytes} bytes)")
     raise ValueError(f"{name}: expected data aligned to its {itemsize}-byte items, got address "
-                     f"{<size_t>view.buf:#x} (a misaligned array: flags.aligned is False)")
+                     f"{<size_t>a.data:#x} (a misaligned array: flags.aligned is False)")
 
 
-cdef int _export_failed(Py_buffer *view, object array, str name, int flags) except -1:
-    """Slow path of _acquire: redo the failed export to raise its error with `name` in it."""
-    PyErr_Clear()
-    try:
-        PyObject_GetBuffer(array, view, flags)
-    except Exception as error:
-        kind = "a writable C-contiguous array" if flags & PyBUF_WRITABLE else "a C-contiguous array"
-        raise type(error)(f"{name}: expected {kind}, got {type(array).__name__} ({error})") from None
-    raise BufferError(f"{name}: the buffer export failed once and then succeeded")  # released by the caller
-
-
-cdef inline int _acquire(Py_buffer *view, object array, str name, Py_ssize_t count,
+cdef inline int _acquire(_Array *a, object array, str name, Py_ssize_t count,
                          Py_ssize_t itemsize, bint writable) except -1:
-    """Export `array` into `view` (left NULL for None) and check its item size, length, alignment."""
+    """Read `array` into `a` (left NULL for None) and check its layout, item size, length
+    and alignment: C never reads or writes past an array."""
     if array is None:
         return 0
-    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE if writable else PyBUF_C_CONTIGUOUS
-    # The non-raising declaration keeps a try/except (~25 ns per call) off the fast path.
-    if _get_buffer(array, view, flags) < 0:
-        _export_failed(view, array, name, flags)
-    # Misaligned data (NumPy allows it, e.g. from a bytes buffer at an odd offset) would make
-    # the C kernels' typed loads undefined behaviour; _checks.py copies such arrays first.
-    if view.itemsize != itemsize or view.len != count * itemsize or <size_t>view.buf & (itemsize - 1):
-        _buffer_mismatch(view, name, count, itemsize)
+    if not isinstance(array, cnp.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
+    _read(a, <cnp.ndarray>array)
+    if not _usable(a, writable) or a.itemsize != itemsize or a.nbytes != count * itemsize:
+        _mismatch(a, name, count, itemsize, writable)
     return 0
 
 
-cdef inline void _init(Py_buffer *views) noexcept:
-    memset(views, 0, MAX_ARRAYS * sizeof(Py_buffer))  # obj and buf NULL: "not exported"
+cdef inline bint _take(_Array *a, object array, bint writable) noexcept:
+    """Read an exact ndarray that is usable and float32/float64/float16 into `a` (the
+    one-step paths), or report False."""
+    if type(array) is not _ndarray:
+        return False
+    _read(a, <cnp.ndarray>array)
+    return _usable(a, writable) and a.dtype >= 0
 
 
-cdef inline void _release(Py_buffer *views) noexcept:
-    for i in range(MAX_ARRAYS):
-        PyBuffer_Release(&views[i])  # a no-op for the ones never exported (obj == NULL)
+cdef inline bint _apart(_Array *a, _Array *b) noexcept:
+    """The byte ranges of two arrays do not overlap (b.data NULL: b is None)."""
+    cdef size_t a0 = <size_t>a.data, b0 = <size_t>b.data
+    return b.data == NULL or a0 + <size_t>a.nbytes <= b0 or b0 + <size_t>b.nbytes <= a0
+
+
+cdef inline bint _is_vector(_Array *a, object array, Py_ssize_t length, int dtype,
+                            bint writable) noexcept:
+    """`array` is a 1-D array of `length` items of `dtype` that _take accepts."""
+    return _take(a, array, writable) and a.ndim == 1 and a.shape[0] == length and a.dtype == dtype
+
+
+cdef inline bint _param_taken(_Array *a, object param, Py_ssize_t middle, int compute_dtype) noexcept:
+    """None (a left NULL), or a weight/bias of `middle` items of the compute dtype."""
+    return param is None or _is_vector(a, param, middle, compute_dtype, False)
+
+
+cdef inline bint _like(_Array *a, object out, _Array *x) noexcept:
+    """out is writeable and has x's shape and dtype."""
+    if not _take(a, out, True) or a.ndim != x.ndim or a.dtype != x.dtype:
+        return False
+    for i in range(x.ndim):
+        if a.shape[i] != x.shape[i]:
+            return False
+    return True
 
 
 def norm(int kind, int dtype, Py_ssize_t outer, Py_ssize_t middle, Py_ssize_t inner,
@@ -152,82 +213,25 @@ def norm(int kind, int dtype, Py_ssize_t outer, Py_ssize_t middle, Py_ssize_t in
     """
     cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
     cdef Py_ssize_t data = _count(outer, middle, inner), stats = _count(outer, 1, inner)
-    cdef Py_buffer v[MAX_ARRAYS]
+    cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
-    _init(v)
-    try:
-        _acquire(&v[0], x, "x", data, item, False)
-        _acquire(&v[1], residual, "residual", data, item, False)
-        _acquire(&v[2], residual_out, "residual_out", data, item, True)
-        _acquire(&v[3], y, "y", data, item, True)
-        _acquire(&v[4], weight, "weight", middle, compute, False)
-        _acquire(&v[5], bias, "bias", middle, compute, False)
-        _acquire(&v[6], mean_out, "mean_out", stats, compute, True)
-        _acquire(&v[7], rstd_out, "rstd_out", stats, compute, True)
-        with nogil:
-            status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype,
-                                   outer, middle, inner, v[0].buf, v[1].buf, v[2].buf, v[3].buf,
-                                   v[4].buf, v[5].buf, eps, v[6].buf, v[7].buf, n_threads)
-    finally:
-        _release(v)
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], x, "x", data, item, False)
+    _acquire(&v[1], residual, "residual", data, item, False)
+    _acquire(&v[2], residual_out, "residual_out", data, item, True)
+    _acquire(&v[3], y, "y", data, item, True)
+    _acquire(&v[4], weight, "weight", middle, compute, False)
+    _acquire(&v[5], bias, "bias", middle, compute, False)
+    _acquire(&v[6], mean_out, "mean_out", stats, compute, True)
+    _acquire(&v[7], rstd_out, "rstd_out", stats, compute, True)
+    with nogil:
+        status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype,
+                               outer, middle, inner, v[0].data, v[1].data, v[2].data, v[3].data,
+                               v[4].data, v[5].data, eps, v[6].data, v[7].data, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_norm", f"kind={kind}, dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, middle={middle}, inner={inner}, eps={eps!r}, "
                f"residual={residual is not None}, residual_out={residual_out is not None}")
-
-
-cdef inline int _format_dtype(const char *format) noexcept:
-    """fastnorm dtype of a native NumPy float buffer format ("f", "d", "e"), else -1."""
-    if format == NULL or format[0] == 0 or format[1] != 0:
-        return -1
-    if format[0] == b"f":
-        return FASTNORM_F32
-    if format[0] == b"d":
-        return FASTNORM_F64
-    if format[0] == b"e":
-        return FASTNORM_F16
-    return -1
-
-
-cdef inline bint _export_exact(Py_buffer *view, object array, int flags) noexcept:
-    """Export a NumPy array's buffer with its format, or report False (error cleared)."""
-    if type(array) is not _ndarray:
-        return False
-    if _get_buffer(array, view, flags | PyBUF_FORMAT) < 0:
-        PyErr_Clear()
-        return False
-    return True
-
-
-cdef inline bint _apart(Py_buffer *a, Py_buffer *b) noexcept:
-    """The byte ranges of two exported buffers do not overlap (b.buf NULL: b was not exported)."""
-    cdef size_t a0 = <size_t>a.buf, b0 = <size_t>b.buf
-    return b.buf == NULL or a0 + <size_t>a.len <= b0 or b0 + <size_t>b.len <= a0
-
-
-cdef inline bint _is_param(Py_buffer *view, Py_ssize_t middle, int compute_dtype) noexcept:
-    """A weight/bias this path takes: 1-D, `middle` items of the compute dtype, aligned."""
-    return (view.ndim == 1 and view.shape[0] == middle and _format_dtype(view.format) == compute_dtype
-            and <size_t>view.buf % <size_t>view.itemsize == 0)
-
-
-cdef inline bint _param_taken(Py_buffer *view, object param, Py_ssize_t middle,
-                              int compute_dtype) noexcept:
-    """None, or a weight/bias the one-step paths take (exported into view)."""
-    return param is None or (_export_exact(view, param, PyBUF_C_CONTIGUOUS)
-                             and _is_param(view, middle, compute_dtype))
-
-
-cdef inline bint _export_like(Py_buffer *view, object out, Py_buffer *x, int dtype) noexcept:
-    """Export out (writable, C-contiguous) and report whether it has x's shape and dtype."""
-    if not _export_exact(view, out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE):
-        return False
-    if view.ndim != x.ndim or _format_dtype(view.format) != dtype:
-        return False
-    for i in range(x.ndim):
-        if view.shape[i] != x.shape[i]:
-            return False
-    return True
 
 
 def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
@@ -242,42 +246,37 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
     writing anything when an argument is outside that: the caller's general path then
     converts, copies or raises with the right message.
     """
-    cdef Py_buffer v[MAX_ARRAYS]  # x, weight, bias, y
+    cdef _Array v[4]  # x, weight, bias, y
     cdef fastnorm_status_t status
     cdef int dtype, compute
-    cdef Py_ssize_t middle, outer, i
+    cdef Py_ssize_t middle, outer
     cdef double epsilon
-    _init(v)
-    try:
-        if not _export_exact(&v[0], x, PyBUF_C_CONTIGUOUS):
+    memset(v, 0, sizeof(v))
+    if not _take(&v[0], x, False) or v[0].ndim == 0 or v[0].nbytes == 0:
+        return None
+    dtype = v[0].dtype
+    middle = v[0].shape[v[0].ndim - 1]
+    outer = v[0].nbytes // _storage_size(dtype) // middle
+    if normalized_shape is not None:
+        if type(normalized_shape) is tuple and len(<tuple>normalized_shape) == 1:
+            normalized_shape = (<tuple>normalized_shape)[0]
+        if type(normalized_shape) is not int or normalized_shape != middle:
             return None
-        dtype = _format_dtype(v[0].format)
-        if dtype < 0 or v[0].ndim == 0 or v[0].len == 0 or <size_t>v[0].buf % <size_t>v[0].itemsize:
-            return None
-        middle = v[0].shape[v[0].ndim - 1]
-        outer = v[0].len // v[0].itemsize // middle
-        if normalized_shape is not None:
-            if type(normalized_shape) is tuple and len(<tuple>normalized_shape) == 1:
-                normalized_shape = (<tuple>normalized_shape)[0]
-            if type(normalized_shape) is not int or normalized_shape != middle:
-                return None
-        compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
-        epsilon = (2.0 ** -52 if compute == FASTNORM_F64 else 2.0 ** -23) if eps is None else eps
-        if not (_param_taken(&v[1], weight, middle, compute) and _param_taken(&v[2], bias, middle, compute)):
-            return None
-        if out is None:
-            out = _empty(x.shape, x.dtype)
-        if not _export_like(&v[3], out, &v[0], dtype):
-            return None
-        if not ((v[3].buf == v[0].buf or _apart(&v[3], &v[0])) and _apart(&v[3], &v[1])
-                and _apart(&v[3], &v[2])):
-            return None
-        with nogil:
-            status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, outer,
-                                   middle, 1, v[0].buf, NULL, NULL, v[3].buf, v[1].buf, v[2].buf,
-                                   epsilon, NULL, NULL, n_threads)
-    finally:
-        _release(v)
+    compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
+    epsilon = (2.0 ** -52 if compute == FASTNORM_F64 else 2.0 ** -23) if eps is None else eps
+    if not (_param_taken(&v[1], weight, middle, compute) and _param_taken(&v[2], bias, middle, compute)):
+        return None
+    if out is None:
+        out = _empty(x.shape, x.dtype)
+    if not _like(&v[3], out, &v[0]):
+        return None
+    if not ((v[3].data == v[0].data or _apart(&v[3], &v[0])) and _apart(&v[3], &v[1])
+            and _apart(&v[3], &v[2])):
+        return None
+    with nogil:
+        status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, outer,
+                               middle, 1, v[0].data, NULL, NULL, v[3].data, v[1].data, v[2].data,
+                               epsilon, NULL, NULL, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_norm", f"kind={kind}, dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, middle={middle}, eps={epsilon!r}")
@@ -292,18 +291,15 @@ def moments(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
     channels items.
     """
     cdef Py_ssize_t item = _storage_size(dtype), data = _count(outer, channels, inner)
-    cdef Py_buffer v[MAX_ARRAYS]
+    cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
-    _init(v)
-    try:
-        _acquire(&v[0], x, "x", data, item, False)
-        _acquire(&v[1], mean_out, "mean_out", channels, 8, True)
-        _acquire(&v[2], m2_out, "m2_out", channels, 8, True)
-        with nogil:
-            status = fastnorm_moments(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].buf,
-                                      <double *>v[1].buf, <double *>v[2].buf, n_threads)
-    finally:
-        _release(v)
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], x, "x", data, item, False)
+    _acquire(&v[1], mean_out, "mean_out", channels, 8, True)
+    _acquire(&v[2], m2_out, "m2_out", channels, 8, True)
+    with nogil:
+        status = fastnorm_moments(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].data,
+                                  <double *>v[1].data, <double *>v[2].data, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_moments", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, channels={channels}, inner={inner}")
@@ -320,22 +316,19 @@ def affine(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
     """
     cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
     cdef Py_ssize_t data = _count(outer, channels, inner)
-    cdef Py_buffer v[MAX_ARRAYS]
+    cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
-    _init(v)
-    try:
-        _acquire(&v[0], x, "x", data, item, False)
-        _acquire(&v[1], y, "y", data, item, True)
-        _acquire(&v[2], mean, "mean", channels, 8, False)
-        _acquire(&v[3], var, "var", channels, 8, False)
-        _acquire(&v[4], weight, "weight", channels, compute, False)
-        _acquire(&v[5], bias, "bias", channels, compute, False)
-        with nogil:
-            status = fastnorm_affine(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].buf,
-                                     v[1].buf, <const double *>v[2].buf, <const double *>v[3].buf,
-                                     v[4].buf, v[5].buf, eps, n_threads)
-    finally:
-        _release(v)
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], x, "x", data, item, False)
+    _acquire(&v[1], y, "y", data, item, True)
+    _acquire(&v[2], mean, "mean", channels, 8, False)
+    _acquire(&v[3], var, "var", channels, 8, False)
+    _acquire(&v[4], weight, "weight", channels, compute, False)
+    _acquire(&v[5], bias, "bias", channels, compute, False)
+    with nogil:
+        status = fastnorm_affine(<fastnorm_dtype_t>dtype, outer, channels, inner, v[0].data,
+                                 v[1].data, <const double *>v[2].data, <const double *>v[3].data,
+                                 v[4].data, v[5].data, eps, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_affine", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
@@ -352,22 +345,19 @@ def batch_norm_train(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_
     """
     cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
     cdef Py_ssize_t data = _count(outer, channels, inner)
-    cdef Py_buffer v[MAX_ARRAYS]
+    cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
-    _init(v)
-    try:
-        _acquire(&v[0], x, "x", data, item, False)
-        _acquire(&v[1], y, "y", data, item, True)
-        _acquire(&v[2], weight, "weight", channels, compute, False)
-        _acquire(&v[3], bias, "bias", channels, compute, False)
-        _acquire(&v[4], mean_out, "mean_out", channels, 8, True)
-        _acquire(&v[5], var_out, "var_out", channels, 8, True)
-        with nogil:
-            status = fastnorm_batch_norm_train(<fastnorm_dtype_t>dtype, outer, channels, inner,
-                                               v[0].buf, v[1].buf, v[2].buf, v[3].buf, eps,
-                                               <double *>v[4].buf, <double *>v[5].buf, n_threads)
-    finally:
-        _release(v)
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], x, "x", data, item, False)
+    _acquire(&v[1], y, "y", data, item, True)
+    _acquire(&v[2], weight, "weight", channels, compute, False)
+    _acquire(&v[3], bias, "bias", channels, compute, False)
+    _acquire(&v[4], mean_out, "mean_out", channels, 8, True)
+    _acquire(&v[5], var_out, "var_out", channels, 8, True)
+    with nogil:
+        status = fastnorm_batch_norm_train(<fastnorm_dtype_t>dtype, outer, channels, inner,
+                                           v[0].data, v[1].data, v[2].data, v[3].data, eps,
+                                           <double *>v[4].data, <double *>v[5].data, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_batch_norm_train", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
@@ -381,29 +371,19 @@ def update_running(int running_dtype, running_mean, running_var, mean, var, Py_s
     items as mean.  mean, var (IN): float64 batch statistics over `count` values.
     """
     cdef Py_ssize_t channels = len(mean), item = _storage_size(running_dtype)
-    cdef Py_buffer v[MAX_ARRAYS]
+    cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
-    _init(v)
-    try:
-        _acquire(&v[0], running_mean, "running_mean", channels, item, True)
-        _acquire(&v[1], running_var, "running_var", channels, item, True)
-        _acquire(&v[2], mean, "mean", channels, 8, False)
-        _acquire(&v[3], var, "var", channels, 8, False)
-        status = fastnorm_update_running(<fastnorm_dtype_t>running_dtype, channels, count, momentum,
-                                         <const double *>v[2].buf, <const double *>v[3].buf,
-                                         v[0].buf, v[1].buf)
-    finally:
-        _release(v)
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], running_mean, "running_mean", channels, item, True)
+    _acquire(&v[1], running_var, "running_var", channels, item, True)
+    _acquire(&v[2], mean, "mean", channels, 8, False)
+    _acquire(&v[3], var, "var", channels, 8, False)
+    status = fastnorm_update_running(<fastnorm_dtype_t>running_dtype, channels, count, momentum,
+                                     <const double *>v[2].data, <const double *>v[3].data,
+                                     v[0].data, v[1].data)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_update_running", f"channels={channels}, count={count}, "
                f"momentum={momentum!r}")
-
-
-cdef inline bint _is_running_stat(Py_buffer *view, Py_ssize_t channels) noexcept:
-    """A running statistic this path takes: 1-D, `channels` float32/float64 items, aligned."""
-    cdef int dtype = _format_dtype(view.format)
-    return (view.ndim == 1 and view.shape[0] == channels and <size_t>view.buf % <size_t>view.itemsize == 0
-            and (dtype == FASTNORM_F32 or dtype == FASTNORM_F64))
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, bint training, momentum, eps, axis,
@@ -418,9 +398,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     1 or -1.  Returns y, or None without writing anything when an argument is outside
     that: the caller's general path then converts, copies or raises with the right message.
     """
-    cdef Py_buffer v[MAX_ARRAYS]  # x, y, weight, bias, running_mean, running_var
+    cdef _Array v[6]  # x, y, weight, bias, running_mean, running_var
     cdef fastnorm_status_t status = FASTNORM_OK
-    cdef int dtype, compute, running = -1, flags
+    cdef int dtype, compute, running = -1
     cdef Py_ssize_t outer = 1, channels, inner = 1, i, channel_axis
     cdef double epsilon, rate
     cdef double *stats = NULL
@@ -431,66 +411,63 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     epsilon, rate = eps, momentum
     if not (0.0 <= epsilon and isfinite(epsilon) and 0.0 <= rate <= 1.0) or not (axis == 1 or axis == -1):
         return None
-    _init(v)
+    memset(v, 0, sizeof(v))
+    if not _take(&v[0], x, False) or v[0].ndim < 2 or v[0].nbytes == 0:
+        return None
+    dtype = v[0].dtype
+    channel_axis = 1 if axis == 1 else v[0].ndim - 1
+    for i in range(channel_axis):
+        outer *= v[0].shape[i]
+    channels = v[0].shape[channel_axis]
+    for i in range(channel_axis + 1, v[0].ndim):
+        inner *= v[0].shape[i]
+    if training and outer * inner < 2:
+        return None
+    compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
+    if not (_param_taken(&v[2], weight, channels, compute) and _param_taken(&v[3], bias, channels, compute)):
+        return None
+    if running_mean is not None and running_var is not None:
+        # float32 or float64, both the same; written in place when training
+        if not (_take(&v[4], running_mean, training) and v[4].dtype != FASTNORM_F16
+                and v[4].ndim == 1 and v[4].shape[0] == channels
+                and _is_vector(&v[5], running_var, channels, v[4].dtype, training)
+                and (not training or _apart(&v[4], &v[5]))):
+            return None
+        running = v[4].dtype
+    elif not training or running_mean is not None or running_var is not None:
+        return None
+    if out is None:
+        out = _empty(x.shape, x.dtype)
+    if not _like(&v[1], out, &v[0]):
+        return None
+    if not ((v[1].data == v[0].data or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
+            and _apart(&v[1], &v[3]) and _apart(&v[1], &v[4]) and _apart(&v[1], &v[5])):
+        return None
+    stats = <double *>malloc(2 * channels * sizeof(double))
+    if stats == NULL:
+        raise MemoryError(f"batch_norm: no memory for the statistics of {channels} channels")
     try:
-        if not _export_exact(&v[0], x, PyBUF_C_CONTIGUOUS):
-            return None
-        dtype = _format_dtype(v[0].format)
-        if dtype < 0 or v[0].ndim < 2 or v[0].len == 0 or <size_t>v[0].buf % <size_t>v[0].itemsize:
-            return None
-        channel_axis = 1 if axis == 1 else v[0].ndim - 1
-        for i in range(channel_axis):
-            outer *= v[0].shape[i]
-        channels = v[0].shape[channel_axis]
-        for i in range(channel_axis + 1, v[0].ndim):
-            inner *= v[0].shape[i]
-        if training and outer * inner < 2:
-            return None
-        compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
-        if not (_param_taken(&v[2], weight, channels, compute) and _param_taken(&v[3], bias, channels, compute)):
-            return None
-        if running_mean is not None and running_var is not None:
-            flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE if training else PyBUF_C_CONTIGUOUS
-            if not (_export_exact(&v[4], running_mean, flags) and _is_running_stat(&v[4], channels)
-                    and _export_exact(&v[5], running_var, flags) and _is_running_stat(&v[5], channels)
-                    and _format_dtype(v[4].format) == _format_dtype(v[5].format)
-                    and (not training or _apart(&v[4], &v[5]))):
-                return None
-            running = _format_dtype(v[4].format)
-        elif not training or running_mean is not None or running_var is not None:
-            return None
-        if out is None:
-            out = _empty(x.shape, x.dtype)
-        if not _export_like(&v[1], out, &v[0], dtype):
-            return None
-        if not ((v[1].buf == v[0].buf or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
-                and _apart(&v[1], &v[3]) and _apart(&v[1], &v[4]) and _apart(&v[1], &v[5])):
-            return None
-        stats = <double *>malloc(2 * channels * sizeof(double))
-        if stats == NULL:
-            raise MemoryError(f"batch_norm: no memory for the statistics of {channels} channels")
-        mean, var = <const double *>v[4].buf, <const double *>v[5].buf
+        mean, var = <const double *>v[4].data, <const double *>v[5].data
         if running == FASTNORM_F32:  # eval reads them as float64 (NumPy's exact conversion)
             for i in range(channels):
-                stats[i] = (<float *>v[4].buf)[i]
-                stats[channels + i] = (<float *>v[5].buf)[i]
+                stats[i] = (<float *>v[4].data)[i]
+                stats[channels + i] = (<float *>v[5].data)[i]
             mean, var = stats, stats + channels
         with nogil:
             if training:
                 status = fastnorm_batch_norm_train(<fastnorm_dtype_t>dtype, outer, channels, inner,
-                                                   v[0].buf, v[1].buf, v[2].buf, v[3].buf, epsilon,
+                                                   v[0].data, v[1].data, v[2].data, v[3].data, epsilon,
                                                    stats, stats + channels, n_threads)
                 if status == FASTNORM_OK and running >= 0:
                     status = fastnorm_update_running(<fastnorm_dtype_t>running, channels,
                                                      outer * inner, rate, stats, stats + channels,
-                                                     v[4].buf, v[5].buf)
+                                                     v[4].data, v[5].data)
             else:
                 status = fastnorm_affine(<fastnorm_dtype_t>dtype, outer, channels, inner,
-                                         v[0].buf, v[1].buf, mean, var, v[2].buf, v[3].buf,
+                                         v[0].data, v[1].data, mean, var, v[2].data, v[3].data,
                                          epsilon, n_threads)
     finally:
         free(stats)
-        _release(v)
     if status != FASTNORM_OK:
         _raise(status, "batch_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, outer={outer}, "
                f"channels={channels}, inner={inner}, eps={epsilon!r}, training={training}")
@@ -506,21 +483,18 @@ def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
     """
     cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
     cdef Py_ssize_t data = _count(n, channels, spatial)
-    cdef Py_buffer v[MAX_ARRAYS]
+    cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
     if groups < 0:
         raise ValueError(f"groups must be >= 0, got {groups}")
-    _init(v)
-    try:
-        _acquire(&v[0], x, "x", data, item, False)
-        _acquire(&v[1], y, "y", data, item, True)
-        _acquire(&v[2], weight, "weight", channels, compute, False)
-        _acquire(&v[3], bias, "bias", channels, compute, False)
-        with nogil:
-            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
-                                         v[0].buf, v[1].buf, v[2].buf, v[3].buf, eps, n_threads)
-    finally:
-        _release(v)
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], x, "x", data, item, False)
+    _acquire(&v[1], y, "y", data, item, True)
+    _acquire(&v[2], weight, "weight", channels, compute, False)
+    _acquire(&v[3], bias, "bias", channels, compute, False)
+    with nogil:
+        status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
+                                     v[0].data, v[1].data, v[2].data, v[3].data, eps, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
                f"channels={channels}, groups={groups}, spatial={spatial}, eps={eps!r}")

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from . import _checks, _core
-from ._checks import as_param, check_out, contiguous, core_view, writes_directly
+from ._checks import as_param, check_out, contiguous, writes_directly
 
 if (_core.F32, _core.F64, _core.F16, _core.BF16) != (
     _checks.CODE_F32, _checks.CODE_F64, _checks.CODE_F16, _checks.CODE_BF16
@@ -101,7 +101,7 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     rule = _DTYPES.get(x.dtype)
     if rule is None:
         x, rule = _checks.input_rule(x)
-    code, compute, view = rule
+    code, compute = rule
     if eps is None:
         eps = _RMS_EPS[x.dtype]
 
@@ -121,16 +121,16 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     if x.size == 0:
         y = _empty(x.shape, x.dtype) if out is None else out
     elif moved is not None:
-        y = _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd)
+        y = _norm_moved(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd)
     else:
-        y = _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd)
+        y = _norm_block(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd)
 
     if not return_stats:
         return y
     return y, None if mean is None else mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
-def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd):
+def _norm_block(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd):
     """Normalized axes form one contiguous group: x is used as it is (after a copy only
     when it is not C-contiguous).  Returns y (out when given)."""
     x = contiguous(x)
@@ -155,10 +155,10 @@ def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
     else:
         y = _empty(x.shape, x.dtype)
 
-    _core_norm(kind, code, outer, middle, inner, core_view(x, view),
-               None if r is None else core_view(r, view),
-               None if h_target is None else core_view(h_target, view),
-               core_view(y, view), w, b, eps, mean, rstd, _checks.num_threads)
+    _core_norm(kind, code, outer, middle, inner, x,
+               None if r is None else r,
+               None if h_target is None else h_target,
+               y, w, b, eps, mean, rstd, _checks.num_threads)
 
     if h_target is not residual_out:
         residual_out[...] = h_target
@@ -168,7 +168,7 @@ def _norm_block(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
     return y
 
 
-def _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean, rstd):
+def _norm_moved(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd):
     """Normalized axes that are not one contiguous group: move them to the end (one copy),
     normalize rows, and move the result back into a C-contiguous y (or out)."""
     outer, middle, _inner, _norm_shape, _stats_shape, axes = plan
@@ -176,10 +176,10 @@ def _norm_moved(kind, plan, code, view, x, r, residual_out, out, w, b, eps, mean
     rm = None if r is None else _checks.move_to_end(r, axes)
     hm = None if residual_out is None else _empty(xm.shape, x.dtype)
     ym = _empty(xm.shape, x.dtype)
-    _core_norm(kind, code, outer, middle, 1, core_view(xm, view),
-               None if rm is None else core_view(rm, view),
-               None if hm is None else core_view(hm, view),
-               core_view(ym, view), w, b, eps, mean, rstd, _checks.num_threads)
+    _core_norm(kind, code, outer, middle, 1, xm,
+               None if rm is None else rm,
+               None if hm is None else hm,
+               ym, w, b, eps, mean, rstd, _checks.num_threads)
     if hm is not None:
         residual_out[...] = _checks.move_back(hm, axes)
     y = _empty(x.shape, x.dtype) if out is None else out
@@ -213,7 +213,7 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
                 return_stats):
     """batch_norm's general path: any dtype, layout and argument form, and its errors."""
     x = _checks.as_array(x)
-    x, (code, compute, view) = _checks.input_rule(x)
+    x, (code, compute) = _checks.input_rule(x)
     (channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean,
      running_var) = _batch_norm_args(x.shape, compute, running_mean, running_var, weight, bias,
                                      training, momentum, eps, axis)
@@ -233,7 +233,7 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
     if x.size == 0:  # eval of an empty batch, or no channels
         y = _empty(x.shape, x.dtype) if out is None else out
     else:  # weight / sqrt(var + eps) and bias are folded per channel in C
-        y = _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps, training)
+        y = _affine(code, outer, channels, inner, x, out, mean, var, w, b, eps, training)
 
     if training and has_running:  # after the kernel: a failure leaves them untouched
         _update_running(running_mean, running_var, mean, var, n, momentum)
@@ -302,7 +302,7 @@ def _rstd(var, eps):
         return np.divide(1.0, result, out=result)
 
 
-def _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps, training):
+def _affine(code, outer, channels, inner, x, out, mean, var, w, b, eps, training):
     """y = (x - mean[c]) * w[c] / sqrt(var[c] + eps) + b[c] into out (directly when it can)
     or a new array.  x is C-contiguous; mean and var are float64, w and b compute dtype.
     training: mean and var are outputs, filled with x's batch statistics first (one C
@@ -312,10 +312,10 @@ def _affine(code, view, outer, channels, inner, x, out, mean, var, w, b, eps, tr
     else:
         y = _empty(x.shape, x.dtype)
     if training:
-        _core_batch_norm_train(code, outer, channels, inner, core_view(x, view),
-                               core_view(y, view), w, b, eps, mean, var, _checks.num_threads)
+        _core_batch_norm_train(code, outer, channels, inner, x,
+                               y, w, b, eps, mean, var, _checks.num_threads)
     else:
-        _core_affine(code, outer, channels, inner, core_view(x, view), core_view(y, view),
+        _core_affine(code, outer, channels, inner, x, y,
                      mean, var, w, b, eps, _checks.num_threads)
     if out is not None and y is not out:
         out[...] = y
@@ -330,25 +330,25 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """GroupNorm of ``x`` of shape ``(N, C, ...)``: statistics per (sample, group of
     ``C // num_groups`` channels), then ``weight`` / ``bias`` of shape ``(C,)`` per channel."""
     x = _checks.as_array(x)
-    x, (code, compute, view) = _checks.input_rule(x)
+    x, (code, compute) = _checks.input_rule(x)
     if x.ndim < 2:
         raise ValueError(f"group_norm needs x of shape (N, C, ...), got shape {x.shape}")
     num_groups = _checks.check_positive_int(num_groups, "num_groups")
-    return _group_norm(x, code, compute, view, num_groups, weight, bias, eps)
+    return _group_norm(x, code, compute, num_groups, weight, bias, eps)
 
 
 def instance_norm(x, weight=None, bias=None, eps=1e-5):
     """InstanceNorm: group_norm with one group per channel of ``x`` (N, C, ...)."""
     x = _checks.as_array(x)
-    x, (code, compute, view) = _checks.input_rule(x)
+    x, (code, compute) = _checks.input_rule(x)
     if x.ndim < 2:
         raise ValueError(f"instance_norm needs x of shape (N, C, ...), got shape {x.shape}")
     if x.shape[1] == 0:
         raise ValueError(f"instance_norm needs at least one channel, x has shape {x.shape}")
-    return _group_norm(x, code, compute, view, x.shape[1], weight, bias, eps)
+    return _group_norm(x, code, compute, x.shape[1], weight, bias, eps)
 
 
-def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
+def _group_norm(x, code, compute, num_groups, weight, bias, eps):
     n, channels = x.shape[:2]
     if channels % num_groups:
         raise ValueError(
@@ -366,6 +366,6 @@ def _group_norm(x, code, compute, view, num_groups, weight, bias, eps):
 
     x = contiguous(x)
     y = _empty(x.shape, x.dtype)
-    _core_group_norm(code, n, channels, num_groups, spatial, core_view(x, view), core_view(y, view),
+    _core_group_norm(code, n, channels, num_groups, spatial, x, y,
                      w, b, eps, _checks.num_threads)
     return y

@@ -21,7 +21,7 @@ def moments(x, axis=None):
     ``count == 0`` with ``mean == m2 == 0``, the neutral element of merge_moments.
     """
     x = _checks.as_array(x)
-    x, (code, _compute, view) = _checks.input_rule(x)
+    x, (code, _compute) = _checks.input_rule(x)
     shape = x.shape
     if axis is None:
         axes = tuple(range(x.ndim))
@@ -45,7 +45,7 @@ def moments(x, axis=None):
             x = np.moveaxis(x, kept, range(len(kept)))
             outer, inner = 1, count
         x = _checks.contiguous(x)
-        _core.moments(code, outer, channels, inner, _checks.core_view(x, view), mean, m2,
+        _core.moments(code, outer, channels, inner, x, mean, m2,
                       _checks.num_threads)
 
     counts = np.full(kept_shape, count, dtype=np.int64)

@@ -50,7 +50,7 @@ def _row_norm(function, n_stats, x, normalized_shape, params, eps, axis, residua
     """The in-memory row norm `function` (which returns n_stats statistics with
     return_stats) applied with the normalized axes as the core dimensions of a gufunc."""
     x = da.asarray(x)
-    _x, (_code, compute, _view) = _checks.input_rule(np.empty(0, x.dtype))
+    _x, (_code, compute) = _checks.input_rule(np.empty(0, x.dtype))
     plan = _checks.norm_plan(x.shape, normalized_shape, axis)
     norm_shape = plan[3]
     if axis is None:
@@ -90,7 +90,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     called (updating running_mean / running_var in place); the output stays lazy.
     ``return_stats=True`` returns ``(y, mean, rstd)`` with NumPy statistics."""
     x = da.asarray(x)
-    _x, (_code, compute, _view) = _checks.input_rule(np.empty(0, x.dtype))
+    _x, (_code, compute) = _checks.input_rule(np.empty(0, x.dtype))
     (channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean,
      running_var) = _functional._batch_norm_args(x.shape, compute, running_mean, running_var,
                                                  weight, bias, training, momentum, eps, axis)

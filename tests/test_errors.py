@@ -271,3 +271,32 @@ def test_running_update_entry_point_refuses_bad_arguments():
     _core.update_running(_core.F32, rm, rv, mean, var, 10, 0.5)
     np.testing.assert_allclose(rm, 1.0)
     np.testing.assert_allclose(rv, 0.5 + 0.5 * 4.0 * 10 / 9, rtol=1e-6)
+
+
+def test_core_entry_points_refuse_arrays_they_cannot_use():
+    # fastnorm._core's backstop: the Python layer never passes these, but C must not run
+    # on an array it would read or write past, or misread (checked before anything runs)
+    from fastnorm import _core
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    y = np.full((3, 4), -1.0, np.float32)
+    mean, var = np.zeros(4), np.ones(4)
+    misaligned = np.frombuffer(b"\0" + x.tobytes(), np.float32, count=12, offset=1)
+    read_only = y.copy()
+    read_only.flags.writeable = False
+    cases = [
+        (TypeError, "x: expected a NumPy array, got list", {"x": x.tolist()}),
+        (ValueError, "x: expected a C-contiguous array", {"x": np.asfortranarray(x)}),
+        (TypeError, "x: expected 4-byte items, got 8-byte items", {"x": x.astype(np.float64)}),
+        (ValueError, r"x: expected 12 items \(48 bytes\), got 8 items", {"x": x[:2]}),
+        (ValueError, "x: expected data aligned to its 4-byte items", {"x": misaligned}),
+        (ValueError, "y: expected a writeable array", {"y": read_only}),
+        (ValueError, "var: expected 4 items", {"var": var[:3]}),
+    ]
+    for error, message, changed in cases:
+        args = {"x": x, "y": y, "mean": mean, "var": var, **changed}
+        with pytest.raises(error, match=message):
+            _core.affine(_core.F32, 3, 4, 1, args["x"], args["y"], args["mean"], args["var"],
+                         None, None, 1e-5, 1)
+        np.testing.assert_array_equal(y, -1.0)
+    _core.affine(_core.F32, 3, 4, 1, x, y, mean, var, None, None, 0.0, 1)  # all usable
+    np.testing.assert_allclose(y, x, rtol=1e-6)

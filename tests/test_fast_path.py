@@ -73,6 +73,21 @@ def test_in_place(op, rng, tol, general_calls):
     assert_close(x, want, tol)
 
 
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
+def test_read_only_inputs_take_the_one_step_path(op, rng, tol, general_calls):
+    x = (rng.standard_normal((4, N)) + 1).astype(np.float32)
+    w, b = _params(op, N, np.float32, rng)
+    y = row_norm(op, _read_only(x), weight=_read_only(w), bias=None if b is None else _read_only(b))
+    assert general_calls == []
+    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
+
+
 @pytest.mark.parametrize("op", ROW_OPS)
 def test_rms_default_eps_is_the_compute_machine_epsilon(op, rng, general_calls):
     # all-zero rows: y = 0 * rsqrt(0 + eps) = 0, so probe eps through a tiny constant row
@@ -154,7 +169,11 @@ def test_declined_bad_arguments_raise_the_general_errors(op, rng, general_calls)
     with pytest.raises((TypeError, ValueError), match="out"):
         row_norm(op, x, out=wrong)
     assert np.all(wrong == 0), "a refused out= was written"
-    assert len(general_calls) == 4
+    read_only = _read_only(np.zeros((2, N), np.float32))
+    with pytest.raises(ValueError, match="out is read-only"):
+        row_norm(op, x, out=read_only)
+    assert np.all(read_only == 0), "a read-only out= was written"
+    assert len(general_calls) == 5
 
 
 # ---- batch_norm ------------------------------------------------------------------------
@@ -207,6 +226,14 @@ def test_batch_norm_common_call_skips_the_general_path(dtype, axis, training, ru
     np.testing.assert_array_equal(y, forced)
     np.testing.assert_array_equal(rm, forced_rm)
     np.testing.assert_array_equal(rv, forced_rv)
+
+
+def test_batch_norm_read_only_inputs_take_the_one_step_path(rng, tol, general_bn_calls):
+    x, w, b, rm, rv = _bn_case(rng)
+    want = ref_batch_norm(x, rm, rv, w, b)[0]
+    y = fastnorm.batch_norm(*(_read_only(a) for a in (x, rm, rv, w, b)))
+    assert general_bn_calls == []
+    assert_close(y, want, tol)
 
 
 def test_batch_norm_training_without_running_stats_and_in_place(rng, tol, general_bn_calls):
@@ -305,6 +332,12 @@ def test_batch_norm_declined_bad_arguments_raise_the_general_errors(rng, general
     with pytest.raises((TypeError, ValueError), match="out"):
         fastnorm.batch_norm(x, rm, rv, out=wrong)
     assert np.all(wrong == 0), "a refused out= was written"
+    read_only = _read_only(np.zeros(x.shape, np.float32))
+    with pytest.raises(ValueError, match="out is read-only"):
+        fastnorm.batch_norm(x, rm, rv, training=True, out=read_only)
+    assert np.all(read_only == 0), "a read-only out= was written"
+    with pytest.raises(ValueError, match="float32 or float64"):
+        fastnorm.batch_norm(x, rm.astype(np.float16), rv.astype(np.float16))
     np.testing.assert_array_equal(rm, rm_before)  # refused training calls update nothing
     np.testing.assert_array_equal(rv, rv_before)
-    assert len(general_bn_calls) == 7
+    assert len(general_bn_calls) == 9
