@@ -38,6 +38,14 @@ cnp.import_array()
 cdef object _ndarray = numpy.ndarray
 cdef object _empty = numpy.empty
 
+# ml_dtypes' bfloat16 is a user dtype: NumPy gives it a type number when it registers.
+cdef int _bfloat16_num = -1
+try:
+    import ml_dtypes
+    _bfloat16_num = numpy.dtype(ml_dtypes.bfloat16).num
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    pass
+
 LAYER_NORM = FASTNORM_LAYER_NORM
 RMS_NORM = FASTNORM_RMS_NORM
 F32 = FASTNORM_F32
@@ -101,14 +109,13 @@ cdef struct _Array:
     Py_ssize_t nbytes
     Py_ssize_t itemsize
     int flags  # NPY_ARRAY_*
-    int dtype  # fastnorm dtype of a native float32/float64/float16 array, else -1
+    int dtype  # fastnorm dtype of a native float32/float64/float16/bfloat16 array, else -1
     int ndim
     cnp.npy_intp *shape
 
 
 cdef inline int _numpy_dtype(cnp.ndarray arr) noexcept:
-    """fastnorm dtype of a native-order float32/float64/float16 array, else -1 (bfloat16
-    is a user type: only the general path takes it)."""
+    """fastnorm dtype of a native-order float32/float64/float16/bfloat16 array, else -1."""
     cdef int type_num = cnp.PyArray_TYPE(arr)
     if not cnp.PyArray_ISNOTSWAPPED(arr):
         return -1
@@ -118,6 +125,8 @@ cdef inline int _numpy_dtype(cnp.ndarray arr) noexcept:
         return FASTNORM_F64
     if type_num == cnp.NPY_FLOAT16:
         return FASTNORM_F16
+    if type_num == _bfloat16_num:
+        return FASTNORM_BF16
     return -1
 
 
@@ -167,7 +176,7 @@ cdef inline int _acquire(_Array *a, object array, str name, Py_ssize_t count,
 
 
 cdef inline bint _take(_Array *a, object array, bint writable) noexcept:
-    """Read an exact ndarray that is usable and float32/float64/float16 into `a` (the
+    """Read an exact ndarray that is usable and of a fastnorm dtype into `a` (the
     one-step paths), or report False."""
     if type(array) is not _ndarray:
         return False
@@ -192,9 +201,9 @@ cdef inline bint _param_taken(_Array *a, object param, Py_ssize_t middle, int co
     return param is None or _is_vector(a, param, middle, compute_dtype, False)
 
 
-cdef inline bint _like(_Array *a, object out, _Array *x) noexcept:
-    """out is writeable and has x's shape and dtype."""
-    if not _take(a, out, True) or a.ndim != x.ndim or a.dtype != x.dtype:
+cdef inline bint _like(_Array *a, object array, _Array *x, bint writable) noexcept:
+    """`array` has x's shape and dtype (and is writeable when asked)."""
+    if not _take(a, array, writable) or a.ndim != x.ndim or a.dtype != x.dtype:
         return False
     for i in range(x.ndim):
         if a.shape[i] != x.shape[i]:
@@ -234,19 +243,22 @@ def norm(int kind, int dtype, Py_ssize_t outer, Py_ssize_t middle, Py_ssize_t in
                f"residual={residual is not None}, residual_out={residual_out is not None}")
 
 
-def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
+def rows(int kind, x, normalized_shape, weight, bias, eps, residual, residual_out, out,
+         int n_threads):
     """The common LayerNorm/RMSNorm call in one step: statistics over x's last axis.
 
     Takes only what needs no conversion: NumPy arrays, x C-contiguous float32/float64/
-    float16 and aligned, normalized_shape None, an int or a 1-tuple of an int equal to the
-    last dimension, weight/bias None or 1-D of the compute dtype (float64 for float64 x,
-    float32 otherwise), out None (allocated) or a C-contiguous array like x that is x
-    itself or shares no memory with any input.  eps is a checked float, or None for
-    the compute dtype's machine epsilon (rms_norm's default).  Returns y, or None without
-    writing anything when an argument is outside that: the caller's general path then
-    converts, copies or raises with the right message.
+    float16/bfloat16 and aligned, normalized_shape None, an int or a 1-tuple of an int
+    equal to the last dimension, weight/bias None or 1-D of the compute dtype (float64 for
+    float64 x, float32 otherwise), residual None or an array like x, residual_out None
+    (or, with residual, a writeable array like x that is x, residual or apart from every
+    input), out None (allocated) or a writeable array like x that is x itself or apart
+    from every other argument.  eps is a checked float, or None for the compute dtype's
+    machine epsilon (rms_norm's default).  Returns y, or None without writing anything
+    when an argument is outside that: the caller's general path then converts, copies or
+    raises with the right message.
     """
-    cdef _Array v[4]  # x, weight, bias, y
+    cdef _Array v[6]  # x, weight, bias, residual, residual_out, y
     cdef fastnorm_status_t status
     cdef int dtype, compute
     cdef Py_ssize_t middle, outer
@@ -256,7 +268,7 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
         return None
     dtype = v[0].dtype
     middle = v[0].shape[v[0].ndim - 1]
-    outer = v[0].nbytes // _storage_size(dtype) // middle
+    outer = v[0].nbytes // v[0].itemsize // middle
     if normalized_shape is not None:
         if type(normalized_shape) is tuple and len(<tuple>normalized_shape) == 1:
             normalized_shape = (<tuple>normalized_shape)[0]
@@ -266,20 +278,31 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, out, int n_threads):
     epsilon = (2.0 ** -52 if compute == FASTNORM_F64 else 2.0 ** -23) if eps is None else eps
     if not (_param_taken(&v[1], weight, middle, compute) and _param_taken(&v[2], bias, middle, compute)):
         return None
+    if residual is not None:
+        if not _like(&v[3], residual, &v[0], False):
+            return None
+        if residual_out is not None:  # x + residual written in place, or apart from all inputs
+            if not (_like(&v[4], residual_out, &v[0], True)
+                    and (v[4].data == v[0].data or v[4].data == v[3].data
+                         or (_apart(&v[4], &v[0]) and _apart(&v[4], &v[3])))
+                    and _apart(&v[4], &v[1]) and _apart(&v[4], &v[2])):
+                return None
+    elif residual_out is not None:
+        return None
     if out is None:
         out = _empty(x.shape, x.dtype)
-    if not _like(&v[3], out, &v[0]):
+    if not _like(&v[5], out, &v[0], True):
         return None
-    if not ((v[3].data == v[0].data or _apart(&v[3], &v[0])) and _apart(&v[3], &v[1])
-            and _apart(&v[3], &v[2])):
+    if not ((v[5].data == v[0].data or _apart(&v[5], &v[0])) and _apart(&v[5], &v[1])
+            and _apart(&v[5], &v[2]) and _apart(&v[5], &v[3]) and _apart(&v[5], &v[4])):
         return None
     with nogil:
         status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, outer,
-                               middle, 1, v[0].data, NULL, NULL, v[3].data, v[1].data, v[2].data,
-                               epsilon, NULL, NULL, n_threads)
+                               middle, 1, v[0].data, v[3].data, v[4].data, v[5].data, v[1].data,
+                               v[2].data, epsilon, NULL, NULL, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_norm", f"kind={kind}, dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
-               f"outer={outer}, middle={middle}, eps={epsilon!r}")
+               f"outer={outer}, middle={middle}, eps={epsilon!r}, residual={residual is not None}")
     return out
 
 
@@ -391,7 +414,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     """The common BatchNorm call in one step: channel axis 1 or -1, no return_stats.
 
     Takes only what needs no conversion: NumPy arrays, x C-contiguous float32/float64/
-    float16 and aligned with at least 2 dimensions; weight/bias None or 1-D of the compute
+    float16/bfloat16 and aligned with at least 2 dimensions; weight/bias None or 1-D of the compute
     dtype; running statistics 1-D float32/float64 (both, or for training neither; writable
     and apart for training); out None or a C-contiguous array like x that is x itself or
     shares no memory with any other argument; eps and momentum valid floats, axis the int
@@ -438,7 +461,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
         return None
     if out is None:
         out = _empty(x.shape, x.dtype)
-    if not _like(&v[1], out, &v[0]):
+    if not _like(&v[1], out, &v[0], True):
         return None
     if not ((v[1].data == v[0].data or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
             and _apart(&v[1], &v[3]) and _apart(&v[1], &v[4]) and _apart(&v[1], &v[5])):

@@ -5,9 +5,9 @@ to the (outer, middle, inner) block of include/fastnorm/fastnorm.h and calls one
 entry points of fastnorm._core (rows, norm, batch_norm, affine, batch_norm_train,
 group_norm), which release the GIL.
 
-The common call of layer_norm / rms_norm -- a C-contiguous float32/float64/float16 array
-normalized over its last axis, parameters already in the compute dtype, no residual or
-stats -- goes straight to _core.rows, which checks those buffers in C and declines
+The common call of layer_norm / rms_norm -- a C-contiguous array of a fastnorm dtype
+normalized over its last axis, parameters already in the compute dtype, a residual (if
+any) like x, no stats -- goes straight to _core.rows, which checks those buffers in C and declines
 anything else (nothing written) to the general path here: for small inputs the Python
 around the kernel was most of the cost (1x768 float32: see docs/performance.md).
 batch_norm's common call (channel axis 1 or -1, no return_stats) goes the same way
@@ -61,9 +61,9 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *, ax
     """
     if type(eps) is not float or not 0.0 <= eps < _INF:
         eps = _checks.check_eps(eps)
-    if axis is None and residual is None and residual_out is None and not return_stats:
-        y = _core_rows(_LAYER_NORM, x, normalized_shape, weight, bias, eps, out,
-                       _checks.num_threads)
+    if axis is None and not return_stats:
+        y = _core_rows(_LAYER_NORM, x, normalized_shape, weight, bias, eps, residual,
+                       residual_out, out, _checks.num_threads)
         if y is not None:
             return y
     return _row_norm(_LAYER_NORM, x, normalized_shape, weight, bias, eps, axis, residual,
@@ -80,9 +80,9 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, axis=None, resi
     """
     if eps is not None and (type(eps) is not float or not 0.0 <= eps < _INF):
         eps = _checks.check_eps(eps)
-    if axis is None and residual is None and residual_out is None and not return_stats:
-        y = _core_rows(_RMS_NORM, x, normalized_shape, weight, None, eps, out,
-                       _checks.num_threads)
+    if axis is None and not return_stats:
+        y = _core_rows(_RMS_NORM, x, normalized_shape, weight, None, eps, residual,
+                       residual_out, out, _checks.num_threads)
         if y is not None:
             return y
     result = _row_norm(_RMS_NORM, x, normalized_shape, weight, None, eps, axis, residual,

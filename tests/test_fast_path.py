@@ -44,7 +44,7 @@ def _params(op, n, dtype, rng):
 
 
 @pytest.mark.parametrize("op", ROW_OPS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("normalized_shape", [None, N, (N,)])
 @pytest.mark.parametrize("with_out", [False, True])
 def test_common_call_skips_the_general_path(op, dtype, normalized_shape, with_out, rng, tol,
@@ -109,7 +109,6 @@ def _declined_cases(rng):
     holder[:N] = w
     return [
         ("list input", x.tolist(), {}),
-        ("bfloat16", x.astype(ml_dtypes.bfloat16), {}),
         ("float16 weight for float16 x", x.astype(np.float16), {"weight": w.astype(np.float16)}),
         ("weight as a list", x, {"weight": w.tolist()}),
         ("float64 weight for float32 x", x, {"weight": w.astype(np.float64)}),
@@ -156,6 +155,84 @@ def test_declined_calls_take_the_general_path(op, name, rng, tol, general_calls)
     assert_close(np.asarray(y, np.float64), want, tol, dtype=np.asarray(y).dtype, err_msg=name)
 
 
+# ---- the fused residual add --------------------------------------------------------
+
+# Where residual_out and out go: every placement the one-step path takes.
+RESIDUAL_PLACES = ["no residual_out", "apart", "residual_out is x", "residual_out is residual",
+                   "out is x"]
+
+
+def _residual_call(op, place, x, r, w, b, forced=False):
+    """(y, h) of the fused call with residual_out / out placed as `place` says, on copies
+    of x and r; forced=True adds return_stats, which always takes the general path."""
+    x, r = x.copy(), r.copy()
+    h = {"no residual_out": None, "residual_out is x": x, "residual_out is residual": r}.get(
+        place, np.full_like(x, np.nan))
+    out = x if place == "out is x" else None
+    kw = {"return_stats": True} if forced else {}
+    y = row_norm(op, x, None, w, b, residual=r, residual_out=h, out=out, **kw)
+    return (y[0] if forced else y), h
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("place", RESIDUAL_PLACES)
+def test_residual_call_skips_the_general_path(op, dtype, place, rng, tol, general_calls):
+    x = (rng.standard_normal((5, N)) + 3).astype(dtype)
+    r = rng.standard_normal((5, N)).astype(dtype)
+    w, b = _params(op, N, dtype, rng)
+    y, h = _residual_call(op, place, x, r, w, b)
+    assert general_calls == []
+    summed = (x + r).astype(dtype)  # h rounded to x's dtype, as the unfused call sees it
+    assert_close(y, ref_row_norm(op, summed, None, w, b), tol)
+    if h is not None:
+        np.testing.assert_array_equal(h, summed)
+    # the general path, forced by return_stats, gives the very same bits
+    y_general, h_general = _residual_call(op, place, x, r, w, b, forced=True)
+    assert len(general_calls) == 1
+    np.testing.assert_array_equal(y, y_general)
+    if h is not None:
+        np.testing.assert_array_equal(h, h_general)
+
+
+def _declined_residual_cases(x, r):
+    """(name, kwargs) of fused calls the one-step path must hand to the general path, which
+    computes them (through a temporary where needed)."""
+    storage = np.empty(x.size + 8, x.dtype)
+    return [
+        ("out is residual", {"residual": r, "out": r}),
+        ("residual_out overlapping x", {"residual": r, "residual_out": "shifted"}),
+        ("Fortran-ordered residual", {"residual": np.asfortranarray(r)}),
+        ("strided residual_out", {"residual": r, "residual_out": np.empty((x.shape[0], 2 * N), x.dtype)[:, ::2]}),
+        ("out overlapping residual_out", {"residual": r, "residual_out": storage[:-8].reshape(x.shape),
+                                          "out": storage[8:].reshape(x.shape)}),
+    ]
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
+@pytest.mark.parametrize("name", [name for name, _kw in _declined_residual_cases(np.empty((2, N)), None)])
+def test_declined_residual_calls_take_the_general_path(op, name, rng, tol, general_calls):
+    x = (rng.standard_normal((3, N)) + 2).astype(np.float32)
+    r = rng.standard_normal((3, N)).astype(np.float32)
+    summed = x + r
+    kw = dict(dict(_declined_residual_cases(x, r))[name])
+    if isinstance(kw.get("residual_out"), str):  # "shifted": residual_out 8 values before x
+        storage = np.empty(x.size + 8, np.float32)
+        storage[8:] = x.ravel()
+        x = storage[8:].reshape(summed.shape)
+        kw["residual_out"] = storage[:-8].reshape(summed.shape)
+    if name == "out overlapping residual_out":
+        with pytest.raises(ValueError, match="residual_out must not be out"):
+            row_norm(op, x, **kw)
+        assert len(general_calls) == 1
+        return
+    y = row_norm(op, x, **kw)
+    assert len(general_calls) == 1, name
+    assert_close(y, ref_row_norm(op, summed), tol, err_msg=name)
+    if kw.get("residual_out") is not None:
+        np.testing.assert_array_equal(kw["residual_out"], summed)
+
+
 @pytest.mark.parametrize("op", ROW_OPS)
 def test_declined_bad_arguments_raise_the_general_errors(op, rng, general_calls):
     x = rng.standard_normal((2, N)).astype(np.float32)
@@ -173,7 +250,14 @@ def test_declined_bad_arguments_raise_the_general_errors(op, rng, general_calls)
     with pytest.raises(ValueError, match="out is read-only"):
         row_norm(op, x, out=read_only)
     assert np.all(read_only == 0), "a read-only out= was written"
-    assert len(general_calls) == 5
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        row_norm(op, x, residual=x.astype(np.float64))
+    with pytest.raises(ValueError, match="residual_out needs residual"):
+        row_norm(op, x, residual_out=np.empty_like(x))
+    with pytest.raises(ValueError, match="residual_out is read-only"):
+        row_norm(op, x, residual=x, residual_out=read_only)
+    assert np.all(read_only == 0), "a read-only residual_out= was written"
+    assert len(general_calls) == 8
 
 
 # ---- batch_norm ------------------------------------------------------------------------
@@ -198,7 +282,7 @@ def _bn_case(rng, dtype=np.float32, axis=1, running_dtype=np.float32):
     return x, w, b, rm, rv
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("axis", [1, -1])
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("running_dtype", [np.float32, np.float64])
@@ -268,7 +352,6 @@ def _bn_declined_cases(rng):
     holder[:C] = rm
     return [
         ("list input", x.tolist(), {}),
-        ("bfloat16", x.astype(ml_dtypes.bfloat16), {}),
         ("channel axis 2", x, {"axis": 2, "running_mean": rm[:5].copy(), "running_var": rv[:5].copy(),
                                "weight": w[:5].copy(), "bias": b[:5].copy()}),
         ("numpy integer axis", x, {"axis": np.int64(1)}),
