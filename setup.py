@@ -210,7 +210,9 @@ core = Extension(
     sources=[os.path.join("fastnorm", "_core.pyx"), *BASE_SOURCES],
     # NumPy's headers: the one-step paths of _core.pyx read arrays through its C API.
     include_dirs=["include", C_DIR, numpy.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    # The oldest NumPy the extension may run on: pyproject's runtime dependency.
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                   ("NPY_TARGET_VERSION", "NPY_1_25_API_VERSION")],
     # The ISA sources are compiled by build_ext itself; listing them here makes a change
     # to one of them relink the extension.  Everything listed also goes into the sdist
     # (cythonize replaces the .pyx source by the generated .c, so it is listed too).

@@ -36,7 +36,12 @@ import numpy
 cnp.import_array()
 
 cdef object _ndarray = numpy.ndarray
-cdef object _empty = numpy.empty
+
+cdef extern from "numpy/arrayobject.h":
+    # NULL descr: the prototype's dtype.  About 2000 instructions less than calling
+    # numpy.empty(x.shape, x.dtype) from here.
+    object _empty_like "PyArray_NewLikeArray"(cnp.ndarray prototype, cnp.NPY_ORDER order,
+                                               void *descr, int subok)
 
 # ml_dtypes' bfloat16 is a user dtype: NumPy gives it a type number when it registers.
 cdef int _bfloat16_num = -1
@@ -290,7 +295,7 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, residual, residual_ou
     elif residual_out is not None:
         return None
     if out is None:
-        out = _empty(x.shape, x.dtype)
+        out = _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
     if not _like(&v[5], out, &v[0], True):
         return None
     if not ((v[5].data == v[0].data or _apart(&v[5], &v[0])) and _apart(&v[5], &v[1])
@@ -460,7 +465,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     elif not training or running_mean is not None or running_var is not None:
         return None
     if out is None:
-        out = _empty(x.shape, x.dtype)
+        out = _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
     if not _like(&v[1], out, &v[0], True):
         return None
     if not ((v[1].data == v[0].data or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
