@@ -7,9 +7,9 @@ group_norm), which release the GIL.
 
 The common call of layer_norm / rms_norm -- a C-contiguous array of a fastnorm dtype
 normalized over its last axis, parameters already in the compute dtype, a residual (if
-any) like x, no stats -- goes straight to _core.rows, which checks those buffers in C and declines
-anything else (nothing written) to the general path here: for small inputs the Python
-around the kernel was most of the cost (1x768 float32: see docs/performance.md).
+any) like x, no stats -- goes straight to _core.rows, which checks those arrays in C and
+declines anything else (nothing written) to the general path here: for small inputs the
+Python around the kernel was most of the cost (1x768 float32: see docs/performance.md).
 batch_norm's common call (channel axis 1 or -1, no return_stats) goes the same way
 through _core.batch_norm, running statistics updated in C.
 """
@@ -155,10 +155,8 @@ def _norm_block(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd
     else:
         y = _empty(x.shape, x.dtype)
 
-    _core_norm(kind, code, outer, middle, inner, x,
-               None if r is None else r,
-               None if h_target is None else h_target,
-               y, w, b, eps, mean, rstd, _checks.num_threads)
+    _core_norm(kind, code, outer, middle, inner, x, r, h_target, y, w, b, eps, mean, rstd,
+               _checks.num_threads)
 
     if h_target is not residual_out:
         residual_out[...] = h_target
@@ -176,10 +174,8 @@ def _norm_moved(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd
     rm = None if r is None else _checks.move_to_end(r, axes)
     hm = None if residual_out is None else _empty(xm.shape, x.dtype)
     ym = _empty(xm.shape, x.dtype)
-    _core_norm(kind, code, outer, middle, 1, xm,
-               None if rm is None else rm,
-               None if hm is None else hm,
-               ym, w, b, eps, mean, rstd, _checks.num_threads)
+    _core_norm(kind, code, outer, middle, 1, xm, rm, hm, ym, w, b, eps, mean, rstd,
+               _checks.num_threads)
     if hm is not None:
         residual_out[...] = _checks.move_back(hm, axes)
     y = _empty(x.shape, x.dtype) if out is None else out

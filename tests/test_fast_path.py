@@ -209,8 +209,11 @@ def _declined_residual_cases(x, r):
     ]
 
 
+DECLINED_RESIDUAL = [name for name, _kw in _declined_residual_cases(np.empty((2, N)), None)]
+
+
 @pytest.mark.parametrize("op", ROW_OPS)
-@pytest.mark.parametrize("name", [name for name, _kw in _declined_residual_cases(np.empty((2, N)), None)])
+@pytest.mark.parametrize("name", DECLINED_RESIDUAL)
 def test_declined_residual_calls_take_the_general_path(op, name, rng, tol, general_calls):
     x = (rng.standard_normal((3, N)) + 2).astype(np.float32)
     r = rng.standard_normal((3, N)).astype(np.float32)
