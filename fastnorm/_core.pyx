@@ -195,6 +195,17 @@ cdef inline bint _apart(_Array *a, _Array *b) noexcept:
     return b.data == NULL or a0 + <size_t>a.nbytes <= b0 or b0 + <size_t>b.nbytes <= a0
 
 
+cdef inline bint _placed(_Array *y, _Array *x, _Array *others, int count) noexcept:
+    """The one-step paths' output rule: y is x itself (in place) or apart from it, and
+    apart from each of others[:count] (None ones included: they hold no bytes)."""
+    if not (y.data == x.data or _apart(y, x)):
+        return False
+    for i in range(count):
+        if not _apart(y, &others[i]):
+            return False
+    return True
+
+
 cdef inline bint _is_vector(_Array *a, object array, Py_ssize_t length, int dtype,
                             bint writable) noexcept:
     """`array` is a 1-D array of `length` items of `dtype` that _take accepts."""
@@ -298,8 +309,7 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, residual, residual_ou
         out = _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
     if not _like(&v[5], out, &v[0], True):
         return None
-    if not ((v[5].data == v[0].data or _apart(&v[5], &v[0])) and _apart(&v[5], &v[1])
-            and _apart(&v[5], &v[2]) and _apart(&v[5], &v[3]) and _apart(&v[5], &v[4])):
+    if not _placed(&v[5], &v[0], &v[1], 4):
         return None
     with nogil:
         status = fastnorm_norm(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, outer,
@@ -468,8 +478,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
         out = _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
     if not _like(&v[1], out, &v[0], True):
         return None
-    if not ((v[1].data == v[0].data or _apart(&v[1], &v[0])) and _apart(&v[1], &v[2])
-            and _apart(&v[1], &v[3]) and _apart(&v[1], &v[4]) and _apart(&v[1], &v[5])):
+    if not _placed(&v[1], &v[0], &v[2], 4):
         return None
     stats = <double *>malloc(2 * channels * sizeof(double))
     if stats == NULL:
