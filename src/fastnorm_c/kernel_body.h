@@ -58,19 +58,32 @@
 #define kb_scalar_load KB_GLUE(fn, load1, KB_DT)
 #define kb_scalar_store KB_GLUE(fn, store1, KB_DT)
 #define kb_scalar_round KB_GLUE(fn, round1, KB_DT)
+#define kb_inverse KB_GLUE(kb, inverse, KB_CT)
+#define kb_rest KB_GLUE(kb, rest, KB_CT)
 
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
 #define KB_BLOCK 64      /* row Welford values per lane before a float64 merge */
-/* 1/k for the per-lane Welford step count k (all lanes of a block share k).  A constant
- * initializer, never code run at load time: this file is compiled with AVX2/AVX-512 flags,
- * and a load-time constructor built with them faults on CPUs without those instructions. */
+/* 1/k and (k-1)/k for the per-lane Welford step count k (all lanes of a block share k),
+ * in each compute dtype, so the loops broadcast them straight from memory (converting a
+ * float64 entry each step took three vector-pipe operations of the adders' share).  Both
+ * are 1/k rounded to float64 first, then (k-1)/k = 1 - that, then the compute dtype.  A
+ * constant initializer, never code run at load time: this file is compiled with AVX2/
+ * AVX-512 flags, and a load-time constructor built with them faults on CPUs without those
+ * instructions. */
 #define KB_INV4(k) 1.0 / (k), 1.0 / ((k) + 1), 1.0 / ((k) + 2), 1.0 / ((k) + 3)
-#define KB_INV16(k) KB_INV4(k), KB_INV4((k) + 4), KB_INV4((k) + 8), KB_INV4((k) + 12)
-static const double kb_inverse_count[KB_BLOCK + 1] = {
-    0.0, KB_INV16(1), KB_INV16(17), KB_INV16(33), KB_INV16(49)};
-_Static_assert(KB_BLOCK == 64, "kb_inverse_count lists 1/k for k = 1..64");
-#undef KB_INV16
+#define KB_REST4(k) 1.0 - 1.0 / (k), 1.0 - 1.0 / ((k) + 1), 1.0 - 1.0 / ((k) + 2), \
+                    1.0 - 1.0 / ((k) + 3)
+#define KB_BY16(f, k) f(k), f((k) + 4), f((k) + 8), f((k) + 12)
+#define KB_TO64(f) 0.0, KB_BY16(f, 1), KB_BY16(f, 17), KB_BY16(f, 33), KB_BY16(f, 49)
+static const float kb_inverse_c32[KB_BLOCK + 1] = {KB_TO64(KB_INV4)};
+static const double kb_inverse_c64[KB_BLOCK + 1] = {KB_TO64(KB_INV4)};
+static const float kb_rest_c32[KB_BLOCK + 1] = {KB_TO64(KB_REST4)};
+static const double kb_rest_c64[KB_BLOCK + 1] = {KB_TO64(KB_REST4)};
+_Static_assert(KB_BLOCK == 64, "the kb_inverse / kb_rest tables list k = 1..64");
+#undef KB_TO64
+#undef KB_BY16
+#undef KB_REST4
 #undef KB_INV4
 #define KB_INLINE static inline __attribute__((always_inline))
 
@@ -204,8 +217,8 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         KB_NAME(kb_welford2_first)(KB_H(6), KB_H(7), shift_v, center, &mean3, &m2_3);
         i += STEP;
         for (size_t k = 2; k <= block; ++k, i += STEP) {
-            const KB_V inverse = kb_set1((KB_C)kb_inverse_count[k]);
-            const KB_V rest = kb_set1((KB_C)(1.0 - kb_inverse_count[k]));
+            const KB_V inverse = kb_set1(kb_inverse[k]);
+            const KB_V rest = kb_set1(kb_rest[k]);
             KB_NAME(kb_welford2_step)(KB_H(0), KB_H(1), shift_v, inverse, rest, center, &mean0, &m2_0);
             KB_NAME(kb_welford2_step)(KB_H(2), KB_H(3), shift_v, inverse, rest, center, &mean1, &m2_1);
             KB_NAME(kb_welford2_step)(KB_H(4), KB_H(5), shift_v, inverse, rest, center, &mean2, &m2_2);
@@ -682,8 +695,8 @@ static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
         for (size_t k = 2; k <= block / 2; ++k) {
             size_t r = r0 + 2 * (k - 1);
             KB_NAME(kb_welford2_step)(KB_ROW(r), KB_ROW(r + 1), shift_v,
-                                      kb_set1((KB_C)kb_inverse_count[k]),
-                                      kb_set1((KB_C)(1.0 - kb_inverse_count[k])), center, &mean, &m2);
+                                      kb_set1(kb_inverse[k]),
+                                      kb_set1(kb_rest[k]), center, &mean, &m2);
         }
         KB_NAME(kb_welford2_finish)(&mean, &m2, center);
         KB_NAME(kb_col_merge)(acc.mean, acc.m2, (double)r0, mean, m2, (double)block, center);
@@ -726,8 +739,8 @@ KB_INLINE void KB_NAME(kb_col_strips4)(const KB_T *x, size_t rows, size_t row_st
         KB_NAME(kb_welford2_first)(KB_ROW2(2), s2, center, &mean2, &m2_2);
         KB_NAME(kb_welford2_first)(KB_ROW2(3), s3, center, &mean3, &m2_3);
         for (size_t k = 2; k <= block / 2; ++k) {
-            const KB_V inverse = kb_set1((KB_C)kb_inverse_count[k]);
-            const KB_V rest = kb_set1((KB_C)(1.0 - kb_inverse_count[k]));
+            const KB_V inverse = kb_set1(kb_inverse[k]);
+            const KB_V rest = kb_set1(kb_rest[k]);
             p += 2 * row_stride;
             KB_NAME(kb_welford2_step)(KB_ROW2(0), s0, inverse, rest, center, &mean0, &m2_0);
             KB_NAME(kb_welford2_step)(KB_ROW2(1), s1, inverse, rest, center, &mean1, &m2_1);
@@ -890,3 +903,5 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef kb_scalar_load
 #undef kb_scalar_store
 #undef kb_scalar_round
+#undef kb_inverse
+#undef kb_rest
