@@ -132,6 +132,18 @@ def ulp_distance_half(a, b):
     return np.abs(half_ordered(a) - half_ordered(b))
 
 
+def at_line_offset(shape, dtype, skip):
+    """An uninitialized array of `shape` starting `skip` elements past a 64-byte boundary
+    (NumPy itself puts large arrays 16 bytes past one)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buffer = np.empty(size + 64, dtype)
+    start = (-buffer.ctypes.data // dtype.itemsize) % (64 // dtype.itemsize) + skip
+    out = buffer[start:start + size].reshape(shape)
+    assert out.ctypes.data % 64 == skip * dtype.itemsize
+    return out
+
+
 def sentinel(shape, dtype, value=-12345.0):
     """An array full of a value no norm produces, to prove nothing was written."""
     return np.full(shape, value, dtype=dtype)

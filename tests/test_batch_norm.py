@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (F32, F64, FULL_DTYPES, TEST_SEED, assert_close, compute_dtype,
-                         import_torch, random_data, ref_batch_norm, sentinel)
+from fn_testutil import (BF16, F16, F32, F64, FULL_DTYPES, TEST_SEED, assert_close,
+                         assert_same_bits, at_line_offset, compute_dtype, import_torch,
+                         random_data, ref_batch_norm, sentinel)
 
 # (shape, channel axis): channels-first, channels-last and a middle axis, 2-D to 5-D.
 CHANNEL_CASES = [
@@ -374,3 +375,31 @@ def test_eval_out_sharing_memory_with_a_parameter(shared, isa, rng, tol):
     y = fastnorm.batch_norm(x, *args, out=out)
     assert y is out
     assert_close(y, want, tol)
+
+
+# Channels-last (rows, channels) arrays for the column affine, which starts its pass at
+# the output's first cache-line boundary when there are no leftover rows: 65 rows of 256
+# channels leave a last work chunk of one super-row (the shortened one), 1600 rows of 3
+# channels make super-rows of 48 columns; 1601 rows of 3 leave a leftover row (no shift).
+@pytest.mark.parametrize("shape", [(65, 256), (1600, 3), (1601, 3)], ids=str)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("dtype", [F32, F64, F16, BF16], ids=lambda d: d.name)
+def test_channels_last_output_at_every_line_offset(shape, training, dtype, isa, rng, tol):
+    x = random_data(rng, shape, dtype, offset=2.0)
+    w, b, rm, rv = _params(rng, shape[-1], np.float32)
+    stats = {} if training else dict(running_mean=rm, running_var=rv)
+    want = fastnorm.batch_norm(x, weight=w, bias=b, training=training, axis=-1,
+                               out=at_line_offset(shape, dtype, 0), **stats)
+    reference, _, _ = ref_batch_norm(x, weight=w, bias=b, training=training, axis=-1, **stats)
+    assert_close(want, reference, tol, dtype)
+    for skip in range(1, 64 // dtype.itemsize):
+        out = at_line_offset(shape, dtype, skip)
+        got = fastnorm.batch_norm(x, weight=w, bias=b, training=training, axis=-1, out=out,
+                                  **stats)
+        assert got is out
+        assert_same_bits(got, want, err_msg=f"out {skip} elements past a line")
+    in_place = at_line_offset(shape, dtype, 4)
+    in_place[...] = x
+    fastnorm.batch_norm(in_place, weight=w, bias=b, training=training, axis=-1, out=in_place,
+                        **stats)
+    assert_same_bits(in_place, want, err_msg="in place, 4 elements past a line")

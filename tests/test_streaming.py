@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, half_support_reason,
-                         random_data, row_norm)
+from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, at_line_offset,
+                         half_support_reason, random_data, row_norm)
 
 STREAM_MIN_BYTES = 16 << 20
 DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
@@ -24,13 +24,8 @@ OFFSETS = ["aligned", "one element", "16 bytes"]
 
 def _out(shape, dtype, offset):
     """An output array of `shape` starting at a 64-byte boundary or `offset` past one."""
-    size = int(np.prod(shape))
-    buffer = np.empty(size + 64, dtype)
     skip = {"aligned": 0, "one element": 1, "16 bytes": 16 // dtype.itemsize}[offset]
-    start = (-buffer.ctypes.data // dtype.itemsize) % (64 // dtype.itemsize) + skip
-    out = buffer[start:start + size].reshape(shape)
-    assert out.ctypes.data % 64 == skip * dtype.itemsize
-    return out
+    return at_line_offset(shape, dtype, skip)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
