@@ -1,5 +1,5 @@
 /*
- * kernel_cycles.c - cycles per vector of 8 values of the AVX2 row kernels on one row that
+ * kernel_cycles.c - cycles per vector of 8 values of the AVX2 (or AVX-512) row kernels on one row that
  * stays in the L1 cache: the statistics pass (row_stats) and the normalize pass
  * (row_normalize, with weight and bias), for float32, float16 and bfloat16.  This is the
  * compute cost alone; `python -m fastnorm bench` adds the memory system.  From the
@@ -9,6 +9,9 @@
  *     -DFASTNORM_HAVE_AVX2=1 -D_POSIX_C_SOURCE=200809L -Iinclude -I$S \
  *     benchmarks/kernel_cycles.c $S/kernels_avx2.c -o /tmp/kernel_cycles
  *   /tmp/kernel_cycles 768 3.1      # row length, CPU clock in GHz
+ *
+ * The AVX-512 family: -DKC_FAMILY=avx512 -DFASTNORM_HAVE_AVX512=1, kernels_avx512.c, and
+ * setup.py's AVX-512 flags (-mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c).
  *
  * Best of 60 timings of 4000 calls each (the minimum filters out a shared machine's noise), converted to cycles with the clock given.
  */
@@ -20,7 +23,14 @@
 
 #include "kernels.h"
 
-extern const fastnorm_kernels_t fastnorm_kernels_avx2;
+/* the family timed: -DKC_FAMILY=avx512 with kernels_avx512.c and its flags */
+#ifndef KC_FAMILY
+#define KC_FAMILY avx2
+#endif
+#define KC_GLUE_(a, b) a##b
+#define KC_GLUE(a, b) KC_GLUE_(a, b)
+#define KC_KERNELS KC_GLUE(fastnorm_kernels_, KC_FAMILY)
+extern const fastnorm_kernels_t KC_KERNELS;
 
 static double seconds(void) {
     struct timespec t;
@@ -59,13 +69,13 @@ int main(int argc, char **argv) {
         for (int try = 0; try < TRIES; ++try) {
             double start = seconds();
             for (int c = 0; c < CALLS; ++c) {
-                fastnorm_kernels_avx2.row_stats[dtype](x, NULL, NULL, n, 0.5, 1, &mean, &m2);
+                KC_KERNELS.row_stats[dtype](x, NULL, NULL, n, 0.5, 1, &mean, &m2);
                 __asm__ volatile("" : : "g"(&mean), "g"(&m2) : "memory");
             }
             double stats = (seconds() - start) / CALLS;
             start = seconds();
             for (int c = 0; c < CALLS; ++c) {
-                fastnorm_kernels_avx2.row_normalize[dtype](x, NULL, n, 0.1, 0.0, 1.1, 0.0, weight,
+                KC_KERNELS.row_normalize[dtype](x, NULL, n, 0.1, 0.0, 1.1, 0.0, weight,
                                                           bias, y, NULL, 0);
                 __asm__ volatile("" : : "g"(y) : "memory");
             }
