@@ -35,7 +35,8 @@
  * the statistics pass when the input has at least FN_PREFETCH_MIN_BYTES.  Measured (AVX2,
  * Zen 3, 1 thread, ctypes A/B): 4096x768 float32 (12 MB) LayerNorm and RMSNorm 0.78-0.82x
  * the time with it; 512x768 (1.5 MB, which the hardware prefetcher keeps up with) 1.04-1.10x;
- * a slight loss for 16 KB rows. */
+ * a slight loss for 16 KB rows.  Only the families whose <family>_prefetch_next is set
+ * issue the prefetches (simd_<family>.h): on Zen 4 the AVX-512 family is faster without. */
 #define FN_PREFETCH_MAX_BYTES 8192
 #define FN_PREFETCH_MIN_BYTES (4u << 20)
 /* fn_moments_rows gathers rows of at most FN_GATHER_ROW_BYTES into spans of FN_GATHER_BYTES

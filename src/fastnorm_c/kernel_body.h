@@ -39,6 +39,7 @@
 #define kb_load_n KB_GLUE(KB_ISA, load_n, KB_DT)
 #define kb_load2 KB_GLUE(KB_ISA, load2, KB_DT)
 #define KB_PAIR_BLOCK KB_GLUE(KB_ISA, param_block, KB_DT)
+#define KB_PREFETCH_NEXT KB_GLUE(KB_ISA, prefetch, next)
 #define kb_store KB_GLUE(KB_ISA, store, KB_DT)
 #define kb_store_n KB_GLUE(KB_ISA, store_n, KB_DT)
 #define kb_store2 KB_GLUE(KB_ISA, store2, KB_DT)
@@ -350,12 +351,11 @@ KB_INLINE size_t KB_NAME(kb_stream_head)(const KB_T *y, size_t n) {
 
 /* Prefetch the cache lines of elements i ... i + count - 1 of a span, each line once as i
  * steps by count: every 64 bytes of a step of 64 or more, else from the step that starts
- * in a line's first `step` bytes.  Not in the scalar family (one lane): its loops rely on
- * the compiler's auto-vectorization, which a per-element prefetch defeats (measured 1.6x
- * slower). */
+ * in a line's first `step` bytes.  Only in the families whose <family>_prefetch_next says
+ * it pays (simd_<family>.h gives the measurements). */
 KB_INLINE void KB_NAME(kb_prefetch_lines)(const char *span, size_t i, size_t count) {
     size_t byte = i * sizeof(KB_T), step = count * sizeof(KB_T);
-    if (KB_LANES == 1) return;
+    if (!KB_PREFETCH_NEXT) return;
     if (step >= 64)
         for (size_t offset = 0; offset < step; offset += 64) __builtin_prefetch(span + byte + offset);
     else if (byte % 64 < step)
@@ -899,6 +899,7 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef kb_load_n
 #undef kb_load2
 #undef KB_PAIR_BLOCK
+#undef KB_PREFETCH_NEXT
 #undef kb_store
 #undef kb_store_n
 #undef kb_store2
