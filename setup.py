@@ -1,7 +1,7 @@
 """Build of fastnorm._core: the Cython glue, the baseline C sources and one object per ISA tier.
 
 Why a build_ext subclass: per-source flags.  Only the kernel translation units named
-*_avx2.c / *_avx512.c get ISA flags; everything else (dispatch.c, api.c, the glue) is
+*_avx2.c / *_avx512.c / *_avx512bf16.c get ISA flags; everything else (dispatch.c, api.c, the glue) is
 compiled for the baseline x86-64, so nothing outside a kernel can execute an instruction
 the CPU lacks.  The subclass sees the compiler type (unix/msvc), which decides the flag
 spelling, and can probe the compiler before using a flag.  Never -march: wheels must run
@@ -12,6 +12,7 @@ them with -v):
   FASTNORM_NO_OPENMP=1       build without OpenMP (single-threaded)
   FASTNORM_DISABLE_AVX2=1    leave the AVX2 kernels out
   FASTNORM_DISABLE_AVX512=1  leave the AVX-512 kernels out
+  FASTNORM_DISABLE_AVX512BF16=1  leave out their AVX512-BF16 build
   FASTNORM_CYTHON_DEBUG=1    Cython bounds/wraparound/initialization checks on
   FASTNORM_SANITIZE=1        -fsanitize=address,undefined on every source (CI's ASan run;
                              load with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
@@ -38,7 +39,15 @@ ISA_FLAGS = {
         "unix": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c"],
         "msvc": ["/arch:AVX512"],
     },
+    # the AVX-512 family again, converting bfloat16 with AVX512-BF16 (kernels_avx512bf16.c)
+    "avx512bf16": {
+        "unix": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c",
+                 "-mavx512bf16"],
+        "msvc": ["/arch:AVX512"],
+    },
 }
+# A tier built only beside the tier it extends (its objects are a variant of that family).
+ISA_REQUIRES = {"avx512bf16": "avx512"}
 # A few intrinsics of each tier: the probe proves the compiler has the flags *and* headers.
 ISA_PROBES = {
     "avx2": "#include <immintrin.h>\n"
@@ -47,6 +56,8 @@ ISA_PROBES = {
     "__m512 f(__m512 a, __m256i h, __m512i b) {\n"
     "  __mmask16 m = _mm512_cmpeq_epi32_mask(_mm512_add_epi16(b, b), b);\n"
     "  return _mm512_maskz_fmadd_ps(m, a, a, _mm512_cvtph_ps(h)); }\n",
+    "avx512bf16": "#include <immintrin.h>\n"
+    "__m512i f(__m512 a, __m512 b) { return (__m512i)_mm512_cvtne2ps_pbh(a, b); }\n",
 }
 ISA_SOURCES = {tier: sorted(glob(os.path.join(C_DIR, f"*_{tier}.c"))) for tier in ISA_FLAGS}
 BASE_SOURCES = sorted(
@@ -153,8 +164,9 @@ class build_ext(_build_ext):
         # Rebuilt from scratch on every call, so a second build never duplicates objects.
         ext.extra_objects = []
         ext.define_macros = [m for m in ext.define_macros if not m[0].startswith("FASTNORM_HAVE_")]
+        built = set()
         for tier, flags in ISA_FLAGS.items():
-            reason = self._isa_skip_reason(tier, family, base)
+            reason = self._isa_skip_reason(tier, family, base, built)
             if reason:
                 log(f"{tier}: skipped ({reason})")
                 continue
@@ -162,6 +174,7 @@ class build_ext(_build_ext):
                 ISA_SOURCES[tier], output_dir=self.build_temp, include_dirs=ext.include_dirs,
                 extra_postargs=base + flags[family], depends=ext.depends)
             ext.define_macros.append((f"FASTNORM_HAVE_{tier.upper()}", "1"))
+            built.add(tier)
             log(f"{tier}: compiled {', '.join(os.path.basename(s) for s in ISA_SOURCES[tier])} "
                 f"with {' '.join(flags[family])}")
 
@@ -172,11 +185,14 @@ class build_ext(_build_ext):
         ext.extra_link_args = link + omp_link
         super().build_extension(ext)
 
-    def _isa_skip_reason(self, tier, family, base):
+    def _isa_skip_reason(self, tier, family, base, built):
         if not is_x86_64():
             return f"not an x86-64 build ({platform.machine()}, {8 * struct.calcsize('P')}-bit)"
         if env_flag(f"FASTNORM_DISABLE_{tier.upper()}"):
             return f"FASTNORM_DISABLE_{tier.upper()}=1"
+        required = ISA_REQUIRES.get(tier)
+        if required and required not in built:
+            return f"the {required} tier it extends was not built"
         if not ISA_SOURCES[tier]:
             return f"no src/fastnorm_c/*_{tier}.c sources"
         if not compiles(self.compiler, ISA_PROBES[tier], base + ISA_FLAGS[tier][family]):

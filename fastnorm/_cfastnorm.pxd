@@ -64,6 +64,9 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
     fastnorm_isa_t fastnorm_get_isa()
     fastnorm_status_t fastnorm_set_isa(fastnorm_isa_t isa)
     const char *fastnorm_isa_name(fastnorm_isa_t isa)
+    int fastnorm_avx512_bf16_supported()
+    int fastnorm_avx512_bf16_enabled()
+    fastnorm_status_t fastnorm_set_avx512_bf16(int enabled)
 
     int fastnorm_openmp_enabled()
     int fastnorm_default_threads()

@@ -20,6 +20,10 @@ from . import _checks, _core
 __all__ = ["get_config", "show_config", "set_num_threads", "get_num_threads"]
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
+# A variant use_isa also takes: the avx512 family without its AVX512-BF16 conversions (the
+# exact integer ones), which it otherwise uses where the CPU has them.  Same results; the
+# tests run both, and the bench can compare them.
+ISA_VARIANTS = {"avx512_nobf16": "avx512"}
 
 # How the active kernel family was chosen: "auto" (best available), "env"
 # (FASTNORM_ISA) or "api" (use_isa).
@@ -56,18 +60,32 @@ def _apply_isa_env(environ=os.environ):
 
 @contextlib.contextmanager
 def use_isa(name):
-    """Run the body with the kernel family `name`, then restore the previous one (private:
-    tests and the benchmark's --isa use it).  RuntimeError if this machine cannot run it,
-    ValueError for an unknown name."""
+    """Run the body with the kernel family `name` (or an ISA_VARIANTS name), then restore
+    the previous one (private: tests and the benchmark's --isa use it).  RuntimeError if
+    this machine cannot run it, ValueError for an unknown name."""
     global _isa_source
     previous, previous_source = _core.get_isa(), _isa_source
-    _core.set_isa(name)
+    previous_bf16 = _core.avx512_bf16_enabled()
+    _core.set_isa(ISA_VARIANTS.get(name, name))
+    if _core.avx512_bf16_supported():
+        _core.set_avx512_bf16(name == "avx512")
+    elif name in ISA_VARIANTS:
+        _core.set_isa(previous)
+        raise RuntimeError(f"{name!r} is the avx512 family itself here: this build or CPU "
+                           "has no AVX512-BF16 conversions to leave out")
     _isa_source = "api"
     try:
         yield name
     finally:
         _core.set_isa(previous)
+        if _core.avx512_bf16_supported():
+            _core.set_avx512_bf16(previous_bf16)
         _isa_source = previous_source
+
+
+def _isa_extensions():
+    """Optional instruction-set extensions the family in use takes advantage of."""
+    return ["avx512_bf16"] if _core.get_isa() == "avx512" and _core.avx512_bf16_enabled() else []
 
 
 def set_num_threads(n):
@@ -91,8 +109,9 @@ def get_num_threads():
 
 def get_config():
     """The runtime configuration as a dict: version, isa (kernel family in use),
-    isa_available (this CPU can run), isa_compiled (in this build), isa_source, openmp,
-    num_threads."""
+    isa_available (this CPU can run), isa_compiled (in this build), isa_source,
+    isa_extensions (e.g. ["avx512_bf16"]: bfloat16 converted by AVX512-BF16 instructions),
+    openmp, num_threads."""
     from . import __version__
 
     return {
@@ -101,6 +120,7 @@ def get_config():
         "isa_available": list(_core.isa_supported()),
         "isa_compiled": list(_core.isa_compiled()),
         "isa_source": _isa_source,
+        "isa_extensions": _isa_extensions(),
         "openmp": bool(_core.openmp_enabled()),
         "num_threads": get_num_threads(),
     }
@@ -113,7 +133,9 @@ def show_config(file=None):
     threads = "set_num_threads" if _checks.num_threads else "OpenMP default"
     lines = [
         f"fastnorm {config['version']}",
-        f"  kernel family: {config['isa']} ({source.get(config['isa_source'], config['isa_source'])})",
+        f"  kernel family: {config['isa']}"
+        + "".join(f" + {ext}" for ext in config["isa_extensions"])
+        + f" ({source.get(config['isa_source'], config['isa_source'])})",
         f"  available:     {', '.join(config['isa_available'])}",
         f"  compiled:      {', '.join(config['isa_compiled'])}",
         f"  OpenMP:        {'yes' if config['openmp'] else 'no (single-threaded build)'}",

@@ -570,6 +570,25 @@ def set_isa(name):
         _raise(status, "fastnorm_set_isa", f"name={name!r}")
 
 
+def avx512_bf16_supported():
+    """Whether the avx512 family can convert bfloat16 with AVX512-BF16 here (built and
+    the CPU has it); it then does by default."""
+    return bool(fastnorm_avx512_bf16_supported())
+
+
+def avx512_bf16_enabled():
+    """Whether the avx512 family converts bfloat16 with AVX512-BF16 (supported and not
+    turned off by set_avx512_bf16)."""
+    return bool(fastnorm_avx512_bf16_enabled())
+
+
+def set_avx512_bf16(enabled):
+    """Let the avx512 family use AVX512-BF16 where supported (the default), or not."""
+    if fastnorm_set_avx512_bf16(1 if enabled else 0) != FASTNORM_OK:
+        raise RuntimeError("the AVX512-BF16 conversions are not available here: "
+                           "this build or this CPU lacks them")
+
+
 def openmp_enabled():
     """Whether the extension was built with OpenMP."""
     return bool(fastnorm_openmp_enabled())

@@ -1,8 +1,9 @@
 """Shared fixtures of the fastnorm test suite.
 
 - ``isa``: every test of kernel results runs once per kernel family ("scalar", "avx2",
-  "avx512").  A family this build or this CPU lacks shows up as a skip whose reason names
-  it, never as a silent pass.
+  "avx512"), and once more as "avx512_nobf16" (the avx512 family without the AVX512-BF16
+  conversions it uses where the CPU has them).  A family this build or this CPU lacks
+  shows up as a skip whose reason names it, never as a silent pass.
 - ``rng``: a NumPy Generator seeded from FASTNORM_TEST_SEED (default below) and the test's
   node id, so every test draws the same numbers whatever subset or order runs.
 - ``tol``: the one dtype-keyed tolerance table (TOLERANCES below).
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fn_testutil import TEST_SEED  # noqa: E402  (FASTNORM_TEST_SEED, read in one place)
 
-ISA_NAMES = ("scalar", "avx2", "avx512")
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_nobf16")
 
 Tol = namedtuple("Tol", "rtol atol")
 
@@ -70,6 +71,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 def _isa_skip_reason(name):
     """Why the kernel family `name` cannot run here, or None when it can."""
+    if name == "avx512_nobf16":
+        if fastnorm._core.avx512_bf16_supported():
+            return None
+        return ("no AVX512-BF16 conversions in this build or CPU: the avx512 runs "
+                "already take the integer ones")
     config = fastnorm.get_config()
     if name in config["isa_available"]:
         return None

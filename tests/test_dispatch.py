@@ -82,11 +82,34 @@ def test_env_bogus_warns_and_falls_back_to_best():
 
 
 def test_use_isa_switches_and_restores():
-    before = fastnorm.get_config()["isa"]
-    for name in fastnorm.get_config()["isa_available"]:
+    before = fastnorm.get_config()
+    for name in before["isa_available"]:
         with fastnorm._config.use_isa(name):
             assert fastnorm.get_config()["isa"] == name
-        assert fastnorm.get_config()["isa"] == before
+        assert fastnorm.get_config()["isa"] == before["isa"]
+        assert fastnorm.get_config()["isa_extensions"] == before["isa_extensions"]
+
+
+def test_avx512_takes_its_bf16_conversions_where_the_cpu_has_them():
+    supported = fastnorm._core.avx512_bf16_supported()
+    if "avx512" not in fastnorm.get_config()["isa_available"]:
+        assert not supported
+        pytest.skip("no AVX-512 here")
+    with fastnorm._config.use_isa("avx512"):
+        assert fastnorm.get_config()["isa_extensions"] == (["avx512_bf16"] if supported else [])
+    if not supported:
+        with pytest.raises(RuntimeError, match="AVX512-BF16"):
+            with fastnorm._config.use_isa("avx512_nobf16"):
+                pass
+        return
+    with fastnorm._config.use_isa("avx512_nobf16"):
+        assert fastnorm.get_config()["isa"] == "avx512"
+        assert fastnorm.get_config()["isa_extensions"] == []
+        with fastnorm._config.use_isa("avx512"):
+            assert fastnorm.get_config()["isa_extensions"] == ["avx512_bf16"]
+        assert fastnorm.get_config()["isa_extensions"] == []
+    with fastnorm._config.use_isa("avx2"):
+        assert fastnorm.get_config()["isa_extensions"] == []
 
 
 def test_use_isa_restores_after_an_exception():
@@ -104,8 +127,11 @@ def test_use_isa_rejects_unknown_name():
 
 
 def test_isa_fixture_really_switches_kernels(isa):
-    assert fastnorm.get_config()["isa"] == isa
-    assert fastnorm._core.get_isa() == isa
+    family = fastnorm._config.ISA_VARIANTS.get(isa, isa)
+    assert fastnorm.get_config()["isa"] == family
+    assert fastnorm._core.get_isa() == family
+    bf16 = isa == "avx512" and fastnorm._core.avx512_bf16_supported()
+    assert fastnorm.get_config()["isa_extensions"] == (["avx512_bf16"] if bf16 else [])
 
 
 def test_info_command_prints_the_configuration():

@@ -154,6 +154,15 @@ FASTNORM_API fastnorm_isa_t fastnorm_get_isa(void);
 FASTNORM_API fastnorm_status_t fastnorm_set_isa(fastnorm_isa_t isa);
 FASTNORM_API const char *fastnorm_isa_name(fastnorm_isa_t isa);
 
+/* The AVX-512 family converts bfloat16 with AVX512-BF16 instructions where this build
+ * compiled them and the CPU has them (the default there), else with exact integer
+ * arithmetic; both give the same bits.  fastnorm_set_avx512_bf16(0) keeps it to the
+ * integer arithmetic (tests run both); (1) fails with FASTNORM_ERR_ISA_UNAVAILABLE where
+ * unsupported.  _enabled: supported and not turned off. */
+FASTNORM_API int fastnorm_avx512_bf16_supported(void);
+FASTNORM_API int fastnorm_avx512_bf16_enabled(void);
+FASTNORM_API fastnorm_status_t fastnorm_set_avx512_bf16(int enabled);
+
 /* Threads: 1 when built without OpenMP. */
 FASTNORM_API int fastnorm_openmp_enabled(void);
 FASTNORM_API int fastnorm_default_threads(void);

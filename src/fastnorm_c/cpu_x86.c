@@ -7,6 +7,7 @@
  *   avx2   = AVX2 + FMA + F16C (the flags kernels_avx2.c is built with) + OSXSAVE,
  *            XCR0 has XMM and YMM state
  *   avx512 = the above + AVX512 F/BW/DQ/VL, XCR0 also has opmask, ZMM_Hi256, Hi16_ZMM
+ *   avx512 + AVX512-BF16 (CPUID.(7,1):EAX), for kernels_avx512bf16.c
  *
  * Compiled at the baseline.  Off x86-64 it compiles to "scalar only".
  * macOS enables AVX-512 state lazily (XCR0 shows it only after first use), so there this
@@ -52,6 +53,8 @@ enum { EAX_, EBX_, ECX_, EDX_ };
 #define FN_AVX512DQ (1u << 17)
 #define FN_AVX512BW (1u << 30)
 #define FN_AVX512VL (1u << 31)
+/* CPUID.(7,1):EAX */
+#define FN_AVX512_BF16 (1u << 5)
 /* XCR0 */
 #define FN_XCR0_YMM 0x06ull /* XMM | YMM */
 #define FN_XCR0_ZMM 0xE0ull /* opmask | ZMM_Hi256 | Hi16_ZMM */
@@ -71,8 +74,15 @@ int fastnorm_cpu_has(fastnorm_isa_t isa) {
     return (leaf7[EBX_] & need7) == need7 && (xcr0 & FN_XCR0_ZMM) == FN_XCR0_ZMM;
 }
 
+int fastnorm_cpu_has_avx512_bf16(void) {
+    unsigned leaf7_1[4];
+    return fastnorm_cpu_has(FASTNORM_ISA_AVX512) && cpuid_(7, 1, leaf7_1) &&
+           (leaf7_1[EAX_] & FN_AVX512_BF16);
+}
+
 #else /* not x86-64: the scalar family only */
 
 int fastnorm_cpu_has(fastnorm_isa_t isa) { return isa == FASTNORM_ISA_SCALAR; }
+int fastnorm_cpu_has_avx512_bf16(void) { return 0; }
 
 #endif

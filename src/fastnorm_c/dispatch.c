@@ -7,7 +7,8 @@
  *
  * The choice is made once: the first call of any function here (fastnorm._core makes it
  * at import, under the GIL) probes the CPU and selects the best of compiled and supported,
- * avx512 > avx2 > scalar.  fastnorm_set_isa replaces it; entry points load the pointer
+ * avx512 > avx2 > scalar, the avx512 family in its AVX512-BF16 build where the CPU has
+ * that extension.  fastnorm_set_isa replaces it; entry points load the pointer
  * once per call, so a switch never mixes two families inside one call.  Both the probe
  * result and the pointer are atomics: a C caller may race the first use or a set_isa
  * from several threads, and every racer computes the same value anyway.
@@ -55,10 +56,21 @@ static const fastnorm_kernels_t *const tables_[FASTNORM_ISA_COUNT] = {
 
 static const char *const isa_names_[FASTNORM_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
-/* Bit i set: family i is compiled and the CPU/OS run it.  FN_PROBED marks "computed". */
+/* The avx512 family's build with AVX512-BF16 (kernels_avx512bf16.c), NULL if not built. */
+static const fastnorm_kernels_t *const avx512_bf16_table_ =
+#if defined(FASTNORM_HAVE_AVX512) && defined(FASTNORM_HAVE_AVX512BF16)
+    &fastnorm_kernels_avx512bf16;
+#else
+    NULL;
+#endif
+
+/* Bit i set: family i is compiled and the CPU/OS run it; FN_AVX512_BF16_BIT: so does
+ * avx512_bf16_table_.  FN_PROBED marks "computed". */
 #define FN_PROBED (1 << 30)
+#define FN_AVX512_BF16_BIT (1 << 8)
 static fn_int_slot supported_mask_ = 0;
 static fn_table_slot active_ = NULL;
+static fn_int_slot avx512_bf16_off_ = 0; /* fastnorm_set_avx512_bf16(0) */
 
 static int valid_isa_(fastnorm_isa_t isa) { return (unsigned)isa < FASTNORM_ISA_COUNT; }
 
@@ -69,9 +81,16 @@ static int supported_mask_get_(void) {
         for (int isa = 0; isa < FASTNORM_ISA_COUNT; ++isa)
             if (tables_[isa] && (isa == FASTNORM_ISA_SCALAR || fastnorm_cpu_has((fastnorm_isa_t)isa)))
                 mask |= 1 << isa;
+        if (avx512_bf16_table_ && (mask >> FASTNORM_ISA_AVX512 & 1) && fastnorm_cpu_has_avx512_bf16())
+            mask |= FN_AVX512_BF16_BIT;
         FN_STORE(supported_mask_, mask);
     }
     return mask;
+}
+
+/* The table that runs family isa (supported). */
+static const fastnorm_kernels_t *family_table_(fastnorm_isa_t isa) {
+    return isa == FASTNORM_ISA_AVX512 && fastnorm_avx512_bf16_enabled() ? avx512_bf16_table_ : tables_[isa];
 }
 
 int fastnorm_isa_compiled(fastnorm_isa_t isa) { return valid_isa_(isa) && tables_[isa] != NULL; }
@@ -90,7 +109,7 @@ fastnorm_isa_t fastnorm_best_isa(void) {
 const fastnorm_kernels_t *fastnorm_active_kernels(void) {
     const fastnorm_kernels_t *table = FN_LOAD(active_);
     if (!table) {
-        table = tables_[fastnorm_best_isa()];
+        table = family_table_(fastnorm_best_isa());
         FN_STORE(active_, table);
     }
     return table;
@@ -100,13 +119,27 @@ fastnorm_isa_t fastnorm_get_isa(void) {
     const fastnorm_kernels_t *table = fastnorm_active_kernels();
     for (int isa = 0; isa < FASTNORM_ISA_COUNT; ++isa)
         if (tables_[isa] == table) return (fastnorm_isa_t)isa;
+    if (table == avx512_bf16_table_) return FASTNORM_ISA_AVX512;
     return FASTNORM_ISA_SCALAR; /* unreachable: the active table is always one of tables_ */
 }
 
 fastnorm_status_t fastnorm_set_isa(fastnorm_isa_t isa) {
     if (!valid_isa_(isa)) return FASTNORM_ERR_BAD_VALUE;
     if (!fastnorm_isa_supported(isa)) return FASTNORM_ERR_ISA_UNAVAILABLE;
-    FN_STORE(active_, tables_[isa]);
+    FN_STORE(active_, family_table_(isa));
+    return FASTNORM_OK;
+}
+
+int fastnorm_avx512_bf16_supported(void) { return !!(supported_mask_get_() & FN_AVX512_BF16_BIT); }
+
+int fastnorm_avx512_bf16_enabled(void) {
+    return fastnorm_avx512_bf16_supported() && !FN_LOAD(avx512_bf16_off_);
+}
+
+fastnorm_status_t fastnorm_set_avx512_bf16(int enabled) {
+    if (enabled && !fastnorm_avx512_bf16_supported()) return FASTNORM_ERR_ISA_UNAVAILABLE;
+    FN_STORE(avx512_bf16_off_, !enabled);
+    if (fastnorm_get_isa() == FASTNORM_ISA_AVX512) FN_STORE(active_, family_table_(FASTNORM_ISA_AVX512));
     return FASTNORM_OK;
 }
 

@@ -100,11 +100,16 @@ extern const fastnorm_kernels_t fastnorm_kernels_avx2;
 #ifdef FASTNORM_HAVE_AVX512
 extern const fastnorm_kernels_t fastnorm_kernels_avx512;
 #endif
+#ifdef FASTNORM_HAVE_AVX512BF16
+extern const fastnorm_kernels_t fastnorm_kernels_avx512bf16;
+#endif
 
 /* The table chosen by dispatch.c (best supported family, or fastnorm_set_isa's). */
 const fastnorm_kernels_t *fastnorm_active_kernels(void);
 
 /* cpu_x86.c: whether the CPU and OS support the family (CPUID + XGETBV). */
 int fastnorm_cpu_has(fastnorm_isa_t isa);
+/* cpu_x86.c: the AVX-512 family's requirements plus AVX512-BF16. */
+int fastnorm_cpu_has_avx512_bf16(void);
 
 #endif /* FASTNORM_KERNELS_H */

@@ -97,6 +97,7 @@ static inline __m512 avx512_round_f16(__m512 v) {
 }
 
 /* ---- storage bfloat16 ---- */
+#define FN_AVX512_DENORMAL 0x20 /* VFPCLASSPS: denormal */
 static inline __m512 fn_avx512_bf16_widen(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
@@ -110,6 +111,16 @@ static inline __m512i fn_avx512_bf16_round_bits(__m512 v) {
     __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
     return _mm512_mask_mov_epi32(rounded, nan, quiet);
 }
+/* 16 float32 as bfloat16: fn_avx512_bf16_round_bits, or where the TU is built with
+ * AVX512-BF16 (kernels_avx512bf16.c) VCVTNEPS2BF16, which rounds ties to even and quiets
+ * NaNs the same way but flushes denormal inputs to zero: a vector holding one takes the
+ * exact path. */
+static inline __m256i fn_avx512_bf16_pack(__m512 v) {
+#ifdef __AVX512BF16__
+    if (!_mm512_fpclass_ps_mask(v, FN_AVX512_DENORMAL)) return (__m256i)_mm512_cvtneps_pbh(v);
+#endif
+    return _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v));
+}
 static inline __m512 avx512_load_bf16(const uint16_t *p) {
     return fn_avx512_bf16_widen(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -117,12 +128,16 @@ static inline __m512 avx512_load_n_bf16(const uint16_t *p, size_t n) {
     return fn_avx512_bf16_widen(_mm256_maskz_loadu_epi16(fn_avx512_mask16(n), p));
 }
 static inline void avx512_store_bf16(uint16_t *p, __m512 v) {
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+    _mm256_storeu_si256((__m256i *)p, fn_avx512_bf16_pack(v));
 }
 static inline void avx512_store_n_bf16(uint16_t *p, __m512 v, size_t n) {
-    _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+    _mm256_mask_storeu_epi16(p, fn_avx512_mask16(n), fn_avx512_bf16_pack(v));
 }
 static inline __m512 avx512_round_bf16(__m512 v) {
+#ifdef __AVX512BF16__
+    if (!_mm512_fpclass_ps_mask(v, FN_AVX512_DENORMAL))
+        return fn_avx512_bf16_widen((__m256i)_mm512_cvtneps_pbh(v));
+#endif
     return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
 }
 
@@ -133,7 +148,7 @@ static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
     _mm256_stream_si256((__m256i *)p, _mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
 }
 static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
-    _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v)));
+    _mm256_stream_si256((__m256i *)p, fn_avx512_bf16_pack(v));
 }
 /* as avx2_stream_bytes */
 static inline void avx512_stream_bytes(void *p, const void *src, size_t bytes) {
@@ -161,7 +176,41 @@ static inline void avx512_stream_fence(void) { _mm_sfence(); }
 FN_AVX512_TWO(float, __m512, f32, 16)
 FN_AVX512_TWO(double, __m512d, f64, 8)
 FN_AVX512_TWO(uint16_t, __m512, f16, 16)
+#ifdef __AVX512BF16__
+/* a bfloat16 pair is one VCVTNE2PS2BF16 and one 64-byte store (fn_avx512_bf16_pack) */
+static inline int fn_avx512_bf16_pack2(__m512 a, __m512 b, __m512i *packed) {
+    if (_mm512_fpclass_ps_mask(a, FN_AVX512_DENORMAL) | _mm512_fpclass_ps_mask(b, FN_AVX512_DENORMAL))
+        return 0;
+    *packed = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* b's values go to the upper half */
+    return 1;
+}
+static inline void avx512_load2_bf16(const uint16_t *p, __m512 *a, __m512 *b) {
+    *a = avx512_load_bf16(p);
+    *b = avx512_load_bf16(p + 16);
+}
+static inline void avx512_store2_bf16(uint16_t *p, __m512 a, __m512 b, int canonical) {
+    __m512i packed;
+    (void)canonical;
+    if (fn_avx512_bf16_pack2(a, b, &packed)) {
+        _mm512_storeu_si512(p, packed);
+    } else {
+        avx512_store_bf16(p, a);
+        avx512_store_bf16(p + 16, b);
+    }
+}
+static inline void avx512_stream2_bf16(uint16_t *p, __m512 a, __m512 b, int canonical) {
+    __m512i packed;
+    (void)canonical;
+    if (fn_avx512_bf16_pack2(a, b, &packed)) {
+        _mm512_stream_si512((__m512i *)p, packed);
+    } else {
+        avx512_stream_bf16(p, a);
+        avx512_stream_bf16(p + 16, b);
+    }
+}
+#else
 FN_AVX512_TWO(uint16_t, __m512, bf16, 16)
+#endif
 #undef FN_AVX512_TWO
 
 #endif /* FASTNORM_SIMD_AVX512_H */
