@@ -143,13 +143,17 @@ def _run_checks(checks):
 
 
 def _isa_check():
-    """The best kernel family this CPU supports must be in use unless FASTNORM_ISA chose."""
+    """The best kernel family this CPU supports must be in use unless FASTNORM_ISA chose,
+    with the AVX512-BF16 conversions where the CPU has them."""
     config = fastnorm.get_config()
     best = config["isa_available"][-1]
+    if fastnorm._core.avx512_bf16_supported():
+        best += " + avx512_bf16"
+    used = config["isa"] + "".join(f" + {ext}" for ext in config["isa_extensions"])
     if config.get("isa_source", "auto") != "auto":
-        return f"kernel family {config['isa']} (chosen by {config['isa_source']})", "skip"
-    verdict = "ok" if config["isa"] == best else "FAIL"
-    return f"kernel family {config['isa']} (best available {best})", verdict
+        return f"kernel family {used} (chosen by {config['isa_source']})", "skip"
+    verdict = "ok" if used == best else "FAIL"
+    return f"kernel family {used} (best available {best})", verdict
 
 
 def run_gate():

@@ -231,7 +231,9 @@ def format_header(machine, use_out, min_rounds):
         f"WARNING: other processes kept {load:.1f} cores busy during the run; "
         "multi-threaded figures especially are unreliable"]
     return "\n".join(busy + [
-        f"fastnorm {c['version']} bench: kernels {c['isa']} (available: "
+        f"fastnorm {c['version']} bench: kernels {c['isa']}"
+        + "".join(f" + {ext}" for ext in c.get("isa_extensions", []))
+        + " (available: "
         f"{', '.join(c['isa_available'])}), OpenMP {'on' if c['openmp'] else 'off'}",
         f"machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
         f"{machine['system']}, Python {v['python']}",
@@ -334,7 +336,8 @@ def add_arguments(parser):
                         help="minimum seconds per case (default: 0.2)")
     parser.add_argument("--quick", action="store_true",
                         help="few shapes and samples, under 20 s (--shapes quick --repeat 3 --min-time 0.05)")
-    parser.add_argument("--isa", default=None, help="kernel family to run (default: the best available)")
+    parser.add_argument("--isa", default=None, help="kernel family to run (default: the best available; "
+                        "avx512_nobf16: avx512 without its AVX512-BF16 conversions)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument("--gate", action="store_true",
                         help="the CI regression gate: a fixed set of ratios with bounds; "
@@ -356,9 +359,11 @@ def run(args):
 
         return run_gate()
     if args.isa:
-        from ._config import use_isa
+        from ._config import ISA_VARIANTS, use_isa
 
         available = fastnorm.get_config()["isa_available"]
+        if fastnorm._core.avx512_bf16_supported():
+            available = available + list(ISA_VARIANTS)
         if args.isa not in available:
             raise ValueError(f"--isa: {args.isa!r} is not available here; choose from {', '.join(available)}")
         with use_isa(args.isa):
