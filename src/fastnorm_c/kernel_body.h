@@ -46,7 +46,6 @@
 #define kb_round KB_GLUE(KB_ISA, round, KB_DT)
 #define kb_stream KB_GLUE(KB_ISA, stream, KB_DT)
 #define kb_stream2 KB_GLUE(KB_ISA, stream2, KB_DT)
-#define kb_stream_fence KB_GLUE(KB_ISA, stream, fence)
 #define kb_stream_bytes KB_GLUE(KB_ISA, stream, bytes)
 #define KB_CANONICAL KB_GLUE(KB_ISA, canonical, KB_DT)
 #define kb_set1 KB_GLUE(KB_ISA, set1, KB_CT)
@@ -520,7 +519,6 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                                beta_v, weight, bias, has_residual, center,
                                                has_weight, has_bias),
                                     n - i);
-        kb_stream_fence();
         return;
     }
     for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
@@ -865,7 +863,6 @@ KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t
                                              col_shift, weight, bias, center, has_row_weight,
                                              has_row_bias, has_col_shift, 0);
     }
-    if (stream) kb_stream_fence();
 }
 
 static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size_t row_stride,
@@ -907,7 +904,6 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef kb_round
 #undef kb_stream
 #undef kb_stream2
-#undef kb_stream_fence
 #undef kb_stream_bytes
 #undef KB_CANONICAL
 #undef kb_set1

@@ -47,8 +47,9 @@ typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, si
 
 /* How the row normalize kernel may write y. */
 enum {
-    /* non-temporal stores, fenced (for outputs far larger than the caches, where they save
-     * the read-for-ownership of every line) */
+    /* non-temporal stores (for outputs far larger than the caches, where they save the
+     * read-for-ownership of every line), not fenced: the caller fences once after its
+     * calls (api.c, FN_STREAM_FENCE) */
     FN_STORE_STREAM = 1,
     /* weight and bias hold no NaN and the scalar arguments are numbers or C's NAN, so every
      * NaN the pass computes is propagated from a 16-bit input or is a default NaN: its low

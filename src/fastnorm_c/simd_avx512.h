@@ -161,7 +161,6 @@ static inline void avx512_stream_bytes(void *p, const void *src, size_t bytes) {
     for (size_t b = 0; b + 16 <= bytes; b += 16)
         _mm_stream_si128((__m128i *)((char *)p + b), _mm_loadu_si128((const __m128i *)((const char *)src + b)));
 }
-static inline void avx512_stream_fence(void) { _mm_sfence(); }
 
 /* ---- two vectors per call (kernel_body.h's paired loops): no packing gains here ---- */
 #define FN_AVX512_TWO(T, V, dt, lanes)                                                       \

@@ -65,6 +65,5 @@ FN_SCALAR_STORAGE(uint16_t, float, bf16)
 static inline void scalar_stream_bytes(void *p, const void *src, size_t bytes) {
     memcpy(p, src, bytes / 16 * 16);
 }
-static inline void scalar_stream_fence(void) {}
 
 #endif /* FASTNORM_SIMD_SCALAR_H */
