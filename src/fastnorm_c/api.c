@@ -142,9 +142,9 @@ static size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM
 #endif
 
 /* for (long long var = 0; var < count; ++var) { body }, over the `threads` (a variable in
- * scope) OpenMP threads with a static schedule, then FN_STREAM_FENCE in each thread.  One thread runs the plain loop: entering
- * even a one-thread parallel region costs a fraction of a microsecond, a noticeable share
- * of a small call. */
+ * scope) OpenMP threads with a static schedule, then FN_STREAM_FENCE in each thread.  One
+ * thread runs the plain loop: entering even a one-thread parallel region costs a fraction
+ * of a microsecond, a noticeable share of a small call. */
 #ifdef _OPENMP
 #define FN_PARALLEL_FOR(var, count, ...)                                                  \
     do {                                                                                  \
