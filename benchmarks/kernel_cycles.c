@@ -44,6 +44,7 @@ static float row_value(size_t i) { return (float)((i * 7919) % 1000) / 500.0f - 
 int main(int argc, char **argv) {
     size_t n = argc > 1 ? (size_t)atol(argv[1]) : 768;
     double ghz = argc > 2 ? atof(argv[2]) : 3.1;
+    int rms = argc > 3 && strcmp(argv[3], "rms") == 0; /* RMSNorm: no centring, no bias */
     enum { CALLS = 4000, TRIES = 60 };
     const struct { const char *name; fastnorm_dtype_t dtype; } types[] = {
         {"float32", FASTNORM_F32}, {"float16", FASTNORM_F16}, {"bfloat16", FASTNORM_BF16}};
@@ -54,7 +55,7 @@ int main(int argc, char **argv) {
         weight[i] = 1.0f + row_value(i) / 8;
         bias[i] = row_value(i) / 4;
     }
-    printf("row of %zu values, %.2f GHz: cycles per 8 values (per row)\n", n, ghz);
+    printf("%s, row of %zu values, %.2f GHz: cycles per 8 values (per row)\n", rms ? "RMSNorm" : "LayerNorm", n, ghz);
     for (size_t t = 0; t < sizeof types / sizeof types[0]; ++t) {
         fastnorm_dtype_t dtype = types[t].dtype;
         for (size_t i = 0; i < n; ++i) {
@@ -69,14 +70,15 @@ int main(int argc, char **argv) {
         for (int try = 0; try < TRIES; ++try) {
             double start = seconds();
             for (int c = 0; c < CALLS; ++c) {
-                KC_KERNELS.row_stats[dtype](x, NULL, NULL, n, 0.5, 1, &mean, &m2);
+                KC_KERNELS.row_stats[dtype](x, NULL, NULL, n, rms ? 0.0 : 0.5, !rms, &mean,
+                                          &m2);
                 __asm__ volatile("" : : "g"(&mean), "g"(&m2) : "memory");
             }
             double stats = (seconds() - start) / CALLS;
             start = seconds();
             for (int c = 0; c < CALLS; ++c) {
-                KC_KERNELS.row_normalize[dtype](x, NULL, n, 0.1, 0.0, 1.1, 0.0, weight,
-                                                          bias, y, NULL, 0);
+                KC_KERNELS.row_normalize[dtype](x, NULL, n, rms ? 0.0 : 0.1, 0.0, 1.1, 0.0,
+                                                weight, rms ? NULL : bias, y, NULL, 0);
                 __asm__ volatile("" : : "g"(y) : "memory");
             }
             double normalize = (seconds() - start) / CALLS;
