@@ -1,32 +1,12 @@
 /*
  * kernels_avx2.c - the AVX2+FMA+F16C kernel family.  Compiled with its own flags only
  * (setup.py's ISA table); called only after dispatch.c saw the CPU and OS support them.
- * The kernels live in kernel_body.h; simd_avx2.h supplies the vector primitives.
+ * The kernels live in kernel_body.h, instantiated by kernel_family.h; simd_avx2.h supplies
+ * the vector primitives.
  */
 #include "kernels.h"
 #include "simd_avx2.h"
 
 #define KB_ISA avx2
-#define KB_CT c32
-#define KB_DT f32
-#include "kernel_body.h"
-#undef KB_DT
-#define KB_DT f16
-#include "kernel_body.h"
-#undef KB_DT
-#define KB_DT bf16
-#include "kernel_body.h"
-#undef KB_DT
-#undef KB_CT
-#define KB_CT c64
-#define KB_DT f64
-#include "kernel_body.h"
-#undef KB_DT
-#undef KB_CT
-
-#define FN_TABLE_ROW(kernel) \
-    {kernel##_f32_avx2, kernel##_f64_avx2, kernel##_f16_avx2, kernel##_bf16_avx2}
-const fastnorm_kernels_t fastnorm_kernels_avx2 = {
-    "avx2", FN_TABLE_ROW(row_stats), FN_TABLE_ROW(row_normalize),
-    FN_TABLE_ROW(rows_affine), FN_TABLE_ROW(col_stats), FN_TABLE_ROW(col_normalize),
-    {avx2_param_block_f32, avx2_param_block_f64, avx2_param_block_f16, avx2_param_block_bf16}};
+#define KB_TABLE fastnorm_kernels_avx2
+#include "kernel_family.h"

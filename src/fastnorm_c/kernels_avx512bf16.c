@@ -6,5 +6,5 @@
  * extension (Zen 4, Sapphire Rapids); CPUs without it (Skylake-SP, Ice Lake) run
  * kernels_avx512.c.  The other dtypes compile to the same code as there.
  */
-#define FN_AVX512_TABLE fastnorm_kernels_avx512bf16
+#define KB_TABLE fastnorm_kernels_avx512bf16
 #include "kernels_avx512.c"

@@ -1,0 +1,35 @@
+/*
+ * kernel_family.h - the rest of a kernel family's translation unit: kernel_body.h
+ * instantiated for each storage dtype, then the family's fastnorm_kernels_t.  Included
+ * once, last, by kernels_<family>.c, which first includes its simd_<family>.h and defines
+ *   KB_ISA    the family prefix of the primitives (scalar, avx2, avx512)
+ *   KB_TABLE  the name of the table to define (fastnorm_kernels_<family>)
+ */
+#define KB_CT c32
+#define KB_DT f32
+#include "kernel_body.h"
+#undef KB_DT
+#define KB_DT f16
+#include "kernel_body.h"
+#undef KB_DT
+#define KB_DT bf16
+#include "kernel_body.h"
+#undef KB_DT
+#undef KB_CT
+#define KB_CT c64
+#define KB_DT f64
+#include "kernel_body.h"
+#undef KB_DT
+#undef KB_CT
+
+#define KB_STRING_(name) #name
+#define KB_STRING(name) KB_STRING_(name)
+/* one entry per storage dtype, in fastnorm_dtype_t's order */
+#define KB_TABLE_ROW(kernel)                                                                \
+    {KB_GLUE(kernel, f32, KB_ISA), KB_GLUE(kernel, f64, KB_ISA), KB_GLUE(kernel, f16, KB_ISA), \
+     KB_GLUE(kernel, bf16, KB_ISA)}
+const fastnorm_kernels_t KB_TABLE = {
+    KB_STRING(KB_ISA), KB_TABLE_ROW(row_stats), KB_TABLE_ROW(row_normalize),
+    KB_TABLE_ROW(rows_affine), KB_TABLE_ROW(col_stats), KB_TABLE_ROW(col_normalize),
+    {KB_GLUE(KB_ISA, param_block, f32), KB_GLUE(KB_ISA, param_block, f64),
+     KB_GLUE(KB_ISA, param_block, f16), KB_GLUE(KB_ISA, param_block, bf16)}};
