@@ -9,11 +9,16 @@
  *     -DFASTNORM_HAVE_AVX2=1 -D_POSIX_C_SOURCE=200809L -Iinclude -I$S \
  *     benchmarks/kernel_cycles.c $S/kernels_avx2.c -o /tmp/kernel_cycles
  *   /tmp/kernel_cycles 768 3.1      # row length, CPU clock in GHz
+ *   /tmp/kernel_cycles 768 3.1 rms  # RMSNorm's passes: no centring, no bias
  *
  * The AVX-512 family: -DKC_FAMILY=avx512 -DFASTNORM_HAVE_AVX512=1, kernels_avx512.c, and
  * setup.py's AVX-512 flags (-mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c).
  *
- * Best of 60 timings of 4000 calls each (the minimum filters out a shared machine's noise), converted to cycles with the clock given.
+ * Best of 60 timings of 4000 calls each (the minimum filters out a shared machine's noise),
+ * converted to cycles with the clock given.  The weight and bias come from malloc (16-byte
+ * aligned, usually not on a cache line), where fastnorm_norm would copy them onto a line
+ * for 16 rows or more: on Zen 4, 16 bytes past a line cost the normalize pass about a
+ * quarter (docs/performance.md).
  */
 #include <stdint.h>
 #include <stdio.h>
