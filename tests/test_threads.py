@@ -35,10 +35,19 @@ def _thread_cases(rng):
     nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
     small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
     w = random_data(rng, 1024, np.float32, offset=1.0)
+    # under 4 MB with 3 KB rows: statistics one row ahead, each thread over its own share
+    short = random_data(rng, (256, 768), np.float32, offset=10.0)
+    short_r = random_data(rng, (256, 768), np.float32)
+    w768 = random_data(rng, 768, np.float32, offset=1.0)
     # 15 channel rows, split 7 / 8 between two threads: the second starts mid-cycle
     odd = random_data(rng, (5, 3, 50, 50), np.float32, offset=100.0)
     odd_stats = [np.array(v, np.float32) for v in ([99, 100, 101], [0.5, 1, 2], [1, 2, 3],
                                                    [0, 1, -1])]
+
+    def rms_residual(x, r, w):
+        h = np.empty_like(x)
+        y, rstd = fastnorm.rms_norm(x, None, w, residual=r, residual_out=h, return_stats=True)
+        return y, rstd, h
 
     def bn(x, axis):
         rm, rv = np.zeros(32, np.float32), np.ones(32, np.float32)
@@ -49,6 +58,9 @@ def _thread_cases(rng):
     return {
         "layer_norm rows": lambda: fastnorm.layer_norm(rows, None, w, w, return_stats=True),
         "rms_norm rows": lambda: fastnorm.rms_norm(rows, None, w, return_stats=True),
+        "layer_norm short rows": lambda: fastnorm.layer_norm(short, None, w768, w768,
+                                                             return_stats=True),
+        "rms_norm short rows, residual": lambda: rms_residual(short, short_r, w768),
         "layer_norm 1x2^20": lambda: fastnorm.layer_norm(long_row, return_stats=True),
         "layer_norm 1x2^20 f64": lambda: fastnorm.layer_norm(long_row64, return_stats=True),
         "rms_norm 1x2^20": lambda: fastnorm.rms_norm(long_row, return_stats=True),
