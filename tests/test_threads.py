@@ -60,6 +60,7 @@ def _thread_cases(rng):
         "rms_norm rows": lambda: fastnorm.rms_norm(rows, None, w, return_stats=True),
         "layer_norm short rows": lambda: fastnorm.layer_norm(short, None, w768, w768,
                                                              return_stats=True),
+        "rms_norm short rows": lambda: fastnorm.rms_norm(short, None, w768, return_stats=True),
         "rms_norm short rows, residual": lambda: rms_residual(short, short_r, w768),
         "layer_norm 1x2^20": lambda: fastnorm.layer_norm(long_row, return_stats=True),
         "layer_norm 1x2^20 f64": lambda: fastnorm.layer_norm(long_row64, return_stats=True),

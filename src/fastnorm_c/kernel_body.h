@@ -215,9 +215,23 @@ KB_INLINE void KB_NAME(kb_welford2_finish)(KB_V *mean2, KB_V *m2x2, int center) 
     }
 }
 
+/* Another row's normalize pass, run a step at a time inside a statistics loop
+ * (row_stats_normalize, below): its body's pairs from element i to end. */
+typedef struct {
+    const KB_T *x;
+    const KB_C *weight, *bias;
+    KB_T *y;
+    size_t i, end;
+    KB_V mean_hi, low, scale, beta;
+} KB_NAME(kb_cursor);
+KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t count, int fused);
+
+/* fused: 0, or row_stats_normalize's flags for the cursor's pass, which then advances one
+ * statistics step's worth of elements after every step */
 KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                           size_t n, double shift, int center, double *mean_shifted,
-                                          double *m2_out, int has_residual, int has_residual_out) {
+                                          double *m2_out, int has_residual, int has_residual_out,
+                                          KB_NAME(kb_cursor) *cursor, int fused) {
     enum { STEP = 2 * KB_STREAMS * KB_LANES, PAIR_BLOCK = KB_BLOCK / 2 };
     size_t steps = n / STEP;
     double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
@@ -234,6 +248,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         KB_NAME(kb_welford2_first)(KB_H(2), KB_H(3), shift_v, center, &mean1, &m2_1);
         KB_NAME(kb_welford2_first)(KB_H(4), KB_H(5), shift_v, center, &mean2, &m2_2);
         KB_NAME(kb_welford2_first)(KB_H(6), KB_H(7), shift_v, center, &mean3, &m2_3);
+        if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
         i += STEP;
         for (size_t k = 2; k <= block; ++k, i += STEP) {
             const KB_V inverse = kb_set1(kb_inverse[k]);
@@ -242,6 +257,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
             KB_NAME(kb_welford2_step)(KB_H(2), KB_H(3), shift_v, inverse, rest, center, &mean1, &m2_1);
             KB_NAME(kb_welford2_step)(KB_H(4), KB_H(5), shift_v, inverse, rest, center, &mean2, &m2_2);
             KB_NAME(kb_welford2_step)(KB_H(6), KB_H(7), shift_v, inverse, rest, center, &mean3, &m2_3);
+            if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
         }
         KB_NAME(kb_welford2_finish)(&mean0, &m2_0, center);
         KB_NAME(kb_welford2_finish)(&mean1, &m2_1, center);
@@ -326,17 +342,17 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
     KB_T *hs = (KB_T *)residual_out;
     /* constant flags: one loop per variant, registers allocated for it alone */
     if (center && !rs)
-        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, 1, mean_shifted, m2, 0, 0);
+        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, 1, mean_shifted, m2, 0, 0, NULL, 0);
     else if (center && !hs)
-        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, 1, mean_shifted, m2, 1, 0);
+        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, 1, mean_shifted, m2, 1, 0, NULL, 0);
     else if (center)
-        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, 1, mean_shifted, m2, 1, 1);
+        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, 1, mean_shifted, m2, 1, 1, NULL, 0);
     else if (!rs)
-        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, 0, mean_shifted, m2, 0, 0);
+        KB_NAME(kb_row_stats_impl)(xs, NULL, NULL, n, shift, 0, mean_shifted, m2, 0, 0, NULL, 0);
     else if (!hs)
-        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, 0, mean_shifted, m2, 1, 0);
+        KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, shift, 0, mean_shifted, m2, 1, 0, NULL, 0);
     else
-        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, 0, mean_shifted, m2, 1, 1);
+        KB_NAME(kb_row_stats_impl)(xs, rs, hs, n, shift, 0, mean_shifted, m2, 1, 1, NULL, 0);
 }
 
 /* ---- row normalize --------------------------------------------------------------- */
@@ -674,6 +690,80 @@ static void KB_NAME(rows_affine)(const void *x, size_t rows, size_t n, size_t fi
             kb_store(yr, head);
             kb_store(yr + n - KB_LANES, tail);
         }
+    }
+}
+
+/* ---- row normalize with the next row's statistics -------------------------------- */
+
+KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t count, int fused) {
+    if (KB_LANES == 1) return; /* the scalar family: the pass runs whole after the statistics */
+    const KB_V mean_hi = cursor->mean_hi, low = cursor->low, scale = cursor->scale;
+    const KB_V beta = cursor->beta;
+    size_t i = cursor->i, stop = cursor->end - i < count ? cursor->end : i + count;
+    for (; i + 2 * KB_LANES <= stop; i += 2 * KB_LANES) {
+        KB_V first, second;
+        KB_NAME(kb_row_normalize_pair)(cursor->x, NULL, i, mean_hi, low, scale, beta,
+                                       cursor->weight, cursor->bias, 0, fused & 16, fused & 2,
+                                       fused & 4, &first, &second);
+        kb_store2(cursor->y + i, first, second, fused & 8);
+    }
+    cursor->i = i;
+}
+
+/* row_normalize of x (no residual, no next, not streamed) and row_stats of x_next (no
+ * residual), n elements each, with the same results, in one loop where they fit one
+ * (kernels.h). */
+static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double shift, int center,
+                                         double *mean_shifted, double *m2, const void *x,
+                                         double mean, double mean_lo, double scale,
+                                         const void *weight, const void *bias, void *y,
+                                         int store) {
+    const KB_T *xs = (const KB_T *)x, *next = (const KB_T *)x_next;
+    const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
+    KB_T *ys = (KB_T *)y;
+    KB_C hi, lo, sc = (KB_C)scale, be = 0;
+    KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
+    int normalize_center = mean != 0.0 || mean_lo != 0.0;
+    int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL);
+    /* LayerNorm with a weight (both passes centred) or RMSNorm with one (neither, no
+     * bias): anything else, and streaming stores, as the two kernels one after the other
+     * (each variant is a copy of both loops: these three are the transformer's) */
+    int fits = !(store & FN_STORE_STREAM) && normalize_center == !!center && ws &&
+               (center || !bs);
+    if (!fits) {
+        KB_NAME(row_normalize)(x, NULL, n, mean, mean_lo, scale, 0.0, weight, bias, y, NULL, store);
+        KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, mean_shifted, m2);
+        return;
+    }
+    size_t body = n;
+    KB_V first = kb_set1(0), last = first;
+    size_t lead = KB_NAME(kb_row_edges)(xs, NULL, n, hi, lo, sc, be, ws, bs, center, ys, 0, &body,
+                                        &first, &last);
+    KB_NAME(kb_cursor) cursor = {xs + lead, ws ? ws + lead : NULL, bs ? bs + lead : NULL,
+                                 ys + lead, 0, body / (2 * KB_LANES) * (2 * KB_LANES),
+                                 kb_set1(0), kb_set1(0), kb_set1(0), kb_set1(0)};
+    KB_NAME(kb_normalize_constants)(hi, lo, sc, be, center, ws || bs, &cursor.mean_hi,
+                                    &cursor.low, &cursor.scale, &cursor.beta);
+    int flags = 1 | (ws ? 2 : 0) | (bs ? 4 : 0) | (canonical ? 8 : 0) | (center ? 16 : 0);
+    /* the statistics with the pass's first pairs, then the rest of the pass as
+     * row_normalize runs it (same arithmetic per element, so the same results) */
+#define KB_CASE(f)                                                                                \
+    case f:                                                                                       \
+        KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, shift, (f) & 16, mean_shifted, m2, 0, 0,  \
+                                   &cursor, f);                                                   \
+        KB_NAME(kb_row_normalize_impl)(cursor.x + cursor.i, NULL, body - cursor.i, hi, lo, sc, be, \
+                                       cursor.weight ? cursor.weight + cursor.i : NULL,           \
+                                       cursor.bias ? cursor.bias + cursor.i : NULL,               \
+                                       cursor.y + cursor.i, NULL, 0, (f) & 16, (f) & 2, (f) & 4,  \
+                                       0, (f) & 8);                                               \
+        break;
+    switch (KB_CANONICAL ? flags : flags & ~8) {
+        KB_CASE(3) KB_CASE(19) KB_CASE(23) KB_CASE(11) KB_CASE(27) KB_CASE(31)
+    }
+#undef KB_CASE
+    if (lead) {
+        kb_store(ys, first);
+        kb_store(ys + n - KB_LANES, last);
     }
 }
 

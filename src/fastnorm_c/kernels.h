@@ -36,6 +36,18 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, s
                                           const void *weight, const void *bias, void *y,
                                           const void *next, int store);
 
+/* row_normalize of x (no residual, next NULL, store without FN_STORE_STREAM honoured by
+ * falling back) and row_stats of x_next (no residual), with the same results as the two
+ * calls, in one loop where the pair fits one: the statistics load the adders, the
+ * normalize pass the load ports and FMA pipes, and the next row's reads overlap the
+ * pass (api.c's row-ahead order).  The pair fits when both are LayerNorm's (centred) or
+ * both RMSNorm's (not centred, no bias); otherwise it runs the two kernels in turn. */
+typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
+                                                int center, double *mean_shifted, double *m2,
+                                                const void *x, double mean, double mean_lo,
+                                                double scale, const void *weight,
+                                                const void *bias, void *y, int store);
+
 /* Rows r < rows of n elements each, one after another from x (and y): row r normalized
  * as row_normalize does with mean[c] (0 without mean), scale[c] and beta shift[c] and no
  * weight or bias, c = (first + r) % channels.  One call for many short rows (BatchNorm
@@ -82,6 +94,7 @@ typedef struct {
     const char *name;
     fastnorm_row_stats_fn row_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_row_normalize_fn row_normalize[FASTNORM_DTYPE_COUNT];
+    fastnorm_row_stats_normalize_fn row_stats_normalize[FASTNORM_DTYPE_COUNT];
     fastnorm_rows_affine_fn rows_affine[FASTNORM_DTYPE_COUNT];
     fastnorm_col_stats_fn col_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_col_normalize_fn col_normalize[FASTNORM_DTYPE_COUNT];
