@@ -317,13 +317,21 @@ typedef struct {
     double shift, mean_shifted, m2;
 } fn_row_moments;
 
+/* Row r's shift: its first value of h = x (+ residual), or 0 for RMSNorm. */
+static double fn_row_shift(const fn_norm_job *job, size_t r) {
+    size_t offset = r * job->middle * job->item_size;
+    if (job->kind != FASTNORM_LAYER_NORM) return 0.0;
+    return fn_sum_element(job->dtype, job->x + offset,
+                          job->residual ? job->residual + offset : NULL, 0);
+}
+
 static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m) {
     size_t n = job->middle, offset = r * n * job->item_size;
-    int center = job->kind == FASTNORM_LAYER_NORM;
     const char *x = job->x + offset, *residual = job->residual ? job->residual + offset : NULL;
     char *h = job->residual_out ? job->residual_out + offset : NULL;
-    m->shift = center ? fn_sum_element(job->dtype, x, residual, 0) : 0.0;
-    job->kernels->row_stats[job->dtype](x, residual, h, n, m->shift, center, &m->mean_shifted,
+    m->shift = fn_row_shift(job, r);
+    job->kernels->row_stats[job->dtype](x, residual, h, n, m->shift,
+                                        job->kind == FASTNORM_LAYER_NORM, &m->mean_shifted,
                                         &m->m2);
 }
 
@@ -378,7 +386,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
         double rstd = fn_row_finish(job, r, &m);
         if (r + 1 < end && !job->residual) { /* both in one loop (kernels.h) */
             const char *x = job->x + r * bytes;
-            next.shift = center ? fn_sum_element(job->dtype, x + bytes, NULL, 0) : 0.0;
+            next.shift = fn_row_shift(job, r + 1);
             job->kernels->row_stats_normalize[job->dtype](
                 x + bytes, n, next.shift, center, &next.mean_shifted, &next.m2, x, m.shift,
                 center ? m.mean_shifted : 0.0, rstd, job->weight, job->bias, job->y + r * bytes,
