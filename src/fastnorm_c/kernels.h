@@ -36,12 +36,12 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, s
                                           const void *weight, const void *bias, void *y,
                                           const void *next, int store);
 
-/* row_normalize of x (no residual, next NULL, store without FN_STORE_STREAM honoured by
- * falling back) and row_stats of x_next (no residual), with the same results as the two
- * calls, in one loop where the pair fits one: the statistics load the adders, the
- * normalize pass the load ports and FMA pipes, and the next row's reads overlap the
- * pass (api.c's row-ahead order).  The pair fits when both are LayerNorm's (centred) or
- * both RMSNorm's (not centred, no bias); otherwise it runs the two kernels in turn. */
+/* row_normalize of x (no residual, no next span) and row_stats of x_next (no residual),
+ * with the same results as those two calls, in one loop where the pair fits one: the
+ * statistics load the adders, the normalize pass the load ports and FMA pipes, and the
+ * next row's reads overlap the pass (api.c's row-ahead order).  The pair fits for
+ * LayerNorm with a weight (both passes centred) and RMSNorm with a weight (neither
+ * centred, no bias), without FN_STORE_STREAM; anything else runs the two kernels in turn. */
 typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
                                                 int center, double *mean_shifted, double *m2,
                                                 const void *x, double mean, double mean_lo,
