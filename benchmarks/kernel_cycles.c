@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
             double stats = (seconds() - start) / CALLS;
             start = seconds();
             for (int c = 0; c < CALLS; ++c) {
-                KC_KERNELS.row_normalize[dtype](x, NULL, n, rms ? 0.0 : 0.1, 0.0, 1.1, 0.0,
+                KC_KERNELS.row_normalize[dtype](x, NULL, NULL, n, rms ? 0.0 : 0.1, 0.0, 1.1, 0.0,
                                                 weight, rms ? NULL : bias, y, NULL, 0);
                 __asm__ volatile("" : : "g"(y) : "memory");
             }

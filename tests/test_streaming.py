@@ -7,6 +7,8 @@ when the output starts one element past an aligned address (the kernel then stor
 vectors until a pair can start aligned) or 16 bytes past it, where NumPy puts large arrays
 (a row's partial first and last vectors are then streamed in 16-byte pieces).
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -42,6 +44,50 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
     assert y is out
     for pick in (slice(0, 3), slice(rows // 2, rows // 2 + 2), slice(rows - 3, rows)):
         assert_same_bits(y[pick], row_norm(op, x[pick], *args), err_msg=f"rows {pick}")
+
+
+# h = x + residual goes to residual_out: streamed with y by the normalize pass where it
+# sits like y, stored plainly by that pass where it does not, and by the statistics pass
+# where it overwrites residual (api.c, fn_norm_spans)
+H_PLACES = [("16 bytes", "like out"), ("one element", "like out"),
+            ("16 bytes", "one element further"), ("16 bytes", "over residual")]
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_inputs(dtype):
+    """x, residual and the contract's h = x + residual for a streamed call, read-only and
+    made once per dtype (making them took most of each case's time)."""
+    rng = np.random.default_rng(5)
+    rows = STREAM_MIN_BYTES // (N * dtype.itemsize) + 3
+    x = random_data(rng, (rows, N), dtype, offset=0.5)
+    r = random_data(rng, (rows, N), dtype, offset=-0.25, scale=0.7)
+    with np.errstate(all="ignore"):
+        h = (x + r).astype(dtype)
+    for a in (x, r, h):
+        a.flags.writeable = False
+    return x, r, h
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("offset, h_place", H_PLACES, ids=[", h ".join(p) for p in H_PLACES])
+def test_streamed_fused_residual_equals_rows_of_a_small_call(dtype, op, offset, h_place, isa,
+                                                            rng):
+    x, r, h = _fused_inputs(dtype)
+    rows = x.shape[0]
+    w = random_data(rng, N, dtype, offset=1.0)
+    args = ((N,), w, random_data(rng, N, dtype)) if op == "layer_norm" else ((N,), w)
+    out = _out(x.shape, dtype, offset)
+    if h_place == "over residual":
+        residual = h_out = r.copy()
+    else:
+        skip = out.ctypes.data % 64 // dtype.itemsize + (h_place == "one element further")
+        residual, h_out = r, at_line_offset(x.shape, dtype, skip)
+    y = row_norm(op, x, *args, residual=residual, residual_out=h_out, out=out)
+    assert y is out and out.nbytes >= STREAM_MIN_BYTES
+    assert_same_bits(h_out, h)
+    for pick in (slice(0, 3), slice(rows // 2, rows // 2 + 2), slice(rows - 3, rows)):
+        assert_same_bits(y[pick], row_norm(op, h[pick], *args), err_msg=f"rows {pick}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)

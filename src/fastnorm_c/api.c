@@ -270,6 +270,7 @@ typedef struct {
     double eps;
     void *mean_out, *rstd_out;
     int stream, row_store; /* column kernels: stream; row kernels: FN_STORE_* flags */
+    int h_in_stats;        /* fn_norm_spans */
 } fn_norm_job;
 
 /* Where a parameter copy for the row kernels starts, relative to a 64-byte boundary: where
@@ -312,6 +313,40 @@ static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dty
     return canonical ? FN_STORE_NAN_CANONICAL : 0;
 }
 
+/* The spans from byte `offset` on that the two passes read, and where they store h =
+ * x + residual (residual_out).  Where y is streamed, the dtype is float32 or float64 and
+ * h has lines of its own, the normalize pass reads x and residual again and streams h
+ * with y: the statistics pass's plain stores would read each of h's lines from memory
+ * first (RMSNorm float32, the call's time over that of the same call without
+ * residual_out, against h stored by the statistics pass: 32768x768 0.73-0.89x, 8192x4096
+ * 0.88-0.92x; `bench --residual --out`, LayerNorm 32768x768 0.75-0.83x the time).
+ * Otherwise (job->h_in_stats) the statistics pass stores h and the normalize pass reads
+ * h alone.  In cache, h from the normalize pass took 1.15-1.25x the time (512x768,
+ * 128x4096); over x or residual, whose lines are owned already, 1.5x out of cache (the
+ * loop then mixes plain and streaming stores); and in bfloat16 and float16, whose rows
+ * are compute-bound, 1.10-1.16x (converting x and residual again costs more than the
+ * read for ownership of half as many bytes). */
+typedef struct {
+    const char *x, *residual; /* the statistics pass's inputs */
+    char *stats_h;            /* where it stores h, or NULL */
+    const char *in, *in_residual; /* the normalize pass's inputs */
+    char *normalize_h;            /* where it stores h, or NULL */
+} fn_norm_spans;
+
+static fn_norm_spans fn_spans(const fn_norm_job *job, size_t offset) {
+    fn_norm_spans s = {job->x + offset, job->residual ? job->residual + offset : NULL, NULL,
+                       job->x + offset, job->residual ? job->residual + offset : NULL, NULL};
+    char *h = job->residual_out ? job->residual_out + offset : NULL;
+    if (h && job->h_in_stats) {
+        s.stats_h = h;
+        s.in = h;
+        s.in_residual = NULL;
+    } else {
+        s.normalize_h = h;
+    }
+    return s;
+}
+
 /* A row's statistics relative to its shift (its first value; 0 for RMSNorm). */
 typedef struct {
     double shift, mean_shifted, m2;
@@ -326,11 +361,10 @@ static double fn_row_shift(const fn_norm_job *job, size_t r) {
 }
 
 static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m) {
-    size_t n = job->middle, offset = r * n * job->item_size;
-    const char *x = job->x + offset, *residual = job->residual ? job->residual + offset : NULL;
-    char *h = job->residual_out ? job->residual_out + offset : NULL;
+    size_t n = job->middle;
+    fn_norm_spans s = fn_spans(job, r * n * job->item_size);
     m->shift = fn_row_shift(job, r);
-    job->kernels->row_stats[job->dtype](x, residual, h, n, m->shift,
+    job->kernels->row_stats[job->dtype](s.x, s.residual, s.stats_h, n, m->shift,
                                         job->kind == FASTNORM_LAYER_NORM, &m->mean_shifted,
                                         &m->m2);
 }
@@ -345,20 +379,20 @@ static double fn_row_finish(const fn_norm_job *job, size_t r, const fn_row_momen
     return rstd;
 }
 
-/* Row r's normalize pass, reading h (residual_out) where the statistics pass wrote it. */
+/* Row r's normalize pass (fn_norm_spans). */
 static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
                              double rstd) {
     size_t n = job->middle, offset = r * n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
-    const char *x = job->x + offset, *residual = job->residual ? job->residual + offset : NULL;
-    char *h = job->residual_out ? job->residual_out + offset : NULL;
+    fn_norm_spans s = fn_spans(job, offset);
     int prefetch = r + 1 < job->outer && n * job->item_size <= FN_PREFETCH_MAX_BYTES &&
                    job->outer * n * job->item_size >= FN_PREFETCH_MIN_BYTES;
     /* the mean goes to the kernel as the pair (shift, mean_shifted): exact for float64 */
-    job->kernels->row_normalize[job->dtype](h ? h : x, h ? NULL : residual, n, m->shift,
+    job->kernels->row_normalize[job->dtype](s.in, s.in_residual, s.normalize_h, n, m->shift,
                                             center ? m->mean_shifted : 0.0, rstd, 0.0,
                                             job->weight, job->bias, job->y + offset,
-                                            prefetch ? x + n * job->item_size : NULL, job->row_store);
+                                            prefetch ? s.x + n * job->item_size : NULL,
+                                            job->row_store);
 }
 
 /* Statistics then normalization of row r, read from cache the second time. */
@@ -426,11 +460,9 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         FN_PARALLEL_FOR(item, items, {
             size_t b = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
             size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
-            size_t offset = ((first + b) * n + begin) * size;
-            job->kernels->row_stats[job->dtype](
-                job->x + offset, job->residual ? job->residual + offset : NULL,
-                job->residual_out ? job->residual_out + offset : NULL, length, shift[b], center,
-                &part_mean[item], &part_m2[item]);
+            fn_norm_spans s = fn_spans(job, ((first + b) * n + begin) * size);
+            job->kernels->row_stats[job->dtype](s.x, s.residual, s.stats_h, length, shift[b],
+                                                center, &part_mean[item], &part_m2[item]);
         });
         for (size_t b = 0; b < count; ++b) {
             double total = 0, m2 = 0, mean;
@@ -451,11 +483,11 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
             size_t b = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
             size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
             size_t offset = ((first + b) * n + begin) * size;
-            const char *h = job->residual_out ? job->residual_out + offset : job->x + offset;
-            const char *residual = job->residual_out || !job->residual ? NULL : job->residual + offset;
+            fn_norm_spans s = fn_spans(job, offset);
             const char *weight = job->weight ? (const char *)job->weight + begin * fn_compute_size(job->dtype) : NULL;
             const char *bias = job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
-            job->kernels->row_normalize[job->dtype](h, residual, length, shift[b], mean_shifted[b],
+            job->kernels->row_normalize[job->dtype](s.in, s.in_residual, s.normalize_h, length,
+                                                    shift[b], mean_shifted[b],
                                                     rstd[b], 0.0, weight, bias, job->y + offset,
                                                     NULL, job->row_store);
         });
@@ -551,7 +583,9 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     fn_norm_job job = {kernels, kind, dtype, outer, middle, inner,
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
                        (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
-                       stream, stream | row_store};
+                       stream, stream | row_store,
+                       residual_out && (!stream || fn_storage_size(dtype) == 2 ||
+                                        residual_out == x || residual_out == residual)};
     fastnorm_status_t status = fn_norm_run(&job, fn_threads(n_threads, total));
     free(param_block);
     return status;
@@ -781,7 +815,7 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
             size_t channel = row % channels;
             size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
             size_t offset = (row * inner + begin) * size;
-            kernels->row_normalize[dtype](xs + offset, NULL, length, mean ? mean[channel] : 0.0, 0.0,
+            kernels->row_normalize[dtype](xs + offset, NULL, NULL, length, mean ? mean[channel] : 0.0, 0.0,
                                           scale[channel], shift[channel], NULL, NULL, ys + offset,
                                           NULL, stream);
         });
@@ -946,7 +980,7 @@ static void fn_bn_train_channel(const fn_bn_job *job, size_t c) {
     job->var_out[c] = var;
     double scale = fn_param(job->dtype, job->weight, c, 1.0) / sqrt(var + job->eps);
     /* the mean as the pair (shift, mean_shifted): exact for float64 */
-    job->kernels->row_normalize[job->dtype](job->x + offset, NULL, inner, shift, mean_shifted,
+    job->kernels->row_normalize[job->dtype](job->x + offset, NULL, NULL, inner, shift, mean_shifted,
                                             scale, fn_param(job->dtype, job->bias, c, 0.0), NULL,
                                             NULL, job->y + offset, NULL, 0);
 }
@@ -1025,7 +1059,7 @@ static void fn_group_normalize_row(const fn_group_job *job, size_t r, size_t beg
                                    double shift, double mean_shifted, double rstd) {
     size_t channel = r % job->channels, offset = (r * job->spatial + begin) * job->item_size;
     job->kernels->row_normalize[job->dtype](
-        job->x + offset, NULL, length, shift, mean_shifted,
+        job->x + offset, NULL, NULL, length, shift, mean_shifted,
         rstd * fn_param(job->dtype, job->weight, channel, 1.0),
         fn_param(job->dtype, job->bias, channel, 0.0), NULL, NULL, job->y + offset, NULL,
         job->stream);

@@ -407,16 +407,18 @@ KB_INLINE KB_V KB_NAME(kb_normalize_h)(KB_V h, size_t i, size_t left, KB_V mean_
     return kb_fma(h, scale, has_bias ? kb_add(add, low) : add);
 }
 
-/* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail. */
+/* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail.
+ * h_out: NULL, or where h goes (for residual_out). */
 KB_INLINE KB_V KB_NAME(kb_row_normalize_value)(const KB_T *x, const KB_T *residual, size_t i,
                                                size_t left, KB_V mean_hi, KB_V low, KB_V scale,
                                                KB_V beta, const KB_C *weight, const KB_C *bias,
                                                int has_residual, int center, int has_weight,
-                                               int has_bias) {
+                                               int has_bias, KB_V *h_out) {
     int full = left >= KB_LANES;
     KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
     if (has_residual)
         h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
+    if (h_out) *h_out = h;
     return KB_NAME(kb_normalize_h)(h, i, left, mean_hi, low, scale, beta, weight, bias, center,
                                    has_weight, has_bias);
 }
@@ -427,7 +429,8 @@ KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residua
                                               KB_V mean_hi, KB_V low, KB_V scale, KB_V beta,
                                               const KB_C *weight, const KB_C *bias,
                                               int has_residual, int center, int has_weight,
-                                              int has_bias, KB_V *first, KB_V *second) {
+                                              int has_bias, KB_V *first, KB_V *second,
+                                              KB_V *h_first, KB_V *h_second) {
     KB_V h0, h1;
     kb_load2(x + i, &h0, &h1);
     if (has_residual) {
@@ -435,6 +438,8 @@ KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residua
         kb_load2(residual + i, &r0, &r1);
         h0 = kb_round(kb_add(h0, r0));
         h1 = kb_round(kb_add(h1, r1));
+        *h_first = h0;
+        *h_second = h1;
     }
     *first = KB_NAME(kb_normalize_h)(h0, i, KB_LANES, mean_hi, low, scale, beta, weight, bias,
                                      center, has_weight, has_bias);
@@ -442,21 +447,32 @@ KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residua
                                       weight, bias, center, has_weight, has_bias);
 }
 
+/* One vector of the pass stored to y, and h to h_out where has_h_out (streamed where
+ * stream_h, which implies stream). */
 KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
                                                 size_t left, KB_V mean_hi, KB_V low,
                                                 KB_V scale, KB_V beta, const KB_C *weight,
-                                                const KB_C *bias, KB_T *y, int has_residual,
-                                                int center, int has_weight, int has_bias,
-                                                int stream) {
+                                                const KB_C *bias, KB_T *y, KB_T *h_out,
+                                                int has_residual, int has_h_out, int center,
+                                                int has_weight, int has_bias, int stream,
+                                                int stream_h) {
+    KB_V h;
     KB_V out = KB_NAME(kb_row_normalize_value)(x, residual, i, left, mean_hi, low, scale, beta,
                                                weight, bias, has_residual, center, has_weight,
-                                               has_bias);
+                                               has_bias, &h);
     if (left >= KB_LANES && stream)
         kb_stream(y + i, out);
     else if (left >= KB_LANES)
         kb_store(y + i, out);
     else
         kb_store_n(y + i, out, left);
+    if (!has_h_out) return;
+    if (left >= KB_LANES && stream_h)
+        kb_stream(h_out + i, h);
+    else if (left >= KB_LANES)
+        kb_store(h_out + i, h);
+    else
+        kb_store_n(h_out + i, h, left);
 }
 
 /* The first `left` (< KB_LANES) elements of v streamed to y in 16-byte pieces where y is
@@ -474,12 +490,12 @@ static __attribute__((noinline)) void KB_NAME(kb_stream_part)(KB_T *y, KB_V v, s
     memcpy((char *)y + streamed, (const char *)part + streamed, bytes - streamed);
 }
 
-KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residual, size_t n,
-                                              KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
-                                              const KB_C *weight, const KB_C *bias, KB_T *y,
-                                              const char *next, int has_residual, int center,
-                                              int has_weight, int has_bias, int stream,
-                                              int canonical) {
+KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residual, KB_T *h_out,
+                                              size_t n, KB_C mean_hi, KB_C mean_lo, KB_C scale,
+                                              KB_C beta, const KB_C *weight, const KB_C *bias,
+                                              KB_T *y, const char *next, int has_residual,
+                                              int has_h_out, int center, int has_weight,
+                                              int has_bias, int stream, int canonical) {
     KB_V mean_hi_v, low_v, scale_v, beta_v;
     KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, has_weight || has_bias,
                                     &mean_hi_v, &low_v, &scale_v, &beta_v);
@@ -488,12 +504,26 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     /* nothing aligned to stream to; or pairs in a family order, which must start at the
      * row's start (where the parameters' blocks start) */
     if (head == n || (KB_PAIR_BLOCK && head)) stream = head = 0;
-    if (head) /* unaligned start: a partial vector up to the first aligned element */
-        KB_NAME(kb_stream_part)(y, KB_NAME(kb_row_normalize_value)(x, residual, 0, head, mean_hi_v,
-                                                                   low_v, scale_v, beta_v, weight,
-                                                                   bias, has_residual, center,
-                                                                   has_weight, has_bias),
-                                head);
+    /* h streams where it sits like y, from the same element on, unless it overwrites an
+     * input: those lines are in cache and owned already, and a streaming store to them
+     * costs their eviction (RMSNorm 32768x768 float32 with h into residual: 1.3x the time
+     * of plain stores) */
+    const uintptr_t pair_bytes = 2 * KB_LANES * sizeof(KB_T);
+    int stream_h = has_h_out && stream && h_out != (const void *)x &&
+                   h_out != (const void *)residual &&
+                   ((uintptr_t)h_out - (uintptr_t)y) % pair_bytes == 0;
+    KB_V h, h1;
+#define KB_VALUE(at, left)                                                                       \
+    KB_NAME(kb_row_normalize_value)(x, residual, at, left, mean_hi_v, low_v, scale_v, beta_v,    \
+                                    weight, bias, has_residual, center, has_weight, has_bias, &h)
+#define KB_VECTOR(at, left, streamed)                                                            \
+    KB_NAME(kb_row_normalize_vector)(x, residual, at, left, mean_hi_v, low_v, scale_v, beta_v,   \
+                                     weight, bias, y, h_out, has_residual, has_h_out, center,    \
+                                     has_weight, has_bias, streamed, (streamed) && stream_h)
+    if (head) { /* unaligned start: a partial vector up to the first aligned element */
+        KB_NAME(kb_stream_part)(y, KB_VALUE(0, head), head);
+        if (has_h_out) KB_NAME(kb_stream_part)(h_out, h, head);
+    }
     i = head;
     /* Two vectors per store in the vector families: AVX2 packs 16-bit results into one
      * 32-byte store instead of two 16-byte ones (bfloat16/float16 512x768 LayerNorm
@@ -506,17 +536,14 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
 #define KB_PAIR(at, first, second)                                                               \
     KB_NAME(kb_row_normalize_pair)(x, residual, at, mean_hi_v, low_v, scale_v, beta_v, weight,   \
                                    bias, has_residual, center, has_weight, has_bias, &first,    \
-                                   &second)
+                                   &second, &h, &h1)
 #define KB_PREFETCH2(at)                                                                          \
     if (next) KB_NAME(kb_prefetch_lines)(next, at, 2 * KB_LANES);
     if (stream) {
         /* pairs start where y is aligned for a two-vector streaming store (in a family
          * order: at the row's start, and the store needs one vector's alignment) */
-        if (pairs && !KB_PAIR_BLOCK && (uintptr_t)(y + i) % (2 * KB_LANES * sizeof(KB_T)) &&
-            i + KB_LANES <= n) {
-            KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v,
-                                             scale_v, beta_v, weight, bias, y, has_residual,
-                                             center, has_weight, has_bias, 1);
+        if (pairs && !KB_PAIR_BLOCK && (uintptr_t)(y + i) % pair_bytes && i + KB_LANES <= n) {
+            KB_VECTOR(i, KB_LANES, 1);
             i += KB_LANES;
         }
         for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
@@ -524,17 +551,16 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
             KB_V first, second;
             KB_PAIR(i, first, second);
             kb_stream2(y + i, first, second, canonical);
+            if (stream_h)
+                kb_stream2(h_out + i, h, h1, 0);
+            else if (has_h_out)
+                kb_store2(h_out + i, h, h1, 0);
         }
-        for (; i + KB_LANES <= n; i += KB_LANES)
-            KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v,
-                                             scale_v, beta_v, weight, bias, y, has_residual,
-                                             center, has_weight, has_bias, 1);
-        if (i < n)
-            KB_NAME(kb_stream_part)(y + i, KB_NAME(kb_row_normalize_value)(
-                                               x, residual, i, n - i, mean_hi_v, low_v, scale_v,
-                                               beta_v, weight, bias, has_residual, center,
-                                               has_weight, has_bias),
-                                    n - i);
+        for (; i + KB_LANES <= n; i += KB_LANES) KB_VECTOR(i, KB_LANES, 1);
+        if (i < n) {
+            KB_NAME(kb_stream_part)(y + i, KB_VALUE(i, n - i), n - i);
+            if (has_h_out) KB_NAME(kb_stream_part)(h_out + i, h, n - i);
+        }
         return;
     }
     for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
@@ -542,6 +568,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
         KB_V first, second;
         KB_PAIR(i, first, second);
         kb_store2(y + i, first, second, canonical);
+        if (has_h_out) kb_store2(h_out + i, h, h1, 0);
     }
 #undef KB_PREFETCH2
 #undef KB_PAIR
@@ -549,25 +576,23 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     const size_t natural = KB_PAIR_BLOCK ? n / (2 * KB_LANES) * (2 * KB_LANES) : 0;
     for (; i + KB_LANES <= n; i += KB_LANES) {
         if (next) KB_NAME(kb_prefetch_lines)(next, i, KB_LANES);
-        KB_NAME(kb_row_normalize_vector)(x, residual, i, KB_LANES, mean_hi_v, low_v, scale_v,
-                                         beta_v, weight, bias, y, has_residual, center,
-                                         has_weight, has_bias, 0);
+        KB_VECTOR(i, KB_LANES, 0);
     }
     /* the last partial vector: out of place, a full vector ending at n (rewriting a few
      * outputs with the same values) is much cheaper than a masked store (Zen 3: VMASKMOVPS
-     * to memory is microcoded).  Not in place, where its inputs are overwritten already.
-     * (The streaming path above ends its rows itself: a plain store into a line still
-     * being streamed costs that line's write-combining flush and a read, 1.25x the time
-     * of a 25 MB BatchNorm eval.)  Not into a pair block either (its parameters are in
-     * the family's order). */
-    if (i < n && n >= KB_LANES && n - KB_LANES >= natural && (const void *)x != (const void *)y)
-        KB_NAME(kb_row_normalize_vector)(x, residual, n - KB_LANES, KB_LANES, mean_hi_v, low_v,
-                                         scale_v, beta_v, weight, bias, y, has_residual, center,
-                                         has_weight, has_bias, 0);
+     * to memory is microcoded).  Not where an input is overwritten already: y or h over
+     * x, h over residual.  (The streaming path above ends its rows itself: a plain store
+     * into a line still being streamed costs that line's write-combining flush and a
+     * read, 1.25x the time of a 25 MB BatchNorm eval.)  Not into a pair block either (its
+     * parameters are in the family's order). */
+    int overwritten = (const void *)x == (const void *)y ||
+                      (has_h_out && (h_out == (const void *)x || h_out == (const void *)residual));
+    if (i < n && n >= KB_LANES && n - KB_LANES >= natural && !overwritten)
+        KB_VECTOR(n - KB_LANES, KB_LANES, 0);
     else if (i < n)
-        KB_NAME(kb_row_normalize_vector)(x, residual, i, n - i, mean_hi_v, low_v, scale_v,
-                                         beta_v, weight, bias, y, has_residual, center,
-                                         has_weight, has_bias, 0);
+        KB_VECTOR(i, n - i, 0);
+#undef KB_VECTOR
+#undef KB_VALUE
 }
 
 /* Where y is not on a vector boundary (NumPy puts arrays 16 bytes past a cache line) and
@@ -578,7 +603,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
  * vectors, full and unaligned, after that loop, which is right in place too (their
  * overlap with the loop's outputs is rewritten with the same values).  Returns the
  * loop's first element (0: no such loop, the row as it is) and its length in *body, and
- * computes the two vectors, flags tested at run time: two vectors a row do not need a
+ * computes the two vectors (and their h where h_first is not NULL), flags tested at run time: two vectors a row do not need a
  * variant of their own (a copy of the whole pass per variant doubled the compile time).
  * (Computing the last vector after the loop took 1.04x the time of LayerNorm 512x768;
  * running the loop from the boundary by index inside kb_row_normalize_impl cost four
@@ -587,19 +612,19 @@ KB_INLINE size_t KB_NAME(kb_row_edges)(const KB_T *x, const KB_T *residual, size
                                        KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
                                        const KB_C *weight, const KB_C *bias, int center,
                                        const KB_T *y, int stream, size_t *body, KB_V *first,
-                                       KB_V *last) {
+                                       KB_V *last, KB_V *h_first, KB_V *h_last) {
     if (KB_LANES == 1 || KB_PAIR_BLOCK || stream) return 0;
     size_t lead = KB_NAME(kb_stream_head)(y, n);
     if (!lead || lead + 2 * KB_LANES > n) return 0;
     KB_V mean_hi_v, low_v, scale_v, beta_v;
     KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, weight || bias,
                                     &mean_hi_v, &low_v, &scale_v, &beta_v);
-#define KB_EDGE(at)                                                                                 \
+#define KB_EDGE(at, h)                                                                              \
     KB_NAME(kb_row_normalize_value)(x, residual, at, KB_LANES, mean_hi_v, low_v, scale_v, beta_v,   \
                                     weight, bias, residual != NULL, center, weight != NULL,         \
-                                    bias != NULL)
-    *first = KB_EDGE(0);
-    *last = KB_EDGE(n - KB_LANES);
+                                    bias != NULL, h)
+    *first = KB_EDGE(0, h_first);
+    *last = KB_EDGE(n - KB_LANES, h_last);
 #undef KB_EDGE
     *body = (n - lead) / KB_LANES * KB_LANES;
     return lead;
@@ -619,10 +644,12 @@ KB_INLINE void KB_NAME(kb_mean_pair)(double mean, double mean_lo, KB_C *hi, KB_C
     }
 }
 
-static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n, double mean,
-                                   double mean_lo, double scale, double beta, const void *weight,
-                                   const void *bias, void *y, const void *next, int store) {
+static void KB_NAME(row_normalize)(const void *x, const void *residual, void *residual_out,
+                                   size_t n, double mean, double mean_lo, double scale,
+                                   double beta, const void *weight, const void *bias, void *y,
+                                   const void *next, int store) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
+    KB_T *hs = (KB_T *)residual_out;
     const char *nx = (const char *)next;
     int stream = store & FN_STORE_STREAM;
     int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL); /* a variant where it pays */
@@ -633,23 +660,28 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
     int center = mean != 0.0 || mean_lo != 0.0;
     /* from y's vector boundary where kb_row_edges finds one */
     size_t body = n;
-    KB_V first = kb_set1(0), last = first;
+    KB_V first = kb_set1(0), last = first, h_first = first, h_last = first;
     size_t lead = KB_NAME(kb_row_edges)(xs, rs, n, hi, lo, sc, be, ws, bs, center, ys, stream,
-                                        &body, &first, &last);
+                                        &body, &first, &last, hs ? &h_first : NULL,
+                                        hs ? &h_last : NULL);
     if (lead) {
         xs += lead;
         rs = rs ? rs + lead : NULL;
+        hs = hs ? hs + lead : NULL;
         ws = ws ? ws + lead : NULL;
         bs = bs ? bs + lead : NULL;
         nx = nx ? nx + lead * sizeof(KB_T) : NULL;
     }
     int flags = (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
     /* a switch of constant flags lets the compiler emit one tight loop per variant (and drop
-     * the canonical ones where KB_CANONICAL is 0) */
+     * the canonical ones where KB_CANONICAL is 0); whether a residual's h is stored is
+     * tested in the loop (a variant of its own per residual variant doubled the compile
+     * time) */
 #define KB_CASE(f)                                                                              \
     case f:                                                                                     \
-        KB_NAME(kb_row_normalize_impl)(xs, rs, body, hi, lo, sc, be, ws, bs, ys + lead, nx,     \
-                                       (f) & 8, (f) & 4, (f) & 2, (f) & 1, stream, (f) & 16);   \
+        KB_NAME(kb_row_normalize_impl)(xs, rs, hs, body, hi, lo, sc, be, ws, bs, ys + lead, nx, \
+                                       (f) & 8, (f) & 8 && hs, (f) & 4, (f) & 2, (f) & 1, stream, \
+                                       (f) & 16);                                               \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
@@ -662,6 +694,10 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, size_t n
     if (lead) {
         kb_store(ys, first);
         kb_store(ys + n - KB_LANES, last);
+        if (hs) {
+            kb_store(hs - lead, h_first);
+            kb_store(hs - lead + n - KB_LANES, h_last);
+        }
     }
 }
 
@@ -678,14 +714,14 @@ static void KB_NAME(rows_affine)(const void *x, size_t rows, size_t n, size_t fi
         size_t body = n;
         KB_V head = kb_set1(0), tail = head;
         size_t lead = KB_NAME(kb_row_edges)(xr, NULL, n, hi, lo, sc, be, NULL, NULL, m != 0.0, yr,
-                                            stream, &body, &head, &tail);
+                                            stream, &body, &head, &tail, NULL, NULL);
         /* row_normalize's variants without residual, weight and bias */
         if (m != 0.0)
-            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, body, hi, lo, sc, be, NULL, NULL,
-                                           yr + lead, NULL, 0, 1, 0, 0, stream, 0);
+            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, NULL, body, hi, lo, sc, be, NULL, NULL,
+                                           yr + lead, NULL, 0, 0, 1, 0, 0, stream, 0);
         else
-            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, body, hi, lo, sc, be, NULL, NULL,
-                                           yr + lead, NULL, 0, 0, 0, 0, stream, 0);
+            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, NULL, body, hi, lo, sc, be, NULL, NULL,
+                                           yr + lead, NULL, 0, 0, 0, 0, 0, stream, 0);
         if (lead) {
             kb_store(yr, head);
             kb_store(yr + n - KB_LANES, tail);
@@ -701,10 +737,10 @@ KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t count, 
     const KB_V beta = cursor->beta;
     size_t i = cursor->i, stop = cursor->end - i < count ? cursor->end : i + count;
     for (; i + 2 * KB_LANES <= stop; i += 2 * KB_LANES) {
-        KB_V first, second;
+        KB_V first, second, unused;
         KB_NAME(kb_row_normalize_pair)(cursor->x, NULL, i, mean_hi, low, scale, beta,
                                        cursor->weight, cursor->bias, 0, fused & 16, fused & 2,
-                                       fused & 4, &first, &second);
+                                       fused & 4, &first, &second, &unused, &unused);
         kb_store2(cursor->y + i, first, second, fused & 8);
     }
     cursor->i = i;
@@ -731,14 +767,15 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
     int fits = !(store & FN_STORE_STREAM) && normalize_center == !!center && ws &&
                (center || !bs);
     if (!fits) {
-        KB_NAME(row_normalize)(x, NULL, n, mean, mean_lo, scale, 0.0, weight, bias, y, NULL, store);
+        KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, 0.0, weight, bias, y, NULL,
+                               store);
         KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, mean_shifted, m2);
         return;
     }
     size_t body = n;
     KB_V first = kb_set1(0), last = first;
     size_t lead = KB_NAME(kb_row_edges)(xs, NULL, n, hi, lo, sc, be, ws, bs, center, ys, 0, &body,
-                                        &first, &last);
+                                        &first, &last, NULL, NULL);
     KB_NAME(kb_cursor) cursor = {xs + lead, ws ? ws + lead : NULL, bs ? bs + lead : NULL,
                                  ys + lead, 0, body / (2 * KB_LANES) * (2 * KB_LANES),
                                  kb_set1(0), kb_set1(0), kb_set1(0), kb_set1(0)};
@@ -751,11 +788,11 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
     case f:                                                                                       \
         KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, shift, (f) & 16, mean_shifted, m2, 0, 0,  \
                                    &cursor, f);                                                   \
-        KB_NAME(kb_row_normalize_impl)(cursor.x + cursor.i, NULL, body - cursor.i, hi, lo, sc, be, \
-                                       cursor.weight ? cursor.weight + cursor.i : NULL,           \
+        KB_NAME(kb_row_normalize_impl)(cursor.x + cursor.i, NULL, NULL, body - cursor.i, hi, lo,  \
+                                       sc, be, cursor.weight ? cursor.weight + cursor.i : NULL,   \
                                        cursor.bias ? cursor.bias + cursor.i : NULL,               \
-                                       cursor.y + cursor.i, NULL, 0, (f) & 16, (f) & 2, (f) & 4,  \
-                                       0, (f) & 8);                                               \
+                                       cursor.y + cursor.i, NULL, 0, 0, (f) & 16, (f) & 2,        \
+                                       (f) & 4, 0, (f) & 8);                                      \
         break;
     switch (KB_CANONICAL ? flags : flags & ~8) {
         KB_CASE(3) KB_CASE(19) KB_CASE(23) KB_CASE(11) KB_CASE(27) KB_CASE(31)

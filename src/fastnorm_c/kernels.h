@@ -18,21 +18,25 @@
  * center != 0: Welford on (h - shift); *mean_shifted = mean(h) - shift, *m2 = sum of
  *              squared deviations.
  * center == 0: *mean_shifted = 0, *m2 = sum(h^2).
- * residual may be NULL; residual_out (NULL or n elements) receives h. */
+ * residual may be NULL; residual_out (NULL or n elements) receives h, or row_normalize
+ * stores it (api.c's fn_norm_spans chooses). */
 typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void *residual_out,
                                       size_t n, double shift, int center,
                                       double *mean_shifted, double *m2);
 
 /* y[i] = ((h[i] - (mean + mean_lo)) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
- * with h = x (+ residual, rounded).  mean + mean_lo is an unevaluated pair (a shift and
- * the mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
+ * with h = x (+ residual, rounded).  residual_out (NULL, or n elements with a residual)
+ * receives h, stored as y is (streamed with it where it sits like y and is neither x nor
+ * residual; it may be either).  mean + mean_lo is an unevaluated pair (a shift and the
+ * mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
  * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype, in
  * the table's param_block order for the dtype.
  * next: NULL, or the span (n elements of x's dtype) the caller reads next, prefetched
  * into cache meanwhile.
  * store: FN_STORE_* flags. */
-typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual, size_t n,
-                                          double mean, double mean_lo, double scale, double beta,
+typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
+                                          void *residual_out, size_t n, double mean,
+                                          double mean_lo, double scale, double beta,
                                           const void *weight, const void *bias, void *y,
                                           const void *next, int store);
 
