@@ -447,6 +447,16 @@ KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residua
                                       weight, bias, center, has_weight, has_bias);
 }
 
+/* v to p: streamed (stream), stored, or its first `left` (< KB_LANES) elements stored. */
+KB_INLINE void KB_NAME(kb_put)(KB_T *p, KB_V v, size_t left, int stream) {
+    if (left >= KB_LANES && stream)
+        kb_stream(p, v);
+    else if (left >= KB_LANES)
+        kb_store(p, v);
+    else
+        kb_store_n(p, v, left);
+}
+
 /* One vector of the pass stored to y, and h to h_out where has_h_out (streamed where
  * stream_h, which implies stream). */
 KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
@@ -460,19 +470,8 @@ KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *resid
     KB_V out = KB_NAME(kb_row_normalize_value)(x, residual, i, left, mean_hi, low, scale, beta,
                                                weight, bias, has_residual, center, has_weight,
                                                has_bias, &h);
-    if (left >= KB_LANES && stream)
-        kb_stream(y + i, out);
-    else if (left >= KB_LANES)
-        kb_store(y + i, out);
-    else
-        kb_store_n(y + i, out, left);
-    if (!has_h_out) return;
-    if (left >= KB_LANES && stream_h)
-        kb_stream(h_out + i, h);
-    else if (left >= KB_LANES)
-        kb_store(h_out + i, h);
-    else
-        kb_store_n(h_out + i, h, left);
+    KB_NAME(kb_put)(y + i, out, left, stream);
+    if (has_h_out) KB_NAME(kb_put)(h_out + i, h, left, stream_h);
 }
 
 /* The first `left` (< KB_LANES) elements of v streamed to y in 16-byte pieces where y is
@@ -957,12 +956,7 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
         add = has_row_bias ? kb_add(bias, cs) : cs;
     }
     KB_V out = has_row_weight ? kb_fma(kb_mul(h, sc), weight, add) : kb_fma(h, sc, add);
-    if (full && stream)
-        kb_stream(yr + j, out);
-    else if (full)
-        kb_store(yr + j, out);
-    else
-        kb_store_n(yr + j, out, left);
+    KB_NAME(kb_put)(yr + j, out, left, stream);
 }
 
 KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t cols,
