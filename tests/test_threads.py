@@ -31,6 +31,14 @@ def _thread_cases(rng):
     rows = random_data(rng, (2048, 1024), np.float32, offset=10.0)
     long_row = random_data(rng, (1, 1 << 20), np.float32, offset=1e3)
     long_row64 = long_row.astype(np.float64)
+    # rows longer than a segment, several batches (api.c's fn_norm_long_rows: on 2 threads
+    # the next batch's statistics share a loop with this batch's normalize pass): 80 KB
+    # rows in batches of 13, the last batch one row; 1.2 MB rows one a batch
+    long_rows = random_data(rng, (40, 20000), np.float32, offset=1e3)
+    w20000 = random_data(rng, 20000, np.float32, offset=1.0)
+    wide = random_data(rng, (6, 300000), np.float32, offset=10.0)
+    wide_r = random_data(rng, (6, 300000), np.float32)
+    w300000 = random_data(rng, 300000, np.float32, offset=1.0)
     nchw = random_data(rng, (16, 32, 32, 32), np.float32, offset=100.0)
     nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
     small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
@@ -65,6 +73,9 @@ def _thread_cases(rng):
         "layer_norm 1x2^20": lambda: fastnorm.layer_norm(long_row, return_stats=True),
         "layer_norm 1x2^20 f64": lambda: fastnorm.layer_norm(long_row64, return_stats=True),
         "rms_norm 1x2^20": lambda: fastnorm.rms_norm(long_row, return_stats=True),
+        "layer_norm 40x20000": lambda: fastnorm.layer_norm(long_rows, None, w20000, w20000,
+                                                           return_stats=True),
+        "rms_norm 6x300000, residual": lambda: rms_residual(wide, wide_r, w300000),
         "layer_norm axis=1": lambda: (fastnorm.layer_norm(nchw, axis=1),),
         "batch_norm NCHW": lambda: bn(nchw, 1),
         "batch_norm NHWC": lambda: bn(nhwc, -1),

@@ -432,65 +432,121 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
     }
 }
 
+/* One batch of long rows (fn_norm_long_rows): rows first ... first + count - 1, each in
+ * `segments` segments of FN_ROW_SEGMENT elements (the last one shorter). */
+typedef struct {
+    size_t first, count;
+    double *part_mean, *part_m2;         /* per segment: count * segments */
+    double *shift, *mean_shifted, *rstd; /* per row: count */
+} fn_long_batch;
+
+static size_t fn_segment_length(size_t n, size_t s) {
+    size_t begin = s * FN_ROW_SEGMENT;
+    return n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+}
+
+/* The batch's shifts: before any of its writes, as residual_out may be x. */
+static void fn_long_shifts(const fn_norm_job *job, fn_long_batch *batch) {
+    for (size_t b = 0; b < batch->count; ++b) batch->shift[b] = fn_row_shift(job, batch->first + b);
+}
+
+/* The statistics of segment `item` (row item / segments) of the batch. */
+static void fn_long_stats(const fn_norm_job *job, const fn_long_batch *batch, size_t segments,
+                          size_t item) {
+    size_t b = item / segments, s = item % segments, n = job->middle;
+    fn_norm_spans spans = fn_spans(job, ((batch->first + b) * n + s * FN_ROW_SEGMENT) * job->item_size);
+    job->kernels->row_stats[job->dtype](spans.x, spans.residual, spans.stats_h,
+                                        fn_segment_length(n, s), batch->shift[b],
+                                        job->kind == FASTNORM_LAYER_NORM, &batch->part_mean[item],
+                                        &batch->part_m2[item]);
+}
+
+/* Each row's segment partials merged in order, its mean and rstd. */
+static void fn_long_finish(const fn_norm_job *job, fn_long_batch *batch, size_t segments) {
+    for (size_t b = 0; b < batch->count; ++b) {
+        double total = 0, m2 = 0, mean;
+        batch->mean_shifted[b] = 0;
+        for (size_t s = 0; s < segments; ++s) {
+            size_t item = b * segments + s;
+            if (job->kind == FASTNORM_LAYER_NORM)
+                fn_merge(&total, &batch->mean_shifted[b], &m2, (double)fn_segment_length(job->middle, s),
+                         batch->part_mean[item], batch->part_m2[item]);
+            else
+                m2 += batch->part_m2[item];
+        }
+        fn_finish(job->kind, batch->shift[b], batch->mean_shifted[b], m2, (double)job->middle,
+                  job->eps, &mean, &batch->rstd[b]);
+        fn_put(job->dtype, job->mean_out, batch->first + b, mean);
+        fn_put(job->dtype, job->rstd_out, batch->first + b, batch->rstd[b]);
+    }
+}
+
+/* The normalize pass of segment `item` of the batch. */
+static void fn_long_normalize(const fn_norm_job *job, const fn_long_batch *batch, size_t segments,
+                              size_t item) {
+    size_t b = item / segments, s = item % segments, n = job->middle;
+    size_t begin = s * FN_ROW_SEGMENT, offset = ((batch->first + b) * n + begin) * job->item_size;
+    size_t param = begin * fn_compute_size(job->dtype);
+    fn_norm_spans spans = fn_spans(job, offset);
+    job->kernels->row_normalize[job->dtype](
+        spans.in, spans.in_residual, spans.normalize_h, fn_segment_length(n, s), batch->shift[b],
+        batch->mean_shifted[b], batch->rstd[b], 0.0,
+        job->weight ? (const char *)job->weight + param : NULL,
+        job->bias ? (const char *)job->bias + param : NULL, job->y + offset, NULL, job->row_store);
+}
+
 /* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order,
  * then the segments normalized in parallel.  Rows go through both passes a batch of about
  * FN_LONG_ROW_BATCH_BYTES at a time, so that the second pass reads them from cache, not
- * from memory.  ctypes A/B against all statistics first, float32, median of 9: LayerNorm
+ * from memory (ctypes A/B against all statistics first, float32, median of 9: LayerNorm
  * 2048x20000 0.77x the time (2 threads 0.94x), 256x65536 0.92x (0.91x), 16x1048576
  * 0.92-0.97x (0.80x), RMSNorm 16x1048576 0.90x; 256 KB batches lost on 2 threads
- * (2048x20000 1.21x), 4 MB ones gained less on 1.  Outputs are x, residual or disjoint
- * from every input (the Python layer makes sure), so a batch's writes never reach a later
- * batch's rows. */
+ * (2048x20000 1.21x), 4 MB ones gained less on 1).  On more than one thread the next
+ * batch's statistics run in the same loop as this batch's normalize pass, segment beside
+ * segment, so that the memory sees reads and streamed writes together rather than each
+ * in turn (bench --out, 2 threads, builds alternating, five runs, time per call: RMSNorm
+ * 16x1048576 0.70-0.97x, 2048x20000 0.78-1.02x; LayerNorm 16x1048576 0.78-0.99x,
+ * 2048x20000 0.78-0.96x).  One thread keeps them apart: there the core's own work bounds
+ * the call, and the shared loop lost (LayerNorm 16x1048576 1.07-1.13x, 2048x20000
+ * 1.03-1.14x).  Outputs are x, residual or disjoint from every input (the Python layer
+ * makes sure), so a batch's writes never reach another batch's rows. */
 static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) {
     size_t rows = job->outer, n = job->middle, size = job->item_size;
     size_t segments = (n + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
     size_t batch = FN_LONG_ROW_BATCH_BYTES / (n * size) ? FN_LONG_ROW_BATCH_BYTES / (n * size) : 1;
     if (batch > rows) batch = rows;
-    int center = job->kind == FASTNORM_LAYER_NORM;
-    double *scratch = malloc(sizeof(double) * (2 * batch * segments + 3 * batch));
+    size_t per_batch = 2 * batch * segments + 3 * batch;
+    double *scratch = malloc(sizeof(double) * 2 * per_batch);
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
-    double *part_mean = scratch, *part_m2 = scratch + batch * segments;
-    double *shift = part_m2 + batch * segments, *mean_shifted = shift + batch, *rstd = mean_shifted + batch;
-    for (size_t first = 0; first < rows; first += batch) {
-        size_t count = rows - first < batch ? rows - first : batch, items = count * segments;
-        for (size_t b = 0; b < count; ++b) /* before the batch's writes: residual_out may be x */
-            shift[b] = center ? fn_sum_element(job->dtype, job->x + (first + b) * n * size,
-                                               job->residual ? job->residual + (first + b) * n * size : NULL, 0)
-                              : 0.0;
-        FN_PARALLEL_FOR(item, items, {
-            size_t b = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
-            size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
-            fn_norm_spans s = fn_spans(job, ((first + b) * n + begin) * size);
-            job->kernels->row_stats[job->dtype](s.x, s.residual, s.stats_h, length, shift[b],
-                                                center, &part_mean[item], &part_m2[item]);
-        });
-        for (size_t b = 0; b < count; ++b) {
-            double total = 0, m2 = 0, mean;
-            mean_shifted[b] = 0;
-            for (size_t s = 0; s < segments; ++s) {
-                size_t begin = s * FN_ROW_SEGMENT, length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
-                if (center)
-                    fn_merge(&total, &mean_shifted[b], &m2, (double)length, part_mean[b * segments + s],
-                             part_m2[b * segments + s]);
-                else
-                    m2 += part_m2[b * segments + s];
-            }
-            fn_finish(job->kind, shift[b], mean_shifted[b], m2, (double)n, job->eps, &mean, &rstd[b]);
-            fn_put(job->dtype, job->mean_out, first + b, mean);
-            fn_put(job->dtype, job->rstd_out, first + b, rstd[b]);
+    fn_long_batch batches[2];
+    for (int k = 0; k < 2; ++k) {
+        double *at = scratch + k * per_batch;
+        batches[k] = (fn_long_batch){0, 0, at, at + batch * segments, at + 2 * batch * segments,
+                                     at + 2 * batch * segments + batch,
+                                     at + 2 * batch * segments + 2 * batch};
+    }
+    fn_long_batch *now = &batches[0], *next = &batches[1];
+    now->count = batch;
+    fn_long_shifts(job, now);
+    FN_PARALLEL_FOR(item, batch * segments, fn_long_stats(job, now, segments, (size_t)item););
+    while (now->count) {
+        fn_long_finish(job, now, segments);
+        next->first = now->first + now->count;
+        next->count = rows - next->first < batch ? rows - next->first : batch;
+        fn_long_shifts(job, next);
+        size_t now_items = now->count * segments, next_items = next->count * segments;
+        if (threads > 1) {
+            FN_PARALLEL_FOR(item, now_items, {
+                if ((size_t)item < next_items) fn_long_stats(job, next, segments, (size_t)item);
+                fn_long_normalize(job, now, segments, (size_t)item);
+            });
+        } else {
+            FN_PARALLEL_FOR(item, now_items, fn_long_normalize(job, now, segments, (size_t)item););
+            FN_PARALLEL_FOR(item, next_items, fn_long_stats(job, next, segments, (size_t)item););
         }
-        FN_PARALLEL_FOR(item, items, {
-            size_t b = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
-            size_t length = n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
-            size_t offset = ((first + b) * n + begin) * size;
-            fn_norm_spans s = fn_spans(job, offset);
-            const char *weight = job->weight ? (const char *)job->weight + begin * fn_compute_size(job->dtype) : NULL;
-            const char *bias = job->bias ? (const char *)job->bias + begin * fn_compute_size(job->dtype) : NULL;
-            job->kernels->row_normalize[job->dtype](s.in, s.in_residual, s.normalize_h, length,
-                                                    shift[b], mean_shifted[b],
-                                                    rstd[b], 0.0, weight, bias, job->y + offset,
-                                                    NULL, job->row_store);
-        });
+        fn_long_batch *done = now;
+        now = next;
+        next = done;
     }
     free(scratch);
     return FASTNORM_OK;
