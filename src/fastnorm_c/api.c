@@ -319,11 +319,12 @@ static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dty
  * with y: the statistics pass's plain stores would read each of h's lines from memory
  * first (RMSNorm float32, the call's time over that of the same call without
  * residual_out, against h stored by the statistics pass: 32768x768 0.73-0.89x, 8192x4096
- * 0.88-0.92x; `bench --residual --out`, LayerNorm 32768x768 0.75-0.83x the time).
- * Otherwise (job->h_in_stats) the statistics pass stores h and the normalize pass reads
- * h alone.  In cache, h from the normalize pass took 1.15-1.25x the time (512x768,
- * 128x4096); over x or residual, whose lines are owned already, 1.5x out of cache (the
- * loop then mixes plain and streaming stores); and in bfloat16 and float16, whose rows
+ * 0.88-0.92x; `bench --residual --out`, four runs, time per call at 32768x768: RMSNorm
+ * 0.71-0.76x, LayerNorm 0.75-1.03x, three of four under 0.84x).  Otherwise
+ * (job->h_in_stats) the statistics pass stores h and the normalize pass reads h alone.
+ * In cache, h from the normalize pass took 1.15-1.25x the time (512x768, 128x4096); over
+ * x or residual, whose lines are owned already, 1.5x out of cache with plain stores
+ * beside y's streaming ones, 1.25-1.3x streamed; and in bfloat16 and float16, whose rows
  * are compute-bound, 1.10-1.16x (converting x and residual again costs more than the
  * read for ownership of half as many bytes). */
 typedef struct {

@@ -504,9 +504,8 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
      * row's start (where the parameters' blocks start) */
     if (head == n || (KB_PAIR_BLOCK && head)) stream = head = 0;
     /* h streams where it sits like y, from the same element on, unless it overwrites an
-     * input: those lines are in cache and owned already, and a streaming store to them
-     * costs their eviction (RMSNorm 32768x768 float32 with h into residual: 1.3x the time
-     * of plain stores) */
+     * input, whose lines are in cache and owned already (api.c has the statistics pass
+     * store such an h: fn_norm_spans) */
     const uintptr_t pair_bytes = 2 * KB_LANES * sizeof(KB_T);
     int stream_h = has_h_out && stream && h_out != (const void *)x &&
                    h_out != (const void *)residual &&
@@ -602,8 +601,8 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
  * vectors, full and unaligned, after that loop, which is right in place too (their
  * overlap with the loop's outputs is rewritten with the same values).  Returns the
  * loop's first element (0: no such loop, the row as it is) and its length in *body, and
- * computes the two vectors (and their h where h_first is not NULL), flags tested at run time: two vectors a row do not need a
- * variant of their own (a copy of the whole pass per variant doubled the compile time).
+ * computes the two vectors (and their h where h_first is not NULL), flags tested at run
+ * time: two vectors a row do not need a variant of their own (a copy of the whole pass per variant doubled the compile time).
  * (Computing the last vector after the loop took 1.04x the time of LayerNorm 512x768;
  * running the loop from the boundary by index inside kb_row_normalize_impl cost four
  * instructions of index arithmetic per pair.) */
