@@ -46,9 +46,10 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
         assert_same_bits(y[pick], row_norm(op, x[pick], *args), err_msg=f"rows {pick}")
 
 
-# h = x + residual goes to residual_out: streamed with y by the normalize pass where it
-# sits like y, stored plainly by that pass where it does not, and by the statistics pass
-# where it overwrites residual (api.c, fn_norm_spans)
+# h = x + residual goes to residual_out.  float32/float64: streamed with y by the normalize
+# pass where it sits like y, stored plainly by that pass where it does not, and by the
+# statistics pass where it overwrites residual; bfloat16/float16: by the statistics pass
+# in every placement (api.c, fn_norm_spans)
 H_PLACES = [("16 bytes", "like out"), ("one element", "like out"),
             ("16 bytes", "one element further"), ("16 bytes", "over residual")]
 
