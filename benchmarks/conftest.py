@@ -63,6 +63,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "fastnorm_bench(op, residual=False): a benchmark over the shapes of `op`"
     )
+    bench.steady_allocator()  # the same allocator policy as `python -m fastnorm bench`
 
 
 @dataclasses.dataclass(frozen=True)
