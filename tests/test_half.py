@@ -11,7 +11,7 @@ import pytest
 
 import fastnorm
 from fastnorm import reference
-from fn_testutil import (F32, HALF_DTYPES, LAYOUTS, STRADDLE_LENGTHS, as_layout,
+from fn_testutil import (BF16, F32, HALF_DTYPES, LAYOUTS, STRADDLE_LENGTHS, as_layout,
                          half_support_reason, import_torch, random_data, sentinel,
                          ulp_distance_half)
 
@@ -64,6 +64,22 @@ def test_row_norms_shifted_and_long(dtype, op, offset, isa, rng):
     assert_within_one_half_ulp(getattr(fastnorm, op)(x), getattr(reference, op)(x), op)
     x = random_data(rng, (1, 1 << 20), dtype, offset=offset)
     assert_within_one_half_ulp(getattr(fastnorm, op)(x), getattr(reference, op)(x), op)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "residual"])
+def test_rms_norm_of_tiny_rows_with_eps_zero(dtype, fused, isa, rng):
+    # bfloat16 values near 2^-66 have squares near 2^-132, float32 denormals, which the
+    # AVX512-BF16 dot product of RMSNorm's statistics flushes to zero (kernel_body.h's
+    # KB_SQUARES): such rows must be summed again by FMAs, or with eps = 0 rstd is
+    # infinite.  Rows of whole statistics blocks, the fused residual's too.  float16
+    # cannot hold such values; its smallest ones take the same test.
+    scale = 2.0**-66 if dtype == BF16 else 2.0**-20
+    x = (rng.standard_normal((4, 768)) * scale).astype(dtype)
+    r = (rng.standard_normal((4, 768)) * scale).astype(dtype)
+    w = random_data(rng, 768, F32, offset=1.0, scale=0.5)
+    h = (x.astype(np.float32) + r.astype(np.float32)).astype(dtype) if fused else x
+    y = fastnorm.rms_norm(x, None, w, 0.0, residual=r) if fused else fastnorm.rms_norm(x, None, w, 0.0)
+    assert_within_one_half_ulp(y, reference.rms_norm(h, None, w, 0.0), f"scale {scale}")
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])

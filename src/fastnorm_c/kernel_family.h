@@ -13,7 +13,11 @@
 #include "kernel_body.h"
 #undef KB_DT
 #define KB_DT bf16
+#ifdef FN_SQUARES_BF16 /* the family sums bfloat16 squares by a dot product */
+#define KB_SQUARES 1
+#endif
 #include "kernel_body.h"
+#undef KB_SQUARES
 #undef KB_DT
 #undef KB_CT
 #define KB_CT c64

@@ -189,6 +189,20 @@ static inline int fn_avx512_bf16_pack2(__m512 a, __m512 b, __m512i *packed) {
     *packed = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* b's values go to the upper half */
     return 1;
 }
+/* RMSNorm's sums of squares by VDPBF16PS (kernel_body.h, KB_SQUARES): acc plus the squares
+ * of 32 bfloat16 values, those at p or the pair (a, b) of float32 vectors holding bfloat16
+ * values, added in adjacent pairs into acc's 16 lanes, the same lanes either way.  Each
+ * product is exact in float32; the instruction flushes denormal sums to zero, which
+ * kernel_body.h's row_stats checks for. */
+#define FN_SQUARES_BF16 1
+static inline __m512 avx512_squares_bf16(__m512 acc, const uint16_t *p) {
+    __m512bh v = (__m512bh)_mm512_loadu_si512(p);
+    return _mm512_dpbf16_ps(acc, v, v);
+}
+static inline __m512 avx512_squares2_bf16(__m512 acc, __m512 a, __m512 b) {
+    __m512bh v = _mm512_cvtne2ps_pbh(b, a); /* exact: a and b hold bfloat16 values */
+    return _mm512_dpbf16_ps(acc, v, v);
+}
 static inline void avx512_load2_bf16(const uint16_t *p, __m512 *a, __m512 *b) {
     *a = avx512_load_bf16(p);
     *b = avx512_load_bf16(p + 16);
