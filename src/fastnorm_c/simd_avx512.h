@@ -120,10 +120,20 @@ static inline __m512i fn_avx512_bf16_round_bits(__m512 v) {
 /* 16 float32 as bfloat16: fn_avx512_bf16_round_bits, or where the TU is built with
  * AVX512-BF16 (kernels_avx512bf16.c) VCVTNEPS2BF16, which rounds ties to even and quiets
  * NaNs the same way but flushes denormal inputs to zero: a vector holding one takes the
- * exact path. */
+ * exact path.  Only a result with a zero in it is looked at again (VFPCLASSPS): a flushed
+ * denormal is a zero, and one test of the result costs less than a class test of every
+ * input vector (the bfloat16 normalize pass of a 768-value row in L1: 237 -> 219 cycles,
+ * RMSNorm's 203 -> 184, kernel_cycles.c). */
+#ifdef __AVX512BF16__
+static inline int fn_avx512_bf16_flushed(__m512 v, __m256i packed) {
+    return _mm256_testn_epi16_mask(packed, _mm256_set1_epi16(0x7fff)) &&
+           _mm512_fpclass_ps_mask(v, FN_AVX512_DENORMAL);
+}
+#endif
 static inline __m256i fn_avx512_bf16_pack(__m512 v) {
 #ifdef __AVX512BF16__
-    if (!_mm512_fpclass_ps_mask(v, FN_AVX512_DENORMAL)) return (__m256i)_mm512_cvtneps_pbh(v);
+    __m256i packed = (__m256i)_mm512_cvtneps_pbh(v);
+    if (!fn_avx512_bf16_flushed(v, packed)) return packed;
 #endif
     return _mm512_cvtepi32_epi16(fn_avx512_bf16_round_bits(v));
 }
@@ -141,8 +151,8 @@ static inline void avx512_store_n_bf16(uint16_t *p, __m512 v, size_t n) {
 }
 static inline __m512 avx512_round_bf16(__m512 v) {
 #ifdef __AVX512BF16__
-    if (!_mm512_fpclass_ps_mask(v, FN_AVX512_DENORMAL))
-        return fn_avx512_bf16_widen((__m256i)_mm512_cvtneps_pbh(v));
+    __m256i packed = (__m256i)_mm512_cvtneps_pbh(v);
+    if (!fn_avx512_bf16_flushed(v, packed)) return fn_avx512_bf16_widen(packed);
 #endif
     return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
 }
@@ -184,10 +194,9 @@ FN_AVX512_TWO(uint16_t, __m512, f16, 16)
 #ifdef __AVX512BF16__
 /* a bfloat16 pair is one VCVTNE2PS2BF16 and one 64-byte store (fn_avx512_bf16_pack) */
 static inline int fn_avx512_bf16_pack2(__m512 a, __m512 b, __m512i *packed) {
-    if (_mm512_fpclass_ps_mask(a, FN_AVX512_DENORMAL) | _mm512_fpclass_ps_mask(b, FN_AVX512_DENORMAL))
-        return 0;
     *packed = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* b's values go to the upper half */
-    return 1;
+    return !_mm512_testn_epi16_mask(*packed, _mm512_set1_epi16(0x7fff)) ||
+           !(_mm512_fpclass_ps_mask(a, FN_AVX512_DENORMAL) | _mm512_fpclass_ps_mask(b, FN_AVX512_DENORMAL));
 }
 /* RMSNorm's sums of squares by VDPBF16PS (kernel_body.h, KB_SQUARES): acc plus the squares
  * of 32 bfloat16 values, those at p or the pair (a, b) of float32 vectors holding bfloat16
