@@ -55,7 +55,13 @@ def test_row_norms_random_shapes_axes_layouts(isa, tol, sa, dtype, layout, seed,
     y = row_norm(op, view, None, w, b, axis=axes)
     assert y.shape == x.shape and y.dtype == x.dtype
     np.testing.assert_array_equal(view, x)
-    assert_close(y, ref_row_norm_axis(op, x, axes, w, b), tol)
+    # The statistics are off by a few float32 steps in units of the group's spread (a
+    # float32 Welford stream of up to 64 values per lane); the weight scales that error
+    # in the output, where the bias may cancel most of the value ((58, 9, 9) over axis 0:
+    # 1.16e-6 off at y = -0.045 = 0.76 - 0.80, w = 1.96).
+    scale = max(1.0, float(np.abs(w.astype(np.float64)).max())) if affine else 1.0
+    scaled = {key: t._replace(atol=t.atol * scale) for key, t in tol.items()}
+    assert_close(y, ref_row_norm_axis(op, x, axes, w, b), scaled)
 
 
 @given(sa=shapes_and_axes(), dtype=dtypes, layout=layouts, seed=seeds,
