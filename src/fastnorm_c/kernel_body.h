@@ -6,7 +6,10 @@
  *   KB_DT   the storage dtype tag (f32, f64, f16, bf16)
  *   KB_CT   the compute dtype tag (c32, c64)
  * and, where the family sums the dtype's squares by a dot product instruction, KB_SQUARES
- * (its primitives <family>_squares_<tag> and <family>_squares2_<tag>: RMSNorm's statistics).
+ * (its primitives <family>_squares_<tag> and <family>_squares2_<tag>: RMSNorm's statistics);
+ * where it loads a pair faster in an order of its own, KB_UNORDERED2 (its
+ * <family>_load2_unordered_<tag> and <family>_store2_unordered_<tag>: the statistics' sums
+ * take the values in any order).
  * The primitives are named <family>_<op>_<tag>: load/load_n/load2/store/store_n/store2/
  * round/stream/stream2 take storage (n-element forms touch only n elements, 2-forms load
  * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;
@@ -66,6 +69,8 @@
 #define kb_rest KB_GLUE(kb, rest, KB_CT)
 #define kb_squares KB_GLUE(KB_ISA, squares, KB_DT)
 #define kb_squares2 KB_GLUE(KB_ISA, squares2, KB_DT)
+#define kb_load2_unordered KB_GLUE(KB_ISA, load2_unordered, KB_DT)
+#define kb_store2_unordered KB_GLUE(KB_ISA, store2_unordered, KB_DT)
 
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
@@ -143,6 +148,29 @@ KB_INLINE KB_V KB_NAME(kb_load_h)(const KB_T *x, const KB_T *residual, KB_T *res
         if (has_residual_out) kb_store(residual_out + i, h);
     }
     return h;
+}
+
+/* The statistics' pair of h vectors at element i, in the family's own order where it has one
+ * (KB_UNORDERED2), with h stored back in order: AVX-512 bfloat16 widens one 64-byte load by
+ * two unpacks (a 768-value LayerNorm row's statistics in L1 252 -> 228 cycles, 4096 values
+ * 1107 -> 941, kernel_cycles.c). */
+KB_INLINE void KB_NAME(kb_load_h2)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
+                                   size_t i, int has_residual, int has_residual_out, KB_V *a,
+                                   KB_V *b) {
+#ifdef KB_UNORDERED2
+    kb_load2_unordered(x + i, a, b);
+    if (has_residual) {
+        KB_V ra, rb;
+        kb_load2_unordered(residual + i, &ra, &rb);
+        *a = kb_round(kb_add(*a, ra));
+        *b = kb_round(kb_add(*b, rb));
+        if (has_residual_out) kb_store2_unordered(residual_out + i, *a, *b);
+    }
+#else
+    *a = KB_NAME(kb_load_h)(x, residual, residual_out, i, has_residual, has_residual_out);
+    *b = KB_NAME(kb_load_h)(x, residual, residual_out, i + KB_LANES, has_residual,
+                            has_residual_out);
+#endif
 }
 
 KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
@@ -245,13 +273,22 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
     /* Four named streams, not an array: indexed vector arrays end up on the stack. */
 #define KB_H(s) KB_NAME(kb_load_h)(x, residual, residual_out, i + (s) * KB_LANES, has_residual, \
                                    has_residual_out)
+#define KB_H2(s, a, b) KB_NAME(kb_load_h2)(x, residual, residual_out, i + (s) * KB_LANES, \
+                                           has_residual, has_residual_out, &a, &b)
+#define KB_PAIRS()                                                                           \
+    do {                                                                                     \
+        KB_H2(0, a0, b0);                                                                    \
+        KB_H2(2, a1, b1);                                                                    \
+        KB_H2(4, a2, b2);                                                                    \
+        KB_H2(6, a3, b3);                                                                    \
+    } while (0)
     /* blocks of PAIR_BLOCK steps: each stream lane takes KB_BLOCK values in float32 */
     for (size_t step0 = 0; step0 < steps; step0 += PAIR_BLOCK) {
         size_t block = steps - step0 < PAIR_BLOCK ? steps - step0 : PAIR_BLOCK;
         KB_V mean0, mean1, mean2, mean3, m2_0, m2_1, m2_2, m2_3;
 #ifdef KB_SQUARES
         /* one instruction per pair (32 bfloat16 values: no widening, two FMAs): RMSNorm
-         * 512x768 bfloat16 0.80x the time, 768-value rows' statistics in L1 108 -> 70
+         * 512x768 bfloat16 0.80x the time, 768-value rows' statistics in L1 108 -> 50
          * cycles.  The residual's h is packed back first, so its sums are the same as
          * those of h read from memory (the unfused call's). */
         if (!center && squares) {
@@ -277,19 +314,22 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
             continue;
         }
 #endif
-        KB_NAME(kb_welford2_first)(KB_H(0), KB_H(1), shift_v, center, &mean0, &m2_0);
-        KB_NAME(kb_welford2_first)(KB_H(2), KB_H(3), shift_v, center, &mean1, &m2_1);
-        KB_NAME(kb_welford2_first)(KB_H(4), KB_H(5), shift_v, center, &mean2, &m2_2);
-        KB_NAME(kb_welford2_first)(KB_H(6), KB_H(7), shift_v, center, &mean3, &m2_3);
+        KB_V a0, b0, a1, b1, a2, b2, a3, b3;
+        KB_PAIRS();
+        KB_NAME(kb_welford2_first)(a0, b0, shift_v, center, &mean0, &m2_0);
+        KB_NAME(kb_welford2_first)(a1, b1, shift_v, center, &mean1, &m2_1);
+        KB_NAME(kb_welford2_first)(a2, b2, shift_v, center, &mean2, &m2_2);
+        KB_NAME(kb_welford2_first)(a3, b3, shift_v, center, &mean3, &m2_3);
         if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
         i += STEP;
         for (size_t k = 2; k <= block; ++k, i += STEP) {
             const KB_V inverse = kb_set1(kb_inverse[k]);
             const KB_V rest = kb_set1(kb_rest[k]);
-            KB_NAME(kb_welford2_step)(KB_H(0), KB_H(1), shift_v, inverse, rest, center, &mean0, &m2_0);
-            KB_NAME(kb_welford2_step)(KB_H(2), KB_H(3), shift_v, inverse, rest, center, &mean1, &m2_1);
-            KB_NAME(kb_welford2_step)(KB_H(4), KB_H(5), shift_v, inverse, rest, center, &mean2, &m2_2);
-            KB_NAME(kb_welford2_step)(KB_H(6), KB_H(7), shift_v, inverse, rest, center, &mean3, &m2_3);
+            KB_PAIRS();
+            KB_NAME(kb_welford2_step)(a0, b0, shift_v, inverse, rest, center, &mean0, &m2_0);
+            KB_NAME(kb_welford2_step)(a1, b1, shift_v, inverse, rest, center, &mean1, &m2_1);
+            KB_NAME(kb_welford2_step)(a2, b2, shift_v, inverse, rest, center, &mean2, &m2_2);
+            KB_NAME(kb_welford2_step)(a3, b3, shift_v, inverse, rest, center, &mean3, &m2_3);
             if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
         }
         KB_NAME(kb_welford2_finish)(&mean0, &m2_0, center);
@@ -329,6 +369,8 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         acc_count += (double)left;
         i += left * KB_LANES;
     }
+#undef KB_PAIRS
+#undef KB_H2
 #undef KB_H
     /* merge the lanes: all hold acc_count values */
     size_t done = i;

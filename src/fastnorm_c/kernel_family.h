@@ -16,7 +16,11 @@
 #ifdef FN_SQUARES_BF16 /* the family sums bfloat16 squares by a dot product */
 #define KB_SQUARES 1
 #endif
+#ifdef FN_UNORDERED2_BF16 /* and loads the statistics' pairs in an order of its own */
+#define KB_UNORDERED2 1
+#endif
 #include "kernel_body.h"
+#undef KB_UNORDERED2
 #undef KB_SQUARES
 #undef KB_DT
 #undef KB_CT

@@ -157,6 +157,22 @@ static inline __m512 avx512_round_bf16(__m512 v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(fn_avx512_bf16_round_bits(v), 16));
 }
 
+/* The statistics' pairs of 32 bfloat16 values in an order of their own (KB_UNORDERED2 in
+ * kernel_body.h): a 64-byte load widened by two unpacks, where the pair in order takes two
+ * widening loads and two shifts.  a holds values 0-3, 8-11, 16-19 and 24-27, b the others;
+ * the store takes a pair of bfloat16 values (float32 with zero low halves) in that order
+ * and puts it back in order. */
+static inline void avx512_load2_unordered_bf16(const uint16_t *p, __m512 *a, __m512 *b) {
+    __m512i v = _mm512_loadu_si512(p), zero = _mm512_setzero_si512();
+    *a = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v));
+    *b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v));
+}
+static inline void avx512_store2_unordered_bf16(uint16_t *p, __m512 a, __m512 b) {
+    _mm512_storeu_si512(p, _mm512_packus_epi32(_mm512_srli_epi32(_mm512_castps_si512(a), 16),
+                                               _mm512_srli_epi32(_mm512_castps_si512(b), 16)));
+}
+#define FN_UNORDERED2_BF16 1
+
 /* ---- streaming (non-temporal) stores: p aligned to the vector's storage bytes ---- */
 static inline void avx512_stream_f32(float *p, __m512 v) { _mm512_stream_ps(p, v); }
 static inline void avx512_stream_f64(double *p, __m512d v) { _mm512_stream_pd(p, v); }
