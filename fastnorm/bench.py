@@ -53,10 +53,24 @@ STEADY_MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to this size are 
 # ---- measuring ---------------------------------------------------------------------------
 
 
+def glibc_malloc():
+    """Whether this process allocates with glibc's malloc: not where the C library is
+    another, nor where a sanitizer's or another allocator's library replaced malloc
+    (mallopt would still answer, to no effect)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return True
+    return not any(name in maps for name in ("libasan", "libtsan", "libjemalloc", "libtcmalloc"))
+
+
 def steady_allocator():
     """Make glibc's malloc keep freed blocks of up to 32 MB and hand them out again, so
     that no contender's temporaries cost fresh pages; returns what the header says of it,
-    or None where the C library is not glibc (nothing is changed there).
+    or None where malloc is not glibc's (nothing is changed there).
 
     Why: PyTorch's RMSNorm allocates four temporaries the size of its input, NumPy's
     formula several.  By default glibc serves a large block from the heap or from fresh
@@ -64,8 +78,9 @@ def steady_allocator():
     threshold moves, and any mallopt or MALLOC_* variable pins it at 128 KB), so PyTorch's
     RMSNorm 512x768 took 0.13 ms or 1.8 ms in one build depending on which case ran
     before it.  With the threshold pinned at 32 MB every contender runs at its best, and
-    the speed-ups reported are not inflated by a peer's page faults."""
-    if platform.libc_ver()[0] != "glibc":
+    the speed-ups reported are not inflated by a peer's page faults.  Nothing is changed
+    where malloc is not glibc's (glibc_malloc)."""
+    if not glibc_malloc():
         return None
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     try:
