@@ -152,8 +152,8 @@ KB_INLINE KB_V KB_NAME(kb_load_h)(const KB_T *x, const KB_T *residual, KB_T *res
 
 /* The statistics' pair of h vectors at element i, in the family's own order where it has one
  * (KB_UNORDERED2), with h stored back in order: AVX-512 bfloat16 widens one 64-byte load by
- * two unpacks (a 768-value LayerNorm row's statistics in L1 252 -> 228 cycles, 4096 values
- * 1107 -> 941, kernel_cycles.c). */
+ * two unpacks (a 768-value LayerNorm row's statistics in L1 255 -> 224 cycles, 4096 values
+ * 1108 -> 920, kernel_cycles.c). */
 KB_INLINE void KB_NAME(kb_load_h2)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                    size_t i, int has_residual, int has_residual_out, KB_V *a,
                                    KB_V *b) {
