@@ -7,7 +7,8 @@ inputs once and returns zero-argument callables, all computing the same thing:
 - ``fastnorm``: the public function, with the weights a layer would hold (compute dtype);
 - ``copy``: a memory copy of the same bytes: ``np.copyto(out, x)`` when fastnorm writes
   into a preallocated ``out=``, ``x.copy()`` when it allocates (then both allocate their
-  output, from the same allocator: see ``bench.steady_allocator``); the floor a one-read-one-write operation cannot beat;
+  output, from the same allocator: see ``bench.steady_allocator``); the floor a
+  one-read-one-write operation cannot beat;
 - ``numpy``: the formula a user would write, in the input's dtype (bfloat16, which NumPy
   only emulates element by element, is upcast to float32 and back, as users do);
 - ``torch`` / ``onnxruntime``: PyTorch's functional ops on ``torch.from_numpy`` views and a

@@ -94,7 +94,6 @@ def steady_allocator():
     return "glibc malloc reuses freed blocks up to 32 MB (mallopt), so temporaries cost no page faults"
 
 
-
 def _time_per_call(call, calls):
     """Mean seconds per call over `calls` back-to-back calls."""
     start = time.perf_counter_ns()
