@@ -2,14 +2,22 @@
  * stats_error.c - the error of the row statistics pass itself: max relative error of m2
  * (the sum of squared deviations) and max absolute error of the mean, against long
  * double two-pass sums, over 300 rows of `offset + N(0, 1)` rounded to float32, for the
- * scalar and AVX2 families.  (benchmarks/accuracy.py measures the error of the final
- * outputs, which float32 rounding dominates.)  From the repository root:
+ * scalar, AVX2 and (when built with FASTNORM_HAVE_AVX512) AVX-512 families.
+ * (benchmarks/accuracy.py measures the error of the final outputs, which float32 rounding
+ * dominates.)  From the repository root:
  *
  *   S=src/fastnorm_c; F="-O3 -std=c11 -fno-math-errno -DFASTNORM_HAVE_AVX2=1 -Iinclude -I$S"
  *   gcc $F -mavx2 -mfma -mf16c -c $S/kernels_avx2.c -o /tmp/k_avx2.o
  *   gcc $F -c $S/kernels_scalar.c -o /tmp/k_scalar.o
  *   gcc $F benchmarks/stats_error.c /tmp/k_avx2.o /tmp/k_scalar.o -lm -o /tmp/stats_error
  *   /tmp/stats_error
+ *
+ * With the AVX-512 family as well:
+ *
+ *   F="$F -DFASTNORM_HAVE_AVX512=1"
+ *   gcc $F -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c \
+ *       -c $S/kernels_avx512.c -o /tmp/k_avx512.o
+ *   gcc $F benchmarks/stats_error.c /tmp/k_*.o -lm -o /tmp/stats_error
  */
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +27,9 @@
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;
 extern const fastnorm_kernels_t fastnorm_kernels_avx2;
+#ifdef FASTNORM_HAVE_AVX512
+extern const fastnorm_kernels_t fastnorm_kernels_avx512;
+#endif
 
 /* a standard normal value from a 64-bit LCG (Box-Muller) */
 static double gaussian(unsigned long long *state) {
@@ -33,10 +44,15 @@ static double gaussian(unsigned long long *state) {
 int main(void) {
     const size_t lengths[] = {100, 768, 1000, 4096};
     const double offsets[] = {0, 1e2, 1e4, 1e5};
-    const fastnorm_kernels_t *families[] = {&fastnorm_kernels_scalar, &fastnorm_kernels_avx2};
+    const fastnorm_kernels_t *families[] = {&fastnorm_kernels_scalar, &fastnorm_kernels_avx2,
+#ifdef FASTNORM_HAVE_AVX512
+                                            &fastnorm_kernels_avx512
+#endif
+    };
+    const int family_count = sizeof families / sizeof families[0];
     enum { ROWS = 300 };
     printf("family  n      offset   max rel error m2   max abs error mean\n");
-    for (int f = 0; f < 2; ++f)
+    for (int f = 0; f < family_count; ++f)
         for (int a = 0; a < 4; ++a)
             for (int b = 0; b < 4; ++b) {
                 size_t n = lengths[a];
