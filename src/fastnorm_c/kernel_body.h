@@ -21,13 +21,16 @@
  * weight and bias follow block by block (kernels.h).
  *
  * Numerical strategy (see README "Numerics"):
- *   - Welford runs per lane on h - shift, where shift is a value of the data itself, so
- *     offset-dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly.
+ *   - Statistics run per lane on values near a center taken from the data, so offset-
+ *     dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly (Sterbenz).
+ *     LayerNorm rows sum h - c and its square about a per-lane center c, the mean of the
+ *     lane's first values, moved to the running mean every KB_RECENTER steps (Chan's
+ *     formula for the values so far; kb_sums_*): three operations a vector.  Column
+ *     strips run Welford on h - shift, shift a value of the data, each stream taking two
+ *     rows per step, the pair merged in with Chan's formula.
  *   - KB_STREAMS independent accumulator sets hide the FMA latency; each takes at most
  *     KB_BLOCK values per lane in the compute dtype before its partials are merged into
  *     float64 lane accumulators with Chan's formula.  Lanes merge at the end in float64.
- *     Every stream takes two vectors per step, the pair merged in with Chan's formula
- *     (a row's next two vectors, or a column strip's next two rows).
  *   - Whole vectors left over after the last full step form one more partial (a Welford
  *     stream per lane); fewer than a vector's elements use exact float64 two-pass arithmetic.
  *   - The mean is subtracted as a high/low pair of compute-dtype values.
@@ -75,6 +78,12 @@
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
 #define KB_BLOCK 64      /* row Welford values per lane before a float64 merge */
+/* LayerNorm row statistics move their center to the running mean every KB_RECENTER steps
+ * (kb_sums_recenter); with one lane also after the second step, since its first center is
+ * the mean of only the row's first 2 * KB_STREAMS values (rows led by 8 values 1000 spreads
+ * away: rstd 6e-7 off without it, 1.2e-7 in the vector families and in Welford's). */
+#define KB_RECENTER 8
+#define KB_RECENTER_AFTER(k) ((k) % KB_RECENTER == 0 || (KB_LANES == 1 && (k) == 2))
 /* 1/k and (k-1)/k for the per-lane Welford step count k (all lanes of a block share k),
  * in each compute dtype, so the loops broadcast them straight from memory (converting a
  * float64 entry each step took three vector-pipe operations of the adders' share).  Both
@@ -189,18 +198,6 @@ KB_INLINE void KB_NAME(kb_welford_one)(KB_V h, KB_V shift, int center, KB_V *mea
     *m2 = center ? kb_set1(0) : kb_mul(h, h);
 }
 
-/* Chan's merge of two streams of equal count n into the first; half_count = n / 2. */
-KB_INLINE void KB_NAME(kb_pair)(KB_V *mean, KB_V *m2, KB_V mean_b, KB_V m2_b, KB_V half_count,
-                                int center) {
-    if (center) {
-        KB_V delta = kb_sub(mean_b, *mean);
-        *mean = kb_fma(delta, kb_set1((KB_C)0.5), *mean);
-        *m2 = kb_fma(kb_mul(delta, delta), half_count, kb_add(*m2, m2_b));
-    } else {
-        *m2 = kb_add(*m2, m2_b);
-    }
-}
-
 /* A Welford stream that takes two values per step: the pair's own mean and m2 merged into
  * the stream with Chan's formula.  One dependency chain (subtract, FMA) per two vectors
  * instead of one, so four streams keep the FMA pipes busy.  The stream holds twice its
@@ -247,6 +244,53 @@ KB_INLINE void KB_NAME(kb_welford2_finish)(KB_V *mean2, KB_V *m2x2, int center) 
     }
 }
 
+/* Sums about a center, a LayerNorm row stream's update (kb_row_stats_impl): every stream
+ * shares each lane's center c (the mean of the lane's first values, then its running mean)
+ * and keeps sum = sum(h - c) and squares = sum((h - c)^2), so that m2 = squares - sum^2 / k.
+ * Near the data h - c is exact (Sterbenz), and the center stays within the data's spread,
+ * so the subtraction in m2 cancels little.  Seven operations a pair, four on the adders and
+ * three on the FMA pipes (sum's FMA by one), against Welford's nine, five of them
+ * additions.  The pair's squares join the sum as one, which halves the roundings of a
+ * growing sum: stats_error.c's worst m2 error (offset 1e4, 4096 values) is then 7.2e-8 in
+ * AVX-512 and 6.6e-8 in AVX2, against Welford's 1.2e-7; one FMA chain of single squares
+ * took 15% fewer cycles but gave 1.2e-7 and 2.0e-7 (768 values). */
+KB_INLINE void KB_NAME(kb_sums_step)(KB_V h0, KB_V h1, KB_V center, KB_V one, KB_V *sum,
+                                     KB_V *squares) {
+    KB_V d0 = kb_sub(h0, center), d1 = kb_sub(h1, center);
+    *sum = kb_fma(kb_add(d0, d1), one, *sum);
+    *squares = kb_add(*squares, kb_fma(d1, d1, kb_mul(d0, d0)));
+}
+
+/* Move the center to the running mean, and sum and squares with it (exactly in real
+ * numbers), so that later values are summed about their mean: count values per lane so
+ * far, inverse = 1 / count.  The move is exact near the mean, so sum keeps what the
+ * rounded center left over. */
+KB_INLINE void KB_NAME(kb_sums_recenter)(KB_V *center, KB_V *sum, KB_V *squares, KB_V count,
+                                         KB_V inverse) {
+    KB_V moved = kb_fma(*sum, inverse, *center);
+    KB_V back = kb_sub(*center, moved); /* the center's move, negated; exact near the mean */
+    KB_V rest = kb_fma(count, back, *sum);
+    *squares = kb_fma(back, kb_add(*sum, rest), *squares);
+    *sum = rest;
+    *center = moved;
+}
+
+/* The four streams' sums (about the same center) into the first, the others zeroed. */
+KB_INLINE void KB_NAME(kb_sums_gather)(KB_V *s0, KB_V *q0, KB_V *s1, KB_V *q1, KB_V *s2, KB_V *q2,
+                                       KB_V *s3, KB_V *q3, KB_V zero) {
+    *s0 = kb_add(kb_add(*s0, *s1), kb_add(*s2, *s3));
+    *q0 = kb_add(kb_add(*q0, *q1), kb_add(*q2, *q3));
+    *s1 = *s2 = *s3 = *q1 = *q2 = *q3 = zero;
+}
+
+/* A stream's sums as (mean - shift, m2); minus_inverse = -1 / count. */
+KB_INLINE void KB_NAME(kb_sums_finish)(KB_V center, KB_V sum, KB_V squares, KB_V shift,
+                                       KB_V minus_inverse, KB_V *mean, KB_V *m2) {
+    KB_V back = kb_mul(sum, minus_inverse); /* center - mean */
+    *mean = kb_sub(kb_sub(center, shift), back);
+    *m2 = kb_fma(back, sum, squares);
+}
+
 /* Another row's normalize pass, run a step at a time inside a statistics loop
  * (row_stats_normalize, below): its body's pairs from element i to end. */
 typedef struct {
@@ -283,9 +327,10 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         KB_H2(6, a3, b3);                                                                    \
     } while (0)
     /* blocks of PAIR_BLOCK steps: each stream lane takes KB_BLOCK values in float32 */
+    KB_V c = kb_set1(0); /* LayerNorm's center, kept from block to block */
     for (size_t step0 = 0; step0 < steps; step0 += PAIR_BLOCK) {
         size_t block = steps - step0 < PAIR_BLOCK ? steps - step0 : PAIR_BLOCK;
-        KB_V mean0, mean1, mean2, mean3, m2_0, m2_1, m2_2, m2_3;
+        KB_V mean0, m2_0; /* the block's partial */
 #ifdef KB_SQUARES
         /* one instruction per pair (32 bfloat16 values: no widening, two FMAs): RMSNorm
          * 512x768 bfloat16 0.80x the time, 768-value rows' statistics in L1 108 -> 50
@@ -316,33 +361,50 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
 #endif
         KB_V a0, b0, a1, b1, a2, b2, a3, b3;
         KB_PAIRS();
-        KB_NAME(kb_welford2_first)(a0, b0, shift_v, center, &mean0, &m2_0);
-        KB_NAME(kb_welford2_first)(a1, b1, shift_v, center, &mean1, &m2_1);
-        KB_NAME(kb_welford2_first)(a2, b2, shift_v, center, &mean2, &m2_2);
-        KB_NAME(kb_welford2_first)(a3, b3, shift_v, center, &mean3, &m2_3);
-        if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
-        i += STEP;
-        for (size_t k = 2; k <= block; ++k, i += STEP) {
-            const KB_V inverse = kb_set1(kb_inverse[k]);
-            const KB_V rest = kb_set1(kb_rest[k]);
-            KB_PAIRS();
-            KB_NAME(kb_welford2_step)(a0, b0, shift_v, inverse, rest, center, &mean0, &m2_0);
-            KB_NAME(kb_welford2_step)(a1, b1, shift_v, inverse, rest, center, &mean1, &m2_1);
-            KB_NAME(kb_welford2_step)(a2, b2, shift_v, inverse, rest, center, &mean2, &m2_2);
-            KB_NAME(kb_welford2_step)(a3, b3, shift_v, inverse, rest, center, &mean3, &m2_3);
+        if (center) {
+            const KB_V one = kb_set1(1), zero = kb_set1(0);
+            if (step0 == 0) /* each lane's center: the mean of its first step's values */
+                c = kb_mul(kb_add(kb_add(kb_add(a0, b0), kb_add(a1, b1)),
+                                  kb_add(kb_add(a2, b2), kb_add(a3, b3))),
+                           kb_set1((KB_C)(1.0 / (2 * KB_STREAMS))));
+            KB_V s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+            KB_V q0 = zero, q1 = zero, q2 = zero, q3 = zero;
+            for (size_t k = 1;; ++k) {
+                KB_NAME(kb_sums_step)(a0, b0, c, one, &s0, &q0);
+                KB_NAME(kb_sums_step)(a1, b1, c, one, &s1, &q1);
+                KB_NAME(kb_sums_step)(a2, b2, c, one, &s2, &q2);
+                KB_NAME(kb_sums_step)(a3, b3, c, one, &s3, &q3);
+                if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
+                i += STEP;
+                if (k == block) break;
+                if (KB_RECENTER_AFTER(k)) {
+                    KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
+                    KB_NAME(kb_sums_recenter)(&c, &s0, &q0, kb_set1((KB_C)(2 * KB_STREAMS * k)),
+                                              kb_set1((KB_C)(1.0 / (double)(2 * KB_STREAMS * k))));
+                }
+                KB_PAIRS();
+            }
+            KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
+            KB_NAME(kb_sums_finish)(c, s0, q0, shift_v,
+                                    kb_set1((KB_C)(-1.0 / (double)(2 * KB_STREAMS * block))),
+                                    &mean0, &m2_0);
+        } else { /* RMSNorm: sums of squares, two FMA chains a stream */
+            KB_V e0 = kb_mul(a0, a0), e1 = kb_mul(a1, a1), e2 = kb_mul(a2, a2), e3 = kb_mul(a3, a3);
+            KB_V o0 = kb_mul(b0, b0), o1 = kb_mul(b1, b1), o2 = kb_mul(b2, b2), o3 = kb_mul(b3, b3);
             if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
+            i += STEP;
+            for (size_t k = 2; k <= block; ++k, i += STEP) {
+                KB_PAIRS();
+                e0 = kb_fma(a0, a0, e0), e1 = kb_fma(a1, a1, e1);
+                e2 = kb_fma(a2, a2, e2), e3 = kb_fma(a3, a3, e3);
+                o0 = kb_fma(b0, b0, o0), o1 = kb_fma(b1, b1, o1);
+                o2 = kb_fma(b2, b2, o2), o3 = kb_fma(b3, b3, o3);
+                if (fused) KB_NAME(kb_cursor_run)(cursor, STEP, fused);
+            }
+            m2_0 = kb_add(kb_add(kb_add(e0, o0), kb_add(e1, o1)),
+                          kb_add(kb_add(e2, o2), kb_add(e3, o3)));
+            mean0 = m2_0; /* unused */
         }
-        KB_NAME(kb_welford2_finish)(&mean0, &m2_0, center);
-        KB_NAME(kb_welford2_finish)(&mean1, &m2_1, center);
-        KB_NAME(kb_welford2_finish)(&mean2, &m2_2, center);
-        KB_NAME(kb_welford2_finish)(&mean3, &m2_3, center);
-        /* The streams hold equal counts (2 * block): pair them up in registers (Chan's
-         * formula for equal halves), so only one vector per block is widened and merged
-         * in float64. */
-        KB_V half_count = kb_set1((KB_C)block);
-        KB_NAME(kb_pair)(&mean0, &m2_0, mean1, m2_1, half_count, center);
-        KB_NAME(kb_pair)(&mean2, &m2_2, mean3, m2_3, half_count, center);
-        KB_NAME(kb_pair)(&mean0, &m2_0, mean2, m2_2, kb_add(half_count, half_count), center);
         double block_count = (double)block * 2 * KB_STREAMS;
         KB_NAME(kb_merge_partial)(acc_mean, acc_m2, acc_count, mean0, m2_0, block_count, center);
         acc_count += block_count;
