@@ -25,7 +25,7 @@
  *     dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly (Sterbenz).
  *     LayerNorm rows sum h - c and its square about a per-lane center c, the mean of the
  *     lane's first values, moved to the running mean every KB_RECENTER steps (Chan's
- *     formula for the values so far; kb_sums_*): three operations a vector.  Column
+ *     formula for the values so far; kb_sums_*): 3.5 operations a vector.  Column
  *     strips run Welford on h - shift, shift a value of the data, each stream taking two
  *     rows per step, the pair merged in with Chan's formula.
  *   - KB_STREAMS independent accumulator sets hide the FMA latency; each takes at most
