@@ -1,5 +1,6 @@
-"""Outputs of 16 MiB or more are written with streaming (non-temporal) stores, two vectors
-per store where the kernel family pairs them (src/fastnorm_c/api.c FN_STREAM_MIN_BYTES).
+"""Outputs of 8 MiB or more are written with streaming (non-temporal) stores, two vectors
+per store where the kernel family pairs them (src/fastnorm_c/api.c FN_STREAM_MIN_BYTES);
+BatchNorm on more than one thread from 16 MiB (FN_STREAM_MIN_BYTES_SHARED).
 
 Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
 a call must equal, bit for bit, the same rows normalized in a small call (plain stores), also
@@ -16,7 +17,8 @@ import fastnorm
 from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, at_line_offset,
                          half_support_reason, random_data, row_norm)
 
-STREAM_MIN_BYTES = 16 << 20
+STREAM_MIN_BYTES = 8 << 20
+STREAM_MIN_BYTES_SHARED = 16 << 20  # BatchNorm on 2 threads or more
 DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
 N = 1000  # not a multiple of any pair of vectors: every row ends in single vectors and a tail
 
@@ -99,7 +101,7 @@ def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, 
     # channels-last: each sample is a (N, 12) block of columns, fastnorm_affine's column
     # path, which streams only when every row starts aligned and stores plainly otherwise
     channels, inner = (4, N) if layout == "channels-first" else (12, N)
-    samples = STREAM_MIN_BYTES // (channels * inner * dtype.itemsize) + 2
+    samples = STREAM_MIN_BYTES_SHARED // (channels * inner * dtype.itemsize) + 2
     shape = (samples, channels, inner) if layout == "channels-first" else (samples, inner, channels)
     axis = 1 if layout == "channels-first" else -1
     x = random_data(rng, shape, dtype, offset=2.0)
@@ -108,7 +110,7 @@ def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, 
                  weight=random_data(rng, channels, np.float32, offset=1.0),
                  bias=random_data(rng, channels, np.float32))
     out = _out(x.shape, dtype, offset)
-    assert out.nbytes >= STREAM_MIN_BYTES
+    assert out.nbytes >= STREAM_MIN_BYTES_SHARED
     y = fastnorm.batch_norm(x, training=False, axis=axis, out=out, **stats)
     for pick in (slice(0, 1), slice(samples - 2, samples)):
         assert_same_bits(y[pick], fastnorm.batch_norm(x[pick], training=False, axis=axis, **stats),
