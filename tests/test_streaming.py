@@ -1,6 +1,7 @@
 """Outputs of 8 MiB or more are written with streaming (non-temporal) stores, two vectors
 per store where the kernel family pairs them (src/fastnorm_c/api.c FN_STREAM_MIN_BYTES);
-BatchNorm on more than one thread from 16 MiB (FN_STREAM_MIN_BYTES_SHARED).
+the fused residual form and BatchNorm on more than one thread from 16 MiB
+(FN_STREAM_MIN_BYTES_OTHERS).
 
 Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
 a call must equal, bit for bit, the same rows normalized in a small call (plain stores), also
@@ -18,7 +19,7 @@ from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, at_line_offset,
                          half_support_reason, random_data, row_norm)
 
 STREAM_MIN_BYTES = 8 << 20
-STREAM_MIN_BYTES_SHARED = 16 << 20  # BatchNorm on 2 threads or more
+STREAM_MIN_BYTES_OTHERS = 16 << 20  # the residual form; BatchNorm on 2 threads or more
 DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
 N = 1000  # not a multiple of any pair of vectors: every row ends in single vectors and a tail
 
@@ -61,7 +62,7 @@ def _fused_inputs(dtype):
     """x, residual and the contract's h = x + residual for a streamed call, read-only and
     made once per dtype (making them took most of each case's time)."""
     rng = np.random.default_rng(5)
-    rows = STREAM_MIN_BYTES // (N * dtype.itemsize) + 3
+    rows = STREAM_MIN_BYTES_OTHERS // (N * dtype.itemsize) + 3
     x = random_data(rng, (rows, N), dtype, offset=0.5)
     r = random_data(rng, (rows, N), dtype, offset=-0.25, scale=0.7)
     with np.errstate(all="ignore"):
@@ -87,7 +88,7 @@ def test_streamed_fused_residual_equals_rows_of_a_small_call(dtype, op, offset, 
         skip = out.ctypes.data % 64 // dtype.itemsize + (h_place == "one element further")
         residual, h_out = r, at_line_offset(x.shape, dtype, skip)
     y = row_norm(op, x, *args, residual=residual, residual_out=h_out, out=out)
-    assert y is out and out.nbytes >= STREAM_MIN_BYTES
+    assert y is out and out.nbytes >= STREAM_MIN_BYTES_OTHERS
     assert_same_bits(h_out, h)
     for pick in (slice(0, 3), slice(rows // 2, rows // 2 + 2), slice(rows - 3, rows)):
         assert_same_bits(y[pick], row_norm(op, h[pick], *args), err_msg=f"rows {pick}")
@@ -101,7 +102,7 @@ def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, 
     # channels-last: each sample is a (N, 12) block of columns, fastnorm_affine's column
     # path, which streams only when every row starts aligned and stores plainly otherwise
     channels, inner = (4, N) if layout == "channels-first" else (12, N)
-    samples = STREAM_MIN_BYTES_SHARED // (channels * inner * dtype.itemsize) + 2
+    samples = STREAM_MIN_BYTES_OTHERS // (channels * inner * dtype.itemsize) + 2
     shape = (samples, channels, inner) if layout == "channels-first" else (samples, inner, channels)
     axis = 1 if layout == "channels-first" else -1
     x = random_data(rng, shape, dtype, offset=2.0)
@@ -110,7 +111,7 @@ def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, 
                  weight=random_data(rng, channels, np.float32, offset=1.0),
                  bias=random_data(rng, channels, np.float32))
     out = _out(x.shape, dtype, offset)
-    assert out.nbytes >= STREAM_MIN_BYTES_SHARED
+    assert out.nbytes >= STREAM_MIN_BYTES_OTHERS
     y = fastnorm.batch_norm(x, training=False, axis=axis, out=out, **stats)
     for pick in (slice(0, 1), slice(samples - 2, samples)):
         assert_same_bits(y[pick], fastnorm.batch_norm(x[pick], training=False, axis=axis, **stats),

@@ -72,20 +72,21 @@
 /* Super-rows are a multiple of this many elements: a full vector in every family. */
 #define FN_LANE_MULTIPLE 16
 /* Outputs of at least this many bytes are written with streaming stores: those of
- * LayerNorm/RMSNorm over rows, and BatchNorm's (fn_affine) on one thread.  On the AVX-512
- * Xeon a 24 MB output streamed at 0.7x the time of plain stores and a 12 MB one (which its
- * last-level cache kept between calls) at 1.45x, hence 16 MB at first.  On the Zen 4 VM,
- * whose 32 MB L3 other tenants share, in-process A/Bs of 8 against 16 MB, time per call
- * streamed over plain: float32 LayerNorm 4096x768 (12 MB) 0.69-0.84, RMSNorm 0.74-0.79,
- * 3072x768 (9 MB) 0.57-0.65, 2048x1024 (8 MB) 0.64-0.95, bfloat16 8192x768 (12 MB)
- * 0.82-1.00, on 2 threads 4096x768 0.61-0.76; BatchNorm 16x64x56x56 (12.8 MB) 0.74-0.87
- * on 1 thread.  Smaller outputs lost: float32 2048x768 (6 MB) 1.01-1.07, bfloat16
- * 4096x768 (6 MB) 1.24, 2048x768 (3 MB) 1.38-1.53. */
+ * LayerNorm/RMSNorm over rows without a residual, and BatchNorm's (fn_affine) on one
+ * thread.  On the AVX-512 Xeon a 24 MB output streamed at 0.7x the time of plain stores
+ * and a 12 MB one (which its last-level cache kept between calls) at 1.45x, hence 16 MB at
+ * first.  On the Zen 4 VM, whose 32 MB L3 other tenants share, in-process A/Bs of 8
+ * against 16 MB, time per call streamed over plain: float32 LayerNorm 4096x768 (12 MB)
+ * 0.65-0.84, RMSNorm 0.74-0.79, 3072x768 (9 MB) 0.57-0.65, 2048x1024 (8 MB) 0.64-0.95,
+ * bfloat16 8192x768 (12 MB) 0.82-1.00, on 2 threads 4096x768 0.61-0.76; BatchNorm
+ * 16x64x56x56 (12.8 MB) 0.74-0.88 on 1 thread.  Smaller outputs lost: float32 2048x768
+ * (6 MB) 1.01-1.07, bfloat16 4096x768 (6 MB) 1.24, 2048x768 (3 MB) 1.38-1.53. */
 #define FN_STREAM_MIN_BYTES (8u << 20)
-/* BatchNorm on two or more threads, and (not measured again) LayerNorm over columns and
- * GroupNorm keep 16 MB: the 12.8 MB BatchNorm above took 1.11-1.57x the time streamed on
- * 2 threads, eval and training, either layout. */
-#define FN_STREAM_MIN_BYTES_SHARED (16u << 20)
+/* The others keep 16 MB: BatchNorm on two or more threads (the 12.8 MB BatchNorm above took
+ * 1.11-1.57x the time streamed on 2 threads, eval and training, either layout), the fused
+ * residual (float32 4096x768 0.75-0.90x the time streamed, 2048x1024 0.69x, but 3072x768
+ * 1.55-1.60x), and, not measured again, LayerNorm over columns and GroupNorm. */
+#define FN_STREAM_MIN_BYTES_OTHERS (16u << 20)
 
 /* A row norm of at least this many rows reads its weight and bias from a copy placed like
  * y when they are not: every vector of every row loads them, the normalize pass works on
@@ -640,7 +641,8 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (residual && inner != 1) return FASTNORM_ERR_BAD_SHAPE;
     if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
     int stream = fn_stream(x, y, total * fn_storage_size(dtype),
-                           inner == 1 ? FN_STREAM_MIN_BYTES : FN_STREAM_MIN_BYTES_SHARED);
+                           inner == 1 && !residual ? FN_STREAM_MIN_BYTES
+                                                   : FN_STREAM_MIN_BYTES_OTHERS);
     if (kind == FASTNORM_RMS_NORM) bias = NULL; /* RMSNorm has no bias */
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     void *param_block = NULL;
@@ -865,7 +867,7 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
     int threads = fn_threads(n_threads, total);
     int stream = fn_stream(x, y, total * size,
-                           threads > 1 ? FN_STREAM_MIN_BYTES_SHARED : FN_STREAM_MIN_BYTES);
+                           threads > 1 ? FN_STREAM_MIN_BYTES_OTHERS : FN_STREAM_MIN_BYTES);
     const char *xs = (const char *)x;
     char *ys = (char *)y;
     if (inner >= FN_AFFINE_ROW_MIN && inner <= FN_ROW_SEGMENT) { /* a thread's rows per call */
@@ -1189,7 +1191,7 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
     size_t size = fn_storage_size(dtype);
     fn_group_job job = {fastnorm_active_kernels(), dtype, channels, groups, channels / groups,
                         spatial, size, (const char *)x, (char *)y, weight, bias, eps,
-                        fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES_SHARED)};
+                        fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES_OTHERS)};
     int threads = fn_threads(n_threads, total);
     size_t items = n * groups;
     if (job.per_group * spatial * size > FN_GROUP_FUSED_MAX_BYTES || items < 4 * (size_t)threads)
