@@ -58,8 +58,8 @@ def _bn(op, layout):
 # On the Zen 4 development machine since 2026-12-01 (AVX-512 with AVX512-BF16), three gate
 # runs gave, in the order of CHECKS: 2.28-2.30, 1.33-1.44, 1.72-1.97, 1.05-1.13, 1.25-1.34,
 # 4.40-4.61, 0.70-0.74, 1.14-1.15, 1.20-1.24, 2.10-2.19, 1.05-1.20, 4.20-4.27, and a
-# 2-thread speed-up (of 4096x768 then) of 0.91-2.07 (1.65-2.12 in a longer A/B: the host's scheduling of the
-# two vCPUs, not the code; hence RETRY_PAUSE).
+# 2-thread speed-up (of 4096x768 then) of 0.91-2.07 (1.65-2.12 in a longer A/B: the host's
+# scheduling of the two vCPUs, not the code; hence RETRY_PAUSE).
 # typical: the value on the development machine (2-core AMD EPYC Zen 3, AVX2, 1 thread,
 # medians of several gate runs); in the comments, the same on an earlier 2-core AVX-512
 # Xeon ("512") and what FASTNORM_ISA=scalar gives on Zen 3 for the checks it moves.  The
@@ -106,8 +106,8 @@ CHECKS = (
     Check("batch_norm_eval f32 1x16x4x4 call / x.copy() call",
           Case("batch_norm_eval", (1, 16, 4, 4), "float32", "nchw"), False,
           "fastnorm@1", "copy@1", bound=9.0, typical=3.4),
-    # 512x768 float32 stays in cache and is compute-bound, split by rows: 1.58-1.80x in five
-    # measurements on Zen 4 (512: 2.0-2.1x).  The check used 4096x768 until its 12 MB
+    # 512x768 float32 stays in cache and is compute-bound, split by rows: 1.58-1.86x in
+    # seven measurements on Zen 4 (512: 2.0-2.1x).  The check used 4096x768 until its 12 MB
     # output began to stream (api.c, FN_STREAM_MIN_BYTES), which made it memory-bound:
     # 1.30-1.94x there.
     Check("layer_norm f32 512x768: 2-thread speed-up", _row("layer_norm", (512, 768)),
