@@ -35,8 +35,8 @@
  * the statistics pass when the input has at least FN_PREFETCH_MIN_BYTES.  Measured (AVX2,
  * Zen 3, 1 thread, ctypes A/B): 4096x768 float32 (12 MB) LayerNorm and RMSNorm 0.78-0.82x
  * the time with it; 512x768 (1.5 MB, which the hardware prefetcher keeps up with) 1.04-1.10x;
- * a slight loss for 16 KB rows.  Only the families whose <family>_prefetch_next is set
- * issue the prefetches (simd_<family>.h): on Zen 4 the AVX-512 family is faster without. */
+ * a slight loss for 16 KB rows.  Only for the families whose table sets prefetch_next
+ * (simd_<family>.h): on Zen 4 the AVX-512 family is faster without. */
 #define FN_PREFETCH_MAX_BYTES 8192
 #define FN_PREFETCH_MIN_BYTES (4u << 20)
 /* Below FN_PREFETCH_MIN_BYTES, rows of at most FN_AHEAD_MAX_BYTES take their statistics one
@@ -398,7 +398,8 @@ static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_mome
     size_t n = job->middle, offset = r * n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
     fn_norm_spans s = fn_spans(job, offset);
-    int prefetch = r + 1 < job->outer && n * job->item_size <= FN_PREFETCH_MAX_BYTES &&
+    int prefetch = job->kernels->prefetch_next && r + 1 < job->outer &&
+                   n * job->item_size <= FN_PREFETCH_MAX_BYTES &&
                    job->outer * n * job->item_size >= FN_PREFETCH_MIN_BYTES;
     /* the mean goes to the kernel as the pair (shift, mean_shifted): exact for float64 */
     job->kernels->row_normalize[job->dtype](s.in, s.in_residual, s.normalize_h, n, m->shift,
@@ -494,18 +495,22 @@ static void fn_long_finish(const fn_norm_job *job, fn_long_batch *batch, size_t 
     }
 }
 
-/* The normalize pass of segment `item` of the batch. */
+/* The normalize pass of segment `item` of the batch; `ahead`: it prefetches the same segment
+ * of x in the next batch, which the next statistics pass reads. */
 static void fn_long_normalize(const fn_norm_job *job, const fn_long_batch *batch, size_t segments,
-                              size_t item) {
+                              size_t item, int ahead) {
     size_t b = item / segments, s = item % segments, n = job->middle;
     size_t begin = s * FN_ROW_SEGMENT, offset = ((batch->first + b) * n + begin) * job->item_size;
+    const char *next = NULL;
+    if (ahead && batch->first + batch->count + b < job->outer)
+        next = job->x + offset + batch->count * n * job->item_size;
     size_t param = begin * fn_compute_size(job->dtype);
     fn_norm_spans spans = fn_spans(job, offset);
     job->kernels->row_normalize[job->dtype](
         spans.in, spans.in_residual, spans.normalize_h, fn_segment_length(n, s), batch->shift[b],
         batch->mean_shifted[b], batch->rstd[b], 0.0,
         job->weight ? (const char *)job->weight + param : NULL,
-        job->bias ? (const char *)job->bias + param : NULL, job->y + offset, NULL, job->row_store);
+        job->bias ? (const char *)job->bias + param : NULL, job->y + offset, next, job->row_store);
 }
 
 /* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order,
@@ -521,7 +526,11 @@ static void fn_long_normalize(const fn_norm_job *job, const fn_long_batch *batch
  * 16x1048576 0.70-0.97x, 2048x20000 0.78-1.02x; LayerNorm 16x1048576 0.78-0.99x,
  * 2048x20000 0.78-0.96x).  One thread keeps them apart: there the core's own work bounds
  * the call, and the shared loop lost (LayerNorm 16x1048576 1.07-1.13x, 2048x20000
- * 1.03-1.14x).  Outputs are x, residual or disjoint from every input (the Python layer
+ * 1.03-1.14x).  Its normalize pass prefetches the next batch instead, so that memory
+ * reads it while the pass writes (Zen 4, AVX-512, in-process A/Bs, float32 and bfloat16,
+ * time per call: RMSNorm 16x1048576 0.83-0.97x, 256x65536 0.89-0.99x, 2048x20000
+ * 0.91-0.97x; LayerNorm, whose pass also reads a weight and a bias as long as the row,
+ * 0.96-1.05x).  Outputs are x, residual or disjoint from every input (the Python layer
  * makes sure), so a batch's writes never reach another batch's rows. */
 static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) {
     size_t rows = job->outer, n = job->middle, size = job->item_size;
@@ -551,10 +560,10 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
         if (threads > 1) {
             FN_PARALLEL_FOR(item, now_items, {
                 if ((size_t)item < next_items) fn_long_stats(job, next, segments, (size_t)item);
-                fn_long_normalize(job, now, segments, (size_t)item);
+                fn_long_normalize(job, now, segments, (size_t)item, 0);
             });
         } else {
-            FN_PARALLEL_FOR(item, now_items, fn_long_normalize(job, now, segments, (size_t)item););
+            FN_PARALLEL_FOR(item, now_items, fn_long_normalize(job, now, segments, (size_t)item, 1););
             FN_PARALLEL_FOR(item, next_items, fn_long_stats(job, next, segments, (size_t)item););
         }
         fn_long_batch *done = now;

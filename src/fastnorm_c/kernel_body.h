@@ -47,7 +47,6 @@
 #define kb_load_n KB_GLUE(KB_ISA, load_n, KB_DT)
 #define kb_load2 KB_GLUE(KB_ISA, load2, KB_DT)
 #define KB_PAIR_BLOCK KB_GLUE(KB_ISA, param_block, KB_DT)
-#define KB_PREFETCH_NEXT KB_GLUE(KB_ISA, prefetch, next)
 #define kb_store KB_GLUE(KB_ISA, store, KB_DT)
 #define kb_store_n KB_GLUE(KB_ISA, store_n, KB_DT)
 #define kb_store2 KB_GLUE(KB_ISA, store2, KB_DT)
@@ -539,15 +538,20 @@ KB_INLINE size_t KB_NAME(kb_stream_head)(const KB_T *y, size_t n) {
 
 /* Prefetch the cache lines of elements i ... i + count - 1 of a span, each line once as i
  * steps by count: every 64 bytes of a step of 64 or more, else from the step that starts
- * in a line's first `step` bytes.  Only in the families whose <family>_prefetch_next says
- * it pays (simd_<family>.h gives the measurements). */
+ * in a line's first `step` bytes.  With the low-locality hint (prefetcht2): the span is
+ * read by the caller's next pass, not this one, and need not displace this pass's data
+ * from L1 (api.c's long rows on 1 thread, 16x1048576, time against no prefetch: RMSNorm
+ * 0.83-0.97x with prefetcht2, 0.94-0.99x with prefetcht0; LayerNorm 0.98-1.02x against
+ * 1.06-1.10x).  Not in the scalar family: its one-lane loops rely on the compiler's
+ * auto-vectorization, which a per-element prefetch defeats (measured 1.6x slower). */
 KB_INLINE void KB_NAME(kb_prefetch_lines)(const char *span, size_t i, size_t count) {
     size_t byte = i * sizeof(KB_T), step = count * sizeof(KB_T);
-    if (!KB_PREFETCH_NEXT) return;
+    if (KB_LANES == 1) return;
     if (step >= 64)
-        for (size_t offset = 0; offset < step; offset += 64) __builtin_prefetch(span + byte + offset);
+        for (size_t offset = 0; offset < step; offset += 64)
+            __builtin_prefetch(span + byte + offset, 0, 1);
     else if (byte % 64 < step)
-        __builtin_prefetch(span + byte);
+        __builtin_prefetch(span + byte, 0, 1);
 }
 
 /* The normalize pass's constants as vectors: y = ((h - mean_hi) * scale + low) * w + b,
@@ -1201,7 +1205,6 @@ static void KB_NAME(col_normalize)(const void *x, size_t rows, size_t cols, size
 #undef kb_load_n
 #undef kb_load2
 #undef KB_PAIR_BLOCK
-#undef KB_PREFETCH_NEXT
 #undef kb_store
 #undef kb_store_n
 #undef kb_store2

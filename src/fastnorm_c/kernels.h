@@ -31,8 +31,8 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
  * mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
  * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype, in
  * the table's param_block order for the dtype.
- * next: NULL, or the span (n elements of x's dtype) the caller reads next, prefetched
- * into cache meanwhile.
+ * next: NULL, or the span (n elements of x's dtype) the caller reads next, which the
+ * vector families prefetch into the L2 cache meanwhile (the scalar family ignores it).
  * store: FN_STORE_* flags. */
 typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
                                           void *residual_out, size_t n, double mean,
@@ -109,6 +109,9 @@ typedef struct {
      * into even and odd elements for free sets it (AVX2 bfloat16), and the caller
      * reorders a copy once per call. */
     unsigned char param_block[FASTNORM_DTYPE_COUNT];
+    /* 1: the normalize pass of a short row in a large input pays for prefetching the next
+     * row (api.c, FN_PREFETCH_MAX_BYTES; measured per family in simd_<family>.h). */
+    unsigned char prefetch_next;
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;

@@ -18,7 +18,8 @@ enum { avx2_canonical_f32 = 0, avx2_canonical_f64 = 0, avx2_canonical_f16 = 0, a
 /* the order of weight and bias for each dtype's row normalize (kernels.h, param_block):
  * bfloat16 pairs are even and odd elements (avx2_load2_bf16) */
 /* the normalize pass prefetches the caller's next row (api.c, FN_PREFETCH_MAX_BYTES):
- * Zen 3, 4096x768 float32 LayerNorm 0.78-0.82x the time; Zen 4 within noise either way */
+ * Zen 3, 4096x768 float32 LayerNorm 0.78-0.82x the time (with prefetcht0); Zen 4 within
+ * noise either way, prefetcht0 or prefetcht2 */
 enum { avx2_prefetch_next = 1 };
 enum { avx2_param_block_f32 = 0, avx2_param_block_f64 = 0, avx2_param_block_f16 = 0, avx2_param_block_bf16 = 16 };
 typedef __m256 avx2_vec_c32;
