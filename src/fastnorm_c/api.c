@@ -69,17 +69,20 @@
  * ahead (fastnorm_moments (1568, 256) 0.81-0.85x the time, (784, 512) 0.71-0.77x). */
 #define FN_COLUMN_ITEM_ELEMENTS 16384
 #define FN_COLUMN_MIN_ROWS 256
-/* Rows longer than FN_PARAM_BLOCK with both a weight and a bias take their normalize pass
- * in groups of up to FN_GROUP_ROWS rows, a block of FN_PARAM_BLOCK columns at a time across
- * the group (fn_norm_row_group).  Why: a row of 4096 float32 values with its weight and
- * bias is 48 KB, past Zen 4's 32 KB L1, so each row read both parameters again from L2; in
- * groups the row itself is read again instead, and the parameters once per group.  Measured
- * (in-process A/B, LayerNorm, time per call, float32 / bfloat16, 1 thread): 128x4096
- * 0.84-0.88 / 1.00-1.07, 1024x4096 0.78 / 0.87, 8192x4096 0.86-0.88 / 0.78-0.79, 64x8192
- * 0.86 / 1.03, 512x2048 0.95 / 1.01; 2 threads 128x4096 0.87 / 1.00, 1024x4096 0.84 /
- * 1.05, 8192x4096 0.98 / 0.84.  Groups of 4 gained less; blocks of 2048 columns less in
- * float32.  With one parameter the row's second read costs as much as the parameter's
- * (RMSNorm with a weight: 1.03-1.08x), so such calls keep the row order. */
+/* Rows that with their weight and bias take more than FN_GROUP_MIN_BYTES take their
+ * normalize pass in groups of up to FN_GROUP_ROWS rows, a block of FN_PARAM_BLOCK columns
+ * at a time across the group (fn_norm_row_group).  Why: a row of 4096 float32 values with
+ * its weight and bias is 48 KB, past the 32 KB L1 of Zen 3 and Zen 4, so each row read
+ * both parameters again from L2; in groups the row itself is read again instead, and the
+ * parameters once per group.  Measured (in-process A/B, LayerNorm, time per call, float32
+ * / bfloat16, 1 thread): 128x4096 0.82-0.90 / 0.92-1.07, 1024x4096 0.78 / 0.87, 8192x4096
+ * 0.86-0.88 / 0.78-0.79, 64x8192 0.86 / 1.03, 128x3072 0.83 / 0.99 (float32 36 KB,
+ * bfloat16 30 KB); float64 128x4096 0.94, 64x2048 0.88; 2 threads 128x4096 0.87 / 1.00,
+ * 1024x4096 0.84 / 1.05, 8192x4096 0.98 / 0.84.  Under the bound it lost: float32 rows of
+ * 2048 values (24 KB) 1.07-1.09, of 1536 1.21.  Groups of 4 gained less; blocks of 2048
+ * columns less in float32.  With one parameter the row's second read costs as much as the
+ * parameter's (RMSNorm with a weight: 1.03-1.08x), so such calls keep the row order. */
+#define FN_GROUP_MIN_BYTES 32768
 #define FN_GROUP_ROWS 8
 #define FN_PARAM_BLOCK 1024
 /* Super-rows are a multiple of this many elements: a full vector in every family. */
@@ -675,7 +678,8 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     /* groups no larger than every thread's share of the rows */
     size_t group = (job->outer + (size_t)threads - 1) / (size_t)threads;
     if (group > FN_GROUP_ROWS) group = FN_GROUP_ROWS;
-    if (job->weight && job->bias && job->middle > FN_PARAM_BLOCK && group > 1) {
+    size_t row_and_params = job->middle * (job->item_size + 2 * fn_compute_size(job->dtype));
+    if (job->weight && job->bias && row_and_params > FN_GROUP_MIN_BYTES && group > 1) {
         FN_PARALLEL_FOR(g, (job->outer + group - 1) / group, {
             size_t first = (size_t)g * group;
             fn_norm_row_group(job, first, first + group < job->outer ? first + group : job->outer);
