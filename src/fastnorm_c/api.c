@@ -408,29 +408,32 @@ static double fn_row_finish(const fn_norm_job *job, size_t r, const fn_row_momen
     return rstd;
 }
 
-/* The normalize pass of row r's elements begin ... begin + count - 1 (fn_norm_spans). */
-static void fn_row_normalize_span(const fn_norm_job *job, size_t r, const fn_row_moments *m,
-                                  double rstd, size_t begin, size_t count) {
-    size_t n = job->middle, offset = (r * n + begin) * job->item_size;
+/* The normalize pass of row r's elements begin ... begin + count - 1 (fn_norm_spans), the
+ * row's mean given as the pair (shift, mean_shifted): exact for float64.  next: NULL, or a
+ * span for the kernel to prefetch (the caller reads it next). */
+static void fn_row_normalize_span(const fn_norm_job *job, size_t r, double shift,
+                                  double mean_shifted, double rstd, size_t begin, size_t count,
+                                  const char *next) {
+    size_t offset = (r * job->middle + begin) * job->item_size;
     size_t param = begin * fn_compute_size(job->dtype);
     int center = job->kind == FASTNORM_LAYER_NORM;
     fn_norm_spans s = fn_spans(job, offset);
-    int prefetch = job->kernels->prefetch_next && r + 1 < job->outer &&
-                   n * job->item_size <= FN_PREFETCH_MAX_BYTES &&
-                   job->outer * n * job->item_size >= FN_PREFETCH_MIN_BYTES;
-    /* the mean goes to the kernel as the pair (shift, mean_shifted): exact for float64 */
-    job->kernels->row_normalize[job->dtype](s.in, s.in_residual, s.normalize_h, count, m->shift,
-                                            center ? m->mean_shifted : 0.0, rstd, 0.0,
-                                            job->weight ? (const char *)job->weight + param : NULL,
-                                            job->bias ? (const char *)job->bias + param : NULL,
-                                            job->y + offset,
-                                            prefetch ? s.x + n * job->item_size : NULL,
-                                            job->row_store);
+    job->kernels->row_normalize[job->dtype](
+        s.in, s.in_residual, s.normalize_h, count, shift, center ? mean_shifted : 0.0, rstd, 0.0,
+        job->weight ? (const char *)job->weight + param : NULL,
+        job->bias ? (const char *)job->bias + param : NULL, job->y + offset, next, job->row_store);
 }
 
+/* The normalize pass of row r's elements begin ... begin + count - 1, prefetching the same
+ * elements of the next row where the family asks for it (FN_PREFETCH_MAX_BYTES). */
 static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
-                             double rstd) {
-    fn_row_normalize_span(job, r, m, rstd, 0, job->middle);
+                             double rstd, size_t begin, size_t count) {
+    size_t row_bytes = job->middle * job->item_size;
+    int prefetch = job->kernels->prefetch_next && r + 1 < job->outer &&
+                   row_bytes <= FN_PREFETCH_MAX_BYTES &&
+                   job->outer * row_bytes >= FN_PREFETCH_MIN_BYTES;
+    const char *next = prefetch ? job->x + (r + 1) * row_bytes + begin * job->item_size : NULL;
+    fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, begin, count, next);
 }
 
 /* Rows first ... end - 1 (at most FN_GROUP_ROWS): the statistics of each, then the
@@ -449,7 +452,7 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
     for (size_t begin = 0; begin < n; begin += FN_PARAM_BLOCK) {
         size_t count = n - begin < FN_PARAM_BLOCK ? n - begin : FN_PARAM_BLOCK;
         for (size_t r = first; r < end; ++r)
-            fn_row_normalize_span(job, r, &m[r - first], rstd[r - first], begin, count);
+            fn_row_normalize(job, r, &m[r - first], rstd[r - first], begin, count);
     }
 }
 
@@ -457,7 +460,7 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
 static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_moments m;
     fn_row_stats(job, r, &m);
-    fn_row_normalize(job, r, &m, fn_row_finish(job, r, &m));
+    fn_row_normalize(job, r, &m, fn_row_finish(job, r, &m), 0, job->middle);
 }
 
 /* Rows begin ... end - 1 with the statistics one row ahead (FN_AHEAD_MAX_BYTES), without
@@ -486,7 +489,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
             continue;
         }
         if (r + 1 < end) fn_row_stats(job, r + 1, &next);
-        fn_row_normalize(job, r, &m, rstd);
+        fn_row_normalize(job, r, &m, rstd, 0, job->middle);
     }
 }
 
@@ -543,18 +546,13 @@ static void fn_long_finish(const fn_norm_job *job, fn_long_batch *batch, size_t 
  * of x in the next batch, which the next statistics pass reads. */
 static void fn_long_normalize(const fn_norm_job *job, const fn_long_batch *batch, size_t segments,
                               size_t item, int ahead) {
-    size_t b = item / segments, s = item % segments, n = job->middle;
-    size_t begin = s * FN_ROW_SEGMENT, offset = ((batch->first + b) * n + begin) * job->item_size;
+    size_t b = item / segments, s = item % segments, n = job->middle, r = batch->first + b;
+    size_t begin = s * FN_ROW_SEGMENT;
     const char *next = NULL;
-    if (ahead && batch->first + batch->count + b < job->outer)
-        next = job->x + offset + batch->count * n * job->item_size;
-    size_t param = begin * fn_compute_size(job->dtype);
-    fn_norm_spans spans = fn_spans(job, offset);
-    job->kernels->row_normalize[job->dtype](
-        spans.in, spans.in_residual, spans.normalize_h, fn_segment_length(n, s), batch->shift[b],
-        batch->mean_shifted[b], batch->rstd[b], 0.0,
-        job->weight ? (const char *)job->weight + param : NULL,
-        job->bias ? (const char *)job->bias + param : NULL, job->y + offset, next, job->row_store);
+    if (ahead && r + batch->count < job->outer)
+        next = job->x + ((r + batch->count) * n + begin) * job->item_size;
+    fn_row_normalize_span(job, r, batch->shift[b], batch->mean_shifted[b], batch->rstd[b], begin,
+                          fn_segment_length(n, s), next);
 }
 
 /* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order,
