@@ -80,16 +80,22 @@ def test_return_stats_are_those_of_h(dtype, op, isa, rng):
                                    "out=residual", "out=x, residual_out=residual",
                                    "out=residual, residual_out=x"])
 # (20, 40000): rows longer than a segment, taken a batch of rows at a time (api.c's
-# fn_norm_long_rows), several batches in every dtype
-@pytest.mark.parametrize("shape", [(8, 96), (20, 40000)], ids=["short rows", "long rows"])
+# fn_norm_long_rows), several batches in every dtype.  (9, 4100) with LayerNorm's weight
+# and bias: rows normalized in groups, a block of columns at a time across the group
+# (api.c's fn_norm_row_group), whose statistics all run before the group's first write.
+@pytest.mark.parametrize("shape", [(8, 96), (20, 40000), (9, 4100)],
+                         ids=["short rows", "long rows", "grouped rows"])
 def test_aliasing(dtype, op, alias, shape, isa, rng):
     x, r = _pair(rng, shape, dtype)
-    want_y, want_h = _call(op, _h(x, r)), _h(x, r)
+    affine = ()
+    if shape == (9, 4100) and op == "layer_norm":
+        affine = (None, random_data(rng, shape[1], dtype, offset=1.0), random_data(rng, shape[1], dtype))
+    want_y, want_h = _call(op, _h(x, r), *affine), _h(x, r)
     kw = {}
     for part in alias.split(", "):
         name, target = part.split("=")
         kw[name] = x if target == "x" else r
-    result = _call(op, x, residual=r, **kw)
+    result = _call(op, x, *affine, residual=r, **kw)
     assert_same_bits(result, want_y, err_msg=alias)
     if "out" in kw:
         assert result is kw["out"]
