@@ -424,22 +424,23 @@ static void fn_row_normalize_span(const fn_norm_job *job, size_t r, double shift
         job->bias ? (const char *)job->bias + param : NULL, job->y + offset, next, job->row_store);
 }
 
-/* The normalize pass of row r's elements begin ... begin + count - 1, prefetching the same
- * elements of the next row where the family asks for it (FN_PREFETCH_MAX_BYTES). */
+/* Row r's normalize pass, prefetching the next row (which the statistics pass reads next)
+ * where the family asks for it (FN_PREFETCH_MAX_BYTES). */
 static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
-                             double rstd, size_t begin, size_t count) {
+                             double rstd) {
     size_t row_bytes = job->middle * job->item_size;
     int prefetch = job->kernels->prefetch_next && r + 1 < job->outer &&
                    row_bytes <= FN_PREFETCH_MAX_BYTES &&
                    job->outer * row_bytes >= FN_PREFETCH_MIN_BYTES;
-    const char *next = prefetch ? job->x + (r + 1) * row_bytes + begin * job->item_size : NULL;
-    fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, begin, count, next);
+    fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, 0, job->middle,
+                          prefetch ? job->x + (r + 1) * row_bytes : NULL);
 }
 
 /* Rows first ... end - 1 (at most FN_GROUP_ROWS): the statistics of each, then the
  * normalize pass a block of FN_PARAM_BLOCK columns at a time across the rows, so that
- * each block of weight and bias is read into L1 once for the group.  The blocks start on
- * multiples of 16 elements, as a parameter order of kernels.h's param_block needs. */
+ * each block of weight and bias is read into L1 once for the group (nothing to prefetch:
+ * the group's statistics have read its rows).  The blocks start on multiples of 16
+ * elements, as a parameter order of kernels.h's param_block needs. */
 static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) {
     _Static_assert(FN_PARAM_BLOCK % 16 == 0, "a parameter block starts on a multiple of 16");
     fn_row_moments m[FN_GROUP_ROWS];
@@ -452,7 +453,8 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
     for (size_t begin = 0; begin < n; begin += FN_PARAM_BLOCK) {
         size_t count = n - begin < FN_PARAM_BLOCK ? n - begin : FN_PARAM_BLOCK;
         for (size_t r = first; r < end; ++r)
-            fn_row_normalize(job, r, &m[r - first], rstd[r - first], begin, count);
+            fn_row_normalize_span(job, r, m[r - first].shift, m[r - first].mean_shifted,
+                                  rstd[r - first], begin, count, NULL);
     }
 }
 
@@ -460,7 +462,7 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
 static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_moments m;
     fn_row_stats(job, r, &m);
-    fn_row_normalize(job, r, &m, fn_row_finish(job, r, &m), 0, job->middle);
+    fn_row_normalize(job, r, &m, fn_row_finish(job, r, &m));
 }
 
 /* Rows begin ... end - 1 with the statistics one row ahead (FN_AHEAD_MAX_BYTES), without
@@ -489,7 +491,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
             continue;
         }
         if (r + 1 < end) fn_row_stats(job, r + 1, &next);
-        fn_row_normalize(job, r, &m, rstd, 0, job->middle);
+        fn_row_normalize(job, r, &m, rstd);
     }
 }
 
