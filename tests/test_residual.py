@@ -89,7 +89,8 @@ def test_aliasing(dtype, op, alias, shape, isa, rng):
     x, r = _pair(rng, shape, dtype)
     affine = ()
     if shape == (9, 4100) and op == "layer_norm":
-        affine = (None, random_data(rng, shape[1], dtype, offset=1.0), random_data(rng, shape[1], dtype))
+        affine = (None, random_data(rng, shape[1], dtype, offset=1.0),
+                  random_data(rng, shape[1], dtype))
     want_y, want_h = _call(op, _h(x, r), *affine), _h(x, r)
     kw = {}
     for part in alias.split(", "):

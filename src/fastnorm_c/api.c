@@ -607,7 +607,8 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
                 fn_long_normalize(job, now, segments, (size_t)item, 0);
             });
         } else {
-            FN_PARALLEL_FOR(item, now_items, fn_long_normalize(job, now, segments, (size_t)item, 1););
+            FN_PARALLEL_FOR(item, now_items,
+                            fn_long_normalize(job, now, segments, (size_t)item, 1););
             FN_PARALLEL_FOR(item, next_items, fn_long_stats(job, next, segments, (size_t)item););
         }
         fn_long_batch *done = now;
