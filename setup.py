@@ -1,7 +1,7 @@
 """Build of fastnorm._core: the Cython glue, the baseline C sources and one object per ISA tier.
 
 Why a build_ext subclass: per-source flags.  Only the kernel translation units named
-*_avx2.c / *_avx512.c / *_avx512bf16.c get ISA flags; everything else (dispatch.c, api.c,
+*_avx2.c / *_avx512.c / *_avx512bf16.c get ISA flags; everything else (dispatch.c, api_*.c,
 the glue) is compiled for the baseline x86-64, so nothing outside a kernel can execute an instruction
 the CPU lacks.  The subclass sees the compiler type (unix/msvc), which decides the flag
 spelling, and can probe the compiler before using a flag.  Never -march: wheels must run

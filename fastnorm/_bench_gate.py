@@ -108,7 +108,7 @@ CHECKS = (
           "fastnorm@1", "copy@1", bound=9.0, typical=3.4),
     # 512x768 float32 stays in cache and is compute-bound, split by rows: 1.58-1.86x in
     # seven measurements on Zen 4 (512: 2.0-2.1x).  The check used 4096x768 until its 12 MB
-    # output began to stream (api.c, FN_STREAM_MIN_BYTES), which made it memory-bound:
+    # output began to stream (api_internal.h, FN_STREAM_MIN_BYTES), which made it memory-bound:
     # 1.30-1.94x there.
     Check("layer_norm f32 512x768: 2-thread speed-up", _row("layer_norm", (512, 768)),
           True, "fastnorm@1", "fastnorm@2", bound=1.3, typical=1.7, at_least=True,

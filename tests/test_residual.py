@@ -79,10 +79,10 @@ def test_return_stats_are_those_of_h(dtype, op, isa, rng):
 @pytest.mark.parametrize("alias", ["residual_out=x", "residual_out=residual", "out=x",
                                    "out=residual", "out=x, residual_out=residual",
                                    "out=residual, residual_out=x"])
-# (20, 40000): rows longer than a segment, taken a batch of rows at a time (api.c's
+# (20, 40000): rows longer than a segment, taken a batch of rows at a time (api_norm.c's
 # fn_norm_long_rows), several batches in every dtype.  (9, 4100) with LayerNorm's weight
 # and bias: rows normalized in groups, a block of columns at a time across the group
-# (api.c's fn_norm_row_group), whose statistics all run before the group's first write.
+# (api_norm.c's fn_norm_row_group), whose statistics all run before the group's first write.
 @pytest.mark.parametrize("shape", [(8, 96), (20, 40000), (9, 4100)],
                          ids=["short rows", "long rows", "grouped rows"])
 def test_aliasing(dtype, op, alias, shape, isa, rng):

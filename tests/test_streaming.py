@@ -1,5 +1,5 @@
 """Outputs of 8 MiB or more are written with streaming (non-temporal) stores, two vectors
-per store where the kernel family pairs them (src/fastnorm_c/api.c FN_STREAM_MIN_BYTES);
+per store where the kernel family pairs them (src/fastnorm_c/api_internal.h FN_STREAM_MIN_BYTES);
 the fused residual form and BatchNorm on more than one thread from 16 MiB
 (FN_STREAM_MIN_BYTES_OTHERS).
 
@@ -52,7 +52,7 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
 # h = x + residual goes to residual_out.  float32/float64: streamed with y by the normalize
 # pass where it sits like y, stored plainly by that pass where it does not, and by the
 # statistics pass where it overwrites residual; bfloat16/float16: by the statistics pass
-# in every placement (api.c, fn_norm_spans)
+# in every placement (api_norm.c, fn_norm_spans)
 H_PLACES = [("16 bytes", "like out"), ("one element", "like out"),
             ("16 bytes", "one element further"), ("16 bytes", "over residual")]
 

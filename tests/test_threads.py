@@ -31,7 +31,7 @@ def _thread_cases(rng):
     rows = random_data(rng, (2048, 1024), np.float32, offset=10.0)
     long_row = random_data(rng, (1, 1 << 20), np.float32, offset=1e3)
     long_row64 = long_row.astype(np.float64)
-    # rows longer than a segment, several batches (api.c's fn_norm_long_rows: on 2 threads
+    # rows longer than a segment, several batches (api_norm.c's fn_norm_long_rows: on 2 threads
     # the next batch's statistics share a loop with this batch's normalize pass): 80 KB
     # rows in batches of 13, the last batch one row; 1.2 MB rows one a batch
     long_rows = random_data(rng, (40, 20000), np.float32, offset=1e3)

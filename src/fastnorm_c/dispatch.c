@@ -1,6 +1,6 @@
 /*
  * dispatch.c - which kernel family runs: the compiled tables, the CPU's support for them,
- * and the one active-table pointer every entry point of api.c reads.
+ * and the one active-table pointer every entry point (api_*.c) reads.
  *
  * Compiled at the x86-64 baseline, like everything outside the kernel TUs: this file runs
  * before we know what the CPU supports, so it must not contain a single AVX instruction.

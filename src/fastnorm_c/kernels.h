@@ -1,9 +1,10 @@
 /*
- * kernels.h - the private kernel interface between api.c and the per-ISA translation units.
+ * kernels.h - the private kernel interface between the entry points (api_*.c) and the
+ * per-ISA translation units.
  *
  * Each kernel family (scalar, AVX2+FMA, AVX-512) fills one fastnorm_kernels_t, indexed by
- * storage dtype.  Kernels trust their arguments (api.c validated them) and return void.
- * Pointers of "compute dtype" are float for F32/F16/BF16 and double for F64.
+ * storage dtype.  Kernels trust their arguments (the entry points validated them) and
+ * return void.  Pointers of "compute dtype" are float for F32/F16/BF16 and double for F64.
  *
  * Row kernels work on one contiguous span of n elements; column kernels on a
  * (rows, cols) block whose rows are row_stride elements apart, one statistic per column.
@@ -19,7 +20,7 @@
  *              squared deviations.
  * center == 0: *mean_shifted = 0, *m2 = sum(h^2).
  * residual may be NULL; residual_out (NULL or n elements) receives h, or row_normalize
- * stores it (api.c's fn_norm_spans chooses). */
+ * stores it (api_norm.c's fn_norm_spans chooses). */
 typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void *residual_out,
                                       size_t n, double shift, int center,
                                       double *mean_shifted, double *m2);
@@ -43,7 +44,7 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
 /* row_normalize of x (no residual, no next span) and row_stats of x_next (no residual),
  * with the same results as those two calls, in one loop where the pair fits one: the
  * statistics load the adders, the normalize pass the load ports and FMA pipes, and the
- * next row's reads overlap the pass (api.c's row-ahead order).  The pair fits for
+ * next row's reads overlap the pass (api_norm.c's row-ahead order).  The pair fits for
  * LayerNorm with a weight (both passes centred) and RMSNorm with a weight (neither
  * centred, no bias), without FN_STORE_STREAM; anything else runs the two kernels in turn. */
 typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
@@ -65,7 +66,7 @@ typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, si
 enum {
     /* non-temporal stores (for outputs far larger than the caches, where they save the
      * read-for-ownership of every line), not fenced: the caller fences once after its
-     * calls (api.c, FN_STREAM_FENCE) */
+     * calls (api_internal.h, FN_STREAM_FENCE) */
     FN_STORE_STREAM = 1,
     /* weight and bias hold no NaN and the scalar arguments are numbers or C's NAN, so every
      * NaN the pass computes is propagated from a 16-bit input or is a default NaN: its low
@@ -103,14 +104,14 @@ typedef struct {
     fastnorm_col_stats_fn col_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_col_normalize_fn col_normalize[FASTNORM_DTYPE_COUNT];
     /* The order row_normalize takes weight and bias in.  0: natural.  16 (compute dtype
-     * float32 only; the one block api.c's fn_copy_params knows): each full block of 16
+     * float32 only; the one block api_norm.c's fn_copy_params knows): each full block of 16
      * values from the span's start holds the block's 8 even-indexed values, then its 8
      * odd ones; the last n % 16 values keep their place.  A family whose vectors split
      * into even and odd elements for free sets it (AVX2 bfloat16), and the caller
      * reorders a copy once per call. */
     unsigned char param_block[FASTNORM_DTYPE_COUNT];
     /* 1: the normalize pass of a short row in a large input pays for prefetching the next
-     * row (api.c, FN_PREFETCH_MAX_BYTES; measured per family in simd_<family>.h). */
+     * row (api_norm.c, FN_PREFETCH_MAX_BYTES; measured per family in simd_<family>.h). */
     unsigned char prefetch_next;
 } fastnorm_kernels_t;
 

@@ -19,7 +19,7 @@ enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
 enum { avx512_canonical_f32 = 0, avx512_canonical_f64 = 0, avx512_canonical_f16 = 0, avx512_canonical_bf16 = 0 };
 /* weight and bias in natural order for every dtype (kernels.h, param_block) */
 enum { avx512_param_block_f32 = 0, avx512_param_block_f64 = 0, avx512_param_block_f16 = 0, avx512_param_block_bf16 = 0 };
-/* the caller passes no next short row (long rows prefetch in every vector family, api.c's
+/* the caller passes no next short row (long rows prefetch in every vector family, api_norm.c's
  * fn_norm_long_rows): Zen 4's hardware prefetchers keep up, and the software prefetches
  * cost time (4096x768 float32 LayerNorm, 1 thread, 1.44-1.56x the copy without them,
  * 2.20-2.22x with; 2 threads 0.76-0.77x against 1.10-1.28x) */

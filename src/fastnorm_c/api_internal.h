@@ -1,0 +1,186 @@
+/*
+ * api_internal.h - what the entry-point files (api_norm.c, api_batch_norm.c,
+ * api_group_norm.c) share: the thread policy and its parallel loop, the streaming
+ * threshold, dtype sizes, scalar element access and Chan's merge.  Private to the
+ * library; compiled at the baseline like its includers.
+ *
+ * Every entry point validates every argument, then cuts the work into items, runs them on
+ * OpenMP threads through the active kernel table, and merges partial statistics with
+ * Chan's formula.  Two layouts cover every operation:
+ *   row path     the reduced values of one statistic are contiguous (LayerNorm over the
+ *                last axis, BatchNorm NCHW per (sample, channel) row, GroupNorm groups);
+ *   column path  they are strided and the statistics are side by side in memory
+ *                (LayerNorm over a non-trailing axis, BatchNorm channels-last).  Narrow
+ *                blocks are regrouped as k rows per "super-row" so a vector is always full.
+ * Work items are fixed by the problem size, never by the thread count, and partials are
+ * merged in index order: results are bitwise identical for any number of threads.
+ * Compiled at the baseline (no ISA flags): the entry points call kernels only through the
+ * table.
+ */
+#ifndef FASTNORM_API_INTERNAL_H
+#define FASTNORM_API_INTERNAL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "kernels.h"
+#include "storage.h"
+
+/* Below this many elements a call runs on one thread: waking a team costs more than it
+ * saves (see docs/performance.md for the measurement). */
+#define FN_PARALLEL_MIN_ELEMENTS 32768
+/* Rows longer than this are reduced in segments, so one long row still uses every thread. */
+#define FN_ROW_SEGMENT 16384
+
+/* Outputs of at least this many bytes are written with streaming stores: those of
+ * LayerNorm/RMSNorm over rows without a residual, and BatchNorm's (fn_affine) on one
+ * thread.  On the AVX-512 Xeon a 24 MB output streamed at 0.7x the time of plain stores
+ * and a 12 MB one (which its last-level cache kept between calls) at 1.45x, hence 16 MB at
+ * first.  On the Zen 4 VM, whose 32 MB L3 other tenants share, in-process A/Bs of 8
+ * against 16 MB, time per call streamed over plain: float32 LayerNorm 4096x768 (12 MB)
+ * 0.65-0.84, RMSNorm 0.74-0.79, 3072x768 (9 MB) 0.57-0.65, 2048x1024 (8 MB) 0.64-0.95,
+ * bfloat16 8192x768 (12 MB) 0.82-1.00, on 2 threads 4096x768 0.61-0.76; BatchNorm
+ * 16x64x56x56 (12.8 MB) 0.74-0.88 on 1 thread.  Smaller outputs lost: float32 2048x768
+ * (6 MB) 1.01-1.07, bfloat16 4096x768 (6 MB) 1.24, 2048x768 (3 MB) 1.38-1.53. */
+#define FN_STREAM_MIN_BYTES (8u << 20)
+/* The others keep 16 MB: BatchNorm on two or more threads (the 12.8 MB BatchNorm above took
+ * 1.11-1.57x the time streamed on 2 threads, eval and training, either layout), the fused
+ * residual (float32 4096x768 0.75-0.90x the time streamed, 2048x1024 0.69x, but 3072x768
+ * 1.55-1.60x), and, not measured again, LayerNorm over columns and GroupNorm. */
+#define FN_STREAM_MIN_BYTES_OTHERS (16u << 20)
+
+/* Stream y only when it is large and not read back: in place, x's lines are owned already.
+ * FN_STORE_STREAM or 0: the row kernels' store flag, and the column kernels' boolean. */
+static inline int fn_stream(const void *x, const void *y, size_t bytes, size_t min_bytes) {
+    return bytes >= min_bytes && x != y ? FN_STORE_STREAM : 0;
+}
+
+/* `bytes` of malloc'ed memory starting on a 64-byte boundary (a cache line, the widest
+ * vector); *block receives the pointer to free. */
+static inline void *fn_malloc_aligned(size_t bytes, void **block) {
+    *block = malloc(bytes + 63);
+    return *block ? (void *)(((uintptr_t)*block + 63) & ~(uintptr_t)63) : NULL;
+}
+
+static inline size_t fn_storage_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F32 ? 4 : dtype == FASTNORM_F64 ? 8 : 2; }
+static inline size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == FASTNORM_F64 ? 8 : 4; }
+
+/* Streaming (non-temporal) stores are weakly ordered, and the kernels leave the fence to
+ * their caller: each thread fences once it has run its share of a loop (FN_PARALLEL_FOR),
+ * so the output is complete when the call returns.  Once per thread, not once per row: on
+ * Zen 4 an SFENCE after every 3 KB row (the fence waits for the write-combining buffers
+ * to drain, and the next row's loads wait behind it) kept LayerNorm 32768x768 at
+ * 1.12-1.16x the copy's time, against 0.74x without.  Off x86 the scalar family's
+ * "streaming" stores are plain ones. */
+#if defined(__x86_64__) || defined(_M_X64) || defined(_M_AMD64)
+#include <xmmintrin.h>
+#define FN_STREAM_FENCE() _mm_sfence()
+#else
+#define FN_STREAM_FENCE() ((void)0)
+#endif
+
+/* for (long long var = 0; var < count; ++var) { body }, over the `threads` (a variable in
+ * scope) OpenMP threads with a static schedule, then FN_STREAM_FENCE in each thread.  One
+ * thread runs the plain loop: entering even a one-thread parallel region costs a fraction
+ * of a microsecond, a noticeable share of a small call. */
+#ifdef _OPENMP
+#define FN_PARALLEL_FOR(var, count, ...)                                                  \
+    do {                                                                                  \
+        long long fn_count_ = (long long)(count);                                         \
+        if (threads > 1) {                                                                \
+            _Pragma("omp parallel num_threads(threads)")                                  \
+            {                                                                             \
+                _Pragma("omp for schedule(static) nowait")                                \
+                for (long long var = 0; var < fn_count_; ++var) { __VA_ARGS__ }           \
+                FN_STREAM_FENCE();                                                        \
+            }                                                                             \
+        } else {                                                                          \
+            for (long long var = 0; var < fn_count_; ++var) { __VA_ARGS__ }               \
+            FN_STREAM_FENCE();                                                            \
+        }                                                                                 \
+    } while (0)
+#else
+#define FN_PARALLEL_FOR(var, count, ...)                                                  \
+    do {                                                                                  \
+        long long fn_count_ = (long long)(count);                                         \
+        (void)threads;                                                                    \
+        for (long long var = 0; var < fn_count_; ++var) { __VA_ARGS__ }                   \
+        FN_STREAM_FENCE();                                                                \
+    } while (0)
+#endif
+
+static inline int fn_threads(int n_threads, size_t elements) {
+    if (elements < FN_PARALLEL_MIN_ELEMENTS) return 1;
+    int threads = n_threads > 0 ? n_threads : fastnorm_default_threads();
+    return threads < 1 ? 1 : threads;
+}
+
+/* a * b * c, or 0 with *overflow set */
+static inline size_t fn_product(size_t a, size_t b, size_t c, int *overflow) {
+    if (a && b > SIZE_MAX / a) { *overflow = 1; return 0; }
+    size_t ab = a * b;
+    if (ab && c > SIZE_MAX / ab) { *overflow = 1; return 0; }
+    return ab * c;
+}
+
+/* One element of storage dtype, in the compute dtype, widened to double. */
+static inline double fn_element(fastnorm_dtype_t dtype, const void *base, size_t index) {
+    switch (dtype) {
+    case FASTNORM_F32: return fn_load1_f32((const float *)base + index);
+    case FASTNORM_F64: return fn_load1_f64((const double *)base + index);
+    case FASTNORM_F16: return fn_load1_f16((const uint16_t *)base + index);
+    default: return fn_load1_bf16((const uint16_t *)base + index);
+    }
+}
+
+static inline void fn_put(fastnorm_dtype_t dtype, void *base, size_t index, double value) {
+    if (!base) return;
+    if (dtype == FASTNORM_F64)
+        ((double *)base)[index] = value;
+    else
+        ((float *)base)[index] = (float)value;
+}
+
+/* weight or bias entry i in the compute dtype, or `absent` when there is none */
+static inline double fn_param(fastnorm_dtype_t dtype, const void *p, size_t i, double absent) {
+    if (!p) return absent;
+    return dtype == FASTNORM_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+
+/* Chan et al.: merge partial (count_b, mean_b, m2_b) into (count, mean, m2). */
+static inline void fn_merge(double *count, double *mean, double *m2, double count_b, double mean_b, double m2_b) {
+    if (count_b == 0) return;
+    if (*count == 0) { *count = count_b; *mean = mean_b; *m2 = m2_b; return; }
+    double total = *count + count_b, delta = mean_b - *mean;
+    *mean += delta * (count_b / total);
+    *m2 += m2_b + delta * delta * (*count * count_b / total);
+    *count = total;
+}
+
+/* mean and rstd of one group from its shifted partials; any NaN/inf in the group (seen as
+ * non-finite partials) makes both NaN, so the whole group's output is NaN. */
+static inline void fn_finish(fastnorm_norm_kind_t kind, double shift, double mean_shifted, double m2,
+                      double count, double eps, double *mean, double *rstd) {
+    if (!isfinite(mean_shifted) || !isfinite(m2)) {
+        *mean = NAN;
+        *rstd = NAN;
+        return;
+    }
+    double spread = m2 / count; /* variance, or mean of squares for RMS */
+    if (spread < 0) spread = 0;
+    *mean = kind == FASTNORM_LAYER_NORM ? shift + mean_shifted : 0.0;
+    *rstd = 1.0 / sqrt(spread + eps);
+}
+
+/* api_batch_norm.c: the per-channel statistics of short rows, which GroupNorm reuses for
+ * its (sample, group) spans. */
+fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
+                                  size_t outer, size_t channels, size_t inner, const char *x,
+                                  double *shift_out, double *mean_shifted_out,
+                                  double *m2_out, int threads);
+
+#endif /* FASTNORM_API_INTERNAL_H */

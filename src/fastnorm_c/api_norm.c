@@ -1,0 +1,548 @@
+/*
+ * api_norm.c - fastnorm_norm: LayerNorm and RMSNorm over the middle axis of (outer, middle,
+ * inner), with the fused residual add.  Rows (inner == 1) take the row kernels in one of
+ * four orders chosen by size (fn_norm_run); a non-trailing axis takes the column kernels.
+ */
+#include "api_internal.h"
+
+/* Long rows take both passes a batch of rows of about this many bytes at a time (measured
+ * against 256 KB and 4 MB: see fn_norm_long_rows). */
+#define FN_LONG_ROW_BATCH_BYTES (1u << 20)
+/* The normalize pass of a row at most FN_PREFETCH_MAX_BYTES long prefetches the next row for
+ * the statistics pass when the input has at least FN_PREFETCH_MIN_BYTES.  Measured (AVX2,
+ * Zen 3, 1 thread, ctypes A/B): 4096x768 float32 (12 MB) LayerNorm and RMSNorm 0.78-0.82x
+ * the time with it; 512x768 (1.5 MB, which the hardware prefetcher keeps up with) 1.04-1.10x;
+ * a slight loss for 16 KB rows.  Only for the families whose table sets prefetch_next
+ * (simd_<family>.h): on Zen 4 the AVX-512 family is faster without. */
+#define FN_PREFETCH_MAX_BYTES 8192
+#define FN_PREFETCH_MIN_BYTES (4u << 20)
+/* Below FN_PREFETCH_MIN_BYTES, rows of at most FN_AHEAD_MAX_BYTES take their statistics one
+ * row ahead: row r + 1's statistics run before row r's normalize pass, so the latency of
+ * row r's division and square root (about 50 cycles with nothing else to do) overlaps
+ * them.  Measured (Zen 4, AVX-512, `python -m fastnorm bench --out`, two runs each,
+ * alternating builds), time per call: LayerNorm 64x768 0.87-0.93x, 512x768 0.89-0.94x
+ * (2 threads 0.84-0.92x), 1024x768 0.94-0.97x; RMSNorm 64x768 0.85-0.86x, 512x768
+ * 0.79-0.89x.  It lost for 8 KB rows (two rows and an output no longer fit the L1 cache:
+ * 128x2048 1.2x) and for inputs past the last-level cache's easy reach (4096x768, 12 MB:
+ * 1.4x in a tight loop). */
+#define FN_AHEAD_MAX_BYTES 4096
+
+/* Columns per work item when a norm reduces over a non-trailing axis. */
+#define FN_COLUMN_CHUNK 256
+
+/* Rows that with their weight and bias take more than FN_GROUP_MIN_BYTES take their
+ * normalize pass in groups of up to FN_GROUP_ROWS rows, a block of FN_PARAM_BLOCK columns
+ * at a time across the group (fn_norm_row_group).  Why: a row of 4096 float32 values with
+ * its weight and bias is 48 KB, past the 32 KB L1 of Zen 3 and Zen 4, so each row read
+ * both parameters again from L2; in groups the row itself is read again instead, and the
+ * parameters once per group.  Measured (in-process A/B, LayerNorm, time per call, float32
+ * / bfloat16, 1 thread): 128x4096 0.82-0.90 / 0.92-1.07, 1024x4096 0.78 / 0.87, 8192x4096
+ * 0.86-0.88 / 0.78-0.79, 64x8192 0.86 / 1.03, 128x3072 0.83 / 0.99 (float32 36 KB,
+ * bfloat16 30 KB); float64 128x4096 0.94, 64x2048 0.88; 2 threads 128x4096 0.87 / 1.00,
+ * 1024x4096 0.84 / 1.05, 8192x4096 0.98 / 0.84.  Under the bound it lost: float32 rows of
+ * 2048 values (24 KB) 1.07-1.09, of 1536 1.21.  Groups of 4 gained less; blocks of 2048
+ * columns less in float32.  With one parameter the row's second read costs as much as the
+ * parameter's (RMSNorm with a weight: 1.03-1.08x), so such calls keep the row order. */
+#define FN_GROUP_MIN_BYTES 32768
+#define FN_GROUP_ROWS 8
+#define FN_PARAM_BLOCK 1024
+
+/* A row norm of at least this many rows reads its weight and bias from a copy placed like
+ * y when they are not: every vector of every row loads them, the normalize pass works on
+ * y's vector boundaries, and a load that straddles two cache lines costs a second access.
+ * NumPy places arrays 16 bytes past a line, where the parameters usually sit like y
+ * already.  The copy costs two rows' parameters per call. */
+#define FN_ALIGN_PARAMS_MIN_ROWS 16
+/* A bfloat16 call of at least this many rows makes its parameters' NaNs canonical while
+ * copying them (about 0.6 cycles per parameter), so that the stores skip their NaN test
+ * (3 operations per 8 values of every row); fewer rows keep the test (fn_row_params). */
+#define FN_CANONICAL_PARAMS_MIN_ROWS 8
+
+/* A float32 value's bits, a NaN made quiet with its low 16 bits cleared: the same NaN
+ * once rounded to bfloat16 (FN_STORE_NAN_CANONICAL). */
+static uint32_t fn_canonical_nan(uint32_t bits) {
+    return (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x400000u) & 0xffff0000u : bits;
+}
+
+/* `n` compute-dtype parameters (`size` bytes each) copied to dst in a row kernel's order
+ * (kernels.h, param_block): natural for order 0, else (float32, order 16) each full block
+ * of 16 values as its 8 even-indexed values, then its 8 odd ones.  bfloat16's parameters
+ * (`canonical`) have their NaNs made canonical on the way, so that the kernel's bfloat16
+ * stores may skip their NaN test.  Loops of constant shape, which the compiler vectorizes:
+ * a one-row call pays for this copy.  Returns dst. */
+static const void *fn_copy_params(void *dst, const void *src, size_t n, size_t size,
+                                  size_t order, int canonical) {
+    size_t blocked = order == 16 ? n / 16 * 16 : 0;
+    const uint32_t *from = (const uint32_t *)src;
+    uint32_t *to = (uint32_t *)dst;
+    if (canonical) {
+        for (size_t block = 0; block < blocked; block += 16)
+            for (size_t k = 0; k < 8; ++k) {
+                to[block + k] = fn_canonical_nan(from[block + 2 * k]);
+                to[block + 8 + k] = fn_canonical_nan(from[block + 2 * k + 1]);
+            }
+        for (size_t i = blocked; i < n; ++i) to[i] = fn_canonical_nan(from[i]);
+        return dst;
+    }
+    for (size_t block = 0; block < blocked; block += 16)
+        for (size_t k = 0; k < 8; ++k) {
+            to[block + k] = from[block + 2 * k];
+            to[block + 8 + k] = from[block + 2 * k + 1];
+        }
+    memcpy((char *)dst + blocked * size, (const char *)src + blocked * size, (n - blocked) * size);
+    return dst;
+}
+
+static double fn_sum_element(fastnorm_dtype_t dtype, const void *x, const void *residual, size_t index) {
+    double a = fn_element(dtype, x, index);
+    if (!residual) return a;
+    double b = fn_element(dtype, residual, index);
+    switch (dtype) {
+    case FASTNORM_F32: return fn_round1_f32((float)a + (float)b);
+    case FASTNORM_F64: return a + b;
+    case FASTNORM_F16: return fn_round1_f16((float)a + (float)b);
+    default: return fn_round1_bf16((float)a + (float)b);
+    }
+}
+
+/* ---- fastnorm_norm ------------------------------------------------------------------ */
+
+typedef struct {
+    const fastnorm_kernels_t *kernels;
+    fastnorm_norm_kind_t kind;
+    fastnorm_dtype_t dtype;
+    size_t outer, middle, inner, item_size;
+    const char *x, *residual;
+    char *residual_out, *y;
+    const void *weight, *bias;
+    double eps;
+    void *mean_out, *rstd_out;
+    int stream, row_store; /* column kernels: stream; row kernels: FN_STORE_* flags */
+    int h_in_stats;        /* fn_norm_spans */
+} fn_norm_job;
+
+/* Where a parameter copy for the row kernels starts, relative to a 64-byte boundary: where
+ * y's vector boundaries fall, in compute-dtype elements (the normalize pass starts its
+ * loop there), when every row of y starts at the same place in a cache line; else on the
+ * boundary. */
+static size_t fn_param_phase(const void *y, size_t item_size, size_t n, size_t size) {
+    uintptr_t address = (uintptr_t)y;
+    if ((n * item_size) % 64 || address % item_size) return 0;
+    size_t lead = (64 - address % 64) % 64 / item_size; /* y's elements before a boundary */
+    return (64 - lead * size % 64) % 64;
+}
+
+/* The row kernels' weight and bias for a call of `rows` rows of n values written to y, and
+ * the store flags they imply.  They are copied into the table's param_block order where
+ * that is not natural, and placed like y (fn_param_phase) from FN_ALIGN_PARAMS_MIN_ROWS
+ * rows if they are not.  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its
+ * NaNs made canonical and the flags include FN_STORE_NAN_CANONICAL, as they do without
+ * parameters; otherwise the kernels keep the bfloat16 store's NaN test.  Returns the
+ * flags, or -1 without memory for a copy the kernels need; *block receives the copy to
+ * free (or NULL). */
+static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype, size_t rows,
+                         size_t n, const void *y, const void **weight, const void **bias,
+                         void **block) {
+    int bf16 = dtype == FASTNORM_BF16;
+    size_t order = kernels->param_block[dtype], size = fn_compute_size(dtype);
+    *block = NULL;
+    if (!*weight && !*bias) return bf16 ? FN_STORE_NAN_CANONICAL : 0;
+    /* pairs in a family order start at the row's start, so their blocks on a boundary */
+    size_t phase = order ? 0 : fn_param_phase(y, fn_storage_size(dtype), n, size);
+    size_t stride = (n * size + 63) / 64 * 64; /* bias: as far past weight as a line multiple */
+    int misplaced = (*weight && ((uintptr_t)*weight - phase) % 64) ||
+                    (*bias && ((uintptr_t)*bias - phase) % 64);
+    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced)) return 0;
+    char *copy = fn_malloc_aligned(stride + n * size + phase, block);
+    if (!copy) return order ? -1 : 0; /* a copy in place only helps: the caller's serve */
+    int canonical = bf16 && rows >= FN_CANONICAL_PARAMS_MIN_ROWS;
+    if (*weight) *weight = fn_copy_params(copy + phase, *weight, n, size, order, canonical);
+    if (*bias) *bias = fn_copy_params(copy + phase + stride, *bias, n, size, order, canonical);
+    return canonical ? FN_STORE_NAN_CANONICAL : 0;
+}
+
+/* The spans from byte `offset` on that the two passes read, and where they store h =
+ * x + residual (residual_out).  Where y is streamed, the dtype is float32 or float64 and
+ * h has lines of its own, the normalize pass reads x and residual again and streams h
+ * with y: the statistics pass's plain stores would read each of h's lines from memory
+ * first (RMSNorm float32, the call's time over that of the same call without
+ * residual_out, against h stored by the statistics pass: 32768x768 0.73-0.89x, 8192x4096
+ * 0.88-0.92x; `bench --residual --out`, four runs, time per call at 32768x768: RMSNorm
+ * 0.71-0.76x, LayerNorm 0.75-1.03x, three of four under 0.84x).  Otherwise
+ * (job->h_in_stats) the statistics pass stores h and the normalize pass reads h alone.
+ * In cache, h from the normalize pass took 1.15-1.25x the time (512x768, 128x4096); over
+ * x or residual, whose lines are owned already, 1.5x out of cache with plain stores
+ * beside y's streaming ones, 1.25-1.3x streamed; and in bfloat16 and float16, whose rows
+ * are compute-bound, 1.10-1.16x (converting x and residual again costs more than the
+ * read for ownership of half as many bytes). */
+typedef struct {
+    const char *x, *residual; /* the statistics pass's inputs */
+    char *stats_h;            /* where it stores h, or NULL */
+    const char *in, *in_residual; /* the normalize pass's inputs */
+    char *normalize_h;            /* where it stores h, or NULL */
+} fn_norm_spans;
+
+static fn_norm_spans fn_spans(const fn_norm_job *job, size_t offset) {
+    fn_norm_spans s = {job->x + offset, job->residual ? job->residual + offset : NULL, NULL,
+                       job->x + offset, job->residual ? job->residual + offset : NULL, NULL};
+    char *h = job->residual_out ? job->residual_out + offset : NULL;
+    if (h && job->h_in_stats) {
+        s.stats_h = h;
+        s.in = h;
+        s.in_residual = NULL;
+    } else {
+        s.normalize_h = h;
+    }
+    return s;
+}
+
+/* A row's statistics relative to its shift (its first value; 0 for RMSNorm). */
+typedef struct {
+    double shift, mean_shifted, m2;
+} fn_row_moments;
+
+/* Row r's shift: its first value of h = x (+ residual), or 0 for RMSNorm. */
+static double fn_row_shift(const fn_norm_job *job, size_t r) {
+    size_t offset = r * job->middle * job->item_size;
+    if (job->kind != FASTNORM_LAYER_NORM) return 0.0;
+    return fn_sum_element(job->dtype, job->x + offset,
+                          job->residual ? job->residual + offset : NULL, 0);
+}
+
+static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m) {
+    size_t n = job->middle;
+    fn_norm_spans s = fn_spans(job, r * n * job->item_size);
+    m->shift = fn_row_shift(job, r);
+    job->kernels->row_stats[job->dtype](s.x, s.residual, s.stats_h, n, m->shift,
+                                        job->kind == FASTNORM_LAYER_NORM, &m->mean_shifted,
+                                        &m->m2);
+}
+
+/* Row r's mean and rstd (stored where the caller asked for them); returns rstd. */
+static double fn_row_finish(const fn_norm_job *job, size_t r, const fn_row_moments *m) {
+    double mean, rstd;
+    fn_finish(job->kind, m->shift, m->mean_shifted, m->m2, (double)job->middle, job->eps, &mean,
+              &rstd);
+    fn_put(job->dtype, job->mean_out, r, mean);
+    fn_put(job->dtype, job->rstd_out, r, rstd);
+    return rstd;
+}
+
+/* The normalize pass of row r's elements begin ... begin + count - 1 (fn_norm_spans), the
+ * row's mean given as the pair (shift, mean_shifted): exact for float64.  next: NULL, or a
+ * span for the kernel to prefetch (the caller reads it next). */
+static void fn_row_normalize_span(const fn_norm_job *job, size_t r, double shift,
+                                  double mean_shifted, double rstd, size_t begin, size_t count,
+                                  const char *next) {
+    size_t offset = (r * job->middle + begin) * job->item_size;
+    size_t param = begin * fn_compute_size(job->dtype);
+    int center = job->kind == FASTNORM_LAYER_NORM;
+    fn_norm_spans s = fn_spans(job, offset);
+    job->kernels->row_normalize[job->dtype](
+        s.in, s.in_residual, s.normalize_h, count, shift, center ? mean_shifted : 0.0, rstd, 0.0,
+        job->weight ? (const char *)job->weight + param : NULL,
+        job->bias ? (const char *)job->bias + param : NULL, job->y + offset, next, job->row_store);
+}
+
+/* Row r's normalize pass, prefetching the next row (which the statistics pass reads next)
+ * where the family asks for it (FN_PREFETCH_MAX_BYTES). */
+static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
+                             double rstd) {
+    size_t row_bytes = job->middle * job->item_size;
+    int prefetch = job->kernels->prefetch_next && r + 1 < job->outer &&
+                   row_bytes <= FN_PREFETCH_MAX_BYTES &&
+                   job->outer * row_bytes >= FN_PREFETCH_MIN_BYTES;
+    fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, 0, job->middle,
+                          prefetch ? job->x + (r + 1) * row_bytes : NULL);
+}
+
+/* Rows first ... end - 1 (at most FN_GROUP_ROWS): the statistics of each, then the
+ * normalize pass a block of FN_PARAM_BLOCK columns at a time across the rows, so that
+ * each block of weight and bias is read into L1 once for the group (nothing to prefetch:
+ * the group's statistics have read its rows).  The blocks start on multiples of 16
+ * elements, as a parameter order of kernels.h's param_block needs. */
+static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) {
+    _Static_assert(FN_PARAM_BLOCK % 16 == 0, "a parameter block starts on a multiple of 16");
+    fn_row_moments m[FN_GROUP_ROWS];
+    double rstd[FN_GROUP_ROWS];
+    size_t n = job->middle;
+    for (size_t r = first; r < end; ++r) {
+        fn_row_stats(job, r, &m[r - first]);
+        rstd[r - first] = fn_row_finish(job, r, &m[r - first]);
+    }
+    for (size_t begin = 0; begin < n; begin += FN_PARAM_BLOCK) {
+        size_t count = n - begin < FN_PARAM_BLOCK ? n - begin : FN_PARAM_BLOCK;
+        for (size_t r = first; r < end; ++r)
+            fn_row_normalize_span(job, r, m[r - first].shift, m[r - first].mean_shifted,
+                                  rstd[r - first], begin, count, NULL);
+    }
+}
+
+/* Statistics then normalization of row r, read from cache the second time. */
+static void fn_norm_row(const fn_norm_job *job, size_t r) {
+    fn_row_moments m;
+    fn_row_stats(job, r, &m);
+    fn_row_normalize(job, r, &m, fn_row_finish(job, r, &m));
+}
+
+/* Rows begin ... end - 1 with the statistics one row ahead (FN_AHEAD_MAX_BYTES), without
+ * a residual in one kernel loop with the previous row's normalize pass
+ * (row_stats_normalize: bench --out, alternating builds, three runs, time per call:
+ * RMSNorm 64x768 0.88-0.94x, 512x768 0.91-0.92x, 1024x768 0.89-0.90x; LayerNorm 512x768
+ * 0.94x, 1024x768 0.94-0.96x).  Each row's outputs are written after the next row's
+ * statistics read its inputs, or while they do, which is right in place too: row r's
+ * output overlaps no other row's inputs (the Python layer makes sure of that for every
+ * output). */
+static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end) {
+    size_t n = job->middle, bytes = n * job->item_size;
+    int center = job->kind == FASTNORM_LAYER_NORM;
+    fn_row_moments m, next;
+    if (begin < end) fn_row_stats(job, begin, &next);
+    for (size_t r = begin; r < end; ++r) {
+        m = next;
+        double rstd = fn_row_finish(job, r, &m);
+        if (r + 1 < end && !job->residual) { /* both in one loop (kernels.h) */
+            const char *x = job->x + r * bytes;
+            next.shift = fn_row_shift(job, r + 1);
+            job->kernels->row_stats_normalize[job->dtype](
+                x + bytes, n, next.shift, center, &next.mean_shifted, &next.m2, x, m.shift,
+                center ? m.mean_shifted : 0.0, rstd, job->weight, job->bias, job->y + r * bytes,
+                job->row_store);
+            continue;
+        }
+        if (r + 1 < end) fn_row_stats(job, r + 1, &next);
+        fn_row_normalize(job, r, &m, rstd);
+    }
+}
+
+/* One batch of long rows (fn_norm_long_rows): rows first ... first + count - 1, each in
+ * `segments` segments of FN_ROW_SEGMENT elements (the last one shorter). */
+typedef struct {
+    size_t first, count;
+    double *part_mean, *part_m2;         /* per segment: count * segments */
+    double *shift, *mean_shifted, *rstd; /* per row: count */
+} fn_long_batch;
+
+static size_t fn_segment_length(size_t n, size_t s) {
+    size_t begin = s * FN_ROW_SEGMENT;
+    return n - begin < FN_ROW_SEGMENT ? n - begin : FN_ROW_SEGMENT;
+}
+
+/* The batch's shifts: before any of its writes, as residual_out may be x. */
+static void fn_long_shifts(const fn_norm_job *job, fn_long_batch *batch) {
+    for (size_t b = 0; b < batch->count; ++b) batch->shift[b] = fn_row_shift(job, batch->first + b);
+}
+
+/* The statistics of segment `item` (row item / segments) of the batch. */
+static void fn_long_stats(const fn_norm_job *job, const fn_long_batch *batch, size_t segments,
+                          size_t item) {
+    size_t b = item / segments, s = item % segments, n = job->middle;
+    fn_norm_spans spans = fn_spans(job, ((batch->first + b) * n + s * FN_ROW_SEGMENT) * job->item_size);
+    job->kernels->row_stats[job->dtype](spans.x, spans.residual, spans.stats_h,
+                                        fn_segment_length(n, s), batch->shift[b],
+                                        job->kind == FASTNORM_LAYER_NORM, &batch->part_mean[item],
+                                        &batch->part_m2[item]);
+}
+
+/* Each row's segment partials merged in order, its mean and rstd. */
+static void fn_long_finish(const fn_norm_job *job, fn_long_batch *batch, size_t segments) {
+    for (size_t b = 0; b < batch->count; ++b) {
+        double total = 0, m2 = 0, mean;
+        batch->mean_shifted[b] = 0;
+        for (size_t s = 0; s < segments; ++s) {
+            size_t item = b * segments + s;
+            if (job->kind == FASTNORM_LAYER_NORM)
+                fn_merge(&total, &batch->mean_shifted[b], &m2, (double)fn_segment_length(job->middle, s),
+                         batch->part_mean[item], batch->part_m2[item]);
+            else
+                m2 += batch->part_m2[item];
+        }
+        fn_finish(job->kind, batch->shift[b], batch->mean_shifted[b], m2, (double)job->middle,
+                  job->eps, &mean, &batch->rstd[b]);
+        fn_put(job->dtype, job->mean_out, batch->first + b, mean);
+        fn_put(job->dtype, job->rstd_out, batch->first + b, batch->rstd[b]);
+    }
+}
+
+/* The normalize pass of segment `item` of the batch; `ahead`: it prefetches the same segment
+ * of x in the next batch, which the next statistics pass reads. */
+static void fn_long_normalize(const fn_norm_job *job, const fn_long_batch *batch, size_t segments,
+                              size_t item, int ahead) {
+    size_t b = item / segments, s = item % segments, n = job->middle, r = batch->first + b;
+    size_t begin = s * FN_ROW_SEGMENT;
+    const char *next = NULL;
+    if (ahead && r + batch->count < job->outer)
+        next = job->x + ((r + batch->count) * n + begin) * job->item_size;
+    fn_row_normalize_span(job, r, batch->shift[b], batch->mean_shifted[b], batch->rstd[b], begin,
+                          fn_segment_length(n, s), next);
+}
+
+/* Rows longer than FN_ROW_SEGMENT: segment partials in parallel, merged per row in order,
+ * then the segments normalized in parallel.  Rows go through both passes a batch of about
+ * FN_LONG_ROW_BATCH_BYTES at a time, so that the second pass reads them from cache, not
+ * from memory (ctypes A/B against all statistics first, float32, median of 9: LayerNorm
+ * 2048x20000 0.77x the time (2 threads 0.94x), 256x65536 0.92x (0.91x), 16x1048576
+ * 0.92-0.97x (0.80x), RMSNorm 16x1048576 0.90x; 256 KB batches lost on 2 threads
+ * (2048x20000 1.21x), 4 MB ones gained less on 1).  On more than one thread the next
+ * batch's statistics run in the same loop as this batch's normalize pass, segment beside
+ * segment, so that the memory sees reads and streamed writes together rather than each
+ * in turn (bench --out, 2 threads, builds alternating, five runs, time per call: RMSNorm
+ * 16x1048576 0.70-0.97x, 2048x20000 0.78-1.02x; LayerNorm 16x1048576 0.78-0.99x,
+ * 2048x20000 0.78-0.96x).  One thread keeps them apart: there the core's own work bounds
+ * the call, and the shared loop lost (LayerNorm 16x1048576 1.07-1.13x, 2048x20000
+ * 1.03-1.14x).  Its normalize pass prefetches the next batch instead, so that memory
+ * reads it while the pass writes (Zen 4, AVX-512, in-process A/Bs, float32 and bfloat16,
+ * time per call: RMSNorm 16x1048576 0.83-0.97x, 256x65536 0.89-0.99x, 2048x20000
+ * 0.91-0.97x; LayerNorm, whose pass also reads a weight and a bias as long as the row,
+ * 0.96-1.05x).  Outputs are x, residual or disjoint from every input (the Python layer
+ * makes sure), so a batch's writes never reach another batch's rows. */
+static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) {
+    size_t rows = job->outer, n = job->middle, size = job->item_size;
+    size_t segments = (n + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
+    size_t batch = FN_LONG_ROW_BATCH_BYTES / (n * size) ? FN_LONG_ROW_BATCH_BYTES / (n * size) : 1;
+    if (batch > rows) batch = rows;
+    size_t per_batch = 2 * batch * segments + 3 * batch;
+    double *scratch = malloc(sizeof(double) * 2 * per_batch);
+    if (!scratch) return FASTNORM_ERR_NO_MEMORY;
+    fn_long_batch batches[2];
+    for (int k = 0; k < 2; ++k) {
+        double *at = scratch + k * per_batch;
+        batches[k] = (fn_long_batch){0, 0, at, at + batch * segments, at + 2 * batch * segments,
+                                     at + 2 * batch * segments + batch,
+                                     at + 2 * batch * segments + 2 * batch};
+    }
+    fn_long_batch *now = &batches[0], *next = &batches[1];
+    now->count = batch;
+    fn_long_shifts(job, now);
+    FN_PARALLEL_FOR(item, batch * segments, fn_long_stats(job, now, segments, (size_t)item););
+    while (now->count) {
+        fn_long_finish(job, now, segments);
+        next->first = now->first + now->count;
+        next->count = rows - next->first < batch ? rows - next->first : batch;
+        fn_long_shifts(job, next);
+        size_t now_items = now->count * segments, next_items = next->count * segments;
+        if (threads > 1) {
+            FN_PARALLEL_FOR(item, now_items, {
+                if ((size_t)item < next_items) fn_long_stats(job, next, segments, (size_t)item);
+                fn_long_normalize(job, now, segments, (size_t)item, 0);
+            });
+        } else {
+            FN_PARALLEL_FOR(item, now_items,
+                            fn_long_normalize(job, now, segments, (size_t)item, 1););
+            FN_PARALLEL_FOR(item, next_items, fn_long_stats(job, next, segments, (size_t)item););
+        }
+        fn_long_batch *done = now;
+        now = next;
+        next = done;
+    }
+    free(scratch);
+    return FASTNORM_OK;
+}
+
+/* Statistics over a non-trailing axis: for each (outer, column chunk) item, column
+ * statistics over `middle` rows, then the normalize pass over the same block. */
+static void fn_norm_columns(const fn_norm_job *job, int threads) {
+    size_t chunks = (job->inner + FN_COLUMN_CHUNK - 1) / FN_COLUMN_CHUNK;
+    size_t items = job->outer * chunks, size = job->item_size, csize = fn_compute_size(job->dtype);
+    int center = job->kind == FASTNORM_LAYER_NORM;
+    FN_PARALLEL_FOR(item, items, {
+        size_t o = (size_t)item / chunks, column = ((size_t)item % chunks) * FN_COLUMN_CHUNK;
+        size_t width = job->inner - column < FN_COLUMN_CHUNK ? job->inner - column : FN_COLUMN_CHUNK;
+        size_t offset = (o * job->middle * job->inner + column) * size;
+        const char *x = job->x + offset;
+        double mean_shifted[FN_COLUMN_CHUNK], m2[FN_COLUMN_CHUNK];
+        /* in the compute dtype; on a cache line, as every vector loads them */
+        _Alignas(64) double mean_hi[FN_COLUMN_CHUNK];
+        _Alignas(64) double mean_lo[FN_COLUMN_CHUNK];
+        _Alignas(64) double scale[FN_COLUMN_CHUNK];
+        job->kernels->col_stats[job->dtype](x, job->middle, width, job->inner, center ? x : NULL,
+                                            center, mean_shifted, m2);
+        for (size_t j = 0; j < width; ++j) {
+            double shift = center ? fn_element(job->dtype, x, j) : 0.0, mean, rstd;
+            fn_finish(job->kind, shift, mean_shifted[j], m2[j], (double)job->middle, job->eps, &mean, &rstd);
+            fn_put(job->dtype, job->mean_out, o * job->inner + column + j, mean);
+            fn_put(job->dtype, job->rstd_out, o * job->inner + column + j, rstd);
+            if (csize == 8) { /* the pair (shift, mean_shifted) is exact where mean rounds */
+                mean_hi[j] = shift;
+                mean_lo[j] = mean_shifted[j];
+                scale[j] = rstd;
+            } else {
+                float hi = (float)mean;
+                ((float *)mean_hi)[j] = hi;
+                ((float *)mean_lo)[j] = (float)(mean - (double)hi);
+                ((float *)scale)[j] = (float)rstd;
+            }
+        }
+        job->kernels->col_normalize[job->dtype](x, job->middle, width, job->inner,
+                                                center ? mean_hi : NULL, center ? mean_lo : NULL,
+                                                scale, job->weight, job->bias,
+                                                NULL, job->y + offset, job->stream);
+    });
+}
+
+/* A checked call's rows (or columns), on `threads` threads. */
+static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
+    if (job->inner != 1) {
+        fn_norm_columns(job, threads);
+        return FASTNORM_OK;
+    }
+    if (job->middle > FN_ROW_SEGMENT) return fn_norm_long_rows(job, threads);
+    size_t row_bytes = job->middle * job->item_size;
+    if (row_bytes <= FN_AHEAD_MAX_BYTES && job->outer * row_bytes < FN_PREFETCH_MIN_BYTES) {
+        /* one contiguous share of the rows per thread, as the static schedule gives */
+        FN_PARALLEL_FOR(t, threads, {
+            fn_norm_rows_ahead(job, (size_t)t * job->outer / (size_t)threads,
+                               (size_t)(t + 1) * job->outer / (size_t)threads);
+        });
+        return FASTNORM_OK;
+    }
+    /* groups no larger than every thread's share of the rows */
+    size_t group = (job->outer + (size_t)threads - 1) / (size_t)threads;
+    if (group > FN_GROUP_ROWS) group = FN_GROUP_ROWS;
+    size_t row_and_params = job->middle * (job->item_size + 2 * fn_compute_size(job->dtype));
+    if (job->weight && job->bias && row_and_params > FN_GROUP_MIN_BYTES && group > 1) {
+        FN_PARALLEL_FOR(g, (job->outer + group - 1) / group, {
+            size_t first = (size_t)g * group;
+            fn_norm_row_group(job, first, first + group < job->outer ? first + group : job->outer);
+        });
+        return FASTNORM_OK;
+    }
+    FN_PARALLEL_FOR(r, job->outer, fn_norm_row(job, (size_t)r););
+    return FASTNORM_OK;
+}
+
+fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer,
+                                size_t middle, size_t inner, const void *x, const void *residual,
+                                void *residual_out, void *y, const void *weight, const void *bias,
+                                double eps, void *mean_out, void *rstd_out, int n_threads) {
+    int overflow = 0;
+    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
+    if (kind != FASTNORM_LAYER_NORM && kind != FASTNORM_RMS_NORM) return FASTNORM_ERR_BAD_VALUE;
+    if (!x || !y) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = fn_product(outer, middle, inner, &overflow);
+    if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
+    if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
+    if (residual_out && !residual) return FASTNORM_ERR_NULL_POINTER;
+    if (residual && inner != 1) return FASTNORM_ERR_BAD_SHAPE;
+    if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
+    int stream = fn_stream(x, y, total * fn_storage_size(dtype),
+                           inner == 1 && !residual ? FN_STREAM_MIN_BYTES
+                                                   : FN_STREAM_MIN_BYTES_OTHERS);
+    if (kind == FASTNORM_RMS_NORM) bias = NULL; /* RMSNorm has no bias */
+    const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
+    void *param_block = NULL;
+    int row_store = 0;
+    if (inner == 1) { /* the column path takes weight and bias per row, as scalars */
+        row_store = fn_row_params(kernels, dtype, outer, middle, y, &weight, &bias, &param_block);
+        if (row_store < 0) return FASTNORM_ERR_NO_MEMORY;
+    }
+    fn_norm_job job = {kernels, kind, dtype, outer, middle, inner,
+                       fn_storage_size(dtype), (const char *)x, (const char *)residual,
+                       (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
+                       stream, stream | row_store,
+                       residual_out && (!stream || fn_storage_size(dtype) == 2 ||
+                                        residual_out == x || residual_out == residual)};
+    fastnorm_status_t status = fn_norm_run(&job, fn_threads(n_threads, total));
+    free(param_block);
+    return status;
+}

@@ -1,0 +1,469 @@
+/*
+ * kernel_row_normalize.h - part of kernel_body.h (which includes it once per dtype, after
+ * kernel_row_stats.h): row_normalize, rows_affine, and row_stats_normalize, the normalize
+ * pass of one row in one loop with the next row's statistics.
+ */
+
+/* ---- row normalize --------------------------------------------------------------- */
+
+/* Elements before y's first address aligned for a streaming store (all of them when y is
+ * not even element-aligned, so nothing is streamed). */
+KB_INLINE size_t KB_NAME(kb_stream_head)(const KB_T *y, size_t n) {
+    const uintptr_t address = (uintptr_t)y, bytes = KB_LANES * sizeof(KB_T);
+    size_t head = address % sizeof(KB_T) ? n : (size_t)((bytes - address % bytes) % bytes) / sizeof(KB_T);
+    return head < n ? head : n;
+}
+
+/* Prefetch the cache lines of elements i ... i + count - 1 of a span, each line once as i
+ * steps by count: every 64 bytes of a step of 64 or more, else from the step that starts
+ * in a line's first `step` bytes.  With the low-locality hint (prefetcht2): the span is
+ * read by the caller's next pass, not this one, and need not displace this pass's data
+ * from L1 (api_norm.c's long rows on 1 thread, 16x1048576, time against no prefetch: RMSNorm
+ * 0.83-0.97x with prefetcht2, 0.94-0.99x with prefetcht0; LayerNorm 0.98-1.02x against
+ * 1.06-1.10x).  Not in the scalar family: its one-lane loops rely on the compiler's
+ * auto-vectorization, which a per-element prefetch defeats (measured 1.6x slower). */
+KB_INLINE void KB_NAME(kb_prefetch_lines)(const char *span, size_t i, size_t count) {
+    size_t byte = i * sizeof(KB_T), step = count * sizeof(KB_T);
+    if (KB_LANES == 1) return;
+    if (step >= 64)
+        for (size_t offset = 0; offset < step; offset += 64)
+            __builtin_prefetch(span + byte + offset, 0, 1);
+    else if (byte % 64 < step)
+        __builtin_prefetch(span + byte, 0, 1);
+}
+
+/* The normalize pass's constants as vectors: y = ((h - mean_hi) * scale + low) * w + b,
+ * where low = -mean_lo * scale folds the low part of the mean into the FMA (one operation
+ * fewer than subtracting it, and one rounding fewer); without weight and bias, `beta`
+ * already holds beta + low. */
+KB_INLINE void KB_NAME(kb_normalize_constants)(KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
+                                               int center, int has_affine, KB_V *mean_hi_v,
+                                               KB_V *low_v, KB_V *scale_v, KB_V *beta_v) {
+    KB_C low = center ? (KB_C)(-(double)mean_lo * (double)scale) : 0;
+    *mean_hi_v = kb_set1(mean_hi);
+    *low_v = kb_set1(low);
+    *scale_v = kb_set1(scale);
+    *beta_v = kb_set1(has_affine ? beta : beta + low);
+}
+
+/* The normalize pass on h, the vector at element i (kb_normalize_constants); `left` <
+ * KB_LANES selects a masked tail of the parameters. */
+KB_INLINE KB_V KB_NAME(kb_normalize_h)(KB_V h, size_t i, size_t left, KB_V mean_hi, KB_V low,
+                                       KB_V scale, KB_V beta, const KB_C *weight,
+                                       const KB_C *bias, int center, int has_weight,
+                                       int has_bias) {
+    int full = left >= KB_LANES;
+    if (center) h = kb_sub(h, mean_hi);
+    KB_V add = has_bias ? (full ? kb_param(bias + i) : kb_param_n(bias + i, left)) : beta;
+    if (has_weight)
+        return kb_fma(center ? kb_fma(h, scale, low) : kb_mul(h, scale),
+                      full ? kb_param(weight + i) : kb_param_n(weight + i, left), add);
+    return kb_fma(h, scale, has_bias ? kb_add(add, low) : add);
+}
+
+/* One vector of the normalize pass at element i; `left` < KB_LANES selects a masked tail.
+ * h_out: NULL, or where h goes (for residual_out). */
+KB_INLINE KB_V KB_NAME(kb_row_normalize_value)(const KB_T *x, const KB_T *residual, size_t i,
+                                               size_t left, KB_V mean_hi, KB_V low, KB_V scale,
+                                               KB_V beta, const KB_C *weight, const KB_C *bias,
+                                               int has_residual, int center, int has_weight,
+                                               int has_bias, KB_V *h_out) {
+    int full = left >= KB_LANES;
+    KB_V h = full ? kb_load(x + i) : kb_load_n(x + i, left);
+    if (has_residual)
+        h = kb_round(kb_add(h, full ? kb_load(residual + i) : kb_load_n(residual + i, left)));
+    if (h_out) *h_out = h;
+    return KB_NAME(kb_normalize_h)(h, i, left, mean_hi, low, scale, beta, weight, bias, center,
+                                   has_weight, has_bias);
+}
+
+/* The pair of vectors at element i (kb_load2's order; the parameters' pair at i is in the
+ * same order). */
+KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residual, size_t i,
+                                              KB_V mean_hi, KB_V low, KB_V scale, KB_V beta,
+                                              const KB_C *weight, const KB_C *bias,
+                                              int has_residual, int center, int has_weight,
+                                              int has_bias, KB_V *first, KB_V *second,
+                                              KB_V *h_first, KB_V *h_second) {
+    KB_V h0, h1;
+    kb_load2(x + i, &h0, &h1);
+    if (has_residual) {
+        KB_V r0, r1;
+        kb_load2(residual + i, &r0, &r1);
+        h0 = kb_round(kb_add(h0, r0));
+        h1 = kb_round(kb_add(h1, r1));
+        *h_first = h0;
+        *h_second = h1;
+    }
+    *first = KB_NAME(kb_normalize_h)(h0, i, KB_LANES, mean_hi, low, scale, beta, weight, bias,
+                                     center, has_weight, has_bias);
+    *second = KB_NAME(kb_normalize_h)(h1, i + KB_LANES, KB_LANES, mean_hi, low, scale, beta,
+                                      weight, bias, center, has_weight, has_bias);
+}
+
+/* v to p: streamed (stream), stored, or its first `left` (< KB_LANES) elements stored. */
+KB_INLINE void KB_NAME(kb_put)(KB_T *p, KB_V v, size_t left, int stream) {
+    if (left >= KB_LANES && stream)
+        kb_stream(p, v);
+    else if (left >= KB_LANES)
+        kb_store(p, v);
+    else
+        kb_store_n(p, v, left);
+}
+
+/* One vector of the pass stored to y, and h to h_out where has_h_out (streamed where
+ * stream_h, which implies stream). */
+KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *residual, size_t i,
+                                                size_t left, KB_V mean_hi, KB_V low,
+                                                KB_V scale, KB_V beta, const KB_C *weight,
+                                                const KB_C *bias, KB_T *y, KB_T *h_out,
+                                                int has_residual, int has_h_out, int center,
+                                                int has_weight, int has_bias, int stream,
+                                                int stream_h) {
+    KB_V h;
+    KB_V out = KB_NAME(kb_row_normalize_value)(x, residual, i, left, mean_hi, low, scale, beta,
+                                               weight, bias, has_residual, center, has_weight,
+                                               has_bias, &h);
+    KB_NAME(kb_put)(y + i, out, left, stream);
+    if (has_h_out) KB_NAME(kb_put)(h_out + i, h, left, stream_h);
+}
+
+/* The first `left` (< KB_LANES) elements of v streamed to y in 16-byte pieces where y is
+ * 16-byte aligned (NumPy's large arrays are, 16 bytes past a 64-byte line): a row's
+ * partial first or last vector, so that a line shared with the neighbouring row gets
+ * streaming stores only, never a plain store that flushes the line's write-combining
+ * buffer early and reads it (LayerNorm 32768x768 float32 on NumPy arrays took 1.15x the
+ * time before).  A remainder under 16 bytes is stored plainly.  The vector goes to the
+ * stack whole: the 16-byte loads that follow cannot take their data from a masked store
+ * and waited for it to retire (perf, bfloat16 LayerNorm 32768x768: this function 7% of
+ * the samples, 2.9% after).  Out of line: it runs at most twice a row, and every kernel
+ * variant would otherwise carry a copy. */
+static __attribute__((noinline)) void KB_NAME(kb_stream_part)(KB_T *y, KB_V v, size_t left) {
+    _Alignas(64) KB_T part[KB_LANES];
+    kb_store(part, v);
+    size_t bytes = left * sizeof(KB_T), streamed = (uintptr_t)y % 16 ? 0 : bytes / 16 * 16;
+    kb_stream_bytes(y, part, streamed);
+    if (bytes > streamed) /* a call of memcpy costs a VZEROUPPER too */
+        memcpy((char *)y + streamed, (const char *)part + streamed, bytes - streamed);
+}
+
+KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residual, KB_T *h_out,
+                                              size_t n, KB_C mean_hi, KB_C mean_lo, KB_C scale,
+                                              KB_C beta, const KB_C *weight, const KB_C *bias,
+                                              KB_T *y, const char *next, int has_residual,
+                                              int has_h_out, int center, int has_weight,
+                                              int has_bias, int stream, int canonical) {
+    KB_V mean_hi_v, low_v, scale_v, beta_v;
+    KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, has_weight || has_bias,
+                                    &mean_hi_v, &low_v, &scale_v, &beta_v);
+    stream = stream && KB_LANES > 1; /* the scalar family's "streaming" stores are plain */
+    size_t i = 0, head = stream ? KB_NAME(kb_stream_head)(y, n) : 0;
+    /* nothing aligned to stream to; or pairs in a family order, which must start at the
+     * row's start (where the parameters' blocks start) */
+    if (head == n || (KB_PAIR_BLOCK && head)) stream = head = 0;
+    /* h streams where it sits like y, from the same element on, unless it overwrites an
+     * input, whose lines are in cache and owned already (api_norm.c has the statistics pass
+     * store such an h: fn_norm_spans) */
+    const uintptr_t pair_bytes = 2 * KB_LANES * sizeof(KB_T);
+    int stream_h = has_h_out && stream && h_out != (const void *)x &&
+                   h_out != (const void *)residual &&
+                   ((uintptr_t)h_out - (uintptr_t)y) % pair_bytes == 0;
+    KB_V h, h1;
+#define KB_VALUE(at, left)                                                                       \
+    KB_NAME(kb_row_normalize_value)(x, residual, at, left, mean_hi_v, low_v, scale_v, beta_v,    \
+                                    weight, bias, has_residual, center, has_weight, has_bias, &h)
+#define KB_VECTOR(at, left, streamed)                                                            \
+    KB_NAME(kb_row_normalize_vector)(x, residual, at, left, mean_hi_v, low_v, scale_v, beta_v,   \
+                                     weight, bias, y, h_out, has_residual, has_h_out, center,    \
+                                     has_weight, has_bias, streamed, (streamed) && stream_h)
+    if (head) { /* unaligned start: a partial vector up to the first aligned element */
+        KB_NAME(kb_stream_part)(y, KB_VALUE(0, head), head);
+        if (has_h_out) KB_NAME(kb_stream_part)(h_out, h, head);
+    }
+    i = head;
+    /* Two vectors per store in the vector families: AVX2 packs 16-bit results into one
+     * 32-byte store instead of two 16-byte ones (bfloat16/float16 512x768 LayerNorm
+     * 0.88-0.97x the time, 32768x768 0.89-0.96x); the scalar family keeps its one-value
+     * loop, which the compiler vectorizes.  The loads of this pass come from cache (the
+     * statistics pass just read them), so the load ports have room to fetch the caller's
+     * next span meanwhile. */
+    const int pairs = KB_LANES > 1;
+    _Static_assert(KB_PAIR_BLOCK == 0 || KB_PAIR_BLOCK == 2 * KB_LANES, "a parameter block is a pair");
+#define KB_PAIR(at, first, second)                                                               \
+    KB_NAME(kb_row_normalize_pair)(x, residual, at, mean_hi_v, low_v, scale_v, beta_v, weight,   \
+                                   bias, has_residual, center, has_weight, has_bias, &first,    \
+                                   &second, &h, &h1)
+#define KB_PREFETCH2(at)                                                                          \
+    if (next) KB_NAME(kb_prefetch_lines)(next, at, 2 * KB_LANES);
+    if (stream) {
+        /* pairs start where y is aligned for a two-vector streaming store (in a family
+         * order: at the row's start, and the store needs one vector's alignment) */
+        if (pairs && !KB_PAIR_BLOCK && (uintptr_t)(y + i) % pair_bytes && i + KB_LANES <= n) {
+            KB_VECTOR(i, KB_LANES, 1);
+            i += KB_LANES;
+        }
+        for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
+            KB_PREFETCH2(i);
+            KB_V first, second;
+            KB_PAIR(i, first, second);
+            kb_stream2(y + i, first, second, canonical);
+            if (stream_h)
+                kb_stream2(h_out + i, h, h1, 0);
+            else if (has_h_out)
+                kb_store2(h_out + i, h, h1, 0);
+        }
+        for (; i + KB_LANES <= n; i += KB_LANES) KB_VECTOR(i, KB_LANES, 1);
+        if (i < n) {
+            KB_NAME(kb_stream_part)(y + i, KB_VALUE(i, n - i), n - i);
+            if (has_h_out) KB_NAME(kb_stream_part)(h_out + i, h, n - i);
+        }
+        return;
+    }
+    for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
+        KB_PREFETCH2(i);
+        KB_V first, second;
+        KB_PAIR(i, first, second);
+        kb_store2(y + i, first, second, canonical);
+        if (has_h_out) kb_store2(h_out + i, h, h1, 0);
+    }
+#undef KB_PREFETCH2
+#undef KB_PAIR
+    /* where the parameters are in natural order again: after the last full pair block */
+    const size_t natural = KB_PAIR_BLOCK ? n / (2 * KB_LANES) * (2 * KB_LANES) : 0;
+    for (; i + KB_LANES <= n; i += KB_LANES) {
+        if (next) KB_NAME(kb_prefetch_lines)(next, i, KB_LANES);
+        KB_VECTOR(i, KB_LANES, 0);
+    }
+    /* the last partial vector: out of place, a full vector ending at n (rewriting a few
+     * outputs with the same values) is much cheaper than a masked store (Zen 3: VMASKMOVPS
+     * to memory is microcoded).  Not where an input is overwritten already: y or h over
+     * x, h over residual.  (The streaming path above ends its rows itself: a plain store
+     * into a line still being streamed costs that line's write-combining flush and a
+     * read, 1.25x the time of a 25 MB BatchNorm eval.)  Not into a pair block either (its
+     * parameters are in the family's order). */
+    int overwritten = (const void *)x == (const void *)y ||
+                      (has_h_out && (h_out == (const void *)x || h_out == (const void *)residual));
+    if (i < n && n >= KB_LANES && n - KB_LANES >= natural && !overwritten)
+        KB_VECTOR(n - KB_LANES, KB_LANES, 0);
+    else if (i < n)
+        KB_VECTOR(i, n - i, 0);
+#undef KB_VECTOR
+#undef KB_VALUE
+}
+
+/* Where y is not on a vector boundary (NumPy puts arrays 16 bytes past a cache line) and
+ * the row is neither streamed (that loop aligns itself) nor in a family order (AVX2
+ * bfloat16, whose parameter blocks start at the row's start), the caller runs kb_row_normalize_impl from y's first vector boundary over a whole number of
+ * vectors, so that no store and, where the caller placed x and the parameters as y
+ * (fn_row_params), no load splits across two lines; it stores the row's first and last
+ * vectors, full and unaligned, after that loop, which is right in place too (their
+ * overlap with the loop's outputs is rewritten with the same values).  Returns the
+ * loop's first element (0: no such loop, the row as it is) and its length in *body, and
+ * computes the two vectors (and their h where h_first is not NULL), flags tested at run
+ * time: two vectors a row do not need a variant of their own (a copy of the whole pass per variant doubled the compile time).
+ * (Computing the last vector after the loop took 1.04x the time of LayerNorm 512x768;
+ * running the loop from the boundary by index inside kb_row_normalize_impl cost four
+ * instructions of index arithmetic per pair.) */
+KB_INLINE size_t KB_NAME(kb_row_edges)(const KB_T *x, const KB_T *residual, size_t n,
+                                       KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
+                                       const KB_C *weight, const KB_C *bias, int center,
+                                       const KB_T *y, int stream, size_t *body, KB_V *first,
+                                       KB_V *last, KB_V *h_first, KB_V *h_last) {
+    if (KB_LANES == 1 || KB_PAIR_BLOCK || stream) return 0;
+    size_t lead = KB_NAME(kb_stream_head)(y, n);
+    if (!lead || lead + 2 * KB_LANES > n) return 0;
+    KB_V mean_hi_v, low_v, scale_v, beta_v;
+    KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, weight || bias,
+                                    &mean_hi_v, &low_v, &scale_v, &beta_v);
+#define KB_EDGE(at, h)                                                                              \
+    KB_NAME(kb_row_normalize_value)(x, residual, at, KB_LANES, mean_hi_v, low_v, scale_v, beta_v,   \
+                                    weight, bias, residual != NULL, center, weight != NULL,         \
+                                    bias != NULL, h)
+    *first = KB_EDGE(0, h_first);
+    *last = KB_EDGE(n - KB_LANES, h_last);
+#undef KB_EDGE
+    *body = (n - lead) / KB_LANES * KB_LANES;
+    return lead;
+}
+
+/* The mean pair (mean_hi, mean_lo) as compute-dtype values: float64 keeps the caller's
+ * pair (shift, shifted mean), exact where one double would round at large offsets;
+ * float32 splits the double sum into a high/low float pair. */
+KB_INLINE void KB_NAME(kb_mean_pair)(double mean, double mean_lo, KB_C *hi, KB_C *lo) {
+    if (sizeof(KB_C) == sizeof(double)) {
+        *hi = (KB_C)mean;
+        *lo = (KB_C)mean_lo;
+    } else {
+        double total = mean + mean_lo;
+        *hi = (KB_C)total;
+        *lo = (KB_C)(total - (double)*hi);
+    }
+}
+
+static void KB_NAME(row_normalize)(const void *x, const void *residual, void *residual_out,
+                                   size_t n, double mean, double mean_lo, double scale,
+                                   double beta, const void *weight, const void *bias, void *y,
+                                   const void *next, int store) {
+    const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
+    KB_T *hs = (KB_T *)residual_out;
+    const char *nx = (const char *)next;
+    int stream = store & FN_STORE_STREAM;
+    int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL); /* a variant where it pays */
+    const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
+    KB_T *ys = (KB_T *)y;
+    KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
+    KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
+    int center = mean != 0.0 || mean_lo != 0.0;
+    /* from y's vector boundary where kb_row_edges finds one */
+    size_t body = n;
+    KB_V first = kb_set1(0), last = first, h_first = first, h_last = first;
+    size_t lead = KB_NAME(kb_row_edges)(xs, rs, n, hi, lo, sc, be, ws, bs, center, ys, stream,
+                                        &body, &first, &last, hs ? &h_first : NULL,
+                                        hs ? &h_last : NULL);
+    if (lead) {
+        xs += lead;
+        rs = rs ? rs + lead : NULL;
+        hs = hs ? hs + lead : NULL;
+        ws = ws ? ws + lead : NULL;
+        bs = bs ? bs + lead : NULL;
+        nx = nx ? nx + lead * sizeof(KB_T) : NULL;
+    }
+    int flags = (canonical ? 16 : 0) | (rs ? 8 : 0) | (center ? 4 : 0) | (ws ? 2 : 0) | (bs ? 1 : 0);
+    /* a switch of constant flags lets the compiler emit one tight loop per variant (and drop
+     * the canonical ones where KB_CANONICAL is 0); whether a residual's h is stored is
+     * tested in the loop (a variant of its own per residual variant doubled the compile
+     * time) */
+#define KB_CASE(f)                                                                              \
+    case f:                                                                                     \
+        KB_NAME(kb_row_normalize_impl)(xs, rs, hs, body, hi, lo, sc, be, ws, bs, ys + lead, nx, \
+                                       (f) & 8, (f) & 8 && hs, (f) & 4, (f) & 2, (f) & 1, stream, \
+                                       (f) & 16);                                               \
+        break;
+    switch (flags) {
+        KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
+        KB_CASE(8) KB_CASE(9) KB_CASE(10) KB_CASE(11) KB_CASE(12) KB_CASE(13) KB_CASE(14)
+        KB_CASE(15) KB_CASE(16) KB_CASE(17) KB_CASE(18) KB_CASE(19) KB_CASE(20) KB_CASE(21)
+        KB_CASE(22) KB_CASE(23) KB_CASE(24) KB_CASE(25) KB_CASE(26) KB_CASE(27) KB_CASE(28)
+        KB_CASE(29) KB_CASE(30) KB_CASE(31)
+    }
+#undef KB_CASE
+    if (lead) {
+        kb_store(ys, first);
+        kb_store(ys + n - KB_LANES, last);
+        if (hs) {
+            kb_store(hs - lead, h_first);
+            kb_store(hs - lead + n - KB_LANES, h_last);
+        }
+    }
+}
+
+static void KB_NAME(rows_affine)(const void *x, size_t rows, size_t n, size_t first,
+                                 size_t channels, const double *mean, const double *scale,
+                                 const double *shift, void *y, int store) {
+    int stream = store & FN_STORE_STREAM;
+    for (size_t r = 0, c = first % channels; r < rows; ++r, c = c + 1 == channels ? 0 : c + 1) {
+        const KB_T *xr = (const KB_T *)x + r * n;
+        KB_T *yr = (KB_T *)y + r * n;
+        KB_C hi, lo, sc = (KB_C)scale[c], be = (KB_C)shift[c];
+        double m = mean ? mean[c] : 0.0;
+        KB_NAME(kb_mean_pair)(m, 0.0, &hi, &lo);
+        size_t body = n;
+        KB_V head = kb_set1(0), tail = head;
+        size_t lead = KB_NAME(kb_row_edges)(xr, NULL, n, hi, lo, sc, be, NULL, NULL, m != 0.0, yr,
+                                            stream, &body, &head, &tail, NULL, NULL);
+        /* row_normalize's variants without residual, weight and bias */
+        if (m != 0.0)
+            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, NULL, body, hi, lo, sc, be, NULL, NULL,
+                                           yr + lead, NULL, 0, 0, 1, 0, 0, stream, 0);
+        else
+            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, NULL, body, hi, lo, sc, be, NULL, NULL,
+                                           yr + lead, NULL, 0, 0, 0, 0, 0, stream, 0);
+        if (lead) {
+            kb_store(yr, head);
+            kb_store(yr + n - KB_LANES, tail);
+        }
+    }
+}
+
+/* ---- row normalize with the next row's statistics -------------------------------- */
+
+/* `count` elements of the cursor's pass after the statistics step at element `at`, from
+ * step KB_CURSOR_LAG on */
+KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t at, size_t count,
+                                      int fused) {
+    if (KB_LANES == 1) return; /* the scalar family: the pass runs whole after the statistics */
+    if (at < KB_CURSOR_LAG * count) return;
+    const KB_V mean_hi = cursor->mean_hi, low = cursor->low, scale = cursor->scale;
+    const KB_V beta = cursor->beta;
+    size_t i = cursor->i, stop = cursor->end - i < count ? cursor->end : i + count;
+    for (; i + 2 * KB_LANES <= stop; i += 2 * KB_LANES) {
+        KB_V first, second, unused;
+        KB_NAME(kb_row_normalize_pair)(cursor->x, NULL, i, mean_hi, low, scale, beta,
+                                       cursor->weight, cursor->bias, 0, fused & 16, fused & 2,
+                                       fused & 4, &first, &second, &unused, &unused);
+        kb_store2(cursor->y + i, first, second, fused & 8);
+    }
+    cursor->i = i;
+}
+
+/* row_normalize of x (no residual, no next, not streamed) and row_stats of x_next (no
+ * residual), n elements each, with the same results, in one loop where they fit one
+ * (kernels.h). */
+static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double shift, int center,
+                                         double *mean_shifted, double *m2, const void *x,
+                                         double mean, double mean_lo, double scale,
+                                         const void *weight, const void *bias, void *y,
+                                         int store) {
+    const KB_T *xs = (const KB_T *)x, *next = (const KB_T *)x_next;
+    const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
+    KB_T *ys = (KB_T *)y;
+    KB_C hi, lo, sc = (KB_C)scale, be = 0;
+    KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
+    int normalize_center = mean != 0.0 || mean_lo != 0.0;
+    int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL);
+    /* LayerNorm with a weight (both passes centred) or RMSNorm with one (neither, no
+     * bias): anything else, and streaming stores, as the two kernels one after the other
+     * (each variant is a copy of both loops: these three are the transformer's) */
+    int fits = !(store & FN_STORE_STREAM) && normalize_center == !!center && ws &&
+               (center || !bs);
+    if (!fits) {
+        KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, 0.0, weight, bias, y, NULL,
+                               store);
+        KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, mean_shifted, m2);
+        return;
+    }
+    size_t body = n;
+    KB_V first = kb_set1(0), last = first;
+    size_t lead = KB_NAME(kb_row_edges)(xs, NULL, n, hi, lo, sc, be, ws, bs, center, ys, 0, &body,
+                                        &first, &last, NULL, NULL);
+    KB_NAME(kb_cursor) cursor = {xs + lead, ws ? ws + lead : NULL, bs ? bs + lead : NULL,
+                                 ys + lead, 0, body / (2 * KB_LANES) * (2 * KB_LANES),
+                                 kb_set1(0), kb_set1(0), kb_set1(0), kb_set1(0)};
+    KB_NAME(kb_normalize_constants)(hi, lo, sc, be, center, ws || bs, &cursor.mean_hi,
+                                    &cursor.low, &cursor.scale, &cursor.beta);
+    int flags = 1 | (ws ? 2 : 0) | (bs ? 4 : 0) | (canonical ? 8 : 0) | (center ? 16 : 0);
+    /* the statistics with the pass's first pairs, then the rest of the pass as
+     * row_normalize runs it (same arithmetic per element, so the same results) */
+#define KB_CASE(f)                                                                                \
+    case f:                                                                                       \
+        KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, shift, (f) & 16, mean_shifted, m2, 0, 0,  \
+                                   &cursor, f, 1);                                                \
+        KB_NAME(kb_row_normalize_impl)(cursor.x + cursor.i, NULL, NULL, body - cursor.i, hi, lo,  \
+                                       sc, be, cursor.weight ? cursor.weight + cursor.i : NULL,   \
+                                       cursor.bias ? cursor.bias + cursor.i : NULL,               \
+                                       cursor.y + cursor.i, NULL, 0, 0, (f) & 16, (f) & 2,        \
+                                       (f) & 4, 0, (f) & 8);                                      \
+        break;
+    switch (KB_CANONICAL ? flags : flags & ~8) {
+        KB_CASE(3) KB_CASE(19) KB_CASE(23) KB_CASE(11) KB_CASE(27) KB_CASE(31)
+    }
+#undef KB_CASE
+#ifdef KB_SQUARES
+    if (!center && KB_SQUARES_FLUSHED(n, *m2)) /* as in row_stats */
+        KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, 0.0, 0, mean_shifted, m2, 0, 0, NULL, 0, 0);
+#endif
+    if (lead) {
+        kb_store(ys, first);
+        kb_store(ys + n - KB_LANES, last);
+    }
+}
