@@ -8,13 +8,11 @@
 /* Long rows take both passes a batch of rows of about this many bytes at a time (measured
  * against 256 KB and 4 MB: see fn_norm_long_rows). */
 #define FN_LONG_ROW_BATCH_BYTES (1u << 20)
-/* The normalize pass of a row at most FN_PREFETCH_MAX_BYTES long prefetches the next row for
- * the statistics pass when the input has at least FN_PREFETCH_MIN_BYTES.  Measured (AVX2,
- * Zen 3, 1 thread, ctypes A/B): 4096x768 float32 (12 MB) LayerNorm and RMSNorm 0.78-0.82x
- * the time with it; 512x768 (1.5 MB, which the hardware prefetcher keeps up with) 1.04-1.10x;
- * a slight loss for 16 KB rows.  Only for the families whose table sets prefetch_next
- * (simd_<family>.h): on Zen 4 the AVX-512 family is faster without. */
-#define FN_PREFETCH_MAX_BYTES 8192
+/* In an input of at least FN_PREFETCH_MIN_BYTES, the normalize pass of a row whose length in
+ * bytes lies in the family's prefetch_row_min ... prefetch_row_max (kernels.h, measured in
+ * simd_<family>.h) prefetches the next row for the statistics pass.  Smaller inputs do
+ * not: 512x768 float32 (1.5 MB, which the hardware prefetcher keeps up with) took
+ * 1.04-1.10x the time with it (AVX2, Zen 3, 1 thread, ctypes A/B). */
 #define FN_PREFETCH_MIN_BYTES (4u << 20)
 /* Below FN_PREFETCH_MIN_BYTES, rows of at most FN_AHEAD_MAX_BYTES take their statistics one
  * row ahead: row r + 1's statistics run before row r's normalize pass, so the latency of
@@ -245,12 +243,12 @@ static void fn_row_normalize_span(const fn_norm_job *job, size_t r, double shift
 }
 
 /* Row r's normalize pass, prefetching the next row (which the statistics pass reads next)
- * where the family asks for it (FN_PREFETCH_MAX_BYTES). */
+ * where the family asks for it (FN_PREFETCH_MIN_BYTES). */
 static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
                              double rstd) {
     size_t row_bytes = job->middle * job->item_size;
-    int prefetch = job->kernels->prefetch_next && r + 1 < job->outer &&
-                   row_bytes <= FN_PREFETCH_MAX_BYTES &&
+    int prefetch = r + 1 < job->outer && row_bytes >= job->kernels->prefetch_row_min &&
+                   row_bytes <= job->kernels->prefetch_row_max &&
                    job->outer * row_bytes >= FN_PREFETCH_MIN_BYTES;
     fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, 0, job->middle,
                           prefetch ? job->x + (r + 1) * row_bytes : NULL);

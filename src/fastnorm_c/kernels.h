@@ -110,9 +110,10 @@ typedef struct {
      * into even and odd elements for free sets it (AVX2 bfloat16), and the caller
      * reorders a copy once per call. */
     unsigned char param_block[FASTNORM_DTYPE_COUNT];
-    /* 1: the normalize pass of a short row in a large input pays for prefetching the next
-     * row (api_norm.c, FN_PREFETCH_MAX_BYTES; measured per family in simd_<family>.h). */
-    unsigned char prefetch_next;
+    /* The row lengths in bytes, prefetch_row_min ... prefetch_row_max, whose normalize pass
+     * in a large input pays for prefetching the next row (api_norm.c, FN_PREFETCH_MIN_BYTES;
+     * measured per family in simd_<family>.h); a max of 0: never. */
+    unsigned prefetch_row_min, prefetch_row_max;
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;

@@ -19,11 +19,16 @@ enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
 enum { avx512_canonical_f32 = 0, avx512_canonical_f64 = 0, avx512_canonical_f16 = 0, avx512_canonical_bf16 = 0 };
 /* weight and bias in natural order for every dtype (kernels.h, param_block) */
 enum { avx512_param_block_f32 = 0, avx512_param_block_f64 = 0, avx512_param_block_f16 = 0, avx512_param_block_bf16 = 0 };
-/* the caller passes no next short row (long rows prefetch in every vector family, api_norm.c's
- * fn_norm_long_rows): Zen 4's hardware prefetchers keep up, and the software prefetches
- * cost time (4096x768 float32 LayerNorm, 1 thread, 1.44-1.56x the copy without them,
- * 2.20-2.22x with; 2 threads 0.76-0.77x against 1.10-1.28x) */
-enum { avx512_prefetch_next = 0 };
+/* rows of 8 to 32 KB prefetch the next one in their normalize pass (kernels.h,
+ * prefetch_row_min/max; long rows prefetch in every vector family, api_norm.c's
+ * fn_norm_long_rows).  Zen 4, in-process A/Bs, time per call against no prefetch, 1 thread:
+ * RMSNorm 8192x4096 float32 0.87-0.90 (2 threads 0.87-0.92), bfloat16 0.64-0.68 (0.68-0.74),
+ * 1024x8192 0.93 / 0.80, 2048x4096 0.96-0.97 / 0.85-0.89; LayerNorm 4096x2048 float32 0.79-0.80
+ * (2 threads 0.84).  Shorter rows lost: the per-line prefetches cost more than the hardware
+ * prefetchers leave to gain (4096x768 float32 LayerNorm 1.44-1.56x the copy without them,
+ * 2.20-2.22x with (prefetcht0); RMSNorm 1.14-1.29x the time with prefetcht2), and so did
+ * 64 KB rows (RMSNorm 512x16384 float32 1.22) */
+enum { avx512_prefetch_row_min = 8192, avx512_prefetch_row_max = 32768 };
 typedef __m512 avx512_vec_c32;
 typedef __m512d avx512_vec_c64;
 
