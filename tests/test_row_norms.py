@@ -83,6 +83,27 @@ def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
                                                   err_msg=f"{where}, row {row} stats")
 
 
+@pytest.mark.parametrize("dtype", (F32,) + tuple(HALF_DTYPES))
+def test_rows_of_a_large_input_equal_each_row_alone(op, dtype, isa, rng, tol):
+    # From 4 MB of input (FN_PREFETCH_MIN_BYTES) a row's normalize pass may prefetch the
+    # next row: the families' prefetch_row_min ... prefetch_row_max (AVX2 up to 8 KB,
+    # AVX-512 8 to 32 KB; 1000, 2100 and 4100 values cover both in float32 and half
+    # precision), with a weight alone so that no row goes into a group.  The same bits as
+    # each row alone, out of place and in place.
+    for n in (1000, 2100, 4100):
+        rows = (4 << 20) // (n * dtype.itemsize) + 2
+        x = random_data(rng, (rows, n), dtype, offset=1.5)
+        w, _ = _affine(op, rng, (n,), dtype, True, False)
+        y = row_norm(op, x, None, w, None)
+        assert_close(y, ref_row_norm(op, x, None, w, None), tol, err_msg=f"n={n}")
+        in_place = x.copy()
+        row_norm(op, in_place, None, w, None, out=in_place)
+        np.testing.assert_array_equal(in_place, y, err_msg=f"n={n}, in place")
+        for row in (0, 1, rows // 2, rows - 2, rows - 1):
+            np.testing.assert_array_equal(y[row:row + 1], row_norm(op, x[row:row + 1], None, w, None),
+                                          err_msg=f"n={n}, row {row}")
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_weight_and_bias_at_any_address_give_the_same_bits(op, dtype, isa, rng, tol):
     # From 16 rows up, weight and bias not on a 64-byte line are read from an aligned copy
