@@ -15,13 +15,13 @@
 enum { avx2_lanes_c32 = 8, avx2_lanes_c64 = 4 };
 /* which dtypes' store2/stream2 have a faster form under FN_STORE_NAN_CANONICAL */
 enum { avx2_canonical_f32 = 0, avx2_canonical_f64 = 0, avx2_canonical_f16 = 0, avx2_canonical_bf16 = 1 };
-/* the order of weight and bias for each dtype's row normalize (kernels.h, param_block):
- * bfloat16 pairs are even and odd elements (avx2_load2_bf16) */
 /* rows of up to 8 KB prefetch the next one in their normalize pass (kernels.h,
  * prefetch_row_min/max): Zen 3, 4096x768 float32 (12 MB) LayerNorm and RMSNorm 0.78-0.82x
  * the time (with prefetcht0), a slight loss for 16 KB rows; Zen 4 within noise either
  * way, prefetcht0 or prefetcht2 */
 enum { avx2_prefetch_row_min = 0, avx2_prefetch_row_max = 8192 };
+/* the order of weight and bias for each dtype's row normalize (kernels.h, param_block):
+ * bfloat16 pairs are even and odd elements (avx2_load2_bf16) */
 enum { avx2_param_block_f32 = 0, avx2_param_block_f64 = 0, avx2_param_block_f16 = 0, avx2_param_block_bf16 = 16 };
 typedef __m256 avx2_vec_c32;
 typedef __m256d avx2_vec_c64;

@@ -12,10 +12,10 @@
 enum { scalar_lanes_c32 = 1, scalar_lanes_c64 = 1 };
 /* no store has a faster form under FN_STORE_NAN_CANONICAL */
 enum { scalar_canonical_f32 = 0, scalar_canonical_f64 = 0, scalar_canonical_f16 = 0, scalar_canonical_bf16 = 0 };
-/* weight and bias in natural order for every dtype (kernels.h, param_block) */
-/* the caller need not pass the next short row: this family never prefetches
- * (kernel_row_normalize.h, kb_prefetch_lines) */
+/* no row prefetches the next: this family never prefetches (kernel_row_normalize.h,
+ * kb_prefetch_lines) */
 enum { scalar_prefetch_row_min = 0, scalar_prefetch_row_max = 0 };
+/* weight and bias in natural order for every dtype (kernels.h, param_block) */
 enum { scalar_param_block_f32 = 0, scalar_param_block_f64 = 0, scalar_param_block_f16 = 0, scalar_param_block_bf16 = 0 };
 typedef float scalar_vec_c32;
 typedef double scalar_vec_c64;
