@@ -62,8 +62,9 @@ def test_moments_of_half_data_are_float64(dtype, isa, rng):
     _check_partials(got, _np_moments(x, 0), RTOL[dtype], _scale(x, 0))
 
 
-# Channels-last statistics read up to four strips of a vector's columns in one pass down
-# the rows, then the last one to three full strips in one more, then a narrower strip.
+# Channels-last statistics read four strips of a vector's columns in one pass down the
+# rows, then the last two or three full strips in one more, then a last full strip and a
+# narrower one each alone.
 # Widths of 1 to 7 strips of 16 (AVX-512 float32 and half) or 8 (AVX2; AVX-512 float64)
 # columns, and odd ones; row counts odd, and past the 64 rows of a float32 block.
 @pytest.mark.parametrize("cols", [8, 16, 24, 32, 40, 48, 56, 80, 96, 112, 120])

@@ -52,14 +52,14 @@ static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
     KB_NAME(kb_col_acc_store)(&acc, width, center, mean_out, m2_out);
 }
 
-/* `strips` (1 to 4, a constant at each call) full strips side by side, up to 4 * KB_LANES
+/* `strips` (2 to 4, a constant at each call) full strips side by side, up to 4 * KB_LANES
  * adjacent columns, one pass down the rows reading the adjacent vectors of each: the
  * dependency chains overlap and the reads are sequential.  Four strips against strip by
  * strip (AVX2, Zen 3, interleaved in one process): channels-last BatchNorm statistics 0.55x
  * the time with 64 channels, 0.60x with 256.  The last two or three strips of a row in one
  * pass too (AVX-512, Zen 4, in-process A/B): float32 statistics of 6272 rows of 32 and 48
- * columns 0.73-0.78x and 0.65-0.69x the time, channels-last BatchNorm training of
- * (64, 3, 224, 224) 0.75x; bfloat16 0.97-0.99x.  Each chain takes two rows per step, as
+ * columns 0.73-0.81x and 0.65-0.69x the time, channels-last BatchNorm training of
+ * (64, 3, 224, 224) 0.75-0.78x; bfloat16 0.92-0.99x.  Each chain takes two rows per step, as
  * the row statistics do, in blocks of up to KB_BLOCK rows; an odd last row is merged on its
  * own.  The unused strips' code folds away for a constant `strips`; with the partials
  * merged through arrays instead of one statement per strip, the four strips took 1.19x the
@@ -70,7 +70,7 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
     KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0;
     if (center) {
         s0 = kb_load(shift_row);
-        if (strips > 1) s1 = kb_load(shift_row + KB_LANES);
+        s1 = kb_load(shift_row + KB_LANES);
         if (strips > 2) s2 = kb_load(shift_row + 2 * KB_LANES);
         if (strips > 3) s3 = kb_load(shift_row + 3 * KB_LANES);
     }
@@ -80,10 +80,10 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
     while (rows - r0 >= 2) {
         size_t block = (rows - r0 < KB_BLOCK ? rows - r0 : KB_BLOCK) & ~(size_t)1;
         const KB_T *p = x + r0 * row_stride;
-        KB_V zero = kb_set1(0), mean0, mean1 = zero, mean2 = zero, mean3 = zero;
-        KB_V m2_0, m2_1 = zero, m2_2 = zero, m2_3 = zero;
+        KB_V zero = kb_set1(0), mean0, mean1, mean2 = zero, mean3 = zero;
+        KB_V m2_0, m2_1, m2_2 = zero, m2_3 = zero;
         KB_NAME(kb_welford2_first)(KB_ROW2(0), s0, center, &mean0, &m2_0);
-        if (strips > 1) KB_NAME(kb_welford2_first)(KB_ROW2(1), s1, center, &mean1, &m2_1);
+        KB_NAME(kb_welford2_first)(KB_ROW2(1), s1, center, &mean1, &m2_1);
         if (strips > 2) KB_NAME(kb_welford2_first)(KB_ROW2(2), s2, center, &mean2, &m2_2);
         if (strips > 3) KB_NAME(kb_welford2_first)(KB_ROW2(3), s3, center, &mean3, &m2_3);
         for (size_t k = 2; k <= block / 2; ++k) {
@@ -91,8 +91,7 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
             const KB_V rest = kb_set1(kb_rest[k]);
             p += 2 * row_stride;
             KB_NAME(kb_welford2_step)(KB_ROW2(0), s0, inverse, rest, center, &mean0, &m2_0);
-            if (strips > 1)
-                KB_NAME(kb_welford2_step)(KB_ROW2(1), s1, inverse, rest, center, &mean1, &m2_1);
+            KB_NAME(kb_welford2_step)(KB_ROW2(1), s1, inverse, rest, center, &mean1, &m2_1);
             if (strips > 2)
                 KB_NAME(kb_welford2_step)(KB_ROW2(2), s2, inverse, rest, center, &mean2, &m2_2);
             if (strips > 3)
@@ -105,7 +104,7 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
                                   (double)block, center);                                        \
     } while (0)
         KB_STRIP_END(0, mean0, m2_0);
-        if (strips > 1) KB_STRIP_END(1, mean1, m2_1);
+        KB_STRIP_END(1, mean1, m2_1);
         if (strips > 2) KB_STRIP_END(2, mean2, m2_2);
         if (strips > 3) KB_STRIP_END(3, mean3, m2_3);
 #undef KB_STRIP_END
