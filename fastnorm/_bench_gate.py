@@ -176,7 +176,10 @@ def run_gate():
         failed = [c for c, (_, verdict) in results.items() if verdict in ("FAIL", "busy")]
         if not failed:
             break
-        sys.stderr.write(f"gate: measuring {len(failed)} failed check(s) again (attempt {attempt})\n")
+        why = "; ".join(f"{c.name} {results[c][0]:.2f}, "
+                        + ("others used the cores" if results[c][1] == "busy" else "out of bounds")
+                        for c in failed)
+        sys.stderr.write(f"gate: measuring again (attempt {attempt}): {why}\n")
         time.sleep(RETRY_PAUSE * (attempt - 1))
         results.update(_run_checks(failed))
     fastnorm.set_num_threads(None)
