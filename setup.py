@@ -158,6 +158,8 @@ def build_jobs(family):
         return 1
     jobs = os.environ.get("FASTNORM_BUILD_JOBS", "").strip()
     if jobs:
+        if not jobs.isdigit():
+            raise SystemExit(f"[fastnorm] FASTNORM_BUILD_JOBS must be a whole number, got {jobs!r}")
         return max(1, int(jobs))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
