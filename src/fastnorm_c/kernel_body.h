@@ -16,25 +16,28 @@
  * round/stream/stream2 take storage (n-element forms touch only n elements, 2-forms load
  * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;
  * <family>_canonical_<tag> is 1 where that makes them faster), set1/add/sub/mul/fma/param/
- * param_n/to_double work in the compute dtype; <family>_vec_<ct> is the vector type and
- * <family>_lanes_<ct> its lane count.  A pair is the next 2 * lanes elements, in order
- * unless <family>_param_block_<tag> is set: then the pair holds them in an order of the
- * family's own (AVX2 bfloat16: even elements, odd elements), which the normalize pass's
- * weight and bias follow block by block (kernels.h).
+ * param_n/to_double/sum (the lanes' float64 sum)/first (lane 0) work in the compute
+ * dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its lane count.  A
+ * pair is the next 2 * lanes elements, in order unless <family>_param_block_<tag> is set:
+ * then the pair holds them in an order of the family's own (AVX2 bfloat16: even elements,
+ * odd elements), which the normalize pass's weight and bias follow block by block
+ * (kernels.h).
  *
  * Numerical strategy (see README "Numerics"):
  *   - Statistics run per lane on values near a center taken from the data, so offset-
  *     dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly (Sterbenz).
- *     LayerNorm rows sum h - c and its square about a per-lane center c, the mean of the
- *     lane's first values, moved to the running mean every KB_RECENTER steps (Chan's
+ *     LayerNorm rows sum h - c and its square about one center c for all lanes, the mean
+ *     of the row's first step, moved to a running mean every KB_RECENTER steps (Chan's
  *     formula for the values so far; kb_sums_*): 3.5 operations a vector.  Column
  *     strips run Welford on h - shift, shift a value of the data, each stream taking two
  *     rows per step, the pair merged in with Chan's formula.
  *   - KB_STREAMS independent accumulator sets hide the FMA latency; each takes at most
- *     KB_BLOCK values per lane in the compute dtype before its partials are merged into
- *     float64 lane accumulators with Chan's formula.  Lanes merge at the end in float64.
- *   - Whole vectors left over after the last full step form one more partial (a Welford
- *     stream per lane); fewer than a vector's elements use exact float64 two-pass arithmetic.
+ *     KB_BLOCK values per lane in the compute dtype.  Then a row's block adds its lanes up
+ *     in float64 (kb_sum) and merges into the row's partial with Chan's formula; a column
+ *     strip's block merges into float64 lane accumulators (Chan's formula per lane), which
+ *     merge at the end.
+ *   - A row's whole vectors left over after the last full step are summed about the same
+ *     center; fewer than a vector's elements use exact float64 two-pass arithmetic.
  *   - The mean is subtracted as a high/low pair of compute-dtype values.
  */
 
@@ -65,7 +68,8 @@
 #define kb_param KB_GLUE(KB_ISA, param, KB_CT)
 #define kb_param_n KB_GLUE(KB_ISA, param_n, KB_CT)
 #define kb_to_double KB_GLUE(KB_ISA, to_double, KB_CT)
-#define kb_lane_sum KB_GLUE(KB_ISA, lane_sum, KB_CT)
+#define kb_sum KB_GLUE(KB_ISA, sum, KB_CT)
+#define kb_first KB_GLUE(KB_ISA, first, KB_CT)
 #define kb_scalar_load KB_GLUE(fn, load1, KB_DT)
 #define kb_scalar_store KB_GLUE(fn, store1, KB_DT)
 #define kb_scalar_round KB_GLUE(fn, round1, KB_DT)
@@ -78,8 +82,8 @@
 
 #ifndef KB_STREAMS
 #define KB_STREAMS 4 /* kb_row_stats_impl names four streams */
-#define KB_BLOCK 64      /* row Welford values per lane before a float64 merge */
-/* LayerNorm row statistics move their center to the running mean every KB_RECENTER steps
+#define KB_BLOCK 64      /* values per lane before a float64 merge */
+/* LayerNorm row statistics move their center to a running mean every KB_RECENTER steps
  * (kb_sums_recenter); with one lane also after the second step, since its first center is
  * the mean of only the row's first 2 * KB_STREAMS values (rows led by 8 values 1000 spreads
  * away: rstd 6e-7 off without it, 1.2e-7 in the vector families and in Welford's). */
@@ -160,7 +164,8 @@ KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b,
 #undef kb_param
 #undef kb_param_n
 #undef kb_to_double
-#undef kb_lane_sum
+#undef kb_sum
+#undef kb_first
 #undef kb_scalar_load
 #undef kb_scalar_store
 #undef kb_scalar_round

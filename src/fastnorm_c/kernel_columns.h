@@ -5,6 +5,76 @@
 
 /* ---- column statistics ------------------------------------------------------------ */
 
+/* Merge a partial (vectors mean, m2 of `count` values per lane) into float64 lane
+ * accumulators that hold `acc_count` values per lane; the first partial is copied. */
+KB_INLINE void KB_NAME(kb_merge_partial)(double *acc_mean, double *acc_m2, double acc_count,
+                                         KB_V mean, KB_V m2, double count, int center) {
+    double lane_mean[KB_LANES], lane_m2[KB_LANES];
+    if (acc_count == 0) {
+        kb_to_double(m2, acc_m2);
+        if (center) kb_to_double(mean, acc_mean);
+    } else if (center) {
+        kb_to_double(m2, lane_m2);
+        kb_to_double(mean, lane_mean);
+        kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, count, KB_LANES);
+    } else {
+        kb_to_double(m2, lane_m2);
+        for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
+    }
+}
+
+/* One value per lane as a partial (center: its shifted value, m2 0; !center: its square). */
+KB_INLINE void KB_NAME(kb_welford_one)(KB_V h, KB_V shift, int center, KB_V *mean, KB_V *m2) {
+    *mean = kb_sub(h, shift);
+    *m2 = center ? kb_set1(0) : kb_mul(h, h);
+}
+
+/* A Welford stream that takes two values per step: the pair's own mean and m2 merged into
+ * the stream with Chan's formula.  One dependency chain (subtract, FMA) per two vectors
+ * instead of one, so four streams keep the FMA pipes busy.  The stream holds twice its
+ * mean (`mean2`) and twice its m2 (`m2x2`), which saves two multiplies per step; !center
+ * keeps two sums of squares instead. */
+KB_INLINE void KB_NAME(kb_welford2_first)(KB_V h0, KB_V h1, KB_V shift, int center, KB_V *mean2,
+                                          KB_V *m2x2) {
+    if (center) {
+        KB_V a = kb_sub(h0, shift), b = kb_sub(h1, shift), d = kb_sub(a, b);
+        *mean2 = kb_add(a, b);
+        *m2x2 = kb_mul(d, d);
+    } else {
+        *mean2 = kb_mul(h1, h1);
+        *m2x2 = kb_mul(h0, h0);
+    }
+}
+
+/* Step k (inverse = 1/k, rest = (k-1)/k): the stream holds 2(k-1) values; with
+ * pair = a + b, d = a - b and delta = pair - mean2, Chan's merge gives
+ * mean2 += delta / k and m2x2 += d^2 + delta^2 (k-1)/k.  Five additions and four
+ * multiplies: the adder and FMA pipes share the work (the textbook delta * (pair - new
+ * mean2) would put six of nine operations on the two adders). */
+KB_INLINE void KB_NAME(kb_welford2_step)(KB_V h0, KB_V h1, KB_V shift, KB_V inverse, KB_V rest,
+                                         int center, KB_V *mean2, KB_V *m2x2) {
+    if (center) {
+        KB_V a = kb_sub(h0, shift), b = kb_sub(h1, shift);
+        KB_V pair = kb_add(a, b), d = kb_sub(a, b);
+        KB_V delta = kb_sub(pair, *mean2);
+        *mean2 = kb_fma(delta, inverse, *mean2);
+        *m2x2 = kb_fma(delta, kb_mul(delta, rest), kb_fma(d, d, *m2x2));
+    } else {
+        *mean2 = kb_fma(h1, h1, *mean2);
+        *m2x2 = kb_fma(h0, h0, *m2x2);
+    }
+}
+
+/* A stream's (twice mean, twice m2) as (mean, m2), or its two sums of squares as one. */
+KB_INLINE void KB_NAME(kb_welford2_finish)(KB_V *mean2, KB_V *m2x2, int center) {
+    if (center) {
+        *mean2 = kb_mul(*mean2, kb_set1((KB_C)0.5));
+        *m2x2 = kb_mul(*m2x2, kb_set1((KB_C)0.5));
+    } else {
+        *m2x2 = kb_add(*m2x2, *mean2);
+    }
+}
+
 /* Float64 accumulators of one strip of KB_LANES columns. */
 typedef struct {
     double mean[KB_LANES], m2[KB_LANES];

@@ -5,24 +5,6 @@
 
 /* ---- row statistics ---------------------------------------------------------------- */
 
-/* Merge a partial (vectors mean, m2 of `count` values per lane) into float64 lane
- * accumulators that hold `acc_count` values per lane; the first partial is copied. */
-KB_INLINE void KB_NAME(kb_merge_partial)(double *acc_mean, double *acc_m2, double acc_count,
-                                         KB_V mean, KB_V m2, double count, int center) {
-    double lane_mean[KB_LANES], lane_m2[KB_LANES];
-    if (acc_count == 0) {
-        kb_to_double(m2, acc_m2);
-        if (center) kb_to_double(mean, acc_mean);
-    } else if (center) {
-        kb_to_double(m2, lane_m2);
-        kb_to_double(mean, lane_mean);
-        kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, count, KB_LANES);
-    } else {
-        kb_to_double(m2, lane_m2);
-        for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
-    }
-}
-
 KB_INLINE KB_V KB_NAME(kb_load_h)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                   size_t i, int has_residual, int has_residual_out) {
     KB_V h = kb_load(x + i);
@@ -66,68 +48,17 @@ KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *r
     return h;
 }
 
-/* One value per lane as a partial (center: its shifted value, m2 0; !center: its square). */
-KB_INLINE void KB_NAME(kb_welford_one)(KB_V h, KB_V shift, int center, KB_V *mean, KB_V *m2) {
-    *mean = kb_sub(h, shift);
-    *m2 = center ? kb_set1(0) : kb_mul(h, h);
-}
-
-/* A Welford stream that takes two values per step: the pair's own mean and m2 merged into
- * the stream with Chan's formula.  One dependency chain (subtract, FMA) per two vectors
- * instead of one, so four streams keep the FMA pipes busy.  The stream holds twice its
- * mean (`mean2`) and twice its m2 (`m2x2`), which saves two multiplies per step; !center
- * keeps two sums of squares instead. */
-KB_INLINE void KB_NAME(kb_welford2_first)(KB_V h0, KB_V h1, KB_V shift, int center, KB_V *mean2,
-                                          KB_V *m2x2) {
-    if (center) {
-        KB_V a = kb_sub(h0, shift), b = kb_sub(h1, shift), d = kb_sub(a, b);
-        *mean2 = kb_add(a, b);
-        *m2x2 = kb_mul(d, d);
-    } else {
-        *mean2 = kb_mul(h1, h1);
-        *m2x2 = kb_mul(h0, h0);
-    }
-}
-
-/* Step k (inverse = 1/k, rest = (k-1)/k): the stream holds 2(k-1) values; with
- * pair = a + b, d = a - b and delta = pair - mean2, Chan's merge gives
- * mean2 += delta / k and m2x2 += d^2 + delta^2 (k-1)/k.  Five additions and four
- * multiplies: the adder and FMA pipes share the work (the textbook delta * (pair - new
- * mean2) would put six of nine operations on the two adders). */
-KB_INLINE void KB_NAME(kb_welford2_step)(KB_V h0, KB_V h1, KB_V shift, KB_V inverse, KB_V rest,
-                                         int center, KB_V *mean2, KB_V *m2x2) {
-    if (center) {
-        KB_V a = kb_sub(h0, shift), b = kb_sub(h1, shift);
-        KB_V pair = kb_add(a, b), d = kb_sub(a, b);
-        KB_V delta = kb_sub(pair, *mean2);
-        *mean2 = kb_fma(delta, inverse, *mean2);
-        *m2x2 = kb_fma(delta, kb_mul(delta, rest), kb_fma(d, d, *m2x2));
-    } else {
-        *mean2 = kb_fma(h1, h1, *mean2);
-        *m2x2 = kb_fma(h0, h0, *m2x2);
-    }
-}
-
-/* A stream's (twice mean, twice m2) as (mean, m2), or its two sums of squares as one. */
-KB_INLINE void KB_NAME(kb_welford2_finish)(KB_V *mean2, KB_V *m2x2, int center) {
-    if (center) {
-        *mean2 = kb_mul(*mean2, kb_set1((KB_C)0.5));
-        *m2x2 = kb_mul(*m2x2, kb_set1((KB_C)0.5));
-    } else {
-        *m2x2 = kb_add(*m2x2, *mean2);
-    }
-}
-
-/* Sums about a center, a LayerNorm row stream's update (kb_row_stats_impl): every stream
- * shares each lane's center c (the mean of the lane's first values, then its running mean)
- * and keeps sum = sum(h - c) and squares = sum((h - c)^2), so that m2 = squares - sum^2 / k.
- * Near the data h - c is exact (Sterbenz), and the center stays within the data's spread,
- * so the subtraction in m2 cancels little.  Seven operations a pair, four on the adders and
- * three on the FMA pipes (sum's FMA by one), against Welford's nine, five of them
- * additions.  The pair's squares join the sum as one, which halves the roundings of a
- * growing sum: stats_error.c's worst m2 error (offset 1e4, 4096 values) is then 7.2e-8 in
- * AVX-512 and 6.6e-8 in AVX2, against Welford's 1.2e-7; one FMA chain of single squares
- * took 15% fewer cycles but gave 1.2e-7 and 2.0e-7 (768 values). */
+/* Sums about a center, a LayerNorm row's statistics (kb_row_stats_impl): every stream and
+ * every lane shares one center c, a value near the data (the mean of the row's first step,
+ * then its running mean), and keeps sum = sum(h - c) and squares = sum((h - c)^2), so that
+ * m2 = squares - sum^2 / k.  Near the data h - c is exact (Sterbenz), and the center stays
+ * within the data's spread, so the subtraction in m2 cancels little.  Seven operations a
+ * pair, four on the adders and three on the FMA pipes (sum's FMA by one), against Welford's
+ * nine, five of them additions.  The pair's squares join the sum as one, which halves the
+ * roundings of a growing sum (stats_error.c's worst m2 error, offset 1e4, 4096 values: 7.2e-8
+ * in AVX-512 and 6.6e-8 in AVX2 with per-lane centers, against Welford's 1.2e-7; one FMA chain
+ * of single squares took 15% fewer cycles but gave 1.2e-7 and 2.0e-7 at 768 values).  One
+ * center for all lanes lets the lanes' sums simply add up at the end (kb_sums_merge). */
 KB_INLINE void KB_NAME(kb_sums_step)(KB_V h0, KB_V h1, KB_V center, KB_V one, KB_V *sum,
                                      KB_V *squares) {
     KB_V d0 = kb_sub(h0, center), d1 = kb_sub(h1, center);
@@ -135,13 +66,11 @@ KB_INLINE void KB_NAME(kb_sums_step)(KB_V h0, KB_V h1, KB_V center, KB_V one, KB
     *squares = kb_add(*squares, kb_fma(d1, d1, kb_mul(d0, d0)));
 }
 
-/* Move the center to the running mean, and sum and squares with it (exactly in real
- * numbers), so that later values are summed about their mean: count values per lane so
- * far, inverse = 1 / count.  The move is exact near the mean, so sum keeps what the
- * rounded center left over. */
-KB_INLINE void KB_NAME(kb_sums_recenter)(KB_V *center, KB_V *sum, KB_V *squares, KB_V count,
-                                         KB_V inverse) {
-    KB_V moved = kb_fma(*sum, inverse, *center);
+/* Move the center to `moved`, and sum and squares with it (exactly in real numbers), so
+ * that later values are summed about their running mean: count values per lane so far.
+ * The move is exact near the mean, so sum keeps what the rounded center left over. */
+KB_INLINE void KB_NAME(kb_sums_recenter)(KB_V *center, KB_V moved, KB_V *sum, KB_V *squares,
+                                         KB_V count) {
     KB_V back = kb_sub(*center, moved); /* the center's move, negated; exact near the mean */
     KB_V rest = kb_fma(count, back, *sum);
     *squares = kb_fma(back, kb_add(*sum, rest), *squares);
@@ -157,12 +86,12 @@ KB_INLINE void KB_NAME(kb_sums_gather)(KB_V *s0, KB_V *q0, KB_V *s1, KB_V *q1, K
     *s1 = *s2 = *s3 = *q1 = *q2 = *q3 = zero;
 }
 
-/* A stream's sums as (mean - shift, m2); minus_inverse = -1 / count. */
-KB_INLINE void KB_NAME(kb_sums_finish)(KB_V center, KB_V sum, KB_V squares, KB_V shift,
-                                       KB_V minus_inverse, KB_V *mean, KB_V *m2) {
-    KB_V back = kb_mul(sum, minus_inverse); /* center - mean */
-    *mean = kb_sub(kb_sub(center, shift), back);
-    *m2 = kb_fma(back, sum, squares);
+/* Sums about center c of `values` values, their lanes added in float64, merged into the
+ * row's partial (count, mean less shift, m2) by Chan's formula. */
+KB_INLINE void KB_NAME(kb_sums_merge)(KB_C c, KB_V sum, KB_V squares, double shift, double values,
+                                      double *count, double *mean, double *m2) {
+    double s = kb_sum(sum), above = s / values; /* the values' mean less c */
+    kb_merge(count, mean, m2, values, ((double)c - shift) + above, kb_sum(squares) - s * above);
 }
 
 /* Another row's normalize pass, run a step at a time inside a statistics loop
@@ -196,8 +125,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                                           KB_NAME(kb_cursor) *cursor, int fused, int squares) {
     enum { STEP = 2 * KB_STREAMS * KB_LANES, PAIR_BLOCK = KB_BLOCK / 2 };
     size_t steps = n / STEP;
-    double acc_mean[KB_LANES] = {0}, acc_m2[KB_LANES] = {0}, acc_count = 0;
-    const KB_V shift_v = kb_set1((KB_C)shift);
+    double count = 0, mean = 0, m2 = 0; /* the values so far (LayerNorm: mean less shift) */
     size_t i = 0;
     /* Four named streams, not an array: indexed vector arrays end up on the stack. */
 #define KB_H(s) KB_NAME(kb_load_h)(x, residual, residual_out, i + (s) * KB_LANES, has_residual, \
@@ -212,10 +140,9 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         KB_H2(6, a3, b3);                                                                    \
     } while (0)
     /* blocks of PAIR_BLOCK steps: each stream lane takes KB_BLOCK values in float32 */
-    KB_V c = kb_set1(0); /* LayerNorm's center, kept from block to block */
+    KB_C c = 0; /* LayerNorm's center, kept from block to block */
     for (size_t step0 = 0; step0 < steps; step0 += PAIR_BLOCK) {
         size_t block = steps - step0 < PAIR_BLOCK ? steps - step0 : PAIR_BLOCK;
-        KB_V mean0, m2_0; /* the block's partial */
 #ifdef KB_SQUARES
         /* one instruction per pair (32 bfloat16 values: no widening, two FMAs): RMSNorm
          * 512x768 bfloat16 0.80x the time, 768-value rows' statistics in L1 108 -> 50
@@ -237,10 +164,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                 }
                 if (fused) KB_NAME(kb_cursor_run)(cursor, i, STEP, fused);
             }
-            s0 = kb_add(kb_add(s0, s1), kb_add(s2, s3));
-            double block_count = (double)block * 2 * KB_STREAMS;
-            KB_NAME(kb_merge_partial)(acc_mean, acc_m2, acc_count, s0, s0, block_count, 0);
-            acc_count += block_count;
+            m2 += kb_sum(kb_add(kb_add(s0, s1), kb_add(s2, s3)));
             continue;
         }
 #endif
@@ -248,18 +172,19 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         KB_PAIRS();
         if (center) {
             const KB_V one = kb_set1(1), zero = kb_set1(0);
-            if (step0 == 0) /* each lane's center: the mean of its first step's values */
-                c = kb_mul(kb_add(kb_add(kb_add(a0, b0), kb_add(a1, b1)),
-                                  kb_add(kb_add(a2, b2), kb_add(a3, b3))),
-                           kb_set1((KB_C)(1.0 / (2 * KB_STREAMS))));
+            if (step0 == 0) /* the center: the mean of the row's first step */
+                c = (KB_C)(kb_sum(kb_add(kb_add(kb_add(a0, b0), kb_add(a1, b1)),
+                                         kb_add(kb_add(a2, b2), kb_add(a3, b3)))) *
+                           (1.0 / STEP));
+            KB_V cv = kb_set1(c);
             KB_V s0 = zero, s1 = zero, s2 = zero, s3 = zero;
             KB_V q0 = zero, q1 = zero, q2 = zero, q3 = zero;
 #define KB_SUMS_STEP()                                                                       \
     do {                                                                                     \
-        KB_NAME(kb_sums_step)(a0, b0, c, one, &s0, &q0);                                     \
-        KB_NAME(kb_sums_step)(a1, b1, c, one, &s1, &q1);                                     \
-        KB_NAME(kb_sums_step)(a2, b2, c, one, &s2, &q2);                                     \
-        KB_NAME(kb_sums_step)(a3, b3, c, one, &s3, &q3);                                     \
+        KB_NAME(kb_sums_step)(a0, b0, cv, one, &s0, &q0);                                    \
+        KB_NAME(kb_sums_step)(a1, b1, cv, one, &s1, &q1);                                    \
+        KB_NAME(kb_sums_step)(a2, b2, cv, one, &s2, &q2);                                    \
+        KB_NAME(kb_sums_step)(a3, b3, cv, one, &s3, &q3);                                    \
         if (fused) KB_NAME(kb_cursor_run)(cursor, i, STEP, fused);                           \
         i += STEP;                                                                           \
     } while (0)
@@ -268,20 +193,22 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
              * before, they stayed live across the loop's back edge, and AVX2's 16
              * registers spilled the sums (4096 values 1.25x Welford's cycles) */
             for (size_t k = 2; k <= block; ++k) {
+                /* to lane 0's running mean, a value near the data: the lanes' float64 sum
+                 * there put its latency in the chain, three times a 4096-value row (1.03-1.10x
+                 * the time of LayerNorm 128x4096) */
                 if (KB_RECENTER_AFTER(k - 1)) {
-                    size_t count = 2 * KB_STREAMS * (k - 1);
                     KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
-                    KB_NAME(kb_sums_recenter)(&c, &s0, &q0, kb_set1((KB_C)count),
-                                              kb_set1((KB_C)(1.0 / (double)count)));
+                    KB_C moved = c + kb_first(s0) / (KB_C)(2 * KB_STREAMS * (k - 1));
+                    KB_NAME(kb_sums_recenter)(&cv, kb_set1(moved), &s0, &q0,
+                                              kb_set1((KB_C)(2 * KB_STREAMS * (k - 1))));
+                    c = moved;
                 }
                 KB_PAIRS();
                 KB_SUMS_STEP();
             }
 #undef KB_SUMS_STEP
             KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
-            KB_NAME(kb_sums_finish)(c, s0, q0, shift_v,
-                                    kb_set1((KB_C)(-1.0 / (double)(2 * KB_STREAMS * block))),
-                                    &mean0, &m2_0);
+            KB_NAME(kb_sums_merge)(c, s0, q0, shift, (double)(block * STEP), &count, &mean, &m2);
         } else { /* RMSNorm: sums of squares, two FMA chains a stream */
             KB_V e0 = kb_mul(a0, a0), e1 = kb_mul(a1, a1), e2 = kb_mul(a2, a2), e3 = kb_mul(a3, a3);
             KB_V o0 = kb_mul(b0, b0), o1 = kb_mul(b1, b1), o2 = kb_mul(b2, b2), o3 = kb_mul(b3, b3);
@@ -295,61 +222,48 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                 o2 = kb_fma(b2, b2, o2), o3 = kb_fma(b3, b3, o3);
                 if (fused) KB_NAME(kb_cursor_run)(cursor, i, STEP, fused);
             }
-            m2_0 = kb_add(kb_add(kb_add(e0, o0), kb_add(e1, o1)),
-                          kb_add(kb_add(e2, o2), kb_add(e3, o3)));
-            mean0 = m2_0; /* unused */
+            m2 += kb_sum(kb_add(kb_add(kb_add(e0, o0), kb_add(e1, o1)),
+                                kb_add(kb_add(e2, o2), kb_add(e3, o3))));
         }
-        double block_count = (double)block * 2 * KB_STREAMS;
-        KB_NAME(kb_merge_partial)(acc_mean, acc_m2, acc_count, mean0, m2_0, block_count, center);
-        acc_count += block_count;
     }
-    /* whole vectors after the last step (fewer than 2 * KB_STREAMS): one more partial, a
-     * Welford stream of `left` values per lane.  They used to join the float64 scalar tail,
-     * one long dependency chain: benchmarks/kernel_cycles.c, float32, cycles per 8 values,
-     * 1000-value rows 3.56 -> 2.23, 1568 2.54 -> 1.92, 784 3.04 -> 2.48. */
+    /* whole vectors after the last step (fewer than 2 * KB_STREAMS): one more partial, about
+     * the same center (the mean of the first vector where the row has no whole step).  They
+     * used to join the float64 scalar tail, one long dependency chain: kernel_cycles.c,
+     * float32, cycles per 8 values, 1000-value rows 3.56 -> 2.23, 1568 2.54 -> 1.92, 784
+     * 3.04 -> 2.48. */
     size_t left = (n - i) / KB_LANES;
     if (left) {
-        KB_V mean, m2;
-        KB_NAME(kb_welford_one)(KB_H(0), shift_v, center, &mean, &m2);
-        for (size_t v = 1; v < left; ++v) {
-            KB_V h = KB_H(v);
-            if (center) {
-                KB_V a = kb_sub(h, shift_v), delta = kb_sub(a, mean);
-                mean = kb_fma(delta, kb_set1(kb_inverse[v + 1]), mean);
-                m2 = kb_fma(delta, kb_sub(a, mean), m2);
-            } else {
-                m2 = kb_fma(h, h, m2);
+        KB_V h = KB_H(0);
+        if (center) {
+            if (!steps) c = (KB_C)(kb_sum(h) * (1.0 / KB_LANES));
+            const KB_V cv = kb_set1(c);
+            KB_V d = kb_sub(h, cv), sum = d, squares = kb_mul(d, d);
+            for (size_t v = 1; v < left; ++v) {
+                d = kb_sub(KB_H(v), cv);
+                sum = kb_add(sum, d);
+                squares = kb_fma(d, d, squares);
             }
+            KB_NAME(kb_sums_merge)(c, sum, squares, shift, (double)(left * KB_LANES), &count,
+                                   &mean, &m2);
+        } else {
+            KB_V squares = kb_mul(h, h);
+            for (size_t v = 1; v < left; ++v) {
+                h = KB_H(v);
+                squares = kb_fma(h, h, squares);
+            }
+            m2 += kb_sum(squares);
         }
-        KB_NAME(kb_merge_partial)(acc_mean, acc_m2, acc_count, mean, m2, (double)left, center);
-        acc_count += (double)left;
         i += left * KB_LANES;
     }
 #undef KB_PAIRS
 #undef KB_H2
 #undef KB_H
-    /* merge the lanes: all hold acc_count values */
-    size_t done = i;
-    double mean = 0, m2 = 0, count = (double)done;
-    /* sums as trees of vector additions: the running sums over 16 lanes took a quarter
-     * of the AVX-512 statistics of a 768-value row (kernel_cycles.c) */
-    if (center && done) {
-        double spread[KB_LANES];
-        mean = kb_lane_sum(acc_mean) * (1.0 / KB_LANES); /* exact: a power of two */
-        for (int lane = 0; lane < KB_LANES; ++lane) {
-            double delta = acc_mean[lane] - mean;
-            spread[lane] = delta * delta;
-        }
-        m2 = kb_lane_sum(acc_m2) + kb_lane_sum(spread) * acc_count;
-    } else if (done) {
-        m2 = kb_lane_sum(acc_m2);
-    }
     /* the tail, fewer than KB_LANES elements: exact float64 two-pass */
-    if (done < n) {
+    if (i < n) {
         double tail[KB_LANES], tail_mean = 0, tail_m2 = 0;
-        size_t tail_n = n - done;
+        size_t tail_n = n - i;
         for (size_t t = 0; t < tail_n; ++t) {
-            tail[t] = (double)KB_NAME(kb_scalar_h)(x, residual, residual_out, done + t);
+            tail[t] = (double)KB_NAME(kb_scalar_h)(x, residual, residual_out, i + t);
             tail_mean += center ? tail[t] - shift : 0.0;
         }
         if (center) {

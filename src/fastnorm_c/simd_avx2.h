@@ -60,15 +60,19 @@ static inline __m256d avx2_param_n_c64(const double *p, size_t n) {
     return _mm256_maskload_pd(p, fn_avx2_mask64(n));
 }
 static inline void avx2_to_double_c64(__m256d v, double *out) { _mm256_storeu_pd(out, v); }
-/* the sum of a vector's lanes' float64 accumulators (8 or 4 at p) as a tree (as avx512's) */
+/* the float64 sum of a vector's lanes, as a tree (as avx512's) */
 static inline double fn_avx2_sum4(__m256d v) {
     __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
 }
-static inline double avx2_lane_sum_c32(const double *p) {
-    return fn_avx2_sum4(_mm256_add_pd(_mm256_loadu_pd(p), _mm256_loadu_pd(p + 4)));
+static inline double avx2_sum_c32(__m256 v) {
+    return fn_avx2_sum4(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                                      _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
 }
-static inline double avx2_lane_sum_c64(const double *p) { return fn_avx2_sum4(_mm256_loadu_pd(p)); }
+static inline double avx2_sum_c64(__m256d v) { return fn_avx2_sum4(v); }
+/* lane 0 */
+static inline float avx2_first_c32(__m256 v) { return _mm256_cvtss_f32(v); }
+static inline double avx2_first_c64(__m256d v) { return _mm256_cvtsd_f64(v); }
 
 /* ---- storage float32 ---- */
 static inline __m256 avx2_load_f32(const float *p) { return _mm256_loadu_ps(p); }

@@ -61,12 +61,16 @@ static inline __m512d avx512_param_n_c64(const double *p, size_t n) {
     return _mm512_maskz_loadu_pd(fn_avx512_mask8(n), p);
 }
 static inline void avx512_to_double_c64(__m512d v, double *out) { _mm512_storeu_pd(out, v); }
-/* the sum of a vector's lanes' float64 accumulators (16 or 8 at p) as a tree of vector
- * additions: a running sum of 16 is a chain of 16 dependent additions */
-static inline double avx512_lane_sum_c32(const double *p) {
-    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(p), _mm512_loadu_pd(p + 8)));
+/* the float64 sum of a vector's lanes, as a tree of vector additions (a running sum of 16
+ * is a chain of 16 dependent additions) */
+static inline double avx512_sum_c32(__m512 v) {
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                                              _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
 }
-static inline double avx512_lane_sum_c64(const double *p) { return _mm512_reduce_add_pd(_mm512_loadu_pd(p)); }
+static inline double avx512_sum_c64(__m512d v) { return _mm512_reduce_add_pd(v); }
+/* lane 0 */
+static inline float avx512_first_c32(__m512 v) { return _mm512_cvtss_f32(v); }
+static inline double avx512_first_c64(__m512d v) { return _mm512_cvtsd_f64(v); }
 
 /* ---- storage float32 ---- */
 static inline __m512 avx512_load_f32(const float *p) { return _mm512_loadu_ps(p); }
