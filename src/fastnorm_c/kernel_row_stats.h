@@ -55,10 +55,11 @@ KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *r
  * within the data's spread, so the subtraction in m2 cancels little.  Seven operations a
  * pair, four on the adders and three on the FMA pipes (sum's FMA by one), against Welford's
  * nine, five of them additions.  The pair's squares join the sum as one, which halves the
- * roundings of a growing sum (stats_error.c's worst m2 error, offset 1e4, 4096 values: 7.2e-8
- * in AVX-512 and 6.6e-8 in AVX2 with per-lane centers, against Welford's 1.2e-7; one FMA chain
- * of single squares took 15% fewer cycles but gave 1.2e-7 and 2.0e-7 at 768 values).  One
- * center for all lanes lets the lanes' sums simply add up at the end (kb_sums_merge). */
+ * roundings of a growing sum (stats_error.c's worst m2 error, offset 1e4, 4096 values, when
+ * each lane had its own center: 7.2e-8 in AVX-512 and 6.6e-8 in AVX2, against Welford's
+ * 1.2e-7; one FMA chain of single squares took 15% fewer cycles but gave 1.2e-7 and 2.0e-7
+ * at 768 values).  One center for all lanes lets the lanes' sums simply add up at the end
+ * (kb_sums_merge); the same worst errors are then 7.5e-8 and 9.2e-8. */
 KB_INLINE void KB_NAME(kb_sums_step)(KB_V h0, KB_V h1, KB_V center, KB_V one, KB_V *sum,
                                      KB_V *squares) {
     KB_V d0 = kb_sub(h0, center), d1 = kb_sub(h1, center);
