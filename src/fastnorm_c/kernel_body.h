@@ -16,8 +16,8 @@
  * round/stream/stream2 take storage (n-element forms touch only n elements, 2-forms load
  * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;
  * <family>_canonical_<tag> is 1 where that makes them faster), set1/add/sub/mul/fma/param/
- * param_n/to_double/sum (the lanes' float64 sum)/first (lane 0) work in the compute
- * dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its lane count.  A
+ * param_n/to_double/sum (the lanes' float64 sum)/first (lane 0)/mask_n (lanes n and up
+ * zeroed) work in the compute dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its lane count.  A
  * pair is the next 2 * lanes elements, in order unless <family>_param_block_<tag> is set:
  * then the pair holds them in an order of the family's own (AVX2 bfloat16: even elements,
  * odd elements), which the normalize pass's weight and bias follow block by block
@@ -36,8 +36,9 @@
  *     in float64 (kb_sum) and merges into the row's partial with Chan's formula; a column
  *     strip's block merges into float64 lane accumulators (Chan's formula per lane), which
  *     merge at the end.
- *   - A row's whole vectors left over after the last full step are summed about the same
- *     center; fewer than a vector's elements use exact float64 two-pass arithmetic.
+ *   - A row's whole vectors left over after the last full step, and the fewer than a
+ *     vector's elements after them (a vector with its other lanes zeroed), are summed about
+ *     the same center, one more partial.
  *   - The mean is subtracted as a high/low pair of compute-dtype values.
  */
 
@@ -70,6 +71,7 @@
 #define kb_to_double KB_GLUE(KB_ISA, to_double, KB_CT)
 #define kb_sum KB_GLUE(KB_ISA, sum, KB_CT)
 #define kb_first KB_GLUE(KB_ISA, first, KB_CT)
+#define kb_mask_n KB_GLUE(KB_ISA, mask_n, KB_CT)
 #define kb_scalar_load KB_GLUE(fn, load1, KB_DT)
 #define kb_scalar_store KB_GLUE(fn, store1, KB_DT)
 #define kb_scalar_round KB_GLUE(fn, round1, KB_DT)
@@ -166,6 +168,7 @@ KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b,
 #undef kb_to_double
 #undef kb_sum
 #undef kb_first
+#undef kb_mask_n
 #undef kb_scalar_load
 #undef kb_scalar_store
 #undef kb_scalar_round

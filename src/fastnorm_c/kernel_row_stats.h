@@ -15,6 +15,18 @@ KB_INLINE KB_V KB_NAME(kb_load_h)(const KB_T *x, const KB_T *residual, KB_T *res
     return h;
 }
 
+/* kb_load_h of the `count` (< KB_LANES) elements from i, the other lanes zero. */
+KB_INLINE KB_V KB_NAME(kb_load_h_n)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
+                                    size_t i, size_t count, int has_residual,
+                                    int has_residual_out) {
+    KB_V h = kb_load_n(x + i, count);
+    if (has_residual) {
+        h = kb_round(kb_add(h, kb_load_n(residual + i, count)));
+        if (has_residual_out) kb_store_n(residual_out + i, h, count);
+    }
+    return h;
+}
+
 /* The statistics' pair of h vectors at element i, in the family's own order where it has one
  * (KB_UNORDERED2), with h stored back in order: AVX-512 bfloat16 widens one 64-byte load by
  * two unpacks (a 768-value LayerNorm row's statistics in L1 255 -> 224 cycles, 4096 values
@@ -227,57 +239,53 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                                 kb_add(kb_add(e2, o2), kb_add(e3, o3))));
         }
     }
-    /* whole vectors after the last step (fewer than 2 * KB_STREAMS): one more partial, about
-     * the same center (the mean of the first vector where the row has no whole step).  They
-     * used to join the float64 scalar tail, one long dependency chain: kernel_cycles.c,
-     * float32, cycles per 8 values, 1000-value rows 3.56 -> 2.23, 1568 2.54 -> 1.92, 784
-     * 3.04 -> 2.48. */
-    size_t left = (n - i) / KB_LANES;
-    if (left) {
-        KB_V h = KB_H(0);
-        if (center) {
-            if (!steps) c = (KB_C)(kb_sum(h) * (1.0 / KB_LANES));
-            const KB_V cv = kb_set1(c);
-            KB_V d = kb_sub(h, cv), sum = d, squares = kb_mul(d, d);
-            for (size_t v = 1; v < left; ++v) {
-                d = kb_sub(KB_H(v), cv);
+    /* whole vectors after the last step (fewer than 2 * KB_STREAMS) and the tail (fewer than
+     * KB_LANES elements, read with the other lanes zero): one more partial, about the same
+     * center (where the row has no whole step, the mean of the first of these vectors).  The
+     * whole vectors used to join a float64 scalar tail, one long dependency chain
+     * (kernel_cycles.c, float32, cycles per 8 values, 1000-value rows 3.56 -> 2.23, 1568
+     * 2.54 -> 1.92, 784 3.04 -> 2.48); the tail was summed apart by a float64 two-pass
+     * loop (in-process A/B, time per call: LayerNorm 64x100 0.86, 512x1000 0.94, RMSNorm
+     * 64x100 0.75, BatchNorm training (8, 2048, 7, 7), whose gathered spans of 392 values
+     * end in 8, 0.94). */
+    size_t left = (n - i) / KB_LANES, tail = (n - i) % KB_LANES;
+    if (left || tail) {
+        KB_V h = left ? KB_H(0)
+                      : KB_NAME(kb_load_h_n)(x, residual, residual_out, i, tail, has_residual,
+                                             has_residual_out);
+        if (center && !steps) c = (KB_C)(kb_sum(h) / (double)(left ? KB_LANES : tail));
+        const KB_V cv = kb_set1(c);
+        KB_V sum = kb_set1(0), squares = sum;
+        for (size_t v = 0; v < left; ++v) {
+            if (v) h = KB_H(v);
+            if (center) {
+                KB_V d = kb_sub(h, cv);
                 sum = kb_add(sum, d);
                 squares = kb_fma(d, d, squares);
-            }
-            KB_NAME(kb_sums_merge)(c, sum, squares, shift, (double)(left * KB_LANES), &count,
-                                   &mean, &m2);
-        } else {
-            KB_V squares = kb_mul(h, h);
-            for (size_t v = 1; v < left; ++v) {
-                h = KB_H(v);
+            } else {
                 squares = kb_fma(h, h, squares);
             }
-            m2 += kb_sum(squares);
         }
-        i += left * KB_LANES;
+        if (tail) {
+            if (left)
+                h = KB_NAME(kb_load_h_n)(x, residual, residual_out, i + left * KB_LANES, tail,
+                                         has_residual, has_residual_out);
+            if (center) {
+                KB_V d = kb_mask_n(kb_sub(h, cv), tail);
+                sum = kb_add(sum, d);
+                squares = kb_fma(d, d, squares);
+            } else {
+                squares = kb_fma(h, h, squares);
+            }
+        }
+        if (center)
+            KB_NAME(kb_sums_merge)(c, sum, squares, shift, (double)(n - i), &count, &mean, &m2);
+        else
+            m2 += kb_sum(squares);
     }
 #undef KB_PAIRS
 #undef KB_H2
 #undef KB_H
-    /* the tail, fewer than KB_LANES elements: exact float64 two-pass */
-    if (i < n) {
-        double tail[KB_LANES], tail_mean = 0, tail_m2 = 0;
-        size_t tail_n = n - i;
-        for (size_t t = 0; t < tail_n; ++t) {
-            tail[t] = (double)KB_NAME(kb_scalar_h)(x, residual, residual_out, i + t);
-            tail_mean += center ? tail[t] - shift : 0.0;
-        }
-        if (center) {
-            tail_mean /= (double)tail_n;
-            for (size_t t = 0; t < tail_n; ++t) {
-                double delta = (tail[t] - shift) - tail_mean;
-                tail_m2 += delta * delta;
-            }
-            kb_merge(&count, &mean, &m2, (double)tail_n, tail_mean, tail_m2);
-        } else {
-            for (size_t t = 0; t < tail_n; ++t) m2 += tail[t] * tail[t];
-        }
-    }
     *mean_shifted = center ? mean : 0.0;
     *m2_out = m2;
 }

@@ -73,6 +73,13 @@ static inline double avx2_sum_c64(__m256d v) { return fn_avx2_sum4(v); }
 /* lane 0 */
 static inline float avx2_first_c32(__m256 v) { return _mm256_cvtss_f32(v); }
 static inline double avx2_first_c64(__m256d v) { return _mm256_cvtsd_f64(v); }
+/* lanes n and up zeroed */
+static inline __m256 avx2_mask_n_c32(__m256 v, size_t n) {
+    return _mm256_and_ps(v, _mm256_castsi256_ps(fn_avx2_mask32(n)));
+}
+static inline __m256d avx2_mask_n_c64(__m256d v, size_t n) {
+    return _mm256_and_pd(v, _mm256_castsi256_pd(fn_avx2_mask64(n)));
+}
 
 /* ---- storage float32 ---- */
 static inline __m256 avx2_load_f32(const float *p) { return _mm256_loadu_ps(p); }

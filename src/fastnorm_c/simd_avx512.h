@@ -71,6 +71,13 @@ static inline double avx512_sum_c64(__m512d v) { return _mm512_reduce_add_pd(v);
 /* lane 0 */
 static inline float avx512_first_c32(__m512 v) { return _mm512_cvtss_f32(v); }
 static inline double avx512_first_c64(__m512d v) { return _mm512_cvtsd_f64(v); }
+/* lanes n and up zeroed */
+static inline __m512 avx512_mask_n_c32(__m512 v, size_t n) {
+    return _mm512_maskz_mov_ps(fn_avx512_mask16(n), v);
+}
+static inline __m512d avx512_mask_n_c64(__m512d v, size_t n) {
+    return _mm512_maskz_mov_pd(fn_avx512_mask8(n), v);
+}
 
 /* ---- storage float32 ---- */
 static inline __m512 avx512_load_f32(const float *p) { return _mm512_loadu_ps(p); }
