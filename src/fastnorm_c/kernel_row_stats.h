@@ -99,6 +99,18 @@ KB_INLINE void KB_NAME(kb_sums_gather)(KB_V *s0, KB_V *q0, KB_V *s1, KB_V *q1, K
     *s1 = *s2 = *s3 = *q1 = *q2 = *q3 = zero;
 }
 
+/* The first `count` lanes of h into a partial's sums about center cv, or (!center) into its
+ * sum of squares, where the other lanes are zero already. */
+KB_INLINE void KB_NAME(kb_sums_add)(KB_V h, KB_V cv, size_t count, int center, KB_V *sum,
+                                    KB_V *squares) {
+    if (center) {
+        h = kb_sub(h, cv);
+        if (count < KB_LANES) h = kb_mask_n(h, count);
+        *sum = kb_add(*sum, h);
+    }
+    *squares = kb_fma(h, h, *squares);
+}
+
 /* Sums about center c of `values` values, their lanes added in float64, merged into the
  * row's partial (count, mean less shift, m2) by Chan's formula. */
 KB_INLINE void KB_NAME(kb_sums_merge)(KB_C c, KB_V sum, KB_V squares, double shift, double values,
@@ -250,34 +262,17 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
      * end in 8, 0.94). */
     size_t left = (n - i) / KB_LANES, tail = (n - i) % KB_LANES;
     if (left || tail) {
-        KB_V h = left ? KB_H(0)
-                      : KB_NAME(kb_load_h_n)(x, residual, residual_out, i, tail, has_residual,
-                                             has_residual_out);
+#define KB_TAIL()                                                                             \
+    KB_NAME(kb_load_h_n)(x, residual, residual_out, i + left * KB_LANES, tail, has_residual,  \
+                         has_residual_out)
+        KB_V h = left ? KB_H(0) : KB_TAIL();
         if (center && !steps) c = (KB_C)(kb_sum(h) / (double)(left ? KB_LANES : tail));
         const KB_V cv = kb_set1(c);
         KB_V sum = kb_set1(0), squares = sum;
-        for (size_t v = 0; v < left; ++v) {
-            if (v) h = KB_H(v);
-            if (center) {
-                KB_V d = kb_sub(h, cv);
-                sum = kb_add(sum, d);
-                squares = kb_fma(d, d, squares);
-            } else {
-                squares = kb_fma(h, h, squares);
-            }
-        }
-        if (tail) {
-            if (left)
-                h = KB_NAME(kb_load_h_n)(x, residual, residual_out, i + left * KB_LANES, tail,
-                                         has_residual, has_residual_out);
-            if (center) {
-                KB_V d = kb_mask_n(kb_sub(h, cv), tail);
-                sum = kb_add(sum, d);
-                squares = kb_fma(d, d, squares);
-            } else {
-                squares = kb_fma(h, h, squares);
-            }
-        }
+        for (size_t v = 0; v < left; ++v)
+            KB_NAME(kb_sums_add)(v ? KB_H(v) : h, cv, KB_LANES, center, &sum, &squares);
+        if (tail) KB_NAME(kb_sums_add)(left ? KB_TAIL() : h, cv, tail, center, &sum, &squares);
+#undef KB_TAIL
         if (center)
             KB_NAME(kb_sums_merge)(c, sum, squares, shift, (double)(n - i), &count, &mean, &m2);
         else
