@@ -72,9 +72,6 @@
 #define kb_sum KB_GLUE(KB_ISA, sum, KB_CT)
 #define kb_first KB_GLUE(KB_ISA, first, KB_CT)
 #define kb_mask_n KB_GLUE(KB_ISA, mask_n, KB_CT)
-#define kb_scalar_load KB_GLUE(fn, load1, KB_DT)
-#define kb_scalar_store KB_GLUE(fn, store1, KB_DT)
-#define kb_scalar_round KB_GLUE(fn, round1, KB_DT)
 #define kb_inverse KB_GLUE(kb, inverse, KB_CT)
 #define kb_rest KB_GLUE(kb, rest, KB_CT)
 #define kb_squares KB_GLUE(KB_ISA, squares, KB_DT)
@@ -169,8 +166,5 @@ KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b,
 #undef kb_sum
 #undef kb_first
 #undef kb_mask_n
-#undef kb_scalar_load
-#undef kb_scalar_store
-#undef kb_scalar_round
 #undef kb_inverse
 #undef kb_rest

@@ -50,16 +50,6 @@ KB_INLINE void KB_NAME(kb_load_h2)(const KB_T *x, const KB_T *residual, KB_T *re
 #endif
 }
 
-KB_INLINE KB_C KB_NAME(kb_scalar_h)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
-                                    size_t i) {
-    KB_C h = kb_scalar_load(x + i);
-    if (residual) {
-        h = kb_scalar_round(h + kb_scalar_load(residual + i));
-        if (residual_out) kb_scalar_store(residual_out + i, h);
-    }
-    return h;
-}
-
 /* Sums about a center, a LayerNorm row's statistics (kb_row_stats_impl): every stream and
  * every lane shares one center c, a value near the data (the mean of the row's first step,
  * then its running mean), and keeps sum = sum(h - c) and squares = sum((h - c)^2), so that
