@@ -225,6 +225,56 @@ fastnorm_status_t fastnorm_moments(fastnorm_dtype_t dtype, size_t outer, size_t 
 
 /* ---- fastnorm_affine ---------------------------------------------------------------- */
 
+/* Each channel's parameters in the compute dtype (csize bytes): the mean's high part, the
+ * scale, and the shift with the mean's low part folded in, (m - hi) * scale in float64
+ * (no mean_lo: one load and one subtraction fewer per vector, one rounding fewer).
+ * `restrict` lets the compiler vectorize the conversions. */
+static void fn_channel_params(size_t channels, size_t csize, const double *restrict mean,
+                              const double *restrict scale, const double *restrict shift,
+                              char *restrict hi_out, char *restrict scale_out, char *restrict shift_out) {
+    if (csize == 8) {
+        for (size_t c = 0; c < channels; ++c) ((double *)hi_out)[c] = mean ? mean[c] : 0.0;
+        memcpy(scale_out, scale, channels * sizeof(double));
+        memcpy(shift_out, shift, channels * sizeof(double));
+        return;
+    }
+    float *restrict hi = (float *)hi_out, *restrict sc = (float *)scale_out, *restrict sh = (float *)shift_out;
+    for (size_t c = 0; c < channels; ++c) {
+        double m = mean ? mean[c] : 0.0;
+        hi[c] = (float)m;
+        sc[c] = (float)scale[c];
+        sh[c] = (float)(shift[c] - (m - (double)hi[c]) * scale[c]);
+    }
+}
+
+/* The parameters of a super-row's `width` columns from each channel's (items of `size`
+ * bytes): column j's at position (j - lead) mod width, where column j is channel
+ * (j / inner) mod channels.  Written in runs: copies of consecutive channels when inner
+ * is 1 (channels-last), else a fill of each channel's `inner` columns. */
+static void fn_spread_columns(char *restrict dst, const char *restrict per_channel, size_t channels,
+                              size_t inner, size_t width, size_t lead, size_t size) {
+    if (inner == 1) {
+        for (size_t at = 0, from = lead % channels; at < width; from = 0) {
+            size_t run = channels - from < width - at ? channels - from : width - at;
+            memcpy(dst + at * size, per_channel + from * size, run * size);
+            at += run;
+        }
+        return;
+    }
+    size_t ch = lead / inner % channels, skip = lead % inner;
+    for (size_t at = 0; at < width; skip = 0, ch = ch + 1 == channels ? 0 : ch + 1) {
+        size_t run = inner - skip < width - at ? inner - skip : width - at;
+        if (size == 8) {
+            double value = ((const double *)per_channel)[ch], *d = (double *)dst + at;
+            for (size_t i = 0; i < run; ++i) d[i] = value;
+        } else {
+            float value = ((const float *)per_channel)[ch], *d = (float *)dst + at;
+            for (size_t i = 0; i < run; ++i) d[i] = value;
+        }
+        at += run;
+    }
+}
+
 /* y = (x - mean[c]) * scale[c] + shift[c] over (outer, channels, inner); the float64
  * per-channel arrays are the caller's. */
 static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
@@ -275,36 +325,27 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     size_t lead = 0;
     if (!c.leftover && c.super_rows > 1 && (uintptr_t)y % size == 0 && c.width * size % 64 == 0)
         lead = (64 - (uintptr_t)y % 64) % 64 / size;
-    /* per-column parameters of one super-row, in the compute dtype: y = (x - hi) * scale +
-     * shift', the low part of the mean (m - hi) folded into shift' in float64 (no mean_lo
-     * vector: one load and one subtraction fewer per vector, one rounding fewer); on a cache
+    /* the parameters of one super-row's columns, y = (x - hi) * scale + shift', on a cache
      * line, as every vector loads them (channels-last (3136, 64) float32 took 1.1-1.2x the
      * time with them 16 bytes past one) */
     void *param_block;
     char *params = fn_malloc_aligned(3 * c.width * csize, &param_block);
-    if (!params) return FASTNORM_ERR_NO_MEMORY;
-    char *mean_hi = params, *col_scale = params + c.width * csize;
-    char *col_shift = params + 2 * c.width * csize;
-    /* a super-row is k * channels blocks of `inner` columns, block b of channel b % channels:
-     * each channel's three values computed once per block, no division per column; column
-     * j's at position (j - lead) mod width */
-    for (size_t block = 0, channel = 0; block * inner < c.width; ++block) {
-        double m = mean ? mean[channel] : 0.0;
-        for (size_t j = block * inner; j < (block + 1) * inner; ++j) {
-            size_t at = j >= lead ? j - lead : j + c.width - lead;
-            if (csize == 8) {
-                ((double *)mean_hi)[at] = m;
-                ((double *)col_scale)[at] = scale[channel];
-                ((double *)col_shift)[at] = shift[channel];
-            } else {
-                float hi = (float)m;
-                ((float *)mean_hi)[at] = hi;
-                ((float *)col_scale)[at] = (float)scale[channel];
-                ((float *)col_shift)[at] = (float)(shift[channel] - (m - (double)hi) * scale[channel]);
-            }
-        }
-        channel = channel + 1 == channels ? 0 : channel + 1;
+    char *channel_block = malloc(3 * channels * csize);
+    if (!params || !channel_block) {
+        free(param_block);
+        free(channel_block);
+        return FASTNORM_ERR_NO_MEMORY;
     }
+    char *cols[3], *per_channel[3]; /* mean_hi, scale, shift' */
+    for (int k = 0; k < 3; ++k) {
+        cols[k] = params + k * c.width * csize;
+        per_channel[k] = channel_block + k * channels * csize;
+    }
+    fn_channel_params(channels, csize, mean, scale, shift, per_channel[0], per_channel[1], per_channel[2]);
+    for (int k = 0; k < 3; ++k)
+        fn_spread_columns(cols[k], per_channel[k], channels, inner, c.width, lead, csize);
+    free(channel_block);
+    const char *mean_hi = cols[0], *col_scale = cols[1], *col_shift = cols[2];
     FN_PARALLEL_FOR(chunk, c.chunks + 1, {
         size_t first = (size_t)chunk * c.chunk_rows;
         if ((size_t)chunk == c.chunks) { /* the narrow leftover rows, or the first `lead` */
@@ -347,14 +388,15 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
  * its mean or scale is NaN (NaN either way).  Offset data (a mean of 100, a spread of 1)
  * keeps the exact subtraction.  The decision is per channel, so a channel's results never
  * depend on another's statistics: a folded channel's mean becomes 0, which subtracts
- * exactly.  Returns the means to subtract (`centre`, filled) or NULL when every channel
- * folded, and the kernels skip the subtraction. */
-static const double *fn_fold_means(size_t channels, const double *mean, const double *var,
-                                   double eps, const double *scale, double *shift, double *centre) {
+ * exactly.  `centre` comes in holding each channel's sqrt(var + eps) and leaves holding
+ * the means to subtract; returns it, or NULL when every channel folded and the kernels
+ * skip the subtraction. */
+static const double *fn_fold_means(size_t channels, const double *mean, const double *scale,
+                                   double *shift, double *centre) {
     int all = 1;
     for (size_t c = 0; c < channels; ++c) {
         int fold = isnan(mean[c]) || isnan(scale[c]) ||
-                   (fabs(mean[c]) <= sqrt(var[c] + eps) && isfinite(mean[c] * scale[c]));
+                   (fabs(mean[c]) <= centre[c] && isfinite(mean[c] * scale[c]));
         centre[c] = fold ? 0.0 : mean[c];
         if (fold) shift[c] -= mean[c] * scale[c];
         all &= fold;
@@ -377,11 +419,12 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
     if (!folded) return FASTNORM_ERR_NO_MEMORY;
     double *scale = folded, *shift = folded + channels, *centre = folded + 2 * channels;
     for (size_t c = 0; c < channels; ++c) {
-        scale[c] = fn_param(dtype, weight, c, 1.0) / sqrt(var[c] + eps);
+        centre[c] = sqrt(var[c] + eps);
+        scale[c] = fn_param(dtype, weight, c, 1.0) / centre[c];
         shift[c] = fn_param(dtype, bias, c, 0.0);
     }
     if (inner < FN_AFFINE_ROW_MIN && mean)
-        mean = fn_fold_means(channels, mean, var, eps, scale, shift, centre);
+        mean = fn_fold_means(channels, mean, scale, shift, centre);
     fastnorm_status_t status = fn_affine(dtype, outer, channels, inner, total, x, y, mean, scale,
                                          shift, n_threads);
     free(folded);
