@@ -17,7 +17,7 @@
  * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;
  * <family>_canonical_<tag> is 1 where that makes them faster), set1/add/sub/mul/fma/param/
  * param_n/to_double/sum (the lanes' float64 sum)/first (lane 0)/mask_n (lanes n and up
- * zeroed) work in the compute dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its lane count.  A
+ * zeroed)/blend_n (lanes below n from the first vector, the others from the second) work in the compute dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its lane count.  A
  * pair is the next 2 * lanes elements, in order unless <family>_param_block_<tag> is set:
  * then the pair holds them in an order of the family's own (AVX2 bfloat16: even elements,
  * odd elements), which the normalize pass's weight and bias follow block by block
@@ -72,6 +72,7 @@
 #define kb_sum KB_GLUE(KB_ISA, sum, KB_CT)
 #define kb_first KB_GLUE(KB_ISA, first, KB_CT)
 #define kb_mask_n KB_GLUE(KB_ISA, mask_n, KB_CT)
+#define kb_blend_n KB_GLUE(KB_ISA, blend_n, KB_CT)
 #define kb_inverse KB_GLUE(kb, inverse, KB_CT)
 #define kb_rest KB_GLUE(kb, rest, KB_CT)
 #define kb_squares KB_GLUE(KB_ISA, squares, KB_DT)
@@ -166,5 +167,6 @@ KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b,
 #undef kb_sum
 #undef kb_first
 #undef kb_mask_n
+#undef kb_blend_n
 #undef kb_inverse
 #undef kb_rest

@@ -80,6 +80,13 @@ static inline __m256 avx2_mask_n_c32(__m256 v, size_t n) {
 static inline __m256d avx2_mask_n_c64(__m256d v, size_t n) {
     return _mm256_and_pd(v, _mm256_castsi256_pd(fn_avx2_mask64(n)));
 }
+/* lanes below n from a, the others from b */
+static inline __m256 avx2_blend_n_c32(__m256 a, __m256 b, size_t n) {
+    return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(fn_avx2_mask32(n)));
+}
+static inline __m256d avx2_blend_n_c64(__m256d a, __m256d b, size_t n) {
+    return _mm256_blendv_pd(b, a, _mm256_castsi256_pd(fn_avx2_mask64(n)));
+}
 
 /* ---- storage float32 ---- */
 static inline __m256 avx2_load_f32(const float *p) { return _mm256_loadu_ps(p); }

@@ -78,6 +78,13 @@ static inline __m512 avx512_mask_n_c32(__m512 v, size_t n) {
 static inline __m512d avx512_mask_n_c64(__m512d v, size_t n) {
     return _mm512_maskz_mov_pd(fn_avx512_mask8(n), v);
 }
+/* lanes below n from a, the others from b */
+static inline __m512 avx512_blend_n_c32(__m512 a, __m512 b, size_t n) {
+    return _mm512_mask_blend_ps(fn_avx512_mask16(n), b, a);
+}
+static inline __m512d avx512_blend_n_c64(__m512d a, __m512d b, size_t n) {
+    return _mm512_mask_blend_pd(fn_avx512_mask8(n), b, a);
+}
 
 /* ---- storage float32 ---- */
 static inline __m512 avx512_load_f32(const float *p) { return _mm512_loadu_ps(p); }

@@ -31,7 +31,8 @@ typedef double scalar_vec_c64;
     static inline void scalar_to_double_##ct(C a, double *out) { out[0] = (double)a; }         \
     static inline double scalar_sum_##ct(C a) { return (double)a; }                            \
     static inline C scalar_first_##ct(C a) { return a; }                                       \
-    static inline C scalar_mask_n_##ct(C a, size_t n) { return n ? a : 0; }
+    static inline C scalar_mask_n_##ct(C a, size_t n) { return n ? a : 0; }                    \
+    static inline C scalar_blend_n_##ct(C a, C b, size_t n) { return n ? a : b; }
 FN_SCALAR_MATH(float, c32)
 FN_SCALAR_MATH(double, c64)
 #undef FN_SCALAR_MATH
