@@ -17,11 +17,12 @@
  * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;
  * <family>_canonical_<tag> is 1 where that makes them faster), set1/add/sub/mul/fma/param/
  * param_n/to_double/sum (the lanes' float64 sum)/first (lane 0)/mask_n (lanes n and up
- * zeroed)/blend_n (lanes below n from the first vector, the others from the second) work in the compute dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its lane count.  A
- * pair is the next 2 * lanes elements, in order unless <family>_param_block_<tag> is set:
- * then the pair holds them in an order of the family's own (AVX2 bfloat16: even elements,
- * odd elements), which the normalize pass's weight and bias follow block by block
- * (kernels.h).
+ * zeroed)/blend_n (lanes below n from the first vector, the others from the second) work
+ * in the compute dtype; <family>_vec_<ct> is the vector type and <family>_lanes_<ct> its
+ * lane count.  A pair is the next 2 * lanes elements, in order unless
+ * <family>_param_block_<tag> is set: then the pair holds them in an order of the family's
+ * own (AVX2 bfloat16: even elements, odd elements), which the normalize pass's weight and
+ * bias follow block by block (kernels.h).
  *
  * Numerical strategy (see README "Numerics"):
  *   - Statistics run per lane on values near a center taken from the data, so offset-

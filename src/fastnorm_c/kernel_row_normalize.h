@@ -389,7 +389,7 @@ KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t
     KB_NAME(kb_affine_constants)(mean, scale, shift, c, &hi, &sc, &beta);
 #define KB_AFFINE(h, m, s, b) kb_fma(kb_sub(h, m), s, b)
     size_t i = KB_NAME(kb_stream_head)(y, total);
-    if (i >= KB_LANES || (uintptr_t)y % sizeof(KB_T)) /* y off its elements' alignment */
+    if (i >= KB_LANES) /* y off its elements' alignment: kb_stream_head gives the whole span */
         i = 0, stream = 0;
     if (i) /* up to y's first vector boundary, inside the first row (n > lanes) */
         kb_store_n(y, KB_AFFINE(kb_load_n(x, i), hi, sc, beta), i);
