@@ -37,8 +37,9 @@
     {KB_GLUE(kernel, f32, KB_ISA), KB_GLUE(kernel, f64, KB_ISA), KB_GLUE(kernel, f16, KB_ISA), \
      KB_GLUE(kernel, bf16, KB_ISA)}
 const fastnorm_kernels_t KB_TABLE = {
-    KB_STRING(KB_ISA), KB_TABLE_ROW(row_stats), KB_TABLE_ROW(row_normalize),
-    KB_TABLE_ROW(row_stats_normalize), KB_TABLE_ROW(rows_affine), KB_TABLE_ROW(col_stats), KB_TABLE_ROW(col_normalize),
+    KB_STRING(KB_ISA), KB_TABLE_ROW(row_stats), KB_TABLE_ROW(rows_stats),
+    KB_TABLE_ROW(row_normalize), KB_TABLE_ROW(row_stats_normalize), KB_TABLE_ROW(rows_affine),
+    KB_TABLE_ROW(col_stats), KB_TABLE_ROW(col_normalize),
     {KB_GLUE(KB_ISA, param_block, f32), KB_GLUE(KB_ISA, param_block, f64),
      KB_GLUE(KB_ISA, param_block, f16), KB_GLUE(KB_ISA, param_block, bf16)},
     KB_GLUE(KB_ISA, prefetch_row, min), KB_GLUE(KB_ISA, prefetch_row, max)};

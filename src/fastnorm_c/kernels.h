@@ -25,6 +25,11 @@ typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void 
                                       size_t n, double shift, int center,
                                       double *mean_shifted, double *m2);
 
+/* row_stats (center != 0, no residual) of `rows` spans of n elements, span r at x + r * stride
+ * elements, as one set of values (BatchNorm's channel of NCHW data, read in place). */
+typedef void (*fastnorm_rows_stats_fn)(const void *x, size_t rows, size_t n, size_t stride,
+                                       double shift, double *mean_shifted, double *m2);
+
 /* y[i] = ((h[i] - (mean + mean_lo)) * scale) * (weight ? weight[i] : 1) + (bias ? bias[i] : beta)
  * with h = x (+ residual, rounded).  residual_out (NULL, or n elements with a residual)
  * receives h, stored as y is (streamed with it where it sits like y and is neither x nor
@@ -98,6 +103,7 @@ typedef void (*fastnorm_col_normalize_fn)(const void *x, size_t rows, size_t col
 typedef struct {
     const char *name;
     fastnorm_row_stats_fn row_stats[FASTNORM_DTYPE_COUNT];
+    fastnorm_rows_stats_fn rows_stats[FASTNORM_DTYPE_COUNT];
     fastnorm_row_normalize_fn row_normalize[FASTNORM_DTYPE_COUNT];
     fastnorm_row_stats_normalize_fn row_stats_normalize[FASTNORM_DTYPE_COUNT];
     fastnorm_rows_affine_fn rows_affine[FASTNORM_DTYPE_COUNT];
