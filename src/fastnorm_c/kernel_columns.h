@@ -253,6 +253,31 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
     KB_NAME(kb_put)(yr + j, out, left, stream);
 }
 
+/* Rows of `vectors` (1 to 4, a constant at each call) whole vectors whose columns'
+ * parameters stay in registers for all the rows: the only loads are x's, where the loop
+ * below loads two or three parameters with each vector of x.  The same operations, the
+ * same bits. */
+KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t row_stride,
+                                              const KB_C *mean_hi, const KB_C *scale,
+                                              const KB_C *col_shift, KB_T *y, int center,
+                                              int vectors, int stream) {
+    KB_V hi[4], sc[4], cs[4];
+    for (int v = 0; v < vectors; ++v) {
+        hi[v] = center ? kb_param(mean_hi + v * KB_LANES) : kb_set1(0);
+        sc[v] = kb_param(scale + v * KB_LANES);
+        cs[v] = kb_param(col_shift + v * KB_LANES);
+    }
+    for (size_t r = 0; r < rows; ++r) {
+        const KB_T *xr = x + r * row_stride;
+        KB_T *yr = y + r * row_stride;
+        for (int v = 0; v < vectors; ++v) {
+            KB_V h = kb_load(xr + v * KB_LANES);
+            if (center) h = kb_sub(h, hi[v]);
+            KB_NAME(kb_put)(yr + v * KB_LANES, kb_fma(h, sc[v], cs[v]), KB_LANES, stream);
+        }
+    }
+}
+
 KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t cols,
                                               size_t row_stride, const KB_C *mean_hi,
                                               const KB_C *mean_lo, const KB_C *scale,
@@ -263,6 +288,17 @@ KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t
     /* stream only when every row starts aligned (the stride keeps the alignment) */
     stream = stream && KB_NAME(kb_stream_head)(y, cols) == 0 &&
              (row_stride * sizeof(KB_T)) % (KB_LANES * sizeof(KB_T)) == 0;
+    if (!mean_lo && !has_row_weight && !has_row_bias && has_col_shift && cols % KB_LANES == 0) {
+        switch (cols / KB_LANES) {
+#define KB_HELD(v)                                                                             \
+    case v:                                                                                    \
+        KB_NAME(kb_col_normalize_held)(x, rows, row_stride, mean_hi, scale, col_shift, y, center, \
+                                       v, stream);                                             \
+        return;
+            KB_HELD(1) KB_HELD(2) KB_HELD(3) KB_HELD(4)
+#undef KB_HELD
+        }
+    }
     for (size_t r = 0; r < rows; ++r) {
         const KB_T *xr = x + r * row_stride;
         KB_T *yr = y + r * row_stride;
