@@ -310,12 +310,15 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
 }
 
 /* rows_stats's sums take at most KB_ROWS_ADDS additions in a lane before they merge in
- * float64, and move their center to lane 0's running mean after every KB_RECENTER steps'
- * worth of values.  A short span adds single vectors, not the row loop's pairs: at
- * KB_BLOCK / 2 additions (the row loop's count) the worst variance error of 1e4 + N(0, 1)
- * in (64, 4, 17) was 2.4e-7, at KB_BLOCK / 4 under 1.2e-7 as on the row loop. */
+ * float64, and move their center to lane 0's running mean after every two steps' worth of
+ * values, a merge or not (the scalar family merges after every pair of long spans).  A
+ * short span adds single vectors, not the row loop's pairs: at KB_BLOCK / 2 additions the
+ * worst variance error of 1e4 + N(0, 1) in (64, 4, 17) was 2.4e-7, at KB_BLOCK / 4 under
+ * 1.2e-7 as on the row loop.  Moving every eight steps (the row loop's KB_RECENTER) left
+ * data drifting across the samples (sorted, or sample means 100 apart) at 3-5e-7; every
+ * two steps 1.0-1.5e-7, as the gathered rows gave, for 5-10% more statistics time. */
 #define KB_ROWS_ADDS (KB_BLOCK / 4)
-#define KB_ROWS_RECENTER_VALUES ((size_t)KB_RECENTER * 2 * KB_STREAMS * KB_LANES)
+#define KB_ROWS_RECENTER_VALUES ((size_t)2 * 2 * KB_STREAMS * KB_LANES) /* two steps */
 
 /* One span's sums about cv into two sets: each four vectors' first pair into set 0, the
  * second into set 1, the (at most three) whole vectors after them into sets 0, 1, 0 and the
@@ -371,12 +374,7 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
         if (r + 1 == rows) break;
         KB_NAME(kb_span_sums)(xs + (r + 1) * stride, n, cv, one, &s2, &q2, &s3, &q3);
         pairs += 1, values += 2 * n;
-        if (r + 2 == rows || (pairs + 1) * adds > KB_ROWS_ADDS) {
-            KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
-            KB_NAME(kb_sums_merge)(c, s0, q0, shift, (double)(2 * pairs * n), &count, &mean, &m2);
-            s0 = q0 = zero;
-            pairs = 0;
-        } else if (values >= KB_ROWS_RECENTER_VALUES) {
+        if (values >= KB_ROWS_RECENTER_VALUES && r + 2 < rows) {
             KB_V count0 = kb_set1((KB_C)(pairs * per0)), count1 = kb_set1((KB_C)(pairs * per1));
             if (tail) {
                 KB_V more = kb_mask_n(kb_set1((KB_C)pairs), tail);
@@ -391,6 +389,12 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
             KB_NAME(kb_sums_recenter)(&cv, to, &s3, &q3, count1);
             c = moved;
             values = 0;
+        }
+        if (r + 2 == rows || (pairs + 1) * adds > KB_ROWS_ADDS) {
+            KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
+            KB_NAME(kb_sums_merge)(c, s0, q0, shift, (double)(2 * pairs * n), &count, &mean, &m2);
+            s0 = q0 = zero;
+            pairs = 0;
         }
     }
     if (rows & 1) /* the last span, alone in sets 0 and 1, after any pairs since the merge */
