@@ -381,7 +381,8 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
                 if (tail_set) count1 = kb_add(count1, more);
                 else count0 = kb_add(count0, more);
             }
-            KB_C moved = c + kb_first(per0 ? s0 : s1) / (KB_C)(pairs * (per0 ? per0 : per1 + 1));
+            /* lane 0 of set 0 holds per0 values a span, one more where the tail is there */
+            KB_C moved = c + kb_first(s0) / (KB_C)(pairs * (per0 + (tail && !tail_set)));
             KB_V to = kb_set1(moved), from;
             from = cv, KB_NAME(kb_sums_recenter)(&from, to, &s0, &q0, count0);
             from = cv, KB_NAME(kb_sums_recenter)(&from, to, &s1, &q1, count1);
