@@ -398,10 +398,11 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
             pairs = 0;
         }
     }
-    if (rows & 1) /* the last span, alone in sets 0 and 1, after any pairs since the merge */
-        KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero),
+    if (rows & 1) { /* the last span, alone in sets 0 and 1, after any pairs since the merge */
+        KB_NAME(kb_sums_gather)(&s0, &q0, &s1, &q1, &s2, &q2, &s3, &q3, zero);
         KB_NAME(kb_sums_merge)(c, s0, q0, shift, (double)((2 * pairs + 1) * n), &count, &mean,
                                &m2);
+    }
     *mean_shifted = mean;
     *m2_out = m2;
 }
