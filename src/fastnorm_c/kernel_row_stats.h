@@ -248,8 +248,8 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
      * (kernel_cycles.c, float32, cycles per 8 values, 1000-value rows 3.56 -> 2.23, 1568
      * 2.54 -> 1.92, 784 3.04 -> 2.48); the tail was summed apart by a float64 two-pass
      * loop (in-process A/B, time per call: LayerNorm 64x100 0.86, 512x1000 0.94, RMSNorm
-     * 64x100 0.75, BatchNorm training (8, 2048, 7, 7), whose gathered spans of 392 values
-     * end in 8, 0.94). */
+     * 64x100 0.75, BatchNorm training (8, 2048, 7, 7), then gathered into spans of 392
+     * values that end in 8, 0.94). */
     size_t left = (n - i) / KB_LANES, tail = (n - i) % KB_LANES;
     if (left || tail) {
 #define KB_TAIL()                                                                             \
