@@ -84,6 +84,38 @@ def contiguous(a):
     return a if is_direct(a) else np.require(a, requirements="CA")
 
 
+def memory_order(a):
+    """The axis order in which a is a C-contiguous array, when a is not C-contiguous but
+    some transpose of it is (a channels-last view of an NCHW shape, a Fortran array), else
+    None.  The functions compute such an input in its memory order, as that C-contiguous
+    transpose, instead of copying it to C order and the result back."""
+    if a.ndim < 2 or a.flags.c_contiguous or not a.flags.aligned:
+        return None
+    strides = a.strides
+    order = tuple(sorted(range(a.ndim), key=lambda k: -strides[k]))
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
+def inverse_order(order):
+    """The transpose that undoes a.transpose(order)."""
+    inverse = [0] * len(order)
+    for position, a in enumerate(order):
+        inverse[a] = position
+    return tuple(inverse)
+
+
+def in_order(order, x, xt, *arrays):
+    """Each array (None, or an ndarray like x) transposed by `order`, as xt is x; an array
+    that is x (or an earlier one) becomes that same view, so in-place calls stay in place."""
+    views = {id(x): xt}
+    result = []
+    for a in arrays:
+        if a is not None and id(a) not in views:
+            views[id(a)] = a.transpose(order)
+        result.append(None if a is None else views[id(a)])
+    return result
+
+
 # ---- scalars ------------------------------------------------------------------------
 
 

@@ -106,7 +106,7 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
         eps = _RMS_EPS[x.dtype]
 
     plan = _checks.norm_plan(x.shape, normalized_shape, axis)
-    outer, middle, inner, norm_shape, stats_shape, moved = plan
+    norm_shape = plan[3]
     w = None if weight is None else as_param(weight, norm_shape, compute, "weight")
     b = None if bias is None else as_param(bias, norm_shape, compute, "bias")
     if out is not None:
@@ -115,6 +115,21 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     if residual is not None or residual_out is not None:
         r = _checks.check_residual(residual, residual_out, x, out)
 
+    order = _checks.memory_order(x) if x.size else None
+    if order is not None:
+        axes = (_checks.resolve_axes(x.ndim, axis) if axis is not None
+                else tuple(range(x.ndim - len(norm_shape), x.ndim)))
+        positions = tuple(order.index(a) for a in axes)
+        if positions == tuple(range(x.ndim - len(axes), x.ndim)):  # rows stay rows
+            return _norm_in_memory_order(kind, code, compute, x, order, axes, positions, w, b,
+                                         eps, r, residual_out, out, return_stats)
+    return _norm_checked(kind, code, compute, x, plan, w, b, eps, r, residual_out, out,
+                         return_stats)
+
+
+def _norm_checked(kind, code, compute, x, plan, w, b, eps, r, residual_out, out, return_stats):
+    """_row_norm after its checks: x, its plan, and the arguments as the kernels take them."""
+    outer, _middle, inner, _norm_shape, stats_shape, moved = plan
     count = outer * inner  # number of statistics
     mean = _empty(count, compute) if return_stats and kind == _LAYER_NORM else None
     rstd = _empty(count, compute) if return_stats else None
@@ -128,6 +143,30 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
     if not return_stats:
         return y
     return y, None if mean is None else mean.reshape(stats_shape), rstd.reshape(stats_shape)
+
+
+def _norm_in_memory_order(kind, code, compute, x, order, axes, positions, w, b, eps, r,
+                          residual_out, out, return_stats):
+    """x is a transpose of a C-contiguous array (memory_order) in which the normalized
+    axes come last, at `positions`: the same rows as in x's C-order copy, so the same bits,
+    without that copy or one of the result back.  The result has x's layout, as NumPy's
+    elementwise functions give."""
+    xt = x.transpose(order)
+    rt, residual_out_t, out_t = _checks.in_order(order, x, xt, r, residual_out, out)
+    result = _norm_checked(kind, code, compute, xt, _checks.norm_plan(xt.shape, None, positions),
+                           w, b, eps, rt, residual_out_t, out_t, return_stats)
+    if not return_stats:
+        return _in_layout_of_x(result, order, out)
+    kept = [a for a in order if a not in axes]  # the statistics' axes, as axes of x
+    back = tuple(sorted(range(len(kept)), key=kept.__getitem__))
+    return (_in_layout_of_x(result[0], order, out),) + tuple(
+        None if s is None else s.transpose(back) for s in result[1:])
+
+
+def _in_layout_of_x(y, order, out):
+    """A result computed in x's memory order (y, or out's transpose) as the caller's
+    array: out when given, else y transposed back, so it has x's layout."""
+    return out if out is not None else y.transpose(_checks.inverse_order(order))
 
 
 def _norm_block(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd):
@@ -213,9 +252,29 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
     (channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean,
      running_var) = _batch_norm_args(x.shape, compute, running_mean, running_var, weight, bias,
                                      training, momentum, eps, axis)
-    has_running = running_mean is not None
     if out is not None:
         check_out(out, x.shape, x.dtype)
+    args = (w, b, running_mean, running_var, training, momentum, eps)
+    order = _checks.memory_order(x) if x.size else None
+    if order is None or order[-1] != channel_axis:
+        return _batch_norm_checked(code, compute, x, (outer, channels, inner), *args, out,
+                                   return_stats)
+    # a channels-last view (of an NCHW shape, say): computed as the channels-last array it is
+    xt = x.transpose(order)
+    (out_t,) = _checks.in_order(order, x, xt, out)
+    block = _checks.channel_block(xt.shape, order.index(channel_axis))
+    result = _batch_norm_checked(code, compute, xt, block, *args, out_t, return_stats)
+    if return_stats:
+        return (_in_layout_of_x(result[0], order, out),) + result[1:]
+    return _in_layout_of_x(result, order, out)
+
+
+def _batch_norm_checked(code, compute, x, block, w, b, running_mean, running_var, training,
+                        momentum, eps, out, return_stats):
+    """_batch_norm after its checks: x, its (outer, channels, inner) block, and the
+    arguments as the kernels take them."""
+    outer, channels, inner = block
+    has_running = running_mean is not None
     n = outer * inner  # values per channel
 
     x = contiguous(x)

@@ -68,6 +68,12 @@ def as_layout(x, layout):
     raise ValueError(layout)
 
 
+def in_memory_order(x, order):
+    """A view of x's values stored C-contiguously with its axes in `order`: a channels-last
+    view of an NCHW shape is order (0, 2, 3, 1), a Fortran array the axes reversed."""
+    return np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
+
+
 def to64(a):
     return None if a is None else np.asarray(a).astype(np.float64)
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import (FULL_DTYPES, LAYOUTS, ROW_OPS, as_layout, assert_close, random_data,
-                         ref_batch_norm, ref_group_norm, ref_row_norm, ref_row_norm_axis,
-                         row_norm, sentinel)
+from fastnorm import _checks
+from fn_testutil import (FULL_DTYPES, HALF_DTYPES, LAYOUTS, ROW_OPS, as_layout, assert_close,
+                         assert_same_bits, in_memory_order, random_data, ref_batch_norm,
+                         ref_group_norm, ref_row_norm, ref_row_norm_axis, row_norm, sentinel)
 
 NON_CONTIGUOUS = tuple(layout for layout in LAYOUTS if layout != "contiguous")
 
@@ -158,3 +159,119 @@ def test_zero_stride_broadcast_input(op, isa, rng, tol):
     assert_close(row_norm(op, cols), ref_row_norm(op, np.ascontiguousarray(cols)), tol)
     with pytest.raises(ValueError):
         row_norm(op, x, out=x)                 # read-only out
+
+
+# ------------------------------------------------ transposes of C-contiguous arrays ---
+# Computed in their memory order, without a copy to C order: rows that stay rows give the
+# C-order bits; a channels-last view gives what axis=-1 gives on the channels-last array.
+# Either way the result keeps x's layout.
+
+
+def test_memory_order_finds_only_transposes_of_c_contiguous_arrays(rng):
+    x = random_data(rng, (2, 3, 4, 5), np.float32)
+    assert _checks.memory_order(x) is None  # C order already
+    assert _checks.memory_order(in_memory_order(x, (0, 2, 3, 1))) == (0, 2, 3, 1)
+    assert _checks.memory_order(np.asfortranarray(x)) == (3, 2, 1, 0)
+    for layout in ("strided", "negative", "unaligned"):
+        assert _checks.memory_order(as_layout(x, layout)) is None, layout
+    assert _checks.memory_order(np.broadcast_to(x[:, :1], x.shape).transpose(1, 0, 2, 3)) is None
+    order = (2, 0, 3, 1)
+    assert _checks.inverse_order(order) == tuple(np.argsort(order))
+
+
+@pytest.mark.parametrize("shape, order", [((4, 8, 9, 9), (0, 2, 3, 1)), ((3, 16, 5), (0, 2, 1)),
+                                          ((8, 3, 6, 4), (2, 0, 3, 1)),
+                                          ((2, 5, 3, 1, 7), (0, 2, 3, 4, 1))])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
+def test_batch_norm_channels_last_view(shape, order, training, dtype, isa, rng, tol):
+    x = random_data(rng, shape, dtype, offset=2.0)
+    c = shape[1]
+    w, b = random_data(rng, c, np.float32, offset=1.0), random_data(rng, c, np.float32)
+
+    def call(v, axis):
+        rm, rv = np.full(c, 0.5, np.float32), np.full(c, 2.0, np.float32)
+        y, mean, rstd = fastnorm.batch_norm(v, rm, rv, w, b, training=training, axis=axis,
+                                            return_stats=True)
+        return y, mean, rstd, rm, rv
+
+    view = in_memory_order(x, order)
+    before = view.copy()
+    got = call(view, 1)
+    np.testing.assert_array_equal(view, before, err_msg="input was modified")
+    assert got[0].strides == view.strides  # x's layout kept
+    want = call(view.transpose(order), order.index(1))  # the channels-last array itself
+    assert_same_bits(got[0].transpose(order), want[0])
+    for g, w_ in zip(got[1:], want[1:]):
+        assert_same_bits(g, w_)
+    if dtype in FULL_DTYPES:  # within rounding of the C-order call
+        for g, w_ in zip(got, call(np.ascontiguousarray(x), 1)):
+            assert_close(g, w_, tol)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_channels_last_view_out_and_in_place(training, isa, rng):
+    order = (0, 2, 3, 1)
+    x = random_data(rng, (4, 6, 5, 7), np.float32, offset=3.0)
+    view = in_memory_order(x, order)
+    want = fastnorm.batch_norm(view.transpose(order), np.zeros(6), np.ones(6), training=training,
+                               axis=-1).transpose(np.argsort(order))
+    for out in (in_memory_order(sentinel(x.shape, x.dtype), order),  # written directly
+                sentinel(x.shape, x.dtype), as_layout(sentinel(x.shape, x.dtype), "strided")):
+        assert fastnorm.batch_norm(view, np.zeros(6), np.ones(6), training=training,
+                                   out=out) is out
+        assert_same_bits(out, want)
+    assert fastnorm.batch_norm(view, np.zeros(6), np.ones(6), training=training,
+                               out=view) is view
+    assert_same_bits(view, want)
+
+
+@pytest.mark.parametrize("order", [(1, 0, 2, 3), (3, 2, 1, 0), (0, 3, 1, 2)])
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_other_transposes_give_the_c_order_bits(order, training, isa, rng):
+    # channels not last in memory: x is copied to C order, so the bits are the C-order ones
+    x = random_data(rng, (4, 6, 5, 7), np.float64, offset=3.0)
+    got = fastnorm.batch_norm(in_memory_order(x, order), np.zeros(6), np.ones(6),
+                              training=training)
+    assert_same_bits(got, fastnorm.batch_norm(x, np.zeros(6), np.ones(6), training=training))
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
+@pytest.mark.parametrize("shape, order, kw, norm_shape", [
+    ((5, 7, 33), (1, 0, 2), {}, (33,)), ((4, 3, 6, 16), (2, 0, 1, 3), {}, (16,)),
+    ((4, 3, 6, 16), (1, 0, 2, 3), {"normalized_shape": (6, 16)}, (6, 16)),
+    ((6, 4, 20), (1, 0, 2), {"axis": -1}, (20,)),
+    ((3, 4, 5, 16), (1, 0, 2, 3), {"axis": (2, 3)}, (5, 16)),
+])
+@pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
+def test_row_norm_rows_in_another_order(op, shape, order, kw, norm_shape, dtype, isa, rng):
+    x = random_data(rng, shape, dtype, offset=1.0)
+    kw = dict(kw)
+    ns = kw.pop("normalized_shape", None)
+    w = random_data(rng, norm_shape, np.float64 if dtype == np.float64 else np.float32, 1.0)
+    b = random_data(rng, norm_shape, w.dtype) if op == "layer_norm" else None
+    view = in_memory_order(x, order)
+    got = row_norm(op, view, ns, w, b, return_stats=True, **kw)
+    want = row_norm(op, x, ns, w, b, return_stats=True, **kw)
+    assert got[0].strides == view.strides  # x's layout kept
+    for g, w_ in zip(got, want):
+        if w_ is not None:
+            assert_same_bits(g, w_)
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
+@pytest.mark.parametrize("dtype", (np.float32, np.float16))
+def test_row_norm_rows_in_another_order_with_residual_and_out(op, dtype, isa, rng):
+    order = (1, 0, 2)
+    x, res = (random_data(rng, (5, 7, 40), dtype, offset=1.0) for _ in range(2))
+    want_h = (x.astype(np.float32) + res.astype(np.float32)).astype(dtype)
+    want = row_norm(op, x, residual=res)
+    view, res_view = in_memory_order(x, order), in_memory_order(res, order)
+    out, h = (in_memory_order(sentinel(x.shape, dtype), order) for _ in range(2))
+    assert row_norm(op, view, residual=res_view, residual_out=h, out=out) is out
+    assert_same_bits(out, want)
+    assert_same_bits(h, want_h)
+    # in place, as in a pre-norm transformer block: h into the residual, y into x
+    assert row_norm(op, view, residual=res_view, residual_out=res_view, out=view) is view
+    assert_same_bits(view, want)
+    assert_same_bits(res_view, want_h)
