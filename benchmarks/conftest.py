@@ -13,7 +13,7 @@ Environment (defaults in brackets):
   FASTNORM_BENCH_DTYPES    comma list or all                               [float32,float64]
   FASTNORM_BENCH_THREADS   comma list of thread counts                     [1,2 (1 on one core)]
   FASTNORM_BENCH_PEERS     numpy,copy,torch,onnxruntime (installed ones)   [all]
-  FASTNORM_BENCH_LAYOUTS   batch norm layouts                               [nchw,nhwc]
+  FASTNORM_BENCH_LAYOUTS   nchw, nhwc, channels_last (see fastnorm.bench)   [nchw,nhwc]
   FASTNORM_BENCH_ISAS      kernel families for fastnorm: active | all | list [active]
   FASTNORM_BENCH_OUT       1: fastnorm writes into out= (copy is np.copyto)  [0: allocating]
 """

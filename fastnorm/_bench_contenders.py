@@ -43,12 +43,14 @@ MOMENTUM = 0.1
 @dataclasses.dataclass(frozen=True)
 class Case:
     """op on x of `shape` (rows: (rows, cols); batch norm: the logical (N, C, H, W), stored
-    as (N, H, W, C) when layout is "nhwc")."""
+    as (N, H, W, C) when layout is "nhwc", and when it is "channels_last", where fastnorm
+    and NumPy get the (N, C, H, W) view of that memory, as NumPy sees a PyTorch
+    channels_last tensor)."""
 
     op: str
     shape: Tuple[int, ...]
     dtype: str
-    layout: str = "rows"  # "rows" for layer_norm / rms_norm, "nchw" or "nhwc" for batch norm
+    layout: str = "rows"  # "rows" for layer_norm / rms_norm, else a batch norm layout
     residual: bool = False
 
     @property
@@ -62,7 +64,7 @@ class Case:
 
     @property
     def storage_shape(self):
-        if self.layout == "nhwc":
+        if self.layout in ("nhwc", "channels_last"):
             n, c, *spatial = self.shape
             return (n, *spatial, c)
         return self.shape
@@ -103,7 +105,7 @@ def row_eps(case):
 
 
 def channel_axis(case):
-    return 1 if case.layout == "nchw" else -1
+    return -1 if case.layout == "nhwc" else 1
 
 
 def bytes_moved(case):
@@ -128,13 +130,15 @@ class _Inputs:
             return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
 
         self.x = normal(size, self.dtype)
+        if case.layout == "channels_last":
+            self.x = np.moveaxis(self.x, -1, 1)  # (N, C, H, W), NHWC memory
         self.r = normal(size, self.dtype) if case.residual else None
         channels = case.shape[-1] if case.layout == "rows" else case.shape[1]
         self.w = 1.0 + 0.1 * normal(channels, self.compute)
         self.b = 0.1 * normal(channels, self.compute)
         self.running_mean = 0.1 * normal(channels, self.compute)
         self.running_var = 1.0 + np.abs(normal(channels, self.compute))
-        self.out = np.empty_like(self.x)
+        self.out = np.empty_like(self.x)  # x's layout
         self.h_out = np.empty_like(self.x) if case.residual else None
 
 
@@ -181,7 +185,9 @@ def _unfused_call(inp, use_out):
 
 def _copy_call(inp, use_out):
     if not inp.case.residual:
-        return functools.partial(np.copyto, inp.out, inp.x) if use_out else inp.x.copy
+        # order="K": the same bytes in the same layout, also for a channels_last view
+        return functools.partial(np.copyto, inp.out, inp.x) if use_out else functools.partial(
+            inp.x.copy, order="K")
     # Two arrays in (x, r) and two out (h, y): two copies.
     if use_out:
 
@@ -217,7 +223,7 @@ def _numpy_call(inp):
             return y.astype(inp.dtype) if upcast else y
 
         return numpy_row_norm
-    if case.layout == "nchw":  # per-channel parameters broadcast over (N, C, H, W)
+    if case.layout != "nhwc":  # per-channel parameters broadcast over (N, C, H, W)
         reduce_axes, per_channel = (0, 2, 3), (slice(None), None, None)
     else:
         reduce_axes, per_channel = (0, 1, 2), (slice(None),)
@@ -282,6 +288,8 @@ def _torch_call(inp):
         return functools.partial(F.rms_norm, x, cols, w, eps)
     if case.layout == "nhwc":  # a channels_last tensor: same (N, C, H, W) view, NHWC memory
         x = x.permute(0, 3, 1, 2)
+    elif case.layout == "channels_last":  # from_numpy of the view keeps its strides
+        x = _torch_tensor(torch, inp.x)
     rm, rv = tensor(inp.running_mean), tensor(inp.running_var)
     training = case.op == "batch_norm_train"
     return functools.partial(F.batch_norm, x, rm, rv, w, b, training, MOMENTUM, EPS)
@@ -300,7 +308,7 @@ def onnxruntime_skip_reason(case):
     """Why ONNX Runtime has no contender for this case, or None."""
     if case.residual:
         return "no residual form in the standard ONNX operators"
-    if case.layout == "nhwc":
+    if case.layout in ("nhwc", "channels_last"):
         return "ONNX BatchNormalization is channels-first only"
     if case.dtype == "bfloat16":
         return "onnxruntime's Python API takes no ml_dtypes bfloat16 arrays"

@@ -31,7 +31,8 @@ from ._bench_contenders import (
 )
 
 # The shape set of the performance issue.  Rows: (rows, cols).  Batch norm: (N, C, H, W),
-# benchmarked in both layouts (NHWC stores the same tensor as (N, H, W, C)).
+# benchmarked in both layouts (NHWC stores the same tensor as (N, H, W, C)); channels_last,
+# the (N, C, H, W) view of NHWC memory that a PyTorch channels_last tensor gives, on request.
 ROW_SHAPES = (
     (1, 768), (8, 768), (64, 768), (512, 768), (4096, 768), (32768, 768),
     (1, 4096), (128, 4096), (8192, 4096), (1, 65536), (16, 1048576),
@@ -39,7 +40,7 @@ ROW_SHAPES = (
 BATCH_NORM_SHAPES = ((1, 64, 56, 56), (32, 64, 56, 56), (8, 256, 14, 14), (64, 3, 224, 224))
 QUICK_ROW_SHAPES = ((1, 768), (512, 768), (32768, 768))
 QUICK_BATCH_NORM_SHAPES = ((32, 64, 56, 56),)
-LAYOUTS = ("nchw", "nhwc")
+LAYOUTS = ("nchw", "nhwc", "channels_last")
 
 SAMPLE_SECONDS = 0.002  # one sample: enough calls to last this long (at least one call)
 WARM_CALL_SECONDS = 0.001  # calls cheaper than this get an untimed warm-up call per sample
@@ -142,7 +143,7 @@ def measure(contenders, min_rounds=5, min_time=0.2):
 # ---- cases, table rows -------------------------------------------------------------------
 
 
-def make_cases(ops, row_shapes, batch_norm_shapes, dtypes, layouts=LAYOUTS, residual=False):
+def make_cases(ops, row_shapes, batch_norm_shapes, dtypes, layouts=("nchw", "nhwc"), residual=False):
     cases = []
     for op in ops:
         for dtype in dtypes:
@@ -367,7 +368,7 @@ def add_arguments(parser):
                              "512x768,32x64x56x56 (4-D shapes are N x C x H x W for batch norm)")
     parser.add_argument("--dtypes", default="float32",
                         help=f"comma list of {', '.join(DTYPES)} or 'all' (default: float32)")
-    parser.add_argument("--layouts", default="nchw,nhwc", help="batch norm layouts (default: nchw,nhwc)")
+    parser.add_argument("--layouts", default="nchw,nhwc", help="batch norm layouts: nchw, nhwc, channels_last (default: nchw,nhwc)")
     parser.add_argument("--threads", default=two, help=f"comma list of thread counts (default: {two})")
     parser.add_argument("--peers", default="all",
                         help=f"comma list of {', '.join(PEERS)} (default: all that are installed)")
