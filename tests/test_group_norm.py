@@ -10,6 +10,8 @@ GROUP_CASES = [
     ((4, 6), 3), ((4, 6), 1), ((4, 6), 6),
     ((2, 6, 5), 2), ((3, 8, 4, 4), 4), ((3, 8, 4, 4), 1), ((3, 8, 4, 4), 8),
     ((2, 4, 3, 3, 3), 2), ((2, 32, 17, 9), 8), ((1, 12, 70), 3), ((2, 3, 1), 3),
+    # channels of 48 values and more go a group's rows per kernel call, 64 rows at most
+    ((4, 16, 7, 7), 4), ((4, 260, 48), 2), ((8, 12, 47), 3),
     # fewer groups than 4 per thread, or groups over 256 KB, take the two-pass path; channels
     # over 16384 values are split into segments there
     ((2, 4, 130, 130), 2),

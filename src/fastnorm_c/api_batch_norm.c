@@ -13,12 +13,12 @@
 #define FN_SPAN_BYTES 16384
 /* Rows (the `inner` values of one channel in one sample) shorter than these take the
  * column path, which treats each of the channels * inner positions as a column: the
- * statistics for rows under 16 values, the affine for rows under 48.  Measured (ctypes
- * A/B, 1 thread, Zen 3): statistics of 49-value rows (7x7 feature maps) 0.32-0.63x the
- * time on the row path, 16-value rows 0.33-0.71x, 8-value rows even; the affine of
- * 49-value rows 0.38-0.95x, but of 16- and 32-value rows 1.1-1.9x. */
+ * statistics for rows under 16 values, the affine for rows under FN_AFFINE_ROW_MIN (48,
+ * api_internal.h).  Measured (ctypes A/B, 1 thread, Zen 3): statistics of 49-value rows
+ * (7x7 feature maps) 0.32-0.63x the time on the row path, 16-value rows 0.33-0.71x,
+ * 8-value rows even; the affine of 49-value rows 0.38-0.95x, but of 16- and 32-value rows
+ * 1.1-1.9x. */
 #define FN_MOMENTS_ROW_MIN 16
-#define FN_AFFINE_ROW_MIN 48
 
 /* Elements per work item on the column path of moments / affine, and at least
  * FN_COLUMN_MIN_ROWS rows where that leaves four items: the statistics read each row a
@@ -282,7 +282,7 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
         FN_PARALLEL_FOR(t, threads, {
             size_t first = rows * (size_t)t / (size_t)threads;
             size_t last = rows * (size_t)(t + 1) / (size_t)threads, offset = first * inner * size;
-            kernels->rows_affine[dtype](xs + offset, last - first, inner, first, channels, mean,
+            kernels->rows_affine[dtype](xs + offset, last - first, inner, first, channels, mean, NULL,
                                         scale, shift, ys + offset, stream);
         });
         return FASTNORM_OK;

@@ -45,13 +45,19 @@
  * 0.65-0.84, RMSNorm 0.74-0.79, 3072x768 (9 MB) 0.57-0.65, 2048x1024 (8 MB) 0.64-0.95,
  * bfloat16 8192x768 (12 MB) 0.82-1.00, on 2 threads 4096x768 0.61-0.76; BatchNorm
  * 16x64x56x56 (12.8 MB) 0.74-0.88 on 1 thread.  Smaller outputs lost: float32 2048x768
- * (6 MB) 1.01-1.07, bfloat16 4096x768 (6 MB) 1.24, 2048x768 (3 MB) 1.38-1.53. */
+ * (6 MB) 1.01-1.07, bfloat16 4096x768 (6 MB) 1.24, 2048x768 (3 MB) 1.38-1.53.  GroupNorm
+ * too: (8, 256, 32, 32) float32 (8 MB) 0.63-0.65 on 1 thread, 0.93 on 2. */
 #define FN_STREAM_MIN_BYTES (8u << 20)
 /* The others keep 16 MB: BatchNorm on two or more threads (the 12.8 MB BatchNorm above took
  * 1.11-1.57x the time streamed on 2 threads, eval and training, either layout), the fused
  * residual (float32 4096x768 0.75-0.90x the time streamed, 2048x1024 0.69x, but 3072x768
- * 1.55-1.60x), and, not measured again, LayerNorm over columns and GroupNorm. */
+ * 1.55-1.60x), and, not measured again, LayerNorm over columns. */
 #define FN_STREAM_MIN_BYTES_OTHERS (16u << 20)
+
+/* The shortest rows for rows_affine (BatchNorm's NCHW affine, GroupNorm's channels): more
+ * than a vector's lanes, which its joined rows need; BatchNorm's shorter rows take the
+ * column path (api_batch_norm.c). */
+#define FN_AFFINE_ROW_MIN 48
 
 /* Stream y only when it is large and not read back: in place, x's lines are owned already.
  * FN_STORE_STREAM or 0: the row kernels' store flag, and the column kernels' boolean. */

@@ -359,15 +359,15 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
 
 /* rows_affine's constants of channel c, as the row path computes them (kb_normalize_constants
  * with no weight and bias); an uncentered row's mean_hi is +0, and h - (+0) is h exactly */
-KB_INLINE void KB_NAME(kb_affine_constants)(const double *mean, const double *scale,
-                                            const double *shift, size_t c, KB_V *mean_hi,
-                                            KB_V *scale_v, KB_V *beta) {
+KB_INLINE void KB_NAME(kb_affine_constants)(const double *mean, const double *mean_lo,
+                                            const double *scale, const double *shift, size_t c,
+                                            KB_V *mean_hi, KB_V *scale_v, KB_V *beta) {
     KB_C hi, lo;
-    double m = mean ? mean[c] : 0.0;
-    KB_NAME(kb_mean_pair)(m, 0.0, &hi, &lo);
+    double m = mean ? mean[c] : 0.0, m_lo = mean_lo ? mean_lo[c] : 0.0;
+    KB_NAME(kb_mean_pair)(m, m_lo, &hi, &lo);
     KB_V low;
-    KB_NAME(kb_normalize_constants)(hi, lo, (KB_C)scale[c], (KB_C)shift[c], m != 0.0, 0, mean_hi,
-                                    &low, scale_v, beta);
+    KB_NAME(kb_normalize_constants)(hi, lo, (KB_C)scale[c], (KB_C)shift[c], m != 0.0 || m_lo != 0.0,
+                                    0, mean_hi, &low, scale_v, beta);
 }
 
 /* rows_affine's rows joined into one sequence: vectors from y's first vector boundary on,
@@ -382,11 +382,11 @@ KB_INLINE void KB_NAME(kb_affine_constants)(const double *mean, const double *sc
  * (64, 3, 224, 224) 0.97-1.05, within this VM's noise. */
 KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t n, size_t first,
                                               size_t channels, const double *mean,
-                                              const double *scale, const double *shift, KB_T *y,
-                                              int stream) {
+                                              const double *mean_lo, const double *scale,
+                                              const double *shift, KB_T *y, int stream) {
     size_t total = rows * n, c = first % channels, row_end = n;
     KB_V hi, sc, beta; /* the current row's */
-    KB_NAME(kb_affine_constants)(mean, scale, shift, c, &hi, &sc, &beta);
+    KB_NAME(kb_affine_constants)(mean, mean_lo, scale, shift, c, &hi, &sc, &beta);
 #define KB_AFFINE(h, m, s, b) kb_fma(kb_sub(h, m), s, b)
     size_t i = KB_NAME(kb_stream_head)(y, total);
     if (i >= KB_LANES) /* y off its elements' alignment: kb_stream_head gives the whole span */
@@ -408,7 +408,7 @@ KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t
         size_t own = row_end - i;
         KB_V prev_hi = hi, prev_sc = sc, prev_beta = beta;
         c = c + 1 == channels ? 0 : c + 1;
-        KB_NAME(kb_affine_constants)(mean, scale, shift, c, &hi, &sc, &beta);
+        KB_NAME(kb_affine_constants)(mean, mean_lo, scale, shift, c, &hi, &sc, &beta);
         KB_NAME(kb_put)(y + i, KB_AFFINE(h, kb_blend_n(prev_hi, hi, own), kb_blend_n(prev_sc, sc, own),
                                          kb_blend_n(prev_beta, beta, own)),
                         count, stream);
@@ -419,36 +419,18 @@ KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t
 }
 
 static void KB_NAME(rows_affine)(const void *x, size_t rows, size_t n, size_t first,
-                                 size_t channels, const double *mean, const double *scale,
-                                 const double *shift, void *y, int store) {
+                                 size_t channels, const double *mean, const double *mean_lo,
+                                 const double *scale, const double *shift, void *y, int store) {
     int stream = store & FN_STORE_STREAM;
     if (KB_LANES > 1) { /* the scalar family keeps the row path, which its compiler vectorizes */
-        KB_NAME(kb_rows_affine_joined)((const KB_T *)x, rows, n, first, channels, mean, scale,
-                                       shift, (KB_T *)y, stream);
+        KB_NAME(kb_rows_affine_joined)((const KB_T *)x, rows, n, first, channels, mean, mean_lo,
+                                       scale, shift, (KB_T *)y, stream);
         return;
     }
-    for (size_t r = 0, c = first % channels; r < rows; ++r, c = c + 1 == channels ? 0 : c + 1) {
-        const KB_T *xr = (const KB_T *)x + r * n;
-        KB_T *yr = (KB_T *)y + r * n;
-        KB_C hi, lo, sc = (KB_C)scale[c], be = (KB_C)shift[c];
-        double m = mean ? mean[c] : 0.0;
-        KB_NAME(kb_mean_pair)(m, 0.0, &hi, &lo);
-        size_t body = n;
-        KB_V head = kb_set1(0), tail = head;
-        size_t lead = KB_NAME(kb_row_edges)(xr, NULL, n, hi, lo, sc, be, NULL, NULL, m != 0.0, yr,
-                                            stream, &body, &head, &tail, NULL, NULL);
-        /* row_normalize's variants without residual, weight and bias */
-        if (m != 0.0)
-            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, NULL, body, hi, lo, sc, be, NULL, NULL,
-                                           yr + lead, NULL, 0, 0, 1, 0, 0, stream, 0);
-        else
-            KB_NAME(kb_row_normalize_impl)(xr + lead, NULL, NULL, body, hi, lo, sc, be, NULL, NULL,
-                                           yr + lead, NULL, 0, 0, 0, 0, 0, stream, 0);
-        if (lead) {
-            kb_store(yr, head);
-            kb_store(yr + n - KB_LANES, tail);
-        }
-    }
+    for (size_t r = 0, c = first % channels; r < rows; ++r, c = c + 1 == channels ? 0 : c + 1)
+        KB_NAME(row_normalize)((const KB_T *)x + r * n, NULL, NULL, n, mean ? mean[c] : 0.0,
+                               mean_lo ? mean_lo[c] : 0.0, scale[c], shift[c], NULL, NULL,
+                               (KB_T *)y + r * n, NULL, stream);
 }
 
 /* ---- row normalize with the next row's statistics -------------------------------- */

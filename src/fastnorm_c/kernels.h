@@ -59,12 +59,14 @@ typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, do
                                                 const void *bias, void *y, int store);
 
 /* Rows r < rows of n elements each, one after another from x (and y): row r normalized
- * as row_normalize does with mean[c] (0 without mean), scale[c] and beta shift[c] and no
- * weight or bias, c = (first + r) % channels.  One call for many short rows (BatchNorm
- * over NCHW), where a call per row cost about as many instructions as its loop.  store: as for
- * row_normalize (FN_STORE_STREAM). */
+ * as row_normalize does with the mean pair (mean[c], mean_lo[c]) (0 for a NULL array),
+ * scale[c] and beta shift[c] and no weight or bias, c = (first + r) % channels.  One call
+ * for many short rows (BatchNorm over NCHW, a GroupNorm group's channels), where a call
+ * per row cost about as many instructions as its loop.  store: as for row_normalize
+ * (FN_STORE_STREAM). */
 typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, size_t first,
-                                        size_t channels, const double *mean, const double *scale,
+                                        size_t channels, const double *mean,
+                                        const double *mean_lo, const double *scale,
                                         const double *shift, void *y, int store);
 
 /* How the row normalize kernel may write y. */
