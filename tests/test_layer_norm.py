@@ -120,6 +120,26 @@ def test_float32_statistics_when_the_first_values_stand_apart(n, lead, isa, rng)
     np.testing.assert_allclose(rstd, ref_rstd, rtol=2.0**-21)
 
 
+@pytest.mark.parametrize("n", [1, 2, 16, 49, 64, 100, 128, 129])
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("lead", [0, 1, 8])
+def test_float32_short_rows_on_shifted_data(n, offset, lead, isa, rng):
+    """Rows of up to 8 vectors are normalized from registers (rows_short), their mean and
+    variance in two passes over the registers.  Offset data, also with the first `lead`
+    values 1000 spreads above the rest, give y within 8 float32 ulps of float64 (of
+    max(|y|, 1); the scalar family's long-row path reaches 5.5 here, rows_short 2.1), mean
+    and rstd within 2 ** -21, which a center taken from the first value alone broke (mean
+    off by 2.6e-6)."""
+    x = random_data(rng, (300, n), np.float32, offset=offset)
+    x[:, :lead] += np.float32(1000)
+    y, mean, rstd = fastnorm.layer_norm(x, return_stats=True)
+    want, ref_mean, ref_rstd = ref_layer_norm(x, return_stats=True)
+    ulp = np.spacing(np.maximum(np.abs(want), 1).astype(np.float32)).astype(np.float64)
+    assert float(np.max(np.abs(y - want) / ulp)) <= 8
+    np.testing.assert_allclose(mean, ref_mean, rtol=2.0**-21, atol=2.0**-22)
+    np.testing.assert_allclose(rstd, ref_rstd, rtol=2.0**-21)
+
+
 @pytest.mark.parametrize("shape", [(8, 768), (3, 5, 64), (2, 4096), (16, 7)])
 @pytest.mark.parametrize("with_affine", [False, True])
 def test_agrees_with_torch(shape, with_affine, isa, rng, tol):

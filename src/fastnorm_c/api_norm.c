@@ -509,6 +509,24 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     return FASTNORM_OK;
 }
 
+/* Rows of at most the family's rows_short_max elements (a few vectors): each thread's
+ * share of the rows in one rows_short call, the row in registers for both passes.  A
+ * row's path depends on its length alone, so results never depend on the thread count,
+ * the call's other arguments or which Python path made it. */
+static void fn_norm_short_rows(const fn_norm_job *job, int threads) {
+    size_t n = job->middle, row = n * job->item_size, csize = fn_compute_size(job->dtype);
+    FN_PARALLEL_FOR(t, threads, {
+        size_t first = job->outer * (size_t)t / (size_t)threads;
+        size_t rows = job->outer * (size_t)(t + 1) / (size_t)threads - first;
+        job->kernels->rows_short[job->dtype](
+            job->x + first * row, job->residual ? job->residual + first * row : NULL,
+            job->residual_out ? job->residual_out + first * row : NULL, rows, n,
+            job->kind == FASTNORM_LAYER_NORM, job->eps, job->weight, job->bias,
+            job->y + first * row, job->mean_out ? (char *)job->mean_out + first * csize : NULL,
+            job->rstd_out ? (char *)job->rstd_out + first * csize : NULL);
+    });
+}
+
 fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer,
                                 size_t middle, size_t inner, const void *x, const void *residual,
                                 void *residual_out, void *y, const void *weight, const void *bias,
@@ -530,7 +548,8 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     void *param_block = NULL;
     int row_store = 0;
-    if (inner == 1) { /* the column path takes weight and bias per row, as scalars */
+    int short_rows = inner == 1 && middle <= kernels->rows_short_max[dtype];
+    if (inner == 1 && !short_rows) { /* the column path takes weight and bias per row, as scalars */
         row_store = fn_row_params(kernels, dtype, outer, middle, y, &weight, &bias, &param_block);
         if (row_store < 0) return FASTNORM_ERR_NO_MEMORY;
     }
@@ -540,6 +559,10 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
                        stream, stream | row_store,
                        residual_out && (!stream || fn_storage_size(dtype) == 2 ||
                                         residual_out == x || residual_out == residual)};
+    if (short_rows) {
+        fn_norm_short_rows(&job, fn_threads(n_threads, total));
+        return FASTNORM_OK;
+    }
     fastnorm_status_t status = fn_norm_run(&job, fn_threads(n_threads, total));
     free(param_block);
     return status;

@@ -139,6 +139,7 @@ KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b,
 #include "kernel_row_stats.h"
 #include "kernel_row_normalize.h"
 #include "kernel_columns.h"
+#include "kernel_rows_short.h"
 
 #undef KB_NAME
 #undef KB_T

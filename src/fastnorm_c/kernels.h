@@ -69,6 +69,17 @@ typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, si
                                         const double *mean_lo, const double *scale,
                                         const double *shift, void *y, int store);
 
+/* LayerNorm (center) or RMSNorm of rows r < rows of n elements each, one after another,
+ * n at most the table's rows_short_max (the row lives in registers): h = x (+ residual,
+ * rounded to the storage dtype and stored to residual_out when not NULL), its statistics,
+ * then y = (h - mean) * rstd * weight + bias (weight, bias: NULL or n compute-dtype values
+ * in natural order).  mean_out, rstd_out: NULL or `rows` compute-dtype values.  Plain
+ * stores; a row is read whole before any of its outputs is written (in place is fine). */
+typedef void (*fastnorm_rows_short_fn)(const void *x, const void *residual, void *residual_out,
+                                       size_t rows, size_t n, int center, double eps,
+                                       const void *weight, const void *bias, void *y,
+                                       void *mean_out, void *rstd_out);
+
 /* How the row normalize kernel may write y. */
 enum {
     /* non-temporal stores (for outputs far larger than the caches, where they save the
@@ -122,6 +133,9 @@ typedef struct {
      * in a large input pays for prefetching the next row (api_norm.c, FN_PREFETCH_MIN_BYTES;
      * measured per family in simd_<family>.h); a max of 0: never. */
     unsigned prefetch_row_min, prefetch_row_max;
+    /* Rows of at most rows_short_max elements (0: none) take rows_short. */
+    fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
+    unsigned rows_short_max[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;

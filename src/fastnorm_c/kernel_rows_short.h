@@ -1,0 +1,175 @@
+/*
+ * kernel_rows_short.h - rows_short: LayerNorm / RMSNorm of rows short enough to live in
+ * registers (at most KB_SHORT_VECS vectors), statistics and normalize pass from the same
+ * registers, weight and bias held across the rows.  Part of kernel_body.h.
+ *
+ * Why: a row of 64 float32 values took 35-55 ns through row_stats, the float64 finish and
+ * row_normalize, each call paying its setup, edges and dependent latency for four vectors
+ * of work; here a row is a handful of vector operations and the rows' chains overlap.
+ *
+ * Numerics: LayerNorm takes two passes over the registers.  The first sums h - c1, c1
+ * the row's first value, lane-wise (at most KB_SHORT_VECS values a lane, the lanes added
+ * in float64), for a center c2 = c1 + their mean near the row's mean.  The second sums
+ * e = h - c2 (exact for values within a factor of two of c2, Sterbenz) and e^2; then
+ * mean = c2 + m, m = sum(e) / n, var = sum(e^2) / n - m^2 (m is tiny against the spread),
+ * and y = (e - m) * rstd * weight + bias.  A center that is one value alone (c1) lost
+ * digits on rows led by an outlier: mean 2.6e-6 relative.  RMSNorm sums h^2.
+ */
+
+#include <math.h>
+
+#ifndef KB_SHORT_VECS
+#define KB_SHORT_VECS 8
+#endif
+
+/* The longest row rows_short takes, in elements (kernels.h rows_short_max; 0: the family
+ * has none). */
+enum { KB_NAME(rows_short_max) = KB_LANES > 1 ? KB_SHORT_VECS * KB_LANES : 0 };
+
+/* The sum of v[0] ... v[vecs - 1] as a tree: half the latency of a chain. */
+KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
+    KB_V s[KB_SHORT_VECS];
+#pragma GCC unroll 8
+    for (size_t k = 0; k < vecs; ++k) s[k] = v[k];
+#pragma GCC unroll 8
+    for (size_t width = KB_SHORT_VECS / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+        for (size_t k = 0; k < width; ++k)
+            if (k + width < vecs) s[k] = kb_add(s[k], s[k + width]);
+    return s[0];
+}
+
+/* rows_short for rows of `vecs` vectors, `block` rows at a time in step (both constants in
+ * each instance: rows_short's switch), so that the rows' vectors are registers, the loops
+ * straight code, and the block's dependency chains (three float64 lane sums, a division
+ * and a square root a row) advance side by side; the last vector holds `last` values. */
+KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs, size_t rows,
+                                        size_t n, int center, double eps, const KB_C *ws,
+                                        const KB_C *bs, KB_T *ys, KB_C *mean_o, KB_C *rstd_o,
+                                        const size_t vecs, size_t last, const size_t block) {
+    double inv_n = 1.0 / (double)n;
+    for (size_t r = 0; r + block <= rows; r += block) {
+        KB_V h[4][KB_SHORT_VECS], t[4][KB_SHORT_VECS], sq[4][KB_SHORT_VECS], c[4], m[4], scale[4];
+        double mean[4], spread[4];
+#pragma GCC unroll 4
+        for (size_t j = 0; j < block; ++j)
+#pragma GCC unroll 8
+            for (size_t k = 0; k < vecs; ++k) {
+                size_t left = k + 1 < vecs ? KB_LANES : last, at = (r + j) * n + k * KB_LANES;
+                h[j][k] = left == KB_LANES ? kb_load(xs + at) : kb_load_n(xs + at, left);
+                if (rs)
+                    h[j][k] = kb_round(kb_add(h[j][k], left == KB_LANES ? kb_load(rs + at)
+                                                                         : kb_load_n(rs + at, left)));
+            }
+        if (center) {
+            KB_C center2[4];
+#pragma GCC unroll 4
+            for (size_t j = 0; j < block; ++j) {
+                KB_C first = kb_first(h[j][0]);
+                c[j] = kb_set1(first);
+#pragma GCC unroll 8
+                for (size_t k = 0; k < vecs; ++k)
+                    t[j][k] = k + 1 < vecs ? kb_sub(h[j][k], c[j]) : kb_mask_n(kb_sub(h[j][k], c[j]), last);
+                center2[j] = (KB_C)((double)first + kb_sum(KB_NAME(kb_short_sum)(t[j], vecs)) * inv_n);
+                c[j] = kb_set1(center2[j]);
+            }
+#pragma GCC unroll 4
+            for (size_t j = 0; j < block; ++j)
+#pragma GCC unroll 8
+                for (size_t k = 0; k < vecs; ++k) {
+                    t[j][k] = kb_sub(h[j][k], c[j]);
+                    if (k + 1 == vecs) t[j][k] = kb_mask_n(t[j][k], last);
+                    sq[j][k] = kb_mul(t[j][k], t[j][k]);
+                }
+#pragma GCC unroll 4
+            for (size_t j = 0; j < block; ++j) {
+                double mean_shifted = kb_sum(KB_NAME(kb_short_sum)(t[j], vecs)) * inv_n;
+                spread[j] = kb_sum(KB_NAME(kb_short_sum)(sq[j], vecs)) * inv_n - mean_shifted * mean_shifted;
+                mean[j] = (double)center2[j] + mean_shifted;
+                m[j] = kb_set1((KB_C)mean_shifted);
+            }
+        } else {
+#pragma GCC unroll 4
+            for (size_t j = 0; j < block; ++j) {
+#pragma GCC unroll 8
+                for (size_t k = 0; k < vecs; ++k) t[j][k] = kb_mul(h[j][k], h[j][k]); /* masked lanes: 0 */
+                spread[j] = kb_sum(KB_NAME(kb_short_sum)(t[j], vecs)) * inv_n;
+                mean[j] = 0.0;
+                m[j] = kb_set1(0); /* unused: no centering */
+            }
+        }
+#pragma GCC unroll 4
+        for (size_t j = 0; j < block; ++j) {
+            double rstd;
+            if (!isfinite(spread[j]) || !isfinite(mean[j])) { /* NaN or inf in the row: all NaN */
+                mean[j] = rstd = NAN;
+            } else {
+                rstd = 1.0 / sqrt((spread[j] < 0 ? 0 : spread[j]) + eps);
+            }
+            if (mean_o) mean_o[r + j] = (KB_C)mean[j];
+            if (rstd_o) rstd_o[r + j] = (KB_C)rstd;
+            scale[j] = kb_set1((KB_C)rstd); /* NaN makes every output NaN */
+        }
+#pragma GCC unroll 4
+        for (size_t j = 0; j < block; ++j)
+#pragma GCC unroll 8
+            for (size_t k = 0; k < vecs; ++k) {
+                size_t left = k + 1 < vecs ? KB_LANES : last, at = (r + j) * n + k * KB_LANES;
+                size_t p = k * KB_LANES;
+                int whole = left == KB_LANES;
+                if (hs) {
+                    if (whole)
+                        kb_store(hs + at, h[j][k]);
+                    else
+                        kb_store_n(hs + at, h[j][k], left);
+                }
+                KB_V e = kb_mul(center ? kb_sub(t[j][k], m[j]) : h[j][k], scale[j]);
+                if (ws) e = kb_mul(e, whole ? kb_param(ws + p) : kb_param_n(ws + p, left));
+                if (bs) e = kb_add(e, whole ? kb_param(bs + p) : kb_param_n(bs + p, left));
+                if (whole)
+                    kb_store(ys + at, e);
+                else
+                    kb_store_n(ys + at, e, left);
+            }
+    }
+}
+
+/* Rows of `vecs` vectors: blocks of rows as wide as the registers allow, then the rest one
+ * by one. */
+KB_INLINE void KB_NAME(kb_rows_short_blocks)(const KB_T *xs, const KB_T *rs, KB_T *hs,
+                                             size_t rows, size_t n, int center, double eps,
+                                             const KB_C *ws, const KB_C *bs, KB_T *ys,
+                                             KB_C *mean_o, KB_C *rstd_o, const size_t vecs,
+                                             size_t last) {
+    const size_t block = vecs <= 2 ? 4 : vecs <= 4 ? 2 : 1;
+    size_t done = rows / block * block;
+    KB_NAME(kb_rows_short_v)(xs, rs, hs, done, n, center, eps, ws, bs, ys, mean_o, rstd_o, vecs,
+                             last, block);
+    if (done == rows) return;
+    size_t at = done * n;
+    KB_NAME(kb_rows_short_v)(xs + at, rs ? rs + at : NULL, hs ? hs + at : NULL, rows - done, n,
+                             center, eps, ws, bs, ys + at, mean_o ? mean_o + done : NULL,
+                             rstd_o ? rstd_o + done : NULL, vecs, last, 1);
+}
+
+static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
+                                size_t rows, size_t n, int center, double eps,
+                                const void *weight, const void *bias, void *y, void *mean_out,
+                                void *rstd_out) {
+    size_t tail = n % KB_LANES, vecs = n / KB_LANES + (tail != 0), last = tail ? tail : KB_LANES;
+#define KB_SHORT_CASE(v)                                                                     \
+    case v:                                                                                  \
+        KB_NAME(kb_rows_short_blocks)((const KB_T *)x, (const KB_T *)residual,               \
+                                      (KB_T *)residual_out, rows, n, center, eps,           \
+                                      (const KB_C *)weight, (const KB_C *)bias, (KB_T *)y,  \
+                                      (KB_C *)mean_out, (KB_C *)rstd_out, v, last);         \
+        break;
+    if (KB_LANES == 1) return; /* rows_short_max is 0: never asked */
+    _Static_assert(KB_SHORT_VECS == 8, "rows_short's switch lists 1 ... 8 vectors");
+    switch (vecs) {
+        KB_SHORT_CASE(1) KB_SHORT_CASE(2) KB_SHORT_CASE(3) KB_SHORT_CASE(4)
+        KB_SHORT_CASE(5) KB_SHORT_CASE(6) KB_SHORT_CASE(7) KB_SHORT_CASE(8)
+    default: break; /* longer rows are never asked (rows_short_max) */
+    }
+#undef KB_SHORT_CASE
+}
