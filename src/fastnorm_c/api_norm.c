@@ -1,7 +1,8 @@
 /*
  * api_norm.c - fastnorm_norm: LayerNorm and RMSNorm over the middle axis of (outer, middle,
- * inner), with the fused residual add.  Rows (inner == 1) take the row kernels in one of
- * four orders chosen by size (fn_norm_run); a non-trailing axis takes the column kernels.
+ * inner), with the fused residual add.  Rows (inner == 1) of a few vectors take rows_short
+ * (fn_norm_short_rows), longer ones the row kernels in one of four orders chosen by size
+ * (fn_norm_run); a non-trailing axis takes the column kernels.
  */
 #include "api_internal.h"
 

@@ -1,7 +1,7 @@
 /*
  * kernel_rows_short.h - rows_short: LayerNorm / RMSNorm of rows short enough to live in
- * registers (at most KB_SHORT_VECS vectors), statistics and normalize pass from the same
- * registers, weight and bias held across the rows.  Part of kernel_body.h.
+ * registers (at most KB_SHORT_VECS vectors): statistics and normalize pass from the same
+ * registers, a few rows in step.  Part of kernel_body.h.
  *
  * Why: a row of 64 float32 values took 35-55 ns through row_stats, the float64 finish and
  * row_normalize, each call paying its setup, edges and dependent latency for four vectors
