@@ -22,9 +22,10 @@
 #define KB_SHORT_VECS 8
 #endif
 
-/* The longest row rows_short takes, in elements (kernels.h rows_short_max; 0: the family
- * has none). */
-enum { KB_NAME(rows_short_max) = KB_LANES > 1 ? KB_SHORT_VECS * KB_LANES : 0 };
+/* The longest row rows_short takes, in elements (kernels.h rows_short_max): 0 where the
+ * family's simd_<family>.h does not define FN_SHORT_ROWS, whose table gets a stub. */
+#ifdef FN_SHORT_ROWS
+enum { KB_NAME(rows_short_max) = KB_SHORT_VECS * KB_LANES };
 
 /* The sum of v[0] ... v[vecs - 1] as a tree: half the latency of a chain. */
 KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
@@ -39,27 +40,37 @@ KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
     return s[0];
 }
 
-/* rows_short for rows of `vecs` vectors, `block` rows at a time in step (both constants in
- * each instance: rows_short's switch), so that the rows' vectors are registers, the loops
- * straight code, and the block's dependency chains (three float64 lane sums, a division
- * and a square root a row) advance side by side; the last vector holds `last` values. */
+/* Vector k of a row at p, its first `left` (<= KB_LANES) elements, the other lanes 0:
+ * masked whatever `left` is, so that the instances have no branches (code size and compile
+ * time). */
+KB_INLINE KB_V KB_NAME(kb_short_load)(const KB_T *p, size_t left) { return kb_load_n(p, left); }
+
+/* rows_short for rows of at most `cap` vectors (1, 2, 4 or 8), `block` rows at a time in
+ * step (both constants in each instance: rows_short's switch), so that the rows' vectors
+ * are registers, the loops straight code, and the block's dependency chains (three float64
+ * lane sums, a division and a square root a row) advance side by side.  Vector k holds
+ * left[k] values: all lanes, the row's last few, or none (a row shorter than the cap). */
 KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs, size_t rows,
                                         size_t n, int center, double eps, const KB_C *ws,
                                         const KB_C *bs, KB_T *ys, KB_C *mean_o, KB_C *rstd_o,
-                                        const size_t vecs, size_t last, const size_t block) {
+                                        const size_t *left, const size_t cap, const size_t block) {
     double inv_n = 1.0 / (double)n;
     for (size_t r = 0; r + block <= rows; r += block) {
+        /* only [j < block][k < cap] is used; zeroed so that GCC's -Wmaybe-uninitialized,
+         * which cannot follow the constants, stays quiet (the stores fold away) */
         KB_V h[4][KB_SHORT_VECS], t[4][KB_SHORT_VECS], sq[4][KB_SHORT_VECS], c[4], m[4], scale[4];
+#pragma GCC unroll 4
+        for (size_t j = 0; j < 4; ++j)
+#pragma GCC unroll 8
+            for (size_t k = 0; k < KB_SHORT_VECS; ++k) h[j][k] = t[j][k] = sq[j][k] = kb_set1(0);
         double mean[4], spread[4];
 #pragma GCC unroll 4
         for (size_t j = 0; j < block; ++j)
 #pragma GCC unroll 8
-            for (size_t k = 0; k < vecs; ++k) {
-                size_t left = k + 1 < vecs ? KB_LANES : last, at = (r + j) * n + k * KB_LANES;
-                h[j][k] = left == KB_LANES ? kb_load(xs + at) : kb_load_n(xs + at, left);
-                if (rs)
-                    h[j][k] = kb_round(kb_add(h[j][k], left == KB_LANES ? kb_load(rs + at)
-                                                                         : kb_load_n(rs + at, left)));
+            for (size_t k = 0; k < cap; ++k) {
+                size_t at = (r + j) * n + k * KB_LANES;
+                h[j][k] = KB_NAME(kb_short_load)(xs + at, left[k]);
+                if (rs) h[j][k] = kb_round(kb_add(h[j][k], KB_NAME(kb_short_load)(rs + at, left[k])));
             }
         if (center) {
             KB_C center2[4];
@@ -68,23 +79,21 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
                 KB_C first = kb_first(h[j][0]);
                 c[j] = kb_set1(first);
 #pragma GCC unroll 8
-                for (size_t k = 0; k < vecs; ++k)
-                    t[j][k] = k + 1 < vecs ? kb_sub(h[j][k], c[j]) : kb_mask_n(kb_sub(h[j][k], c[j]), last);
-                center2[j] = (KB_C)((double)first + kb_sum(KB_NAME(kb_short_sum)(t[j], vecs)) * inv_n);
+                for (size_t k = 0; k < cap; ++k) t[j][k] = kb_mask_n(kb_sub(h[j][k], c[j]), left[k]);
+                center2[j] = (KB_C)((double)first + kb_sum(KB_NAME(kb_short_sum)(t[j], cap)) * inv_n);
                 c[j] = kb_set1(center2[j]);
             }
 #pragma GCC unroll 4
             for (size_t j = 0; j < block; ++j)
 #pragma GCC unroll 8
-                for (size_t k = 0; k < vecs; ++k) {
-                    t[j][k] = kb_sub(h[j][k], c[j]);
-                    if (k + 1 == vecs) t[j][k] = kb_mask_n(t[j][k], last);
+                for (size_t k = 0; k < cap; ++k) {
+                    t[j][k] = kb_mask_n(kb_sub(h[j][k], c[j]), left[k]);
                     sq[j][k] = kb_mul(t[j][k], t[j][k]);
                 }
 #pragma GCC unroll 4
             for (size_t j = 0; j < block; ++j) {
-                double mean_shifted = kb_sum(KB_NAME(kb_short_sum)(t[j], vecs)) * inv_n;
-                spread[j] = kb_sum(KB_NAME(kb_short_sum)(sq[j], vecs)) * inv_n - mean_shifted * mean_shifted;
+                double mean_shifted = kb_sum(KB_NAME(kb_short_sum)(t[j], cap)) * inv_n;
+                spread[j] = kb_sum(KB_NAME(kb_short_sum)(sq[j], cap)) * inv_n - mean_shifted * mean_shifted;
                 mean[j] = (double)center2[j] + mean_shifted;
                 m[j] = kb_set1((KB_C)mean_shifted);
             }
@@ -92,8 +101,8 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
 #pragma GCC unroll 4
             for (size_t j = 0; j < block; ++j) {
 #pragma GCC unroll 8
-                for (size_t k = 0; k < vecs; ++k) t[j][k] = kb_mul(h[j][k], h[j][k]); /* masked lanes: 0 */
-                spread[j] = kb_sum(KB_NAME(kb_short_sum)(t[j], vecs)) * inv_n;
+                for (size_t k = 0; k < cap; ++k) t[j][k] = kb_mul(h[j][k], h[j][k]); /* masked lanes: 0 */
+                spread[j] = kb_sum(KB_NAME(kb_short_sum)(t[j], cap)) * inv_n;
                 mean[j] = 0.0;
                 m[j] = kb_set1(0); /* unused: no centering */
             }
@@ -113,63 +122,68 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
 #pragma GCC unroll 4
         for (size_t j = 0; j < block; ++j)
 #pragma GCC unroll 8
-            for (size_t k = 0; k < vecs; ++k) {
-                size_t left = k + 1 < vecs ? KB_LANES : last, at = (r + j) * n + k * KB_LANES;
-                size_t p = k * KB_LANES;
-                int whole = left == KB_LANES;
-                if (hs) {
-                    if (whole)
-                        kb_store(hs + at, h[j][k]);
-                    else
-                        kb_store_n(hs + at, h[j][k], left);
-                }
+            for (size_t k = 0; k < cap; ++k) {
+                size_t at = (r + j) * n + k * KB_LANES, p = k * KB_LANES, lk = left[k];
+                if (hs) kb_store_n(hs + at, h[j][k], lk);
                 KB_V e = kb_mul(center ? kb_sub(t[j][k], m[j]) : h[j][k], scale[j]);
-                if (ws) e = kb_mul(e, whole ? kb_param(ws + p) : kb_param_n(ws + p, left));
-                if (bs) e = kb_add(e, whole ? kb_param(bs + p) : kb_param_n(bs + p, left));
-                if (whole)
-                    kb_store(ys + at, e);
-                else
-                    kb_store_n(ys + at, e, left);
+                if (ws) e = kb_mul(e, kb_param_n(ws + p, lk));
+                if (bs) e = kb_add(e, kb_param_n(bs + p, lk));
+                kb_store_n(ys + at, e, lk);
             }
     }
 }
 
-/* Rows of `vecs` vectors: blocks of rows as wide as the registers allow, then the rest one
- * by one. */
+/* Rows of at most `cap` vectors: blocks of rows as wide as the registers allow, then the
+ * rest one by one. */
 KB_INLINE void KB_NAME(kb_rows_short_blocks)(const KB_T *xs, const KB_T *rs, KB_T *hs,
                                              size_t rows, size_t n, int center, double eps,
                                              const KB_C *ws, const KB_C *bs, KB_T *ys,
-                                             KB_C *mean_o, KB_C *rstd_o, const size_t vecs,
-                                             size_t last) {
-    const size_t block = vecs <= 2 ? 4 : vecs <= 4 ? 2 : 1;
+                                             KB_C *mean_o, KB_C *rstd_o, const size_t *left,
+                                             const size_t cap) {
+    const size_t block = cap <= 2 ? 4 : 2;
     size_t done = rows / block * block;
-    KB_NAME(kb_rows_short_v)(xs, rs, hs, done, n, center, eps, ws, bs, ys, mean_o, rstd_o, vecs,
-                             last, block);
-    if (done == rows) return;
+    KB_NAME(kb_rows_short_v)(xs, rs, hs, done, n, center, eps, ws, bs, ys, mean_o, rstd_o, left,
+                             cap, block);
+    if (done == rows || block == 1) return;
     size_t at = done * n;
     KB_NAME(kb_rows_short_v)(xs + at, rs ? rs + at : NULL, hs ? hs + at : NULL, rows - done, n,
                              center, eps, ws, bs, ys + at, mean_o ? mean_o + done : NULL,
-                             rstd_o ? rstd_o + done : NULL, vecs, last, 1);
+                             rstd_o ? rstd_o + done : NULL, left, cap, 1);
 }
 
+/* One instance per cap of 1, 2, 4 and 8 vectors (a row of 3 takes the 4-vector one, its
+ * fourth vector empty): instances for every count took 60% longer to compile. */
 static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
                                 size_t rows, size_t n, int center, double eps,
                                 const void *weight, const void *bias, void *y, void *mean_out,
                                 void *rstd_out) {
-    size_t tail = n % KB_LANES, vecs = n / KB_LANES + (tail != 0), last = tail ? tail : KB_LANES;
-#define KB_SHORT_CASE(v)                                                                     \
-    case v:                                                                                  \
-        KB_NAME(kb_rows_short_blocks)((const KB_T *)x, (const KB_T *)residual,               \
-                                      (KB_T *)residual_out, rows, n, center, eps,           \
-                                      (const KB_C *)weight, (const KB_C *)bias, (KB_T *)y,  \
-                                      (KB_C *)mean_out, (KB_C *)rstd_out, v, last);         \
-        break;
-    if (KB_LANES == 1) return; /* rows_short_max is 0: never asked */
-    _Static_assert(KB_SHORT_VECS == 8, "rows_short's switch lists 1 ... 8 vectors");
-    switch (vecs) {
-        KB_SHORT_CASE(1) KB_SHORT_CASE(2) KB_SHORT_CASE(3) KB_SHORT_CASE(4)
-        KB_SHORT_CASE(5) KB_SHORT_CASE(6) KB_SHORT_CASE(7) KB_SHORT_CASE(8)
-    default: break; /* longer rows are never asked (rows_short_max) */
-    }
-#undef KB_SHORT_CASE
+    size_t left[KB_SHORT_VECS], vecs = (n + KB_LANES - 1) / KB_LANES;
+    for (size_t k = 0; k < KB_SHORT_VECS; ++k)
+        left[k] = n <= k * KB_LANES ? 0 : n - k * KB_LANES < KB_LANES ? n - k * KB_LANES : KB_LANES;
+#define KB_SHORT_CALL(cap)                                                                  \
+    KB_NAME(kb_rows_short_blocks)((const KB_T *)x, (const KB_T *)residual,                  \
+                                  (KB_T *)residual_out, rows, n, center, eps,              \
+                                  (const KB_C *)weight, (const KB_C *)bias, (KB_T *)y,     \
+                                  (KB_C *)mean_out, (KB_C *)rstd_out, left, cap)
+    _Static_assert(KB_SHORT_VECS == 8, "rows_short's instances cap rows at 1, 2, 4, 8 vectors");
+    if (vecs > 8) return; /* rows_short_max: never asked */
+    if (vecs == 1)
+        KB_SHORT_CALL(1);
+    else if (vecs == 2)
+        KB_SHORT_CALL(2);
+    else if (vecs <= 4)
+        KB_SHORT_CALL(4);
+    else
+        KB_SHORT_CALL(8);
+#undef KB_SHORT_CALL
 }
+#else
+enum { KB_NAME(rows_short_max) = 0 };
+static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
+                                size_t rows, size_t n, int center, double eps,
+                                const void *weight, const void *bias, void *y, void *mean_out,
+                                void *rstd_out) {
+    (void)x, (void)residual, (void)residual_out, (void)rows, (void)n, (void)center, (void)eps;
+    (void)weight, (void)bias, (void)y, (void)mean_out, (void)rstd_out; /* never asked */
+}
+#endif
