@@ -40,16 +40,13 @@ KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
     return s[0];
 }
 
-/* Vector k of a row at p, its first `left` (<= KB_LANES) elements, the other lanes 0:
- * masked whatever `left` is, so that the instances have no branches (code size and compile
- * time). */
-KB_INLINE KB_V KB_NAME(kb_short_load)(const KB_T *p, size_t left) { return kb_load_n(p, left); }
-
 /* rows_short for rows of at most `cap` vectors (1, 2, 4 or 8), `block` rows at a time in
  * step (both constants in each instance: rows_short's switch), so that the rows' vectors
  * are registers, the loops straight code, and the block's dependency chains (three float64
  * lane sums, a division and a square root a row) advance side by side.  Vector k holds
- * left[k] values: all lanes, the row's last few, or none (a row shorter than the cap). */
+ * left[k] values: all lanes, the row's last few, or none (a row shorter than the cap); its
+ * loads and stores are masked whatever left[k] is, so that the instances have no branches
+ * (code size and compile time). */
 KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs, size_t rows,
                                         size_t n, int center, double eps, const KB_C *ws,
                                         const KB_C *bs, KB_T *ys, KB_C *mean_o, KB_C *rstd_o,
@@ -69,8 +66,8 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
 #pragma GCC unroll 8
             for (size_t k = 0; k < cap; ++k) {
                 size_t at = (r + j) * n + k * KB_LANES;
-                h[j][k] = KB_NAME(kb_short_load)(xs + at, left[k]);
-                if (rs) h[j][k] = kb_round(kb_add(h[j][k], KB_NAME(kb_short_load)(rs + at, left[k])));
+                h[j][k] = kb_load_n(xs + at, left[k]);
+                if (rs) h[j][k] = kb_round(kb_add(h[j][k], kb_load_n(rs + at, left[k])));
             }
         if (center) {
             KB_C center2[4];
