@@ -58,6 +58,11 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         const void *x, void *y, const void *weight, const void *bias, double eps,
         int n_threads)
 
+    fastnorm_status_t fastnorm_group_norm_channels_last(
+        fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
+        const void *x, void *y, const void *weight, const void *bias, double eps,
+        int n_threads)
+
     int fastnorm_isa_compiled(fastnorm_isa_t isa)
     int fastnorm_isa_supported(fastnorm_isa_t isa)
     fastnorm_isa_t fastnorm_best_isa()

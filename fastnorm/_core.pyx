@@ -512,8 +512,10 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
 
 
 def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
-               Py_ssize_t spatial, x, y, weight, bias, double eps, int n_threads):
-    """GroupNorm of x seen as (n, channels, spatial), statistics per (sample, group).
+               Py_ssize_t spatial, x, y, weight, bias, double eps, int n_threads,
+               bint channels_last=False):
+    """GroupNorm of x seen as (n, channels, spatial), or as (n, spatial, channels) when
+    channels_last, statistics per (sample, group).
 
     x (IN), y (OUT): storage dtype, n*channels*spatial items (y may be x).  weight, bias
     (IN, may be None): compute dtype, channels items.
@@ -530,11 +532,18 @@ def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
     _acquire(&v[2], weight, "weight", channels, compute, False)
     _acquire(&v[3], bias, "bias", channels, compute, False)
     with nogil:
-        status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
-                                     v[0].data, v[1].data, v[2].data, v[3].data, eps, n_threads)
+        if channels_last:
+            status = fastnorm_group_norm_channels_last(
+                <fastnorm_dtype_t>dtype, n, channels, groups, spatial, v[0].data, v[1].data,
+                v[2].data, v[3].data, eps, n_threads)
+        else:
+            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
+                                         v[0].data, v[1].data, v[2].data, v[3].data, eps,
+                                         n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
-               f"channels={channels}, groups={groups}, spatial={spatial}, eps={eps!r}")
+               f"channels={channels}, groups={groups}, spatial={spatial}, eps={eps!r}, "
+               f"channels_last={channels_last}")
 
 
 def isa_compiled():

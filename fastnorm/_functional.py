@@ -419,8 +419,26 @@ def _group_norm(x, code, compute, num_groups, weight, bias, eps):
     if n == 0:
         return _empty(x.shape, x.dtype)
 
+    order = _channels_last_order(x)
+    if order is not None:  # computed in memory order; the result keeps x's layout
+        xt = x.transpose(order)
+        y = _empty(xt.shape, x.dtype)
+        _core_group_norm(code, n, channels, num_groups, spatial, xt, y, w, b, eps,
+                         _checks.num_threads, True)
+        return y.transpose(_checks.inverse_order(order))
     x = contiguous(x)
     y = _empty(x.shape, x.dtype)
     _core_group_norm(code, n, channels, num_groups, spatial, x, y,
                      w, b, eps, _checks.num_threads)
     return y
+
+
+def _channels_last_order(x):
+    """For x (N, C, ...) stored sample by sample with the channel axis fastest (a
+    channels-last view, as torch's channels_last gives), the transpose (0, spatial axes in
+    memory order, 1) that is C-contiguous; else None."""
+    order = _checks.memory_order(x) if x.ndim > 2 else None
+    if order is None:
+        return None
+    order = (0,) + tuple(a for a in order if a > 1) + (1,)
+    return order if x.transpose(order).flags.c_contiguous else None

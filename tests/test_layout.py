@@ -236,6 +236,45 @@ def test_batch_norm_other_transposes_give_the_c_order_bits(order, training, isa,
     assert_same_bits(got, fastnorm.batch_norm(x, np.zeros(6), np.ones(6), training=training))
 
 
+@pytest.mark.parametrize("shape, order, groups", [
+    ((4, 8, 9, 9), (0, 2, 3, 1), 2), ((3, 16, 5), (0, 2, 1), 4), ((2, 6, 3, 1, 7), (0, 2, 3, 4, 1), 3),
+    ((2, 12, 4, 5), (0, 3, 2, 1), 12),  # spatial axes reversed in memory; one channel a group
+    ((1, 6, 11, 13), (0, 2, 3, 1), 1), ((3, 64, 6, 6), (0, 2, 3, 1), 32),
+])
+@pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
+def test_group_norm_channels_last_view(shape, order, groups, dtype, isa, rng, tol):
+    # computed in memory order (column statistics merged per group, then a column affine),
+    # so no copy to C order and back; the result keeps x's layout
+    x = random_data(rng, shape, dtype, offset=2.0)
+    c = shape[1]
+    w, b = random_data(rng, c, np.float32, offset=1.0), random_data(rng, c, np.float32)
+    view = in_memory_order(x, order)
+    before = view.copy()
+    got = fastnorm.group_norm(view, groups, w, b)
+    np.testing.assert_array_equal(view, before, err_msg="input was modified")
+    assert got.strides == view.strides and got.dtype == x.dtype
+    assert_close(got, ref_group_norm(x, groups, w, b), tol)
+    if dtype in FULL_DTYPES:  # within rounding of the C-order call
+        assert_close(got, fastnorm.group_norm(np.ascontiguousarray(x), groups, w, b), tol)
+    if groups == c:
+        assert_same_bits(fastnorm.instance_norm(view, w, b), got)
+
+
+def test_group_norm_channels_last_view_shifted_and_nan(isa, rng, tol):
+    # sums about each column's values keep float32 data far from 0 exact; a NaN poisons
+    # only its (sample, group)
+    x = random_data(rng, (3, 8, 6, 5), np.float32, offset=1e4)
+    view = in_memory_order(x, (0, 2, 3, 1))
+    assert_close(fastnorm.group_norm(view, 4), ref_group_norm(x, 4), tol)
+    clean = fastnorm.group_norm(view, 4)
+    view[1, 5, 2, 3] = np.nan  # sample 1, group 2 (channels 4 and 5)
+    y = fastnorm.group_norm(view, 4)
+    poisoned = np.zeros(x.shape, bool)
+    poisoned[1, 4:6] = True
+    assert np.isnan(y[poisoned]).all()
+    np.testing.assert_array_equal(y[~poisoned], clean[~poisoned])
+
+
 @pytest.mark.parametrize("op", ROW_OPS)
 @pytest.mark.parametrize("shape, order, kw, norm_shape", [
     ((5, 7, 33), (1, 0, 2), {}, (33,)), ((4, 3, 6, 16), (2, 0, 1, 3), {}, (16,)),

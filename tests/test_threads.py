@@ -42,6 +42,7 @@ def _thread_cases(rng):
     nchw = random_data(rng, (16, 32, 32, 32), np.float32, offset=100.0)
     nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
     small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
+    small_nhwc = np.ascontiguousarray(small.transpose(0, 2, 3, 1))
     w = random_data(rng, 1024, np.float32, offset=1.0)
     # under 4 MB with 3 KB rows: statistics one row ahead, each thread over its own share
     short = random_data(rng, (256, 768), np.float32, offset=10.0)
@@ -87,6 +88,11 @@ def _thread_cases(rng):
         "batch_norm NCHW 5x3": lambda: (fastnorm.batch_norm(odd, None, None, *odd_stats[2:],
                                                             training=True),),
         "group_norm": lambda: (fastnorm.group_norm(nchw, 8),),
+        # channels-last views: samples of 32768 values share their rows among the
+        # threads, samples of 6272 go one a thread
+        "group_norm channels-last": lambda: (fastnorm.group_norm(nhwc.transpose(0, 3, 1, 2), 8),),
+        "group_norm channels-last 14x14": lambda: (
+            fastnorm.group_norm(small_nhwc.transpose(0, 3, 1, 2), 8),),
         "moments all": lambda: fastnorm.moments(long_row),
         "moments channels": lambda: fastnorm.moments(nchw, axis=(0, 2, 3)),
         "moments channels-last": lambda: fastnorm.moments(nhwc, axis=(0, 1, 2)),

@@ -16,6 +16,8 @@
  *                     (BatchNorm training), in one pass where a channel fits the cache.
  *   fastnorm_group_norm  GroupNorm / InstanceNorm of (n, channels, spatial), statistics
  *                     and normalization of each group in one pass where it fits the cache.
+ *   fastnorm_group_norm_channels_last  the same of (n, spatial, channels) data (a
+ *                     channels-last NHWC array): column statistics, then a column affine.
  *   fastnorm_update_running  BatchNorm's running statistics after a training step.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
@@ -142,6 +144,15 @@ FASTNORM_API fastnorm_status_t fastnorm_update_running(
  * for the L2 cache is normalized right after its statistics (one pass over memory).
  * y may equal x.  channels % groups must be 0. */
 FASTNORM_API fastnorm_status_t fastnorm_group_norm(
+    fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
+    const void *x, void *y, const void *weight, const void *bias, double eps, int n_threads);
+
+/* fastnorm_group_norm of x stored as (n, spatial, channels), channel fastest (NHWC): each
+ * sample's per-channel statistics (fastnorm_moments' column path) merged per group, then
+ * fastnorm_affine with every channel given its group's mean and variance.  Two passes over
+ * memory.  Results equal fastnorm_group_norm's on the transposed data within rounding.
+ * y may equal x. */
+FASTNORM_API fastnorm_status_t fastnorm_group_norm_channels_last(
     fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
     const void *x, void *y, const void *weight, const void *bias, double eps, int n_threads);
 

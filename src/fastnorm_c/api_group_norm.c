@@ -1,7 +1,8 @@
 /*
  * api_group_norm.c - fastnorm_group_norm: GroupNorm (and InstanceNorm, one channel a group)
  * over (n, channels, spatial), each (sample, group) span normalized right after its
- * statistics where it fits the L2 cache.
+ * statistics where it fits the L2 cache; fastnorm_group_norm_channels_last: the same over
+ * (n, spatial, channels), by BatchNorm's channels-last column statistics and affine.
  */
 #include "api_internal.h"
 
@@ -130,4 +131,72 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
         return fn_group_two_pass(&job, n, threads);
     FN_PARALLEL_FOR(item, items, fn_group_fused(&job, (size_t)item););
     return FASTNORM_OK;
+}
+
+/* ---- fastnorm_group_norm_channels_last ---------------------------------------------- */
+
+/* Sample i's per-channel mean and m2 (column statistics of its (spatial, channels) block)
+ * into mean[i * channels ...] and var[...]; then each group's channels merged in channel
+ * order (Chan's formula) and every channel given its group's mean and variance. */
+static fastnorm_status_t fn_group_stats_cl(fastnorm_dtype_t dtype, size_t channels,
+                                           size_t groups, size_t spatial, const char *x,
+                                           double *mean, double *var, int threads) {
+    fastnorm_status_t status = fastnorm_moments(dtype, spatial, channels, 1, x, mean, var, threads);
+    if (status != FASTNORM_OK) return status;
+    size_t per_group = channels / groups;
+    for (size_t g = 0; g < groups; ++g) {
+        double count = 0, m = 0, m2 = 0;
+        for (size_t c = g * per_group; c < (g + 1) * per_group; ++c)
+            fn_merge(&count, &m, &m2, (double)spatial, mean[c], var[c]);
+        double v = m2 / count;
+        for (size_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+            mean[c] = m;
+            var[c] = v < 0 ? 0 : v; /* NaN stays NaN: the whole group's output is NaN */
+        }
+    }
+    return FASTNORM_OK;
+}
+
+fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size_t n, size_t channels,
+                                                    size_t groups, size_t spatial, const void *x,
+                                                    void *y, const void *weight, const void *bias,
+                                                    double eps, int n_threads) {
+    int overflow = 0;
+    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
+    if (!x || !y) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = fn_product(n, channels, spatial, &overflow);
+    if (overflow || total == 0 || groups == 0 || channels % groups) return FASTNORM_ERR_BAD_SHAPE;
+    if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
+    size_t sample = spatial * channels, bytes = sample * fn_storage_size(dtype);
+    /* per (sample, channel): mean and m2, then its group's mean and variance; a status a sample */
+    double *stats = malloc(sizeof(double) * 2 * n * channels + sizeof(fastnorm_status_t) * n);
+    if (!stats) return FASTNORM_ERR_NO_MEMORY;
+    double *mean = stats, *var = stats + n * channels;
+    fastnorm_status_t *status = (fastnorm_status_t *)(stats + 2 * n * channels);
+    /* A sample too small to share among the threads is one thread's item; a larger one
+     * shares its rows.  Either way the work items and the merge order depend on the shape
+     * alone, so the results do not depend on the thread count. */
+    int inner = fn_threads(n_threads, sample) > 1 ? n_threads : 1;
+    int threads = inner > 1 ? 1 : fn_threads(n_threads, total);
+    FN_PARALLEL_FOR(i, n, {
+        size_t at = (size_t)i * channels;
+        status[i] = fn_group_stats_cl(dtype, channels, groups, spatial,
+                                      (const char *)x + (size_t)i * bytes, mean + at, var + at, inner);
+    });
+    /* every statistic before any output: a failure (no memory) leaves y unwritten */
+    fastnorm_status_t result = FASTNORM_OK;
+    for (size_t i = 0; i < n; ++i)
+        if (status[i] != FASTNORM_OK) result = status[i];
+    if (result == FASTNORM_OK) {
+        FN_PARALLEL_FOR(i, n, {
+            size_t at = (size_t)i * channels;
+            status[i] = fastnorm_affine(dtype, spatial, channels, 1, (const char *)x + (size_t)i * bytes,
+                                        (char *)y + (size_t)i * bytes, mean + at, var + at, weight,
+                                        bias, eps, inner);
+        });
+        for (size_t i = 0; i < n; ++i)
+            if (status[i] != FASTNORM_OK) result = status[i];
+    }
+    free(stats);
+    return result;
 }
