@@ -53,9 +53,18 @@ def test_instance_norm_is_group_norm_with_one_channel_per_group(shape, dtype, is
 
 
 @pytest.mark.parametrize("offset", [1e2, 1e4])
-def test_group_norm_float32_shifted_data(offset, isa, rng, tol):
-    x = random_data(rng, (4, 32, 16, 16), np.float32, offset=offset)
-    assert_close(fastnorm.group_norm(x, 8), ref_group_norm(x, 8), tol)
+@pytest.mark.parametrize("shape, groups", [
+    ((4, 32, 16, 16), 8),
+    # groups of at most 8 vectors stay in registers (rows_short, AVX-512): 7x7 maps with one
+    # or two channels a group, 2-D input with 8 channels a group
+    ((6, 16, 7, 7), 16), ((6, 16, 7, 7), 8), ((5, 64), 8),
+])
+def test_group_norm_float32_shifted_data(offset, shape, groups, isa, rng, tol):
+    x = random_data(rng, shape, np.float32, offset=offset)
+    c = shape[1]
+    w, b = random_data(rng, c, np.float32, offset=1.0), random_data(rng, c, np.float32)
+    assert_close(fastnorm.group_norm(x, groups), ref_group_norm(x, groups), tol)
+    assert_close(fastnorm.group_norm(x, groups, w, b), ref_group_norm(x, groups, w, b), tol)
 
 
 def test_group_norm_nan_poisons_only_its_group(isa, rng):

@@ -83,6 +83,39 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
                                rstd);
 }
 
+/* Groups of at most the family's rows_short_max values (7x7 maps with one or two channels
+ * a group, say) take rows_short, a sample's groups per call, each group a row that stays in
+ * registers for both passes: a row_stats and a row_normalize call per group cost several
+ * times the group's work.  The weight and bias come from a table of each channel's value
+ * repeated over its spatial positions, one sample's worth, group g's row at g * span; it is
+ * built per call, so it is kept to FN_GROUP_SHORT_TABLE_MAX_BYTES. */
+#define FN_GROUP_SHORT_TABLE_MAX_BYTES (1u << 20)
+
+static fastnorm_status_t fn_group_short(const fn_group_job *job, size_t n, int threads) {
+    size_t span = job->per_group * job->spatial, sample = job->channels * job->spatial;
+    size_t csize = fn_compute_size(job->dtype);
+    char *table = NULL, *table_w = NULL, *table_b = NULL;
+    if (job->weight || job->bias) {
+        table = malloc(2 * sample * csize);
+        if (!table) return FASTNORM_ERR_NO_MEMORY;
+        table_w = job->weight ? table : NULL;
+        table_b = job->bias ? table + sample * csize : NULL;
+        for (size_t c = 0; c < job->channels; ++c)
+            for (size_t s = 0, at = c * job->spatial * csize; s < job->spatial; ++s, at += csize) {
+                if (table_w) memcpy(table_w + at, (const char *)job->weight + c * csize, csize);
+                if (table_b) memcpy(table_b + at, (const char *)job->bias + c * csize, csize);
+            }
+    }
+    size_t bytes = sample * job->item_size;
+    FN_PARALLEL_FOR(i, n, {
+        job->kernels->rows_short[job->dtype](job->x + (size_t)i * bytes, NULL, NULL, job->groups,
+                                             span, 1, job->eps, table_w, table_b, span,
+                                             job->y + (size_t)i * bytes, NULL, NULL);
+    });
+    free(table);
+    return FASTNORM_OK;
+}
+
 /* Large groups, or too few to share among the threads: statistics of all groups (row
  * segments in parallel), then every channel row (segments in parallel). */
 static fastnorm_status_t fn_group_two_pass(const fn_group_job *job, size_t n, int threads) {
@@ -126,8 +159,11 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
                         spatial, size, (const char *)x, (char *)y, weight, bias, eps,
                         fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES)};
     int threads = fn_threads(n_threads, total);
-    size_t items = n * groups;
-    if (job.per_group * spatial * size > FN_GROUP_FUSED_MAX_BYTES || items < 4 * (size_t)threads)
+    size_t items = n * groups, span = job.per_group * spatial;
+    if (span <= job.kernels->rows_short_max[dtype] &&
+        channels * spatial * fn_compute_size(dtype) <= FN_GROUP_SHORT_TABLE_MAX_BYTES)
+        return fn_group_short(&job, n, threads);
+    if (span * size > FN_GROUP_FUSED_MAX_BYTES || items < 4 * (size_t)threads)
         return fn_group_two_pass(&job, n, threads);
     FN_PARALLEL_FOR(item, items, fn_group_fused(&job, (size_t)item););
     return FASTNORM_OK;

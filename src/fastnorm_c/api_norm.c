@@ -522,7 +522,7 @@ static void fn_norm_short_rows(const fn_norm_job *job, int threads) {
         job->kernels->rows_short[job->dtype](
             job->x + first * row, job->residual ? job->residual + first * row : NULL,
             job->residual_out ? job->residual_out + first * row : NULL, rows, n,
-            job->kind == FASTNORM_LAYER_NORM, job->eps, job->weight, job->bias,
+            job->kind == FASTNORM_LAYER_NORM, job->eps, job->weight, job->bias, 0,
             job->y + first * row, job->mean_out ? (char *)job->mean_out + first * csize : NULL,
             job->rstd_out ? (char *)job->rstd_out + first * csize : NULL);
     });

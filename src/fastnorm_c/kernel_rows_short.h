@@ -49,8 +49,9 @@ KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
  * (code size and compile time). */
 KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs, size_t rows,
                                         size_t n, int center, double eps, const KB_C *ws,
-                                        const KB_C *bs, KB_T *ys, KB_C *mean_o, KB_C *rstd_o,
-                                        const size_t *left, const size_t cap, const size_t block) {
+                                        const KB_C *bs, size_t ps, KB_T *ys, KB_C *mean_o,
+                                        KB_C *rstd_o, const size_t *left, const size_t cap,
+                                        const size_t block, const int grouped) {
     double inv_n = 1.0 / (double)n;
     for (size_t r = 0; r + block <= rows; r += block) {
         /* only [j < block][k < cap] is used; zeroed so that GCC's -Wmaybe-uninitialized,
@@ -61,6 +62,7 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
 #pragma GCC unroll 8
             for (size_t k = 0; k < KB_SHORT_VECS; ++k) h[j][k] = t[j][k] = sq[j][k] = kb_set1(0);
         double mean[4], spread[4];
+        KB_C rstd_lo[4]; /* rstd less its rounding to KB_C, for GroupNorm's weight */
 #pragma GCC unroll 4
         for (size_t j = 0; j < block; ++j)
 #pragma GCC unroll 8
@@ -115,16 +117,27 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
             if (mean_o) mean_o[r + j] = (KB_C)mean[j];
             if (rstd_o) rstd_o[r + j] = (KB_C)rstd;
             scale[j] = kb_set1((KB_C)rstd); /* NaN makes every output NaN */
+            rstd_lo[j] = (KB_C)(rstd - (double)(KB_C)rstd);
         }
 #pragma GCC unroll 4
         for (size_t j = 0; j < block; ++j)
 #pragma GCC unroll 8
             for (size_t k = 0; k < cap; ++k) {
-                size_t at = (r + j) * n + k * KB_LANES, p = k * KB_LANES, lk = left[k];
+                size_t at = (r + j) * n + k * KB_LANES;
+                size_t p = (grouped ? (r + j) * ps : 0) + k * KB_LANES;
+                size_t lk = left[k];
                 if (hs) kb_store_n(hs + at, h[j][k], lk);
-                KB_V e = kb_mul(center ? kb_sub(t[j][k], m[j]) : h[j][k], scale[j]);
-                if (ws) e = kb_mul(e, kb_param_n(ws + p, lk));
-                if (bs) e = kb_add(e, kb_param_n(bs + p, lk));
+                KB_V d = center ? kb_sub(t[j][k], m[j]) : h[j][k], e;
+                if (grouped && ws) { /* GroupNorm: rstd * weight rounded once, as its row path */
+                    KB_V w = kb_param_n(ws + p, lk);
+                    KB_V s = kb_fma(scale[j], w, kb_mul(kb_set1(rstd_lo[j]), w));
+                    e = bs ? kb_fma(d, s, kb_param_n(bs + p, lk)) : kb_mul(d, s);
+                } else { /* one rounding for the weight and bias together */
+                    e = kb_mul(d, scale[j]);
+                    if (ws && bs) e = kb_fma(e, kb_param_n(ws + p, lk), kb_param_n(bs + p, lk));
+                    else if (ws) e = kb_mul(e, kb_param_n(ws + p, lk));
+                    else if (bs) e = kb_add(e, kb_param_n(bs + p, lk));
+                }
                 kb_store_n(ys + at, e, lk);
             }
     }
@@ -134,53 +147,59 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
  * rest one by one. */
 KB_INLINE void KB_NAME(kb_rows_short_blocks)(const KB_T *xs, const KB_T *rs, KB_T *hs,
                                              size_t rows, size_t n, int center, double eps,
-                                             const KB_C *ws, const KB_C *bs, KB_T *ys,
-                                             KB_C *mean_o, KB_C *rstd_o, const size_t *left,
-                                             const size_t cap) {
+                                             const KB_C *ws, const KB_C *bs, size_t ps,
+                                             KB_T *ys, KB_C *mean_o, KB_C *rstd_o,
+                                             const size_t *left, const size_t cap,
+                                             const int grouped) {
     const size_t block = cap <= 2 ? 4 : 2;
     size_t done = rows / block * block;
-    KB_NAME(kb_rows_short_v)(xs, rs, hs, done, n, center, eps, ws, bs, ys, mean_o, rstd_o, left,
-                             cap, block);
+    KB_NAME(kb_rows_short_v)(xs, rs, hs, done, n, center, eps, ws, bs, ps, ys, mean_o, rstd_o,
+                             left, cap, block, grouped);
     if (done == rows || block == 1) return;
-    size_t at = done * n;
+    size_t at = done * n, pat = done * ps;
     KB_NAME(kb_rows_short_v)(xs + at, rs ? rs + at : NULL, hs ? hs + at : NULL, rows - done, n,
-                             center, eps, ws, bs, ys + at, mean_o ? mean_o + done : NULL,
-                             rstd_o ? rstd_o + done : NULL, left, cap, 1);
+                             center, eps, ws ? ws + pat : NULL, bs ? bs + pat : NULL, ps, ys + at,
+                             mean_o ? mean_o + done : NULL, rstd_o ? rstd_o + done : NULL, left,
+                             cap, 1, grouped);
 }
 
 /* One instance per cap of 1, 2, 4 and 8 vectors (a row of 3 takes the 4-vector one, its
  * fourth vector empty): instances for every count took 60% longer to compile. */
 static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
                                 size_t rows, size_t n, int center, double eps,
-                                const void *weight, const void *bias, void *y, void *mean_out,
-                                void *rstd_out) {
+                                const void *weight, const void *bias, size_t param_stride,
+                                void *y, void *mean_out, void *rstd_out) {
     size_t left[KB_SHORT_VECS], vecs = (n + KB_LANES - 1) / KB_LANES;
     for (size_t k = 0; k < KB_SHORT_VECS; ++k)
         left[k] = n <= k * KB_LANES ? 0 : n - k * KB_LANES < KB_LANES ? n - k * KB_LANES : KB_LANES;
-#define KB_SHORT_CALL(cap)                                                                  \
+#define KB_SHORT_CALL(cap, grouped)                                                         \
     KB_NAME(kb_rows_short_blocks)((const KB_T *)x, (const KB_T *)residual,                  \
                                   (KB_T *)residual_out, rows, n, center, eps,              \
-                                  (const KB_C *)weight, (const KB_C *)bias, (KB_T *)y,     \
-                                  (KB_C *)mean_out, (KB_C *)rstd_out, left, cap)
+                                  (const KB_C *)weight, (const KB_C *)bias, param_stride,  \
+                                  (KB_T *)y, (KB_C *)mean_out, (KB_C *)rstd_out, left, cap, \
+                                  grouped)
     _Static_assert(KB_SHORT_VECS == 8, "rows_short's instances cap rows at 1, 2, 4, 8 vectors");
     if (vecs > 8) return; /* rows_short_max: never asked */
+    /* GroupNorm's per-row parameters (param_stride != 0) get instances of their own, so
+     * that LayerNorm's loop carries neither their branch nor their addressing */
     if (vecs == 1)
-        KB_SHORT_CALL(1);
+        param_stride ? KB_SHORT_CALL(1, 1) : KB_SHORT_CALL(1, 0);
     else if (vecs == 2)
-        KB_SHORT_CALL(2);
+        param_stride ? KB_SHORT_CALL(2, 1) : KB_SHORT_CALL(2, 0);
     else if (vecs <= 4)
-        KB_SHORT_CALL(4);
+        param_stride ? KB_SHORT_CALL(4, 1) : KB_SHORT_CALL(4, 0);
     else
-        KB_SHORT_CALL(8);
+        param_stride ? KB_SHORT_CALL(8, 1) : KB_SHORT_CALL(8, 0);
 #undef KB_SHORT_CALL
 }
 #else
 enum { KB_NAME(rows_short_max) = 0 };
 static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
                                 size_t rows, size_t n, int center, double eps,
-                                const void *weight, const void *bias, void *y, void *mean_out,
-                                void *rstd_out) {
+                                const void *weight, const void *bias, size_t param_stride,
+                                void *y, void *mean_out, void *rstd_out) {
     (void)x, (void)residual, (void)residual_out, (void)rows, (void)n, (void)center, (void)eps;
-    (void)weight, (void)bias, (void)y, (void)mean_out, (void)rstd_out; /* never asked */
+    (void)weight, (void)bias, (void)param_stride, (void)y, (void)mean_out, (void)rstd_out;
+    /* never asked */
 }
 #endif

@@ -73,12 +73,14 @@ typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, si
  * n at most the table's rows_short_max (the row lives in registers): h = x (+ residual,
  * rounded to the storage dtype and stored to residual_out when not NULL), its statistics,
  * then y = (h - mean) * rstd * weight + bias (weight, bias: NULL or n compute-dtype values
- * in natural order).  mean_out, rstd_out: NULL or `rows` compute-dtype values.  Plain
- * stores; a row is read whole before any of its outputs is written (in place is fine). */
+ * in natural order for each row, row r's at r * param_stride: 0 for LayerNorm's one set,
+ * n for GroupNorm's per-group table).  mean_out, rstd_out: NULL or `rows` compute-dtype
+ * values.  Plain stores; a row is read whole before any of its outputs is written (in
+ * place is fine). */
 typedef void (*fastnorm_rows_short_fn)(const void *x, const void *residual, void *residual_out,
                                        size_t rows, size_t n, int center, double eps,
-                                       const void *weight, const void *bias, void *y,
-                                       void *mean_out, void *rstd_out);
+                                       const void *weight, const void *bias, size_t param_stride,
+                                       void *y, void *mean_out, void *rstd_out);
 
 /* How the row normalize kernel may write y. */
 enum {
