@@ -12,6 +12,9 @@ GROUP_CASES = [
     ((2, 4, 3, 3, 3), 2), ((2, 32, 17, 9), 8), ((1, 12, 70), 3), ((2, 3, 1), 3),
     # channels of 48 values and more go a group's rows per kernel call, 64 rows at most
     ((4, 16, 7, 7), 4), ((4, 260, 48), 2), ((8, 12, 47), 3),
+    # channels under 48 values, several a group, past rows_short's 8 vectors: all groups'
+    # statistics, then one column affine
+    ((3, 64, 4, 4), 4), ((2, 40, 3, 5), 2),
     # fewer groups than 4 per thread, or groups over 256 KB, take the two-pass path; channels
     # over 16384 values are split into segments there
     ((2, 4, 130, 130), 2),

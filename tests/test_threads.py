@@ -44,6 +44,7 @@ def _thread_cases(rng):
     small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
     small_nhwc = np.ascontiguousarray(small.transpose(0, 2, 3, 1))
     maps7 = random_data(rng, (32, 64, 7, 7), np.float32, offset=100.0)  # a sample a thread
+    maps4 = random_data(rng, (16, 512, 4, 4), np.float32, offset=100.0)
     w = random_data(rng, 1024, np.float32, offset=1.0)
     # under 4 MB with 3 KB rows: statistics one row ahead, each thread over its own share
     short = random_data(rng, (256, 768), np.float32, offset=10.0)
@@ -93,6 +94,7 @@ def _thread_cases(rng):
         # threads, samples of 6272 go one a thread
         "group_norm channels-last": lambda: (fastnorm.group_norm(nhwc.transpose(0, 3, 1, 2), 8),),
         "group_norm 7x7, one channel a group": lambda: (fastnorm.group_norm(maps7, 64),),
+        "group_norm 4x4, 16 channels a group": lambda: (fastnorm.group_norm(maps4, 32),),
         "group_norm channels-last 14x14": lambda: (
             fastnorm.group_norm(small_nhwc.transpose(0, 3, 1, 2), 8),),
         "moments all": lambda: fastnorm.moments(long_row),

@@ -21,7 +21,45 @@ typedef struct {
     const void *weight, *bias;
     double eps;
     int stream;
+    /* small maps (fn_group_table): weight and bias spread over each channel's positions */
+    const char *table_w, *table_b;
 } fn_group_job;
+
+/* The weight and bias of one sample as tables of channels * spatial values, channel c's
+ * value repeated over its positions, so that a group's span is one row with per-position
+ * parameters (rows_short, row_normalize): for groups of small maps, where a call or a
+ * parameter per channel cost more than the channel's work.  Built per call, so they are
+ * kept to FN_GROUP_TABLE_MAX_BYTES.  Returns the block to free, NULL without weight and
+ * bias (no tables needed) or without memory (*failed set). */
+#define FN_GROUP_TABLE_MAX_BYTES (1u << 20)
+
+static char *fn_group_table(fn_group_job *job, int *failed) {
+    size_t sample = job->channels * job->spatial, csize = fn_compute_size(job->dtype);
+    *failed = 0;
+    if (!job->weight && !job->bias) return NULL;
+    char *table = malloc(2 * sample * csize);
+    if (!table) {
+        *failed = 1;
+        return NULL;
+    }
+    job->table_w = job->weight ? table : NULL;
+    job->table_b = job->bias ? table + sample * csize : NULL;
+    const void *from[2] = {job->weight, job->bias};
+    char *to[2] = {(char *)job->table_w, (char *)job->table_b};
+    for (int k = 0; k < 2; ++k) {
+        if (!from[k]) continue;
+        for (size_t c = 0, at = 0; c < job->channels; ++c, at += job->spatial) {
+            if (csize == 8) {
+                double v = ((const double *)from[k])[c], *d = (double *)to[k] + at;
+                for (size_t i = 0; i < job->spatial; ++i) d[i] = v;
+            } else {
+                float v = ((const float *)from[k])[c], *d = (float *)to[k] + at;
+                for (size_t i = 0; i < job->spatial; ++i) d[i] = v;
+            }
+        }
+    }
+    return table;
+}
 
 
 /* Channel row r (of n * channels) with its group's statistics and its own weight / bias. */
@@ -60,6 +98,21 @@ static void fn_group_affine_rows(const fn_group_job *job, size_t item, size_t fi
                                           mean_lo, scale, beta, job->y + offset, job->stream);
 }
 
+/* Channels of fewer than FN_AFFINE_ROW_MIN values, several a group (4x4 maps with 16
+ * channels a group, say): a row_normalize call per channel cost more than its work, about
+ * 70 cycles a 16-value channel.  The group's span goes in one row_normalize call instead,
+ * with fn_group_table's per-position weight and bias.  Only for families that take
+ * parameters in natural order (kernels.h, param_block). */
+static void fn_group_span_affine(const fn_group_job *job, size_t item, size_t span,
+                                 double shift, double mean_shifted, double rstd) {
+    size_t offset = item * span * job->item_size;
+    size_t at = item % job->groups * span * fn_compute_size(job->dtype);
+    job->kernels->row_normalize[job->dtype](
+        job->x + offset, NULL, NULL, span, shift, mean_shifted, rstd, 0.0,
+        job->table_w ? job->table_w + at : NULL, job->table_b ? job->table_b + at : NULL,
+        job->y + offset, NULL, job->stream);
+}
+
 /* Statistics of group item (sample, group), then its channels, read from cache.  Channel
  * rows of FN_AFFINE_ROW_MIN to FN_GROUP_JOINED_MAX values go a group's rows per call
  * (rows_affine), where a call per row cost about as much as its loop for 7x7 and 14x14
@@ -70,6 +123,12 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
     double shift = fn_element(job->dtype, x, 0), mean_shifted, m2, mean, rstd;
     job->kernels->row_stats[job->dtype](x, NULL, NULL, span, shift, 1, &mean_shifted, &m2);
     fn_finish(FASTNORM_LAYER_NORM, shift, mean_shifted, m2, (double)span, job->eps, &mean, &rstd);
+    if (job->per_group > 1 && job->spatial < FN_AFFINE_ROW_MIN &&
+        job->kernels->param_block[job->dtype] == 0 &&
+        (job->table_w || job->table_b || (!job->weight && !job->bias))) {
+        fn_group_span_affine(job, item, span, shift, mean_shifted, rstd);
+        return;
+    }
     if (job->per_group > 1 && job->spatial >= FN_AFFINE_ROW_MIN &&
         job->spatial <= FN_GROUP_JOINED_MAX) {
         for (size_t k = 0; k < job->per_group; k += FN_GROUP_ROWS)
@@ -85,35 +144,15 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
 
 /* Groups of at most the family's rows_short_max values (7x7 maps with one or two channels
  * a group, say) take rows_short, a sample's groups per call, each group a row that stays in
- * registers for both passes: a row_stats and a row_normalize call per group cost several
- * times the group's work.  The weight and bias come from a table of each channel's value
- * repeated over its spatial positions, one sample's worth, group g's row at g * span; it is
- * built per call, so it is kept to FN_GROUP_SHORT_TABLE_MAX_BYTES. */
-#define FN_GROUP_SHORT_TABLE_MAX_BYTES (1u << 20)
-
-static fastnorm_status_t fn_group_short(const fn_group_job *job, size_t n, int threads) {
-    size_t span = job->per_group * job->spatial, sample = job->channels * job->spatial;
-    size_t csize = fn_compute_size(job->dtype);
-    char *table = NULL, *table_w = NULL, *table_b = NULL;
-    if (job->weight || job->bias) {
-        table = malloc(2 * sample * csize);
-        if (!table) return FASTNORM_ERR_NO_MEMORY;
-        table_w = job->weight ? table : NULL;
-        table_b = job->bias ? table + sample * csize : NULL;
-        for (size_t c = 0; c < job->channels; ++c)
-            for (size_t s = 0, at = c * job->spatial * csize; s < job->spatial; ++s, at += csize) {
-                if (table_w) memcpy(table_w + at, (const char *)job->weight + c * csize, csize);
-                if (table_b) memcpy(table_b + at, (const char *)job->bias + c * csize, csize);
-            }
-    }
-    size_t bytes = sample * job->item_size;
+ * registers for both passes (with fn_group_table's per-position weight and bias): a
+ * row_stats and a row_normalize call per group cost several times the group's work. */
+static void fn_group_short(const fn_group_job *job, size_t n, int threads) {
+    size_t span = job->per_group * job->spatial, bytes = job->channels * job->spatial * job->item_size;
     FN_PARALLEL_FOR(i, n, {
         job->kernels->rows_short[job->dtype](job->x + (size_t)i * bytes, NULL, NULL, job->groups,
-                                             span, 1, job->eps, table_w, table_b, span,
+                                             span, 1, job->eps, job->table_w, job->table_b, span,
                                              job->y + (size_t)i * bytes, NULL, NULL);
     });
-    free(table);
-    return FASTNORM_OK;
 }
 
 /* Large groups, or too few to share among the threads: statistics of all groups (row
@@ -157,16 +196,31 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
     size_t size = fn_storage_size(dtype);
     fn_group_job job = {fastnorm_active_kernels(), dtype, channels, groups, channels / groups,
                         spatial, size, (const char *)x, (char *)y, weight, bias, eps,
-                        fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES)};
+                        fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES), NULL, NULL};
     int threads = fn_threads(n_threads, total);
     size_t items = n * groups, span = job.per_group * spatial;
-    if (span <= job.kernels->rows_short_max[dtype] &&
-        channels * spatial * fn_compute_size(dtype) <= FN_GROUP_SHORT_TABLE_MAX_BYTES)
-        return fn_group_short(&job, n, threads);
+    /* small maps: per-position parameters (fn_group_table) where the family takes them */
+    int short_span = span <= job.kernels->rows_short_max[dtype];
+    int small_maps = short_span || (job.per_group > 1 && spatial < FN_AFFINE_ROW_MIN &&
+                                    job.kernels->param_block[dtype] == 0);
+    char *table = NULL;
+    if (small_maps && channels * spatial * fn_compute_size(dtype) <= FN_GROUP_TABLE_MAX_BYTES) {
+        int failed;
+        table = fn_group_table(&job, &failed);
+        if (failed) return FASTNORM_ERR_NO_MEMORY;
+        if (short_span) {
+            fn_group_short(&job, n, threads);
+            free(table);
+            return FASTNORM_OK;
+        }
+    }
+    fastnorm_status_t status = FASTNORM_OK;
     if (span * size > FN_GROUP_FUSED_MAX_BYTES || items < 4 * (size_t)threads)
-        return fn_group_two_pass(&job, n, threads);
-    FN_PARALLEL_FOR(item, items, fn_group_fused(&job, (size_t)item););
-    return FASTNORM_OK;
+        status = fn_group_two_pass(&job, n, threads);
+    else
+        FN_PARALLEL_FOR(item, items, fn_group_fused(&job, (size_t)item););
+    free(table);
+    return status;
 }
 
 /* ---- fastnorm_group_norm_channels_last ---------------------------------------------- */
