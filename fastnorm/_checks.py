@@ -89,10 +89,13 @@ def memory_order(a):
     some transpose of it is (a channels-last view of an NCHW shape, a Fortran array), else
     None.  The functions compute such an input in its memory order, as that C-contiguous
     transpose, instead of copying it to C order and the result back."""
-    if a.ndim < 2 or a.flags.c_contiguous or not a.flags.aligned:
+    if a.ndim < 2:
         return None
-    strides = a.strides
-    order = tuple(sorted(range(a.ndim), key=lambda k: -strides[k]))
+    flags = a.flags
+    if flags.c_contiguous or not flags.aligned:
+        return None
+    # largest stride first; equal strides (size-1 axes) keep their order: the sort is stable
+    order = tuple(sorted(range(a.ndim), key=a.strides.__getitem__, reverse=True))
     return order if a.transpose(order).flags.c_contiguous else None
 
 

@@ -438,7 +438,7 @@ def _channels_last_order(x):
     channels-last view, as torch's channels_last gives), the transpose (0, spatial axes in
     memory order, 1) that is C-contiguous; else None."""
     order = _checks.memory_order(x) if x.ndim > 2 else None
-    if order is None:
-        return None
+    if order is None or (order[0] == 0 and order[-1] == 1):
+        return order
     order = (0,) + tuple(a for a in order if a > 1) + (1,)
     return order if x.transpose(order).flags.c_contiguous else None

@@ -90,9 +90,11 @@ def _thread_cases(rng):
         "batch_norm NCHW 5x3": lambda: (fastnorm.batch_norm(odd, None, None, *odd_stats[2:],
                                                             training=True),),
         "group_norm": lambda: (fastnorm.group_norm(nchw, 8),),
-        # channels-last views: samples of 32768 values share their rows among the
-        # threads, samples of 6272 go one a thread
+        # channels-last views: samples of up to 256 KB go one a thread (statistics, then
+        # the sample from cache); one sample of 32768 values shares its rows
         "group_norm channels-last": lambda: (fastnorm.group_norm(nhwc.transpose(0, 3, 1, 2), 8),),
+        "group_norm channels-last, one sample": lambda: (
+            fastnorm.group_norm(nhwc[:1].transpose(0, 3, 1, 2), 8),),
         "group_norm 7x7, one channel a group": lambda: (fastnorm.group_norm(maps7, 64),),
         "group_norm 4x4, 16 channels a group": lambda: (fastnorm.group_norm(maps4, 32),),
         "group_norm channels-last 14x14": lambda: (

@@ -2,7 +2,8 @@
  * api_group_norm.c - fastnorm_group_norm: GroupNorm (and InstanceNorm, one channel a group)
  * over (n, channels, spatial), each (sample, group) span normalized right after its
  * statistics where it fits the L2 cache; fastnorm_group_norm_channels_last: the same over
- * (n, spatial, channels), by BatchNorm's channels-last column statistics and affine.
+ * (n, spatial, channels), by the column kernels, a sample right after its statistics where
+ * it fits the L2 cache.
  */
 #include "api_internal.h"
 
@@ -247,6 +248,98 @@ static fastnorm_status_t fn_group_stats_cl(fastnorm_dtype_t dtype, size_t channe
     return FASTNORM_OK;
 }
 
+/* Channels-last samples of at most this many bytes are normalized right after their
+ * statistics, one sample a work item, while the sample is still in the L2 cache.  Against
+ * BatchNorm's moments and affine per sample (fn_group_stats_cl below; in-process A/B, time
+ * per call, float32, 1 thread, same bits): (8, 256, 2, 2) 0.37-0.52, (8, 512, 4, 4)
+ * 0.41-0.55, (32, 64, 7, 7) 0.60-0.91, (8, 256, 14, 14) 0.80-0.83; 2 threads 0.46-0.60.
+ * Those setups (a malloc, a division per channel, a parameter block) cost more than a
+ * small sample's work. */
+#define FN_GROUP_CL_FUSED_MAX_BYTES (256u << 10)
+
+/* One thread's scratch for fn_group_cl_fused: four float64 arrays and three of the compute
+ * dtype, `channels` values each, every array on a cache line (col_normalize loads its
+ * parameters a vector at a time). */
+static size_t fn_group_cl_array_bytes(size_t channels, size_t size) {
+    return (channels * size + 63) & ~(size_t)63;
+}
+
+static size_t fn_group_cl_scratch_bytes(size_t channels, size_t csize) {
+    return 4 * fn_group_cl_array_bytes(channels, 8) + 3 * fn_group_cl_array_bytes(channels, csize);
+}
+
+/* Group g's channels' parameters for col_normalize, y = (x - hi) * scale + shift, in the
+ * compute dtype (T): BatchNorm's column affine (api_batch_norm.c, fn_fold_means and
+ * fn_channel_params) with the group's mean and rstd, the mean folded into the shift where
+ * |mean| <= sqrt(var + eps). */
+#define FN_GROUP_CL_PARAMS(T)                                                                  \
+    do {                                                                                       \
+        T *hi_ = (T *)hi_out, *scale_ = (T *)scale_out, *shift_ = (T *)shift_out;              \
+        const T *w_ = (const T *)job->weight, *b_ = (const T *)job->bias;                      \
+        for (size_t c = g * per_group; c < (g + 1) * per_group; ++c) {                         \
+            double s = rstd * (w_ ? (double)w_[c] : 1.0);                                      \
+            int fold = isnan(s) || (fold_group && isfinite(mean * s));                         \
+            T hi = fold ? (T)0 : (T)mean;                                                      \
+            hi_[c] = hi;                                                                       \
+            scale_[c] = (T)s;                                                                  \
+            shift_[c] = (T)((b_ ? (double)b_[c] : 0.0) - (mean - (double)hi) * s);             \
+            subtract |= !fold;                                                                 \
+        }                                                                                      \
+    } while (0)
+
+/* Sample i of a channels-last job: column statistics of its (spatial, channels) block, each
+ * group's mean and variance from its channels' (equal counts: the mean of the means, and
+ * the channels' m2 plus spatial times the squared spread of their means), then the sample
+ * normalized by the column kernel, from the cache.  The group sums run across the groups
+ * (channel k of every group, then k + 1), so that each group's chain of additions overlaps
+ * the others': group by group, its latency was most of a 4-position sample's time. */
+static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) {
+    size_t channels = job->channels, groups = job->groups, per_group = job->per_group;
+    size_t spatial = job->spatial, csize = fn_compute_size(job->dtype);
+    size_t stride = fn_group_cl_array_bytes(channels, 8), cstride = fn_group_cl_array_bytes(channels, csize);
+    double *ch_mean = (double *)scratch, *ch_m2 = (double *)(scratch + stride);
+    double *g_mean = (double *)(scratch + 2 * stride), *g_m2 = (double *)(scratch + 3 * stride);
+    char *hi_out = scratch + 4 * stride, *scale_out = hi_out + cstride;
+    char *shift_out = scale_out + cstride;
+    size_t offset = i * channels * spatial * job->item_size;
+    const char *x = job->x + offset;
+    job->kernels->col_stats[job->dtype](x, spatial, channels, channels, x, 1, ch_mean, ch_m2);
+    for (size_t c = 0; c < channels; ++c) ch_mean[c] += fn_element(job->dtype, x, c); /* the shift: row 0 */
+    for (size_t g = 0; g < groups; ++g) g_mean[g] = g_m2[g] = 0;
+    for (size_t k = 0; k < per_group; ++k)
+        for (size_t g = 0; g < groups; ++g) {
+            g_mean[g] += ch_mean[g * per_group + k];
+            g_m2[g] += ch_m2[g * per_group + k];
+        }
+    for (size_t g = 0; g < groups; ++g) {
+        g_mean[g] /= (double)per_group;
+        g_m2[g] /= (double)spatial; /* the channels' m2 over spatial: one spread's worth */
+    }
+    for (size_t k = 0; k < per_group; ++k)
+        for (size_t g = 0; g < groups; ++g) {
+            double d = ch_mean[g * per_group + k] - g_mean[g];
+            g_m2[g] += d * d;
+        }
+    for (size_t g = 0; g < groups; ++g) { /* g_m2 becomes sqrt(var + eps) */
+        double var = g_m2[g] / (double)per_group;
+        g_m2[g] = sqrt((var < 0 ? 0 : var) + job->eps);
+    }
+    int subtract = 0;
+    for (size_t g = 0; g < groups; ++g) {
+        double mean = g_mean[g], root = g_m2[g], rstd = 1.0 / root;
+        if (!isfinite(mean) || !isfinite(root)) mean = rstd = NAN; /* the group is NaN */
+        int fold_group = isnan(mean) || fabs(mean) <= root;
+        if (csize == 8)
+            FN_GROUP_CL_PARAMS(double);
+        else
+            FN_GROUP_CL_PARAMS(float);
+    }
+    job->kernels->col_normalize[job->dtype](x, spatial, channels, channels,
+                                            subtract ? hi_out : NULL, NULL, scale_out, NULL,
+                                            NULL, shift_out, job->y + offset, 0);
+}
+#undef FN_GROUP_CL_PARAMS
+
 fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size_t n, size_t channels,
                                                     size_t groups, size_t spatial, const void *x,
                                                     void *y, const void *weight, const void *bias,
@@ -258,35 +351,37 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
     if (overflow || total == 0 || groups == 0 || channels % groups) return FASTNORM_ERR_BAD_SHAPE;
     if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
     size_t sample = spatial * channels, bytes = sample * fn_storage_size(dtype);
-    /* per (sample, channel): mean and m2, then its group's mean and variance; a status a sample */
-    double *stats = malloc(sizeof(double) * 2 * n * channels + sizeof(fastnorm_status_t) * n);
+    if (bytes <= FN_GROUP_CL_FUSED_MAX_BYTES && (n > 1 || total < FN_PARALLEL_MIN_ELEMENTS)) {
+        int threads = fn_threads(n_threads, total);
+        size_t scratch_bytes = fn_group_cl_scratch_bytes(channels, fn_compute_size(dtype));
+        void *block;
+        char *scratch = fn_malloc_aligned(scratch_bytes * (size_t)threads, &block);
+        if (!scratch) return FASTNORM_ERR_NO_MEMORY;
+        fn_group_job job = {fastnorm_active_kernels(), dtype, channels, groups, channels / groups,
+                            spatial, fn_storage_size(dtype), (const char *)x, (char *)y, weight,
+                            bias, eps, 0, NULL, NULL};
+        FN_PARALLEL_FOR(i, n, {
+            fn_group_cl_fused(&job, (size_t)i, scratch + (size_t)fn_thread_index() * scratch_bytes);
+        });
+        free(block);
+        return FASTNORM_OK;
+    }
+    /* Larger samples, or one sample worth sharing: a sample at a time, its rows shared among
+     * the threads (work items fixed by the shape: the results do not depend on the thread
+     * count).  Per (sample, channel): mean and m2, then its group's mean and variance. */
+    double *stats = malloc(sizeof(double) * 2 * n * channels);
     if (!stats) return FASTNORM_ERR_NO_MEMORY;
     double *mean = stats, *var = stats + n * channels;
-    fastnorm_status_t *status = (fastnorm_status_t *)(stats + 2 * n * channels);
-    /* A sample too small to share among the threads is one thread's item; a larger one
-     * shares its rows.  Either way the work items and the merge order depend on the shape
-     * alone, so the results do not depend on the thread count. */
-    int inner = fn_threads(n_threads, sample) > 1 ? n_threads : 1;
-    int threads = inner > 1 ? 1 : fn_threads(n_threads, total);
-    FN_PARALLEL_FOR(i, n, {
-        size_t at = (size_t)i * channels;
-        status[i] = fn_group_stats_cl(dtype, channels, groups, spatial,
-                                      (const char *)x + (size_t)i * bytes, mean + at, var + at, inner);
-    });
-    /* every statistic before any output: a failure (no memory) leaves y unwritten */
+    int threads = fn_threads(n_threads, sample);
     fastnorm_status_t result = FASTNORM_OK;
-    for (size_t i = 0; i < n; ++i)
-        if (status[i] != FASTNORM_OK) result = status[i];
-    if (result == FASTNORM_OK) {
-        FN_PARALLEL_FOR(i, n, {
-            size_t at = (size_t)i * channels;
-            status[i] = fastnorm_affine(dtype, spatial, channels, 1, (const char *)x + (size_t)i * bytes,
-                                        (char *)y + (size_t)i * bytes, mean + at, var + at, weight,
-                                        bias, eps, inner);
-        });
-        for (size_t i = 0; i < n; ++i)
-            if (status[i] != FASTNORM_OK) result = status[i];
-    }
+    /* every statistic before any output: a failure (no memory) leaves y unwritten */
+    for (size_t i = 0; i < n && result == FASTNORM_OK; ++i)
+        result = fn_group_stats_cl(dtype, channels, groups, spatial, (const char *)x + i * bytes,
+                                   mean + i * channels, var + i * channels, threads);
+    for (size_t i = 0; i < n && result == FASTNORM_OK; ++i)
+        result = fastnorm_affine(dtype, spatial, channels, 1, (const char *)x + i * bytes,
+                                 (char *)y + i * bytes, mean + i * channels, var + i * channels,
+                                 weight, bias, eps, threads);
     free(stats);
     return result;
 }

@@ -189,4 +189,13 @@ fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dt
                                   double *shift_out, double *mean_shifted_out,
                                   double *m2_out, int threads);
 
+/* The calling thread's index in its OpenMP team (0 outside one): per-thread scratch. */
+static inline int fn_thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 #endif /* FASTNORM_API_INTERNAL_H */
