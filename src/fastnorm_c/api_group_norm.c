@@ -248,14 +248,16 @@ static fastnorm_status_t fn_group_stats_cl(fastnorm_dtype_t dtype, size_t channe
     return FASTNORM_OK;
 }
 
-/* Channels-last samples of at most this many bytes are normalized right after their
- * statistics, one sample a work item, while the sample is still in the L2 cache.  Against
- * BatchNorm's moments and affine per sample (fn_group_stats_cl below; in-process A/B, time
- * per call, float32, 1 thread, same bits): (8, 256, 2, 2) 0.37-0.52, (8, 512, 4, 4)
- * 0.41-0.55, (32, 64, 7, 7) 0.60-0.91, (8, 256, 14, 14) 0.80-0.83; 2 threads 0.46-0.60.
- * Those setups (a malloc, a division per channel, a parameter block) cost more than a
- * small sample's work. */
-#define FN_GROUP_CL_FUSED_MAX_BYTES (256u << 10)
+/* Channels-last samples of at most this many bytes (Zen 4's L2 cache) are normalized
+ * right after their statistics, one sample a work item, while the sample is still in the
+ * L2 cache.  Against BatchNorm's moments and affine per sample (fn_group_stats_cl below;
+ * in-process A/B, time per call, float32, same bits), 1 thread: (8, 256, 2, 2) 0.37-0.52,
+ * (8, 512, 4, 4) 0.41-0.55, (32, 64, 7, 7) 0.60-0.91, (8, 256, 14, 14) 0.80-0.83,
+ * (4, 256, 28, 28) 0.88, (16, 64, 56, 56) (800 KB samples) 0.90; 2 threads 0.46-0.60 on
+ * small maps, 0.55 and 0.71 on the last two.  The setups of the per-sample calls (a malloc,
+ * a division per channel, a parameter block) cost more than a small sample's work, and
+ * their two passes read a large sample twice. */
+#define FN_GROUP_CL_FUSED_MAX_BYTES (1024u << 10)
 
 /* One thread's scratch for fn_group_cl_fused: four float64 arrays and three of the compute
  * dtype, `channels` values each, every array on a cache line (col_normalize loads its
@@ -271,21 +273,34 @@ static size_t fn_group_cl_scratch_bytes(size_t channels, size_t csize) {
 /* Group g's channels' parameters for col_normalize, y = (x - hi) * scale + shift, in the
  * compute dtype (T): BatchNorm's column affine (api_batch_norm.c, fn_fold_means and
  * fn_channel_params) with the group's mean and rstd, the mean folded into the shift where
- * |mean| <= sqrt(var + eps). */
+ * |mean| <= sqrt(var + eps) (decided per group: a loop without branches). */
 #define FN_GROUP_CL_PARAMS(T)                                                                  \
     do {                                                                                       \
-        T *hi_ = (T *)hi_out, *scale_ = (T *)scale_out, *shift_ = (T *)shift_out;              \
-        const T *w_ = (const T *)job->weight, *b_ = (const T *)job->bias;                      \
+        T *restrict hi_ = (T *)hi_out, *restrict scale_ = (T *)scale_out;                      \
+        T *restrict shift_ = (T *)shift_out;                                                   \
+        const T *restrict w_ = (const T *)job->weight, *restrict b_ = (const T *)job->bias;    \
+        T hi = fold ? (T)0 : (T)mean;                                                          \
+        double low = mean - (double)hi;                                                        \
         for (size_t c = g * per_group; c < (g + 1) * per_group; ++c) {                         \
             double s = rstd * (w_ ? (double)w_[c] : 1.0);                                      \
-            int fold = isnan(s) || (fold_group && isfinite(mean * s));                         \
-            T hi = fold ? (T)0 : (T)mean;                                                      \
             hi_[c] = hi;                                                                       \
             scale_[c] = (T)s;                                                                  \
-            shift_[c] = (T)((b_ ? (double)b_[c] : 0.0) - (mean - (double)hi) * s);             \
-            subtract |= !fold;                                                                 \
+            shift_[c] = (T)((b_ ? (double)b_[c] : 0.0) - low * s);                             \
         }                                                                                      \
     } while (0)
+
+/* acc[c] += x[c] for c < n, x of the storage dtype (loops the compiler vectorizes). */
+static void fn_add_row(fastnorm_dtype_t dtype, const void *x, size_t n, double *restrict acc) {
+    if (dtype == FASTNORM_F32) {
+        const float *restrict v = (const float *)x;
+        for (size_t c = 0; c < n; ++c) acc[c] += v[c];
+    } else if (dtype == FASTNORM_F64) {
+        const double *restrict v = (const double *)x;
+        for (size_t c = 0; c < n; ++c) acc[c] += v[c];
+    } else {
+        for (size_t c = 0; c < n; ++c) acc[c] += fn_element(dtype, x, c);
+    }
+}
 
 /* Sample i of a channels-last job: column statistics of its (spatial, channels) block, each
  * group's mean and variance from its channels' (equal counts: the mean of the means, and
@@ -304,7 +319,7 @@ static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) 
     size_t offset = i * channels * spatial * job->item_size;
     const char *x = job->x + offset;
     job->kernels->col_stats[job->dtype](x, spatial, channels, channels, x, 1, ch_mean, ch_m2);
-    for (size_t c = 0; c < channels; ++c) ch_mean[c] += fn_element(job->dtype, x, c); /* the shift: row 0 */
+    fn_add_row(job->dtype, x, channels, ch_mean); /* the shift: row 0 */
     for (size_t g = 0; g < groups; ++g) g_mean[g] = g_m2[g] = 0;
     for (size_t k = 0; k < per_group; ++k)
         for (size_t g = 0; g < groups; ++g) {
@@ -328,7 +343,8 @@ static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) 
     for (size_t g = 0; g < groups; ++g) {
         double mean = g_mean[g], root = g_m2[g], rstd = 1.0 / root;
         if (!isfinite(mean) || !isfinite(root)) mean = rstd = NAN; /* the group is NaN */
-        int fold_group = isnan(mean) || fabs(mean) <= root;
+        int fold = isnan(mean) || fabs(mean) <= root;
+        subtract |= !fold;
         if (csize == 8)
             FN_GROUP_CL_PARAMS(double);
         else
