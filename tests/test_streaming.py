@@ -116,3 +116,30 @@ def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, 
     for pick in (slice(0, 1), slice(samples - 2, samples)):
         assert_same_bits(y[pick], fastnorm.batch_norm(x[pick], training=False, axis=axis, **stats),
                          err_msg=f"samples {pick}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_streamed_group_norm_equals_samples_of_a_small_call(dtype, channels_last, offset, isa,
+                                                            rng):
+    # group_norm has no out=, so the big call goes through the binding with an output at a
+    # chosen offset.  Channels-last samples of up to 1 MB are normalized from cache by the
+    # column kernel, which streams from the output's first line boundary on, with its
+    # parameters rotated to match (api_group_norm.c, fn_group_cl_normalize)
+    channels, spatial, groups = 64, 1000, 8
+    samples = STREAM_MIN_BYTES // (channels * spatial * dtype.itemsize) + 2
+    shape = (samples, spatial, channels) if channels_last else (samples, channels, spatial)
+    x = random_data(rng, shape, dtype, offset=3.0)
+    compute = np.float64 if dtype == F64 else np.float32
+    w = random_data(rng, channels, compute, offset=1.0)
+    b = random_data(rng, channels, compute)
+    out = _out(x.shape, dtype, offset)
+    assert out.nbytes >= STREAM_MIN_BYTES
+    code = fastnorm._checks.DTYPES[dtype][0]
+    fastnorm._core.group_norm(code, samples, channels, groups, spatial, x, out, w, b, 1e-5,
+                              fastnorm._checks.num_threads, channels_last)
+    as_nc = (lambda a: a.transpose(0, 2, 1)) if channels_last else (lambda a: a)
+    for pick in (slice(0, 2), slice(samples - 2, samples)):
+        small = fastnorm.group_norm(as_nc(x[pick]), groups, w, b)
+        assert_same_bits(as_nc(out[pick]), small, err_msg=f"samples {pick}")
