@@ -13,6 +13,8 @@ inputs once and returns zero-argument callables, all computing the same thing:
   only emulates element by element, is upcast to float32 and back, as users do);
 - ``torch`` / ``onnxruntime``: PyTorch's functional ops on ``torch.from_numpy`` views and a
   one-node ONNX model, when installed;
+- ``group_norm`` (32 groups where they divide C, else gcd(C, 32)) has no ``out=``: its copy
+  is ``x.copy(order="K")`` with or without ``--out``;
 - with ``residual=True`` (the pre-norm transformer block ``h = x + r; y = norm(h)``):
   fastnorm's fused call writing ``h`` to ``residual_out`` and ``y``, against ``unfused``
   (``np.add`` then fastnorm), NumPy and PyTorch on ``x + r``, and two copies.
@@ -23,6 +25,7 @@ Threaded contenders (fastnorm, torch, onnxruntime) appear once per thread count;
 
 import dataclasses
 import functools
+import math
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -33,7 +36,9 @@ from . import _bench_onnx
 
 ROW_OPS = ("layer_norm", "rms_norm")
 BATCH_NORM_OPS = ("batch_norm_eval", "batch_norm_train")
-OPS = ROW_OPS + BATCH_NORM_OPS
+GROUP_NORM_OPS = ("group_norm",)
+OPS = ROW_OPS + BATCH_NORM_OPS + GROUP_NORM_OPS
+GROUPS = 32  # GroupNorm's usual group count
 PEERS = ("numpy", "copy", "torch", "onnxruntime")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 EPS = 1e-5
@@ -42,15 +47,16 @@ MOMENTUM = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """op on x of `shape` (rows: (rows, cols); batch norm: the logical (N, C, H, W), stored
-    as (N, H, W, C) when layout is "nhwc", and when it is "channels_last", where fastnorm
-    and NumPy get the (N, C, H, W) view of that memory, as NumPy sees a PyTorch
-    channels_last tensor)."""
+    """op on x of `shape` (rows: (rows, cols); batch norm and group norm: the logical
+    (N, C, H, W), stored as (N, H, W, C) when layout is "nhwc", and when it is
+    "channels_last", where fastnorm and NumPy get the (N, C, H, W) view of that memory, as
+    NumPy sees a PyTorch channels_last tensor; group norm, which takes (N, C, ...) only, has
+    "nchw" and "channels_last")."""
 
     op: str
     shape: Tuple[int, ...]
     dtype: str
-    layout: str = "rows"  # "rows" for layer_norm / rms_norm, else a batch norm layout
+    layout: str = "rows"  # "rows" for layer_norm / rms_norm, else a 4-D layout
     residual: bool = False
 
     @property
@@ -104,6 +110,11 @@ def row_eps(case):
     return EPS if case.op == "layer_norm" else float(np.finfo(compute_dtype(case.dtype)).eps)
 
 
+def num_groups(case):
+    """The groups of a group_norm case: GROUPS where they divide C, else gcd(C, GROUPS)."""
+    return math.gcd(case.shape[1], GROUPS)
+
+
 def channel_axis(case):
     return -1 if case.layout == "nhwc" else 1
 
@@ -153,6 +164,8 @@ def _fastnorm_call(inp, use_out):
         if case.residual:
             out = dict(out, residual=inp.r, residual_out=inp.h_out)
         return functools.partial(fn, inp.x, None, *params, row_eps(case), **out)
+    if case.op == "group_norm":
+        return functools.partial(fastnorm.group_norm, inp.x, num_groups(case), inp.w, inp.b, EPS)
     training = case.op == "batch_norm_train"
     return functools.partial(
         fastnorm.batch_norm, inp.x, inp.running_mean, inp.running_var, inp.w, inp.b,
@@ -223,6 +236,8 @@ def _numpy_call(inp):
             return y.astype(inp.dtype) if upcast else y
 
         return numpy_row_norm
+    if case.op == "group_norm":
+        return _numpy_group_norm(inp, x, w, b, upcast)
     if case.layout != "nhwc":  # per-channel parameters broadcast over (N, C, H, W)
         reduce_axes, per_channel = (0, 2, 3), (slice(None), None, None)
     else:
@@ -247,6 +262,18 @@ def _numpy_call(inp):
         return y.astype(inp.dtype) if upcast else y
 
     return numpy_batch_norm_train
+
+
+def _numpy_group_norm(inp, x, w, b, upcast):
+    n, groups, per_channel = x.shape[0], num_groups(inp.case), (slice(None), None, None)
+
+    def numpy_group_norm():
+        g = x.reshape(n, groups, -1)
+        g = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + EPS)
+        y = g.reshape(x.shape) * w[per_channel] + b[per_channel]
+        return y.astype(inp.dtype) if upcast else y
+
+    return numpy_group_norm
 
 
 def _numpy_layer_norm(x, w, b, eps):
@@ -290,6 +317,8 @@ def _torch_call(inp):
         x = x.permute(0, 3, 1, 2)
     elif case.layout == "channels_last":  # from_numpy of the view keeps its strides
         x = _torch_tensor(torch, inp.x)
+    if case.op == "group_norm":
+        return functools.partial(F.group_norm, x, num_groups(case), w, b, EPS)
     rm, rv = tensor(inp.running_mean), tensor(inp.running_var)
     training = case.op == "batch_norm_train"
     return functools.partial(F.batch_norm, x, rm, rv, w, b, training, MOMENTUM, EPS)
@@ -309,7 +338,7 @@ def onnxruntime_skip_reason(case):
     if case.residual:
         return "no residual form in the standard ONNX operators"
     if case.layout in ("nhwc", "channels_last"):
-        return "ONNX BatchNormalization is channels-first only"
+        return "ONNX BatchNormalization and GroupNormalization are channels-first only"
     if case.dtype == "bfloat16":
         return "onnxruntime's Python API takes no ml_dtypes bfloat16 arrays"
     return None
@@ -324,6 +353,9 @@ def _onnx_model(inp):
     if case.op == "rms_norm":
         params = [("w", inp.w.astype(param), d)]
         return "RMSNormalization", params, {"axis": -1, "epsilon": row_eps(case)}, ("y",)
+    if case.op == "group_norm":  # opset 21: a scale and bias per channel
+        params = [("scale", inp.w.astype(param), d), ("bias", inp.b.astype(param), d)]
+        return "GroupNormalization", params, {"num_groups": num_groups(case), "epsilon": EPS}, ("y",)
     stats = [(name, a.astype(param), d) for name, a in
              (("scale", inp.w), ("B", inp.b), ("mean", inp.running_mean), ("var", inp.running_var))]
     training = int(case.op == "batch_norm_train")
@@ -377,6 +409,7 @@ def build_contenders(case, threads, peers, use_out):
     `threads`; copy and numpy once (they are single-threaded).  `peers` must be importable
     (see peer_available); ONNX Runtime is left out where onnxruntime_skip_reason says so."""
     inp = _Inputs(case)
+    use_out = use_out and case.op not in GROUP_NORM_OPS  # no out= in group_norm
     set_fastnorm_threads = lambda n: functools.partial(fastnorm.set_num_threads, n)  # noqa: E731
     contenders = []
     if "copy" in peers:

@@ -16,7 +16,8 @@ _ONNX_DTYPE = {"float32": 1, "float16": 10, "float64": 11, "bfloat16": 16}
 
 # opset that introduced each operator we build (BatchNormalization 15: training_mode
 # output semantics and separate dtypes for the running statistics).
-OPSET = {"LayerNormalization": 17, "RMSNormalization": 23, "BatchNormalization": 15}
+OPSET = {"LayerNormalization": 17, "RMSNormalization": 23, "BatchNormalization": 15,
+         "GroupNormalization": 21}
 
 _IR_VERSION = 8  # understood by every onnxruntime that knows opset 17
 

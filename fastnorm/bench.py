@@ -26,13 +26,14 @@ import numpy as np
 import fastnorm
 
 from ._bench_contenders import (
-    DTYPES, OPS, PEERS, ROW_OPS, Case, build_contenders, bytes_moved,
+    DTYPES, GROUP_NORM_OPS, OPS, PEERS, ROW_OPS, Case, build_contenders, bytes_moved,
     onnxruntime_skip_reason, peer_available,
 )
 
 # The shape set of the performance issue.  Rows: (rows, cols).  Batch norm: (N, C, H, W),
 # benchmarked in both layouts (NHWC stores the same tensor as (N, H, W, C)); channels_last,
 # the (N, C, H, W) view of NHWC memory that a PyTorch channels_last tensor gives, on request.
+# GroupNorm takes the same 4-D shapes, NCHW and (for nhwc) the channels_last view.
 ROW_SHAPES = (
     (1, 768), (8, 768), (64, 768), (512, 768), (4096, 768), (32768, 768),
     (1, 4096), (128, 4096), (8192, 4096), (1, 65536), (16, 1048576),
@@ -150,7 +151,11 @@ def make_cases(ops, row_shapes, batch_norm_shapes, dtypes, layouts=("nchw", "nhw
             if op in ROW_OPS:
                 cases += [Case(op, s, dtype, residual=residual) for s in row_shapes]
             else:
-                cases += [Case(op, s, dtype, layout) for s in batch_norm_shapes for layout in layouts]
+                op_layouts = layouts
+                if op in GROUP_NORM_OPS:  # (N, C, ...) only: NHWC memory is a channels_last view
+                    op_layouts = dict.fromkeys(
+                        layout if layout == "nchw" else "channels_last" for layout in layouts)
+                cases += [Case(op, s, dtype, layout) for s in batch_norm_shapes for layout in op_layouts]
     return cases
 
 
@@ -368,7 +373,9 @@ def add_arguments(parser):
                              "512x768,32x64x56x56 (4-D shapes are N x C x H x W for batch norm)")
     parser.add_argument("--dtypes", default="float32",
                         help=f"comma list of {', '.join(DTYPES)} or 'all' (default: float32)")
-    parser.add_argument("--layouts", default="nchw,nhwc", help="batch norm layouts: nchw, nhwc, channels_last (default: nchw,nhwc)")
+    parser.add_argument("--layouts", default="nchw,nhwc",
+                        help="4-D layouts: nchw, nhwc, channels_last (default: nchw,nhwc; "
+                             "group_norm runs nhwc as channels_last)")
     parser.add_argument("--threads", default=two, help=f"comma list of thread counts (default: {two})")
     parser.add_argument("--peers", default="all",
                         help=f"comma list of {', '.join(PEERS)} (default: all that are installed)")

@@ -1,10 +1,11 @@
-"""The bench compares like with like: in every BatchNorm layout, fastnorm, the NumPy formula
-and PyTorch (when installed) compute the same normalization of the same logical tensor, and
-the copy moves x's bytes in x's own layout."""
+"""The bench compares like with like: in every BatchNorm and GroupNorm layout, fastnorm, the
+NumPy formula, PyTorch and ONNX Runtime (when installed) compute the same normalization of the
+same logical tensor, and the copy moves x's bytes in x's own layout."""
 
 import numpy as np
 import pytest
 
+from fastnorm import reference
 from fastnorm._bench_contenders import Case, build_contenders, peer_available
 
 PEERS = ("copy", "numpy") + (("torch",) if peer_available("torch") else ())
@@ -30,5 +31,24 @@ def test_batch_norm_contenders_agree(op, layout):
         got = _values(contender.call())
         if name == "torch" and layout == "nhwc":  # torch's channels_last tensor is (N, C, H, W)
             got = np.moveaxis(got, 1, -1)
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("channels, groups", [(64, 32), (6, 2)])  # 32 groups, else gcd(C, 32)
+def test_group_norm_contenders_agree(layout, channels, groups):
+    peers = PEERS + (("onnxruntime",) if peer_available("onnxruntime") else ())
+    case = Case("group_norm", (2, channels, 5, 6), "float32", layout)
+    contenders = {c.name: c for c in build_contenders(case, [1], peers, use_out=True)}
+    copy = _values(contenders.pop("copy").call())  # no out= in group_norm: the copy allocates
+    assert copy.shape == (2, channels, 5, 6) and copy is not contenders["fastnorm"].call.args[0]
+    x, num_groups, w, b = contenders["fastnorm"].call.args[:4]
+    assert num_groups == groups and (x.strides[1] == 4) == (layout == "channels_last")
+    want = reference.group_norm(x.astype(np.float64), groups, w.astype(np.float64),
+                                b.astype(np.float64))
+    for name, contender in contenders.items():
+        got = contender.call()
+        got = _values(got[0] if isinstance(got, list) else got)  # onnxruntime: a list
         assert got.shape == want.shape, name
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
