@@ -425,7 +425,7 @@ def _group_norm(x, code, compute, num_groups, weight, bias, eps):
         y = _empty(xt.shape, x.dtype)
         _core_group_norm(code, n, channels, num_groups, spatial, xt, y, w, b, eps,
                          _checks.num_threads, True)
-        return y.transpose(_checks.inverse_order(order))
+        return y.transpose((0, 3, 1, 2) if order is _NHWC else _checks.inverse_order(order))
     x = contiguous(x)
     y = _empty(x.shape, x.dtype)
     _core_group_norm(code, n, channels, num_groups, spatial, x, y,
@@ -433,10 +433,19 @@ def _group_norm(x, code, compute, num_groups, weight, bias, eps):
     return y
 
 
+_NHWC = (0, 2, 3, 1)
+
+
 def _channels_last_order(x):
     """For x (N, C, ...) stored sample by sample with the channel axis fastest (a
     channels-last view, as torch's channels_last gives), the transpose (0, spatial axes in
     memory order, 1) that is C-contiguous; else None."""
+    if x.ndim == 4:  # the common case first: the strides of NHWC memory, read directly
+        c, h, w = x.shape[1:]
+        sn, sc, sh, sw = x.strides
+        if (sc == x.itemsize and sw == c * sc and sh == w * sw and sn == h * sh and c > 1
+                and h * w > 1 and x.flags.aligned):
+            return _NHWC
     order = _checks.memory_order(x) if x.ndim > 2 else None
     if order is None or (order[0] == 0 and order[-1] == 1):
         return order

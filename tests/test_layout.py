@@ -5,6 +5,8 @@ data pointer one byte off alignment.  The result must match the contiguous call 
 tolerance table: a layout may take another kernel path, e.g. a Fortran 2-D array seen as
 a normalization over axis 0) and the input must be left unchanged.
 """
+import itertools
+
 import numpy as np
 import pytest
 
@@ -177,6 +179,30 @@ def test_memory_order_finds_only_transposes_of_c_contiguous_arrays(rng):
     assert _checks.memory_order(np.broadcast_to(x[:, :1], x.shape).transpose(1, 0, 2, 3)) is None
     order = (2, 0, 3, 1)
     assert _checks.inverse_order(order) == tuple(np.argsort(order))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 1, 4, 5), (2, 3, 1, 5), (2, 3, 4, 1),
+                                   (1, 3, 4, 5), (2, 3, 1, 1), (1, 1, 1, 1), (2, 3, 4), (2, 3, 4, 5, 2)])
+def test_channels_last_order_of_every_transpose(shape, rng):
+    # group_norm's layout test, whose 4-D NHWC case reads the strides directly: an order is
+    # found exactly when x is not C-contiguous and x.transpose((0, ..., 1)) is, for some
+    # order of the spatial axes, and it is such an order
+    from fastnorm._functional import _channels_last_order
+    x = random_data(rng, shape, np.float32)
+    views = [in_memory_order(x, perm) for perm in itertools.permutations(range(len(shape)))]
+    # slices keep the strides of their size-1 axes, which NumPy's own arrays normalize
+    if len(shape) == 4:
+        views += [v[:, :, :1, :1] for v in views[:]] + [v[:, :, :1] for v in views[:]]
+        n, c = shape[:2]  # (N, C, 1, 1) with NHWC strides: C-contiguous all the same
+        views.append(np.lib.stride_tricks.as_strided(x, (n, c, 1, 1), (4 * c, 4, 4 * c, 4 * c)))
+    for perm, view in enumerate(views):
+        want = [o for o in ((0,) + p + (1,) for p in itertools.permutations(range(2, len(shape))))
+                if view.transpose(o).flags.c_contiguous]
+        got = _channels_last_order(view)
+        if view.flags.c_contiguous or not want:
+            assert got is None, (perm, got)
+        else:
+            assert got in want, (perm, got, want)
 
 
 @pytest.mark.parametrize("shape, order", [((4, 8, 9, 9), (0, 2, 3, 1)), ((3, 16, 5), (0, 2, 1)),
