@@ -250,7 +250,7 @@ static fastnorm_status_t fn_group_stats_cl(fastnorm_dtype_t dtype, size_t channe
 
 /* Channels-last samples of at most this many bytes (Zen 4's L2 cache) are normalized
  * right after their statistics, one sample a work item, while the sample is still in the
- * L2 cache.  Against BatchNorm's moments and affine per sample (fn_group_stats_cl below;
+ * L2 cache.  Against BatchNorm's moments and affine per sample (fn_group_stats_cl above;
  * in-process A/B, time per call, float32, same bits), 1 thread: (8, 256, 2, 2) 0.37-0.52,
  * (8, 512, 4, 4) 0.41-0.55, (32, 64, 7, 7) 0.60-0.91, (8, 256, 14, 14) 0.80-0.83,
  * (4, 256, 28, 28) 0.88, (16, 64, 56, 56) (800 KB samples) 0.90; 2 threads 0.46-0.60 on
@@ -312,7 +312,8 @@ static void fn_add_row(fastnorm_dtype_t dtype, const void *x, size_t n, double *
  * boundary, `lead` values into the sample, with the parameters rotated to match (as
  * api_batch_norm.c's fn_affine does), and the first `lead` values and the rest of the last
  * row are calls of their own.  Streamed against plain stores (in-process A/B, float32,
- * 1 / 2 threads, time per call): (16, 128, 40, 40) 0.73 / 0.81, (32, 64, 56, 56) 0.96 / 0.83. */
+ * NumPy's output 16 bytes past a line, 1 / 2 threads, time per call): (16, 128, 40, 40)
+ * 0.70 / 0.67, (32, 64, 56, 56) 0.79 / 0.82. */
 static void fn_group_cl_normalize(const fn_group_job *job, const char *x, char *y,
                                   char *params[3], char *rotated[3], int subtract) {
     size_t channels = job->channels, spatial = job->spatial, size = job->item_size;
@@ -421,8 +422,9 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
         free(block);
         return FASTNORM_OK;
     }
-    /* Larger samples, or one sample worth sharing: a sample at a time, its rows shared among
-     * the threads (work items fixed by the shape: the results do not depend on the thread
+    /* Larger samples, one sample worth sharing, or rows of a few channels (which BatchNorm's
+     * column path joins into whole vectors): a sample at a time, its rows shared among the
+     * threads (work items fixed by the shape: the results do not depend on the thread
      * count).  Per (sample, channel): mean and m2, then its group's mean and variance. */
     double *stats = malloc(sizeof(double) * 2 * n * channels);
     if (!stats) return FASTNORM_ERR_NO_MEMORY;
