@@ -1,0 +1,159 @@
+"""A/B of two builds of fastnorm's extension in one process: is a kernel change faster?
+
+    python benchmarks/ab_builds.py OLD.so NEW.so layer_norm:float32:512x768 \
+        rms_norm:bfloat16:32768x768:2 batch_norm_train:float32:8x256x14x14
+
+OLD.so and NEW.so are `fastnorm/_core*.so` files (copy the first aside before rebuilding).
+Both are loaded into this process, and every sample times a batch of calls of one, then
+of the other (the order alternating), on the same input, so that load from other
+processes hits both alike; a case prints the median time per call of each and NEW's over
+OLD's.  It also says whether the two outputs are bit for bit the same: a change meant to
+keep the arithmetic must keep the bits.
+
+On a shared VM a ratio within about 10% of 1 can be noise: pass the same file twice
+(`--allow-same`) to see how far an A/A run strays on the machine at the time.  The two
+files must differ otherwise, so that an extension that was not rebuilt (setup.py's
+`build_ext` links into build/lib and copies into fastnorm/ only with --inplace) is not
+taken for a change that did nothing.
+
+A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
+last axis, with a weight, and a bias for layer_norm), batch_norm_eval, batch_norm_train,
+moments (SHAPE N x C x ...); DTYPE float32, float64, float16 or bfloat16.
+"""
+import argparse
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+OPS = ("layer_norm", "rms_norm", "batch_norm_eval", "batch_norm_train", "moments")
+
+
+def load_core(path, directory):
+    """The extension at `path`, loaded from a copy of its own (one module per file)."""
+    copy = os.path.join(directory, os.path.basename(path))
+    shutil.copyfile(path, copy)
+    loader = importlib.machinery.ExtensionFileLoader("fastnorm._core", copy)
+    spec = importlib.util.spec_from_file_location("fastnorm._core", copy, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def numpy_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def parse_case(text):
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or parts[0] not in OPS or parts[1] not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"bad case {text!r}: OP:DTYPE:SHAPE[:THREADS], OP in {OPS}, DTYPE in {tuple(DTYPES)}")
+    shape = tuple(int(v) for v in parts[2].split("x"))
+    if parts[0] not in ("layer_norm", "rms_norm") and len(shape) < 3:
+        raise argparse.ArgumentTypeError(f"bad case {text!r}: {parts[0]} takes N x C x ...")
+    return parts[0], parts[1], shape, int(parts[3]) if len(parts) == 4 else 1
+
+
+def case_call(op, dtype, shape, threads):
+    """(call(core, y) -> the outputs, x, bytes in + out): the same input for every build."""
+    code = DTYPES[dtype]
+    compute = np.float64 if dtype == "float64" else np.float32
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2.0 + 1.0).astype(numpy_dtype(dtype))
+    if op in ("layer_norm", "rms_norm"):
+        n = shape[-1]
+        w = rng.standard_normal(n).astype(compute)
+        b = rng.standard_normal(n).astype(compute) if op == "layer_norm" else None
+
+        def call(core, y):
+            core.norm(op == "rms_norm", code, x.size // n, n, 1, x, None, None, y, w, b, 1e-5,
+                      None, None, threads)
+            return (y,)
+        return call, x, 2 * x.nbytes
+    n, c, inner = shape[0], shape[1], x.size // (shape[0] * shape[1])
+    w, b = rng.standard_normal(c).astype(compute), rng.standard_normal(c).astype(compute)
+    mean, var = rng.standard_normal(c), rng.random(c) + 0.5
+
+    def call(core, y):
+        if op == "batch_norm_eval":
+            core.affine(code, n, c, inner, x, y, mean, var, w, b, 1e-5, threads)
+            return (y,)
+        got_mean, got_var = np.empty(c), np.empty(c)
+        if op == "moments":
+            core.moments(code, n, c, inner, x, got_mean, got_var, threads)
+            return got_mean, got_var
+        core.batch_norm_train(code, n, c, inner, x, y, w, b, 1e-5, got_mean, got_var, threads)
+        return y, got_mean, got_var
+    return call, x, (1 if op == "moments" else 2) * x.nbytes
+
+
+def run_case(cores, case, samples, sample_bytes=2e7):
+    """Median seconds per call of each core, and whether their outputs are the same bits."""
+    op, dtype, shape, threads = case
+    call, x, traffic = case_call(op, dtype, shape, threads)
+    outputs = [np.empty_like(x) for _ in cores]  # each build writes its own
+    results = [None, None]
+    reps = max(1, int(sample_bytes // traffic))  # a sample: about sample_bytes of traffic
+    times = [[], []]
+    for s in range(samples + 2):  # two rounds of warm-up
+        for k in ((0, 1) if s % 2 else (1, 0)):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                results[k] = call(cores[k], outputs[k])
+            if s >= 2:
+                times[k].append((time.perf_counter() - t0) / reps)
+    a, b = (float(np.median(t)) for t in times)
+    same = all(np.array_equal(p.view(np.uint8), q.view(np.uint8)) for p, q in zip(*results))
+    return a, b, same
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", help="the baseline build's _core .so")
+    parser.add_argument("new", help="the changed build's _core .so")
+    parser.add_argument("cases", nargs="+", type=parse_case, help="OP:DTYPE:SHAPE[:THREADS]")
+    parser.add_argument("--samples", type=int, default=21, help="samples per build (default 21)")
+    parser.add_argument("--isa", help="kernel family for both builds (default: the best)")
+    parser.add_argument("--allow-same", action="store_true",
+                        help="accept identical files: an A/A run, the noise floor")
+    args = parser.parse_args(argv)
+    if digest(args.old) == digest(args.new) and not args.allow_same:
+        parser.error("the two builds are the same file contents (was the new one copied out of "
+                     "build/lib, or built --inplace?); pass --allow-same for an A/A run")
+    with tempfile.TemporaryDirectory() as directory:
+        cores = []
+        for path, name in ((args.old, "old"), (args.new, "new")):
+            os.makedirs(os.path.join(directory, name))
+            cores.append(load_core(path, os.path.join(directory, name)))
+        if args.isa:
+            for core in cores:
+                core.set_isa(args.isa)
+        print(f"kernels: {cores[0].get_isa()}; medians of {args.samples} samples per build")
+        print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits")
+        for case in args.cases:
+            a, b, same = run_case(cores, case, args.samples)
+            op, dtype, shape, threads = case
+            name = f"{op} {dtype} {'x'.join(map(str, shape))} t{threads}"
+            print(f"{name:40s} {a * 1e6:8.1f}us {b * 1e6:8.1f}us  {b / a:7.3f}  {'yes' if same else 'no'}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
