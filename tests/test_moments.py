@@ -55,13 +55,17 @@ def test_moments_match_numpy(shape, axis, dtype, isa, rng):
     _check_partials(got, _np_moments(x, axis), RTOL[dtype], _scale(x, axis))
 
 
-@pytest.mark.parametrize("shape", [(32, 8, 16), (64, 4, 17), (8, 16, 49), (8, 16, 196)])
+@pytest.mark.parametrize("shape", [(32, 8, 16), (64, 4, 17), (8, 16, 49), (8, 16, 196), (8, 8, 400)])
 @pytest.mark.parametrize("drift", ["sample means 100 apart", "sorted"])
 def test_short_row_moments_follow_data_drifting_across_samples(shape, drift, isa, rng):
     """A channel's short rows are summed about one center that moves with the data: where
     every sample shifts the data, a center left behind would cost float32 digits (3-5e-7
-    with the center moved every 1024 values instead of every 256)."""
+    with the center moved every 1024 values instead of every 256).  The scalar family's
+    one lane sums rows of 68 values or more one at a time, merged in float64: summed
+    across the rows they took 0.6-5.3e-7 over 30 seeds at (8, 16, 196) and (8, 8, 400),
+    under 3e-8 apart."""
     n, c, hw = shape
+    rtol = 5e-8 if isa == "scalar" and hw >= 68 else 3e-7
     if drift == "sorted":
         x = np.sort(rng.standard_normal(n * c * hw) * 10 + 50).reshape(shape)
     else:
@@ -69,7 +73,7 @@ def test_short_row_moments_follow_data_drifting_across_samples(shape, drift, isa
     x = x.astype(F32)
     _, _, m2 = fastnorm.moments(x, axis=(0, 2))
     _, _, want_m2 = _np_moments(x, (0, 2))
-    np.testing.assert_allclose(m2, want_m2, rtol=3e-7)
+    np.testing.assert_allclose(m2, want_m2, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16])
