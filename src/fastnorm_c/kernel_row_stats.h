@@ -363,13 +363,13 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
     double count = 0, mean = 0, m2 = 0;
     if (KB_LANES == 1 && adds > KB_ROWS_ADDS) {
         /* the scalar family's one lane takes more additions from a span than the sums may
-         * (from 68 values on): each span by the row kernel, whose blocks merge in float64,
-         * then Chan's merge.  Summed across the spans, sorted data took 1.1e-6 of m2 and
-         * sample means 100 apart 8.6e-7 at (4, 64, 256), against under 2e-8 now.  The
-         * vector families' spans (at most FN_SPAN_ROW_BYTES) take at most twice the
-         * budget, in half-precision rows of 520 to 1024 values; their worst errors stay
-         * under 8e-7, far below a half-precision rounding, and the row kernel cost them
-         * 1.07-1.18x the time. */
+         * (from 65 values on): each span by the row kernel, whose blocks merge in float64,
+         * then Chan's merge.  Summed across the spans, float32 sorted data took 1.1e-6 of
+         * m2 and sample means 100 apart 8.6e-7 at (4, 64, 256), against under 2e-8 now.
+         * The vector families' spans, at most FN_SPAN_ROW_BYTES, take at most twice the
+         * budget (near that size; AVX2's half-precision rows from about 500 values):
+         * drifting float16 data there took up to 2e-6 of m2, far below a float16 rounding
+         * (4.9e-4), and the row kernel cost them 1.07-1.18x the time. */
         for (size_t r = 0; r < rows; ++r) {
             double span_mean, span_m2;
             KB_NAME(row_stats)(xs + r * stride, NULL, NULL, n, shift, 1, &span_mean, &span_m2);
