@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from fastnorm._bench_contenders import compute_dtype, numpy_dtype
+
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 OPS = ("layer_norm", "rms_norm", "batch_norm_eval", "batch_norm_train", "moments")
 
@@ -52,13 +54,6 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def numpy_dtype(name):
-    if name == "bfloat16":
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
 def parse_case(text):
     parts = text.split(":")
     if len(parts) not in (3, 4) or parts[0] not in OPS or parts[1] not in DTYPES:
@@ -72,8 +67,7 @@ def parse_case(text):
 
 def case_call(op, dtype, shape, threads):
     """(call(core, y) -> the outputs, x, bytes in + out): the same input for every build."""
-    code = DTYPES[dtype]
-    compute = np.float64 if dtype == "float64" else np.float32
+    code, compute = DTYPES[dtype], compute_dtype(dtype)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 2.0 + 1.0).astype(numpy_dtype(dtype))
     if op in ("layer_norm", "rms_norm"):
