@@ -272,7 +272,7 @@ core = Extension(
     # to one of them relink the extension.  Everything listed also goes into the sdist
     # (cythonize replaces the .pyx source by the generated .c, so it is listed too).
     depends=HEADERS + [s for sources in ISA_SOURCES.values() for s in sources]
-    + [os.path.join("fastnorm", "_core.pyx"), os.path.join("fastnorm", "_cfastnorm.pxd")],
+    + [os.path.join("fastnorm", name) for name in ("_core.pyx", "_cfastnorm.pxd", "_output_cache.h")],
 )
 
 setup(

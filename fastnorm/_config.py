@@ -7,6 +7,10 @@ or a family this build or CPU lacks, warns and keeps the best available).
 Threads: until set_num_threads is called, kernels get n_threads=0, i.e. OpenMP's default
 read at call time, so OMP_NUM_THREADS and threadpoolctl's limits apply.  Small inputs run
 on one thread whatever the setting (the C side decides).
+
+Output cache: outputs fastnorm allocates of 32 MB or more are kept for reuse once freed,
+up to FASTNORM_OUTPUT_CACHE_MB megabytes (default 256; 0 turns it off), read at import
+(fastnorm/_output_cache.h says why).
 """
 
 import contextlib
@@ -20,6 +24,7 @@ from . import _checks, _core
 __all__ = ["get_config", "show_config", "set_num_threads", "get_num_threads"]
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
+OUTPUT_CACHE_MB = 256  # default of FASTNORM_OUTPUT_CACHE_MB
 # A variant use_isa also takes: the avx512 family without its AVX512-BF16 conversions (the
 # exact integer ones), which it otherwise uses where the CPU has them.  Same results; the
 # tests run both, and the bench can compare them.
@@ -56,6 +61,28 @@ def _apply_isa_env(environ=os.environ):
         return
     _core.set_isa(name)
     _isa_source = "env"
+
+
+def _apply_output_cache_env(environ=os.environ):
+    """Honour FASTNORM_OUTPUT_CACHE_MB (a whole number of megabytes, 0 for no cache); a
+    value that is not one warns and keeps the default."""
+    global _output_cache_mb
+    raw = environ.get("FASTNORM_OUTPUT_CACHE_MB", "").strip()
+    megabytes = OUTPUT_CACHE_MB
+    if raw:
+        try:
+            megabytes = int(raw)
+            if megabytes < 0:
+                raise ValueError
+        except ValueError:
+            warnings.warn(f"FASTNORM_OUTPUT_CACHE_MB={raw!r} is not a whole number of "
+                          f"megabytes; using {OUTPUT_CACHE_MB}", RuntimeWarning, stacklevel=2)
+            megabytes = OUTPUT_CACHE_MB
+    _output_cache_mb = megabytes
+    _core.set_output_cache_limit(megabytes << 20)
+
+
+_output_cache_mb = 0
 
 
 @contextlib.contextmanager
@@ -111,7 +138,7 @@ def get_config():
     """The runtime configuration as a dict: version, isa (kernel family in use),
     isa_available (this CPU can run), isa_compiled (in this build), isa_source,
     isa_extensions (e.g. ["avx512_bf16"]: bfloat16 converted by AVX512-BF16 instructions),
-    openmp, num_threads."""
+    openmp, num_threads, output_cache_mb (FASTNORM_OUTPUT_CACHE_MB)."""
     from . import __version__
 
     return {
@@ -123,6 +150,7 @@ def get_config():
         "isa_extensions": _isa_extensions(),
         "openmp": bool(_core.openmp_enabled()),
         "num_threads": get_num_threads(),
+        "output_cache_mb": _output_cache_mb,
     }
 
 
@@ -140,8 +168,10 @@ def show_config(file=None):
         f"  compiled:      {', '.join(config['isa_compiled'])}",
         f"  OpenMP:        {'yes' if config['openmp'] else 'no (single-threaded build)'}",
         f"  threads:       {config['num_threads']} ({threads if config['openmp'] else 'no OpenMP'})",
+        f"  output cache:  {config['output_cache_mb']} MB (FASTNORM_OUTPUT_CACHE_MB)",
     ]
     print("\n".join(lines), file=sys.stdout if file is None else file)
 
 
 _apply_isa_env()
+_apply_output_cache_env()

@@ -42,6 +42,14 @@ cdef extern from "numpy/arrayobject.h":
     # numpy.empty(x.shape, x.dtype) from here.
     object _empty_like "PyArray_NewLikeArray"(cnp.ndarray prototype, cnp.NPY_ORDER order,
                                                void *descr, int subok)
+    object PyDataMem_SetHandler(object handler)
+
+cdef extern from "_output_cache.h":
+    size_t FN_CACHE_MIN_BYTES
+    object fn_output_cache_handler()
+    void fn_output_cache_set_limit(size_t limit)
+    size_t fn_output_cache_held()
+    size_t fn_output_cache_count()
 
 # ml_dtypes' bfloat16 is a user dtype: NumPy gives it a type number when it registers.
 cdef int _bfloat16_num = -1
@@ -50,6 +58,54 @@ try:
     _bfloat16_num = numpy.dtype(ml_dtypes.bfloat16).num
 except ImportError:  # pragma: no cover - ml_dtypes is a dependency
     pass
+
+# Outputs of FN_CACHE_MIN_BYTES or more come from _output_cache.h's handler while the
+# cache may hold something (fastnorm._config sets the limit).
+cdef object _cache_handler = fn_output_cache_handler()
+cdef size_t _cache_limit = 0
+OUTPUT_CACHE_MIN_BYTES = FN_CACHE_MIN_BYTES
+
+
+def set_output_cache_limit(size_t limit):
+    """Keep at most `limit` bytes of freed large outputs for reuse (0: none)."""
+    global _cache_limit
+    _cache_limit = limit
+    fn_output_cache_set_limit(limit)
+
+
+def output_cache_state():
+    """(blocks, bytes) the output cache holds now."""
+    return fn_output_cache_count(), fn_output_cache_held()
+
+
+cdef inline bint _from_cache(Py_ssize_t nbytes) noexcept:
+    return _cache_limit != 0 and <size_t>nbytes >= FN_CACHE_MIN_BYTES
+
+
+cdef object _new_like(object x):
+    """A C-ordered uninitialised array like the NumPy array x: an output."""
+    if not _from_cache(cnp.PyArray_NBYTES(<cnp.ndarray>x)):
+        return _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+    previous = PyDataMem_SetHandler(_cache_handler)
+    try:
+        return _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def empty(shape, dtype):
+    """numpy.empty(shape, dtype) for an output: from the output cache when large."""
+    cdef Py_ssize_t nbytes = numpy.dtype(dtype).itemsize
+    for n in ((shape,) if isinstance(shape, int) else shape):
+        nbytes *= n
+    if not _from_cache(nbytes):
+        return numpy.empty(shape, dtype)
+    previous = PyDataMem_SetHandler(_cache_handler)
+    try:
+        return numpy.empty(shape, dtype)
+    finally:
+        PyDataMem_SetHandler(previous)
+
 
 LAYER_NORM = FASTNORM_LAYER_NORM
 RMS_NORM = FASTNORM_RMS_NORM
@@ -306,7 +362,7 @@ def rows(int kind, x, normalized_shape, weight, bias, eps, residual, residual_ou
     elif residual_out is not None:
         return None
     if out is None:
-        out = _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+        out = _new_like(x)
     if not _like(&v[5], out, &v[0], True):
         return None
     if not _placed(&v[5], &v[0], &v[1], 4):
@@ -475,7 +531,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     elif not training or running_mean is not None or running_var is not None:
         return None
     if out is None:
-        out = _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+        out = _new_like(x)
     if not _like(&v[1], out, &v[0], True):
         return None
     if not _placed(&v[1], &v[0], &v[2], 4):

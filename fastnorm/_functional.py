@@ -27,7 +27,7 @@ if (_core.F32, _core.F64, _core.F16, _core.BF16) != (
     raise ImportError("fastnorm._core dtype codes differ from fastnorm._checks; rebuild fastnorm")
 
 _ndarray = np.ndarray
-_empty = np.empty
+_empty = _core.empty  # numpy.empty, large outputs from the output cache
 _DTYPES = _checks.DTYPES
 _FLOAT64 = _checks.FLOAT64
 _INF = math.inf
