@@ -55,6 +55,17 @@ def test_moments_match_numpy(shape, axis, dtype, isa, rng):
     _check_partials(got, _np_moments(x, axis), RTOL[dtype], _scale(x, axis))
 
 
+def _drifting(rng, shape, drift):
+    """float32 (N, C, HW) data whose values move across the samples: sorted, or each
+    sample's mean 100 above the one before."""
+    n, c, hw = shape
+    if drift == "sorted":
+        x = np.sort(rng.standard_normal(n * c * hw) * 10 + 50).reshape(shape)
+    else:
+        x = rng.standard_normal(shape) + 100.0 * np.arange(n)[:, None, None]
+    return x.astype(F32)
+
+
 @pytest.mark.parametrize("shape", [(32, 8, 16), (64, 4, 17), (8, 16, 49), (8, 16, 196), (8, 8, 400)])
 @pytest.mark.parametrize("drift", ["sample means 100 apart", "sorted"])
 def test_short_row_moments_follow_data_drifting_across_samples(shape, drift, isa, rng):
@@ -64,16 +75,26 @@ def test_short_row_moments_follow_data_drifting_across_samples(shape, drift, isa
     one lane sums rows of 65 values or more one at a time, merged in float64: summed
     across the rows they took 0.6-5.3e-7 over 30 seeds at (8, 16, 196) and (8, 8, 400),
     under 3e-8 apart."""
-    n, c, hw = shape
-    rtol = 5e-8 if isa == "scalar" and hw >= 65 else 3e-7
-    if drift == "sorted":
-        x = np.sort(rng.standard_normal(n * c * hw) * 10 + 50).reshape(shape)
-    else:
-        x = rng.standard_normal(shape) + 100.0 * np.arange(n)[:, None, None]
-    x = x.astype(F32)
+    rtol = 5e-8 if isa == "scalar" and shape[2] >= 65 else 3e-7
+    x = _drifting(rng, shape, drift)
     _, _, m2 = fastnorm.moments(x, axis=(0, 2))
     _, _, want_m2 = _np_moments(x, (0, 2))
     np.testing.assert_allclose(m2, want_m2, rtol=rtol)
+
+
+@pytest.mark.parametrize("drift", ["sample means 100 apart", "sorted"])
+def test_few_long_rows_move_the_center_to_the_latest_row(drift, isa, rng):
+    """Four samples of 256 values a channel, twelve draws: after each pair of rows the
+    center moves to the later row's running mean.  Moved to the earlier row's, it lagged
+    a row behind the data: worst m2 error over 40 seeds 3.1e-7 (AVX2) and 2.7e-7
+    (AVX-512), against 1.3e-7 and 1.1e-7 now."""
+    worst = 0.0
+    for _ in range(12):
+        x = _drifting(rng, (4, 64, 256), drift)
+        _, _, m2 = fastnorm.moments(x, axis=(0, 2))
+        _, _, want_m2 = _np_moments(x, (0, 2))
+        worst = max(worst, float(np.max(np.abs(m2 - want_m2) / want_m2)))
+    assert worst < 2e-7
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16])
