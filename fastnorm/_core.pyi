@@ -14,6 +14,11 @@ F32: int
 F64: int
 F16: int
 BF16: int
+OUTPUT_CACHE_MIN_BYTES: int
+
+def set_output_cache_limit(limit: int) -> None: ...
+def output_cache_state() -> tuple[int, int]: ...
+def empty(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> _Array: ...
 
 def norm(
     kind: int,

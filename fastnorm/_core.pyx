@@ -96,7 +96,7 @@ cdef object _new_like(object x):
 def empty(shape, dtype):
     """numpy.empty(shape, dtype) for an output: from the output cache when large."""
     cdef Py_ssize_t nbytes = numpy.dtype(dtype).itemsize
-    for n in ((shape,) if isinstance(shape, int) else shape):
+    for n in (shape if isinstance(shape, (tuple, list)) else (shape,)):
         nbytes *= n
     if not _from_cache(nbytes):
         return numpy.empty(shape, dtype)

@@ -173,3 +173,16 @@ def test_fastnorm_output_cache_mb(value, mb, warns):
     assert got["mb"] == mb
     assert got["held"] == (MIN if mb else 0)
     assert any("FASTNORM_OUTPUT_CACHE_MB" in w for w in got["warnings"]) == warns
+
+
+def test_empty_takes_what_numpy_empty_takes(cache_limit):
+    cache_limit(256 << 20)
+    for shape in (np.int64(MIN // 4), (np.int64(8), MIN // 32), [8, MIN // 32]):
+        y = _core.empty(shape, np.float32)
+        assert y.nbytes == MIN and y.dtype == np.float32
+        del y
+        assert _core.output_cache_state() == (1, MIN)
+    assert _core.empty((2, 3), "float64").shape == (2, 3)
+    with pytest.raises(ValueError):
+        _core.empty((-1, 4), np.float32)
+    assert _core.output_cache_state() == (1, MIN)
