@@ -33,6 +33,8 @@ ISA_VARIANTS = {"avx512_nobf16": "avx512"}
 # How the active kernel family was chosen: "auto" (best available), "env"
 # (FASTNORM_ISA) or "api" (use_isa).
 _isa_source = "auto"
+# The output cache's limit in MB, as FASTNORM_OUTPUT_CACHE_MB set it at import.
+_output_cache_mb = 0
 
 
 def _apply_isa_env(environ=os.environ):
@@ -80,9 +82,6 @@ def _apply_output_cache_env(environ=os.environ):
             megabytes = OUTPUT_CACHE_MB
     _output_cache_mb = megabytes
     _core.set_output_cache_limit(megabytes << 20)
-
-
-_output_cache_mb = 0
 
 
 @contextlib.contextmanager

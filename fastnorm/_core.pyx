@@ -23,6 +23,8 @@ Design:
   (ndarray.resize refuses while references like these exist, unless refcheck=False).
 - A non-OK status maps through one table to an exception class, with the status text and
   the arguments in the message.
+- Outputs of 32 MB or more are allocated through _output_cache.h's NumPy memory handler,
+  which reuses freed ones (fastnorm._config sets its limit from FASTNORM_OUTPUT_CACHE_MB).
 """
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
@@ -82,15 +84,20 @@ cdef inline bint _from_cache(Py_ssize_t nbytes) noexcept:
     return _cache_limit != 0 and <size_t>nbytes >= FN_CACHE_MIN_BYTES
 
 
-cdef object _new_like(object x):
-    """A C-ordered uninitialised array like the NumPy array x: an output."""
-    if not _from_cache(cnp.PyArray_NBYTES(<cnp.ndarray>x)):
-        return _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+cdef object _cached(object make, tuple args):
+    """make(*args) with the output cache's handler: NumPy allocates the array through it."""
     previous = PyDataMem_SetHandler(_cache_handler)
     try:
-        return _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+        return make(*args)
     finally:
         PyDataMem_SetHandler(previous)
+
+
+cdef object _new_like(object x):
+    """A C-ordered uninitialised array like the NumPy array x: an output."""
+    if _from_cache(cnp.PyArray_NBYTES(<cnp.ndarray>x)):
+        return _cached(numpy.empty, (x.shape, x.dtype))
+    return _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
 
 
 def empty(shape, dtype):
@@ -98,13 +105,9 @@ def empty(shape, dtype):
     cdef Py_ssize_t nbytes = numpy.dtype(dtype).itemsize
     for n in (shape if isinstance(shape, (tuple, list)) else (shape,)):
         nbytes *= n
-    if not _from_cache(nbytes):
-        return numpy.empty(shape, dtype)
-    previous = PyDataMem_SetHandler(_cache_handler)
-    try:
-        return numpy.empty(shape, dtype)
-    finally:
-        PyDataMem_SetHandler(previous)
+    if _from_cache(nbytes):
+        return _cached(numpy.empty, (shape, dtype))
+    return numpy.empty(shape, dtype)
 
 
 LAYER_NORM = FASTNORM_LAYER_NORM

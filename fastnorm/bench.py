@@ -274,10 +274,13 @@ def describe_machine(peers):
 def format_header(machine, use_out, min_rounds):
     c, v = machine["config"], machine["versions"]
     peers = ", ".join(f"{k} {v[k]}" for k in ("numpy", "torch", "onnxruntime") if k in v)
-    copy = ("np.copyto(out, x); fastnorm writes into out= (group_norm, which has no out=: "
-            "x.copy())") if use_out else "x.copy(); fastnorm allocates its output" + (
-            f" (those of 32 MB or more from its cache of freed outputs, up to "
-            f"{c['output_cache_mb']} MB)" if c.get("output_cache_mb") else "")
+    if use_out:
+        copy = "np.copyto(out, x); fastnorm writes into out= (group_norm, which has no out=: x.copy())"
+    else:
+        copy = "x.copy(); fastnorm allocates its output"
+        if c.get("output_cache_mb"):
+            copy += (" (those of 32 MB or more from its cache of freed outputs, up to "
+                     f"{c['output_cache_mb']} MB)")
     load = machine.get("other_load_cores")
     busy = [] if load is None or load < 0.2 else [
         f"WARNING: other processes kept {load:.1f} cores busy during the run; "
