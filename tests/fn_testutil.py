@@ -3,6 +3,8 @@
 Kept free of fixtures so Hypothesis tests and plain tests use the same code.
 """
 import os
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -216,3 +218,18 @@ def import_torch():
         import torch
         return torch
     return pytest.importorskip("torch")
+
+
+def run_python(code, variable=None, value=None):
+    """Standard output of `code` run by a fresh interpreter, in this environment with
+    `variable` set to `value` (None: unset); the test fails, with the child's standard
+    error, unless it exits 0."""
+    env = dict(os.environ)
+    if variable is not None:
+        env.pop(variable, None)
+        if value is not None:
+            env[variable] = value
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

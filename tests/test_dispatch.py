@@ -1,6 +1,5 @@
 """Kernel-family selection: FASTNORM_ISA at import (in a subprocess), get_config, use_isa."""
 import json
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 
 import fastnorm
 import fastnorm._config
+from fn_testutil import run_python
 
 PREFERENCE = ("avx512", "avx2", "scalar")  # best first, as the dispatcher picks
 
@@ -24,14 +24,7 @@ print(json.dumps({"isa": cfg["isa"], "available": list(cfg["isa_available"]),
 
 
 def _import_with_env(value):
-    env = dict(os.environ)
-    env.pop("FASTNORM_ISA", None)
-    if value is not None:
-        env["FASTNORM_ISA"] = value
-    proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run_python(_CHILD, "FASTNORM_ISA", value).strip().splitlines()[-1])
 
 
 def _best(available):
@@ -144,11 +137,8 @@ def test_info_command_prints_the_configuration():
 def test_kernels_run_after_env_override_in_subprocess():
     code = ("import numpy as np, fastnorm; x = np.arange(12, dtype=np.float32).reshape(3, 4);"
             "print(repr(fastnorm.layer_norm(x).tolist()))")
-    env = dict(os.environ, FASTNORM_ISA="scalar")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    got = np.array(eval(proc.stdout))  # noqa: S307 - our own child's repr of a list
+    printed = run_python(code, "FASTNORM_ISA", "scalar")
+    got = np.array(eval(printed))  # noqa: S307 - our own child's repr of a list
     x = np.arange(12, dtype=np.float64).reshape(3, 4)
     want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -2,15 +2,13 @@
 are kept once freed and handed out again for the next output of the same size, never while
 anything still refers to them, and within the limit FASTNORM_OUTPUT_CACHE_MB sets."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import fastnorm
 from fastnorm import _core, reference
+from fn_testutil import run_python
 
 MIN = _core.OUTPUT_CACHE_MIN_BYTES
 ROWS, COLS = 8, MIN // 4 // 8  # float32: exactly the smallest size the cache keeps
@@ -162,14 +160,7 @@ print(json.dumps({"mb": fastnorm.get_config()["output_cache_mb"],
     (None, 256, False), ("0", 0, False), ("64", 64, False), ("-1", 256, True), ("lots", 256, True),
 ])
 def test_fastnorm_output_cache_mb(value, mb, warns):
-    env = dict(os.environ)
-    env.pop("FASTNORM_OUTPUT_CACHE_MB", None)
-    if value is not None:
-        env["FASTNORM_OUTPUT_CACHE_MB"] = value
-    proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = json.loads(run_python(_CHILD, "FASTNORM_OUTPUT_CACHE_MB", value).strip().splitlines()[-1])
     assert got["mb"] == mb
     assert got["held"] == (MIN if mb else 0)
     assert any("FASTNORM_OUTPUT_CACHE_MB" in w for w in got["warnings"]) == warns

@@ -4,16 +4,13 @@ fastnorm splits work into chunks fixed by the problem size and merges partial st
 in index order, so 1 and 2 OpenMP threads must give bitwise identical results.  The
 inputs are large enough to cross the "run on one thread" threshold.
 """
-import os
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import fastnorm
-from fn_testutil import assert_same_bits, random_data
+from fn_testutil import assert_same_bits, random_data, run_python
 
 
 # A build without OpenMP (FASTNORM_NO_OPENMP=1) runs everything on one thread.
@@ -184,9 +181,5 @@ def test_concurrent_in_place_calls_on_disjoint_slices(isa, rng):
 
 def test_omp_num_threads_is_honoured_at_import():
     code = "import fastnorm; print(fastnorm.get_num_threads(), fastnorm.get_config()['openmp'])"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    threads, openmp = proc.stdout.split()
+    threads, openmp = run_python(code, "OMP_NUM_THREADS", "1").split()
     assert int(threads) == 1, f"OMP_NUM_THREADS=1 but get_num_threads() == {threads}"
