@@ -50,8 +50,7 @@ cdef extern from "_output_cache.h":
     size_t FN_CACHE_MIN_BYTES
     object fn_output_cache_handler()
     void fn_output_cache_set_limit(size_t limit)
-    size_t fn_output_cache_held()
-    size_t fn_output_cache_count()
+    void fn_output_cache_state(size_t *count, size_t *held)
 
 # ml_dtypes' bfloat16 is a user dtype: NumPy gives it a type number when it registers.
 cdef int _bfloat16_num = -1
@@ -77,7 +76,9 @@ def set_output_cache_limit(size_t limit):
 
 def output_cache_state():
     """(blocks, bytes) the output cache holds now."""
-    return fn_output_cache_count(), fn_output_cache_held()
+    cdef size_t count, held
+    fn_output_cache_state(&count, &held)
+    return count, held
 
 
 cdef inline bint _from_cache(Py_ssize_t nbytes) noexcept:

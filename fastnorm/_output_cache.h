@@ -34,12 +34,13 @@ static _Atomic size_t fn_cache_limit; /* bytes the cache may hold */
 static void fn_cache_lock(void) { while (atomic_flag_test_and_set_explicit(&fn_cache.lock, memory_order_acquire)) {} }
 static void fn_cache_unlock(void) { atomic_flag_clear_explicit(&fn_cache.lock, memory_order_release); }
 
-/* Drops the oldest block into (*block, *bytes); the lock is held. */
-static void fn_cache_pop_oldest(void **block, size_t *bytes) {
-    *block = fn_cache.blocks[0], *bytes = fn_cache.sizes[0];
+/* Takes slot i's block out into (*block, *bytes), the later slots moving down one; the
+ * lock is held. */
+static void fn_cache_take(size_t i, void **block, size_t *bytes) {
+    *block = fn_cache.blocks[i], *bytes = fn_cache.sizes[i];
     fn_cache.held -= *bytes, fn_cache.count -= 1;
-    memmove(fn_cache.blocks, fn_cache.blocks + 1, fn_cache.count * sizeof(void *));
-    memmove(fn_cache.sizes, fn_cache.sizes + 1, fn_cache.count * sizeof(size_t));
+    memmove(fn_cache.blocks + i, fn_cache.blocks + i + 1, (fn_cache.count - i) * sizeof(void *));
+    memmove(fn_cache.sizes + i, fn_cache.sizes + i + 1, (fn_cache.count - i) * sizeof(size_t));
 }
 
 /* Releases blocks, oldest first, until the cache holds at most `room` bytes and
@@ -49,7 +50,7 @@ static void fn_cache_trim(size_t room, size_t free_slots) {
     size_t sizes[FN_CACHE_SLOTS], released = 0;
     fn_cache_lock();
     while (fn_cache.count > 0 && (fn_cache.held > room || fn_cache.count + free_slots > FN_CACHE_SLOTS)) {
-        fn_cache_pop_oldest(&blocks[released], &sizes[released]);
+        fn_cache_take(0, &blocks[released], &sizes[released]);
         released += 1;
     }
     fn_cache_unlock();
@@ -61,12 +62,10 @@ static void *fn_cache_malloc(void *ctx, size_t bytes) {
     (void)ctx;
     fn_cache_lock();
     for (size_t i = fn_cache.count; i-- > 0;) { /* the newest of that size */
-        if (fn_cache.sizes[i] != bytes) continue;
-        block = fn_cache.blocks[i];
-        fn_cache.held -= bytes, fn_cache.count -= 1;
-        memmove(fn_cache.blocks + i, fn_cache.blocks + i + 1, (fn_cache.count - i) * sizeof(void *));
-        memmove(fn_cache.sizes + i, fn_cache.sizes + i + 1, (fn_cache.count - i) * sizeof(size_t));
-        break;
+        if (fn_cache.sizes[i] == bytes) {
+            fn_cache_take(i, &block, &bytes);
+            break;
+        }
     }
     fn_cache_unlock();
     return block ? block : fn_cache.numpy->malloc(fn_cache.numpy->ctx, bytes);
@@ -123,16 +122,9 @@ static void fn_output_cache_set_limit(size_t limit) {
     if (fn_cache.numpy) fn_cache_trim(limit, 0);
 }
 
-static size_t fn_output_cache_held(void) {
+/* The blocks and bytes the cache holds now. */
+static void fn_output_cache_state(size_t *count, size_t *held) {
     fn_cache_lock();
-    size_t held = fn_cache.held;
+    *count = fn_cache.count, *held = fn_cache.held;
     fn_cache_unlock();
-    return held;
-}
-
-static size_t fn_output_cache_count(void) {
-    fn_cache_lock();
-    size_t count = fn_cache.count;
-    fn_cache_unlock();
-    return count;
 }
