@@ -52,6 +52,11 @@
  * NumPy places arrays 16 bytes past a line, where the parameters usually sit like y
  * already.  The copy costs two rows' parameters per call. */
 #define FN_ALIGN_PARAMS_MIN_ROWS 16
+/* ... unless each is larger than this: such rows are memory-bound, and the copy's own
+ * traffic costs more than its placement saves (ab_builds, Zen 3, 1 thread, LayerNorm
+ * without the copy: 16x1048576 0.92-0.94x the time (2 threads 0.89x), 64x262144 and
+ * 32x524288 0.99-1.01x; but 32x65536, whose parameters stay in L2, 1.06-1.15x). */
+#define FN_ALIGN_PARAMS_MAX_BYTES (2u << 20)
 /* A bfloat16 call of at least this many rows makes its parameters' NaNs canonical while
  * copying them (about 0.6 cycles per parameter), so that the stores skip their NaN test
  * (3 operations per 8 values of every row); fewer rows keep the test (fn_row_params). */
@@ -134,7 +139,7 @@ static size_t fn_param_phase(const void *y, size_t item_size, size_t n, size_t s
 /* The row kernels' weight and bias for a call of `rows` rows of n values written to y, and
  * the store flags they imply.  They are copied into the table's param_block order where
  * that is not natural, and placed like y (fn_param_phase) from FN_ALIGN_PARAMS_MIN_ROWS
- * rows if they are not.  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its
+ * rows if they are not (and take at most FN_ALIGN_PARAMS_MAX_BYTES each).  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its
  * NaNs made canonical and the flags include FN_STORE_NAN_CANONICAL, as they do without
  * parameters; otherwise the kernels keep the bfloat16 store's NaN test.  Returns the
  * flags, or -1 without memory for a copy the kernels need; *block receives the copy to
@@ -151,7 +156,7 @@ static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dty
     size_t stride = (n * size + 63) / 64 * 64; /* bias: as far past weight as a line multiple */
     int misplaced = (*weight && ((uintptr_t)*weight - phase) % 64) ||
                     (*bias && ((uintptr_t)*bias - phase) % 64);
-    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced)) return 0;
+    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced && n * size <= FN_ALIGN_PARAMS_MAX_BYTES)) return 0;
     char *copy = fn_malloc_aligned(stride + n * size + phase, block);
     if (!copy) return order ? -1 : 0; /* a copy in place only helps: the caller's serve */
     int canonical = bf16 && rows >= FN_CANONICAL_PARAMS_MIN_ROWS;
