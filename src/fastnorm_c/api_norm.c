@@ -139,11 +139,11 @@ static size_t fn_param_phase(const void *y, size_t item_size, size_t n, size_t s
 /* The row kernels' weight and bias for a call of `rows` rows of n values written to y, and
  * the store flags they imply.  They are copied into the table's param_block order where
  * that is not natural, and placed like y (fn_param_phase) from FN_ALIGN_PARAMS_MIN_ROWS
- * rows if they are not (and take at most FN_ALIGN_PARAMS_MAX_BYTES each).  From FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its
- * NaNs made canonical and the flags include FN_STORE_NAN_CANONICAL, as they do without
- * parameters; otherwise the kernels keep the bfloat16 store's NaN test.  Returns the
- * flags, or -1 without memory for a copy the kernels need; *block receives the copy to
- * free (or NULL). */
+ * rows if they are not (and take at most FN_ALIGN_PARAMS_MAX_BYTES each).  From
+ * FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its NaNs made canonical and the
+ * flags include FN_STORE_NAN_CANONICAL, as they do without parameters; otherwise the
+ * kernels keep the bfloat16 store's NaN test.  Returns the flags, or -1 without memory for
+ * a copy the kernels need; *block receives the copy to free (or NULL). */
 static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype, size_t rows,
                          size_t n, const void *y, const void **weight, const void **bias,
                          void **block) {
@@ -156,7 +156,9 @@ static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dty
     size_t stride = (n * size + 63) / 64 * 64; /* bias: as far past weight as a line multiple */
     int misplaced = (*weight && ((uintptr_t)*weight - phase) % 64) ||
                     (*bias && ((uintptr_t)*bias - phase) % 64);
-    if (!order && !(rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced && n * size <= FN_ALIGN_PARAMS_MAX_BYTES)) return 0;
+    int place = rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced &&
+                n * size <= FN_ALIGN_PARAMS_MAX_BYTES;
+    if (!order && !place) return 0;
     char *copy = fn_malloc_aligned(stride + n * size + phase, block);
     if (!copy) return order ? -1 : 0; /* a copy in place only helps: the caller's serve */
     int canonical = bf16 && rows >= FN_CANONICAL_PARAMS_MIN_ROWS;
