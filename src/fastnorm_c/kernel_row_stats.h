@@ -30,7 +30,7 @@ KB_INLINE KB_V KB_NAME(kb_load_h_n)(const KB_T *x, const KB_T *residual, KB_T *r
 /* The statistics' pair of h vectors at element i, in the family's own order where it has one
  * (KB_UNORDERED2), with h stored back in order: AVX-512 bfloat16 widens one 64-byte load by
  * two unpacks (a 768-value LayerNorm row's statistics in L1 255 -> 224 cycles, 4096 values
- * 1108 -> 920, kernel_cycles.c). */
+ * 1108 -> 920, kernel_cycles.c), AVX2 one 32-byte load by a shift and an AND (simd_avx2.h). */
 KB_INLINE void KB_NAME(kb_load_h2)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                    size_t i, int has_residual, int has_residual_out, KB_V *a,
                                    KB_V *b) {
