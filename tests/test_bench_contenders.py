@@ -52,3 +52,23 @@ def test_group_norm_contenders_agree(layout, channels, groups):
         got = _values(got[0] if isinstance(got, list) else got)  # onnxruntime: a list
         assert got.shape == want.shape, name
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_outputs_lie_apart_from_x(residual):
+    """The bench's outputs (and residual) sit a fraction of a page from x (no 4K aliasing
+    decides a ratio), on x's cache-line offset, in x's layout, and are what the calls use."""
+    from fastnorm._bench_contenders import PAGE, _Inputs
+
+    inp = _Inputs(Case("rms_norm", (64, 768), "float32", residual=residual))
+    arrays = {"out": (inp.out, PAGE // 2)}
+    if residual:
+        arrays.update(r=(inp.r, PAGE // 4), h_out=(inp.h_out, 3 * PAGE // 4))
+    for name, (a, apart) in arrays.items():
+        assert (a.ctypes.data - inp.x.ctypes.data) % PAGE == apart, name
+        assert a.shape == inp.x.shape and a.strides == inp.x.strides and a.dtype == inp.x.dtype
+    if residual:  # a residual of its own values, not x's or zeros
+        assert 0.9 < inp.r.std() < 1.1 and not np.array_equal(inp.r, inp.x)
+    nhwc = _Inputs(Case("batch_norm_eval", (2, 8, 5, 6), "float32", "channels_last"))
+    assert nhwc.out.strides == nhwc.x.strides == (960, 4, 192, 32)
+    assert (nhwc.out.ctypes.data - nhwc.x.ctypes.data) % PAGE == PAGE // 2
