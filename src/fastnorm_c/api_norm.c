@@ -15,16 +15,25 @@
  * not: 512x768 float32 (1.5 MB, which the hardware prefetcher keeps up with) took
  * 1.04-1.10x the time with it (AVX2, Zen 3, 1 thread, ctypes A/B). */
 #define FN_PREFETCH_MIN_BYTES (4u << 20)
-/* Below FN_PREFETCH_MIN_BYTES, rows of at most FN_AHEAD_MAX_BYTES take their statistics one
- * row ahead: row r + 1's statistics run before row r's normalize pass, so the latency of
- * row r's division and square root (about 50 cycles with nothing else to do) overlaps
- * them.  Measured (Zen 4, AVX-512, `python -m fastnorm bench --out`, two runs each,
- * alternating builds), time per call: LayerNorm 64x768 0.87-0.93x, 512x768 0.89-0.94x
- * (2 threads 0.84-0.92x), 1024x768 0.94-0.97x; RMSNorm 64x768 0.85-0.86x, 512x768
- * 0.79-0.89x.  It lost for 8 KB rows (two rows and an output no longer fit the L1 cache:
- * 128x2048 1.2x) and for inputs past the last-level cache's easy reach (4096x768, 12 MB:
- * 1.4x in a tight loop). */
+/* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
+ * one), rows of at most FN_AHEAD_MAX_BYTES take their statistics one row ahead: row r + 1's
+ * statistics run before row r's normalize pass, so the latency of row r's division and
+ * square root (about 50 cycles with nothing else to do) overlaps them.  Measured (Zen 4, AVX-512, `python -m fastnorm bench --out`, two runs
+ * each, alternating builds), time per call: LayerNorm 64x768 0.87-0.93x, 512x768
+ * 0.89-0.94x (2 threads 0.84-0.92x), 1024x768 0.94-0.97x; RMSNorm 64x768 0.85-0.86x,
+ * 512x768 0.79-0.89x.  It lost for 8 KB rows (two rows and an output no longer fit the L1
+ * cache: 128x2048 1.2x) and for inputs past the last-level cache's easy reach (4096x768,
+ * 12 MB: 1.4x in a tight loop; on Zen 3, AVX2, in-process A/B: 4096x768 1.16x, 3500x768
+ * 1.12-1.25x, 8192x768 1.31x).  Up to 8 MB, where the output is not streamed either
+ * (FN_STREAM_MIN_BYTES), it wins over the prefetching row path (Zen 3, AVX2, in-process
+ * A/B against the 4 MB limit before, time per call, 1 thread: float32 LayerNorm 1400x768
+ * 0.72-0.86x, 2048x768 0.86x, 2600x768 0.83-0.85x; RMSNorm 1400x768 0.86-0.87x, 2048x768
+ * 1.01-1.02x, 2600x768 0.87-0.96x; bfloat16 4096x768 LayerNorm 0.73-0.98x, RMSNorm 0.79x;
+ * 2 threads: LayerNorm 2048x768 0.86-0.90x, RMSNorm 2600x768 1.00x).  With a residual,
+ * whose four arrays take twice the cache, 4 MB inputs already lost (LayerNorm 1400x768
+ * 1.05x, RMSNorm 1.02x). */
 #define FN_AHEAD_MAX_BYTES 4096
+#define FN_AHEAD_MAX_READ_BYTES (8u << 20)
 
 /* Columns per work item when a norm reduces over a non-trailing axis. */
 #define FN_COLUMN_CHUNK 256
@@ -494,7 +503,8 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     }
     if (job->middle > FN_ROW_SEGMENT) return fn_norm_long_rows(job, threads);
     size_t row_bytes = job->middle * job->item_size;
-    if (row_bytes <= FN_AHEAD_MAX_BYTES && job->outer * row_bytes < FN_PREFETCH_MIN_BYTES) {
+    size_t read_bytes = job->outer * row_bytes * (job->residual ? 2 : 1);
+    if (row_bytes <= FN_AHEAD_MAX_BYTES && read_bytes < FN_AHEAD_MAX_READ_BYTES) {
         /* one contiguous share of the rows per thread, as the static schedule gives */
         FN_PARALLEL_FOR(t, threads, {
             fn_norm_rows_ahead(job, (size_t)t * job->outer / (size_t)threads,
