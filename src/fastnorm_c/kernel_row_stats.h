@@ -344,10 +344,25 @@ KB_INLINE void KB_NAME(kb_span_sums)(const KB_T *row, size_t n, KB_V cv, KB_V on
     }
 }
 
+/* rows_stats's first center: the mean of the first span's first (up to) four vectors,
+ * added as a tree, as the row kernel takes its first step's.  The whole span's mean, one
+ * vector after another, put a chain of additions before every sum of the call. */
+KB_INLINE KB_C KB_NAME(kb_span_head_mean)(const KB_T *span, size_t n) {
+    size_t head = n / KB_LANES < 4 ? n / KB_LANES : 4;
+    KB_V sum = head ? kb_load(span) : kb_load_n(span, n);
+    if (head > 1) sum = kb_add(sum, kb_load(span + KB_LANES));
+    if (head > 2) {
+        KB_V more = kb_load(span + 2 * KB_LANES);
+        if (head > 3) more = kb_add(more, kb_load(span + 3 * KB_LANES));
+        sum = kb_add(sum, more);
+    }
+    return (KB_C)(kb_sum(sum) * (1.0 / (double)(head ? head * KB_LANES : n)));
+}
+
 /* row_stats (centred, no residual) of `rows` spans of n elements, span r at x + r * stride
  * elements, as one set of values: a channel of NCHW data, its row in every sample, read in
- * place.  The sums run about one center across the spans, the first span's mean, a short
- * span costing its loads and no lane merge.  Even spans go to sets 0 and 1, odd ones to sets
+ * place.  The sums run about one center across the spans, first the mean of the first
+ * span's head (kb_span_head_mean), a short span costing its loads and no lane merge.  Even spans go to sets 0 and 1, odd ones to sets
  * 2 and 3 (kb_span_sums), which halves each set's chain of additions; every span adds the
  * same count to a set's lane, so the counts kb_sums_recenter needs are known. */
 static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t stride,
@@ -379,13 +394,9 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
         *m2_out = m2;
         return;
     }
-    KB_V s0 = zero, q0 = zero, s1 = zero, q1 = zero, s2 = zero, q2 = zero, s3 = zero, q3 = zero;
-    size_t i = 0;
-    for (; i + KB_LANES <= n; i += KB_LANES) s0 = kb_add(s0, kb_load(xs + i));
-    if (tail) s0 = kb_add(s0, kb_load_n(xs + i, tail));
-    KB_C c = (KB_C)(kb_sum(s0) / (double)n);
+    KB_C c = KB_NAME(kb_span_head_mean)(xs, n);
     KB_V cv = kb_set1(c);
-    s0 = zero;
+    KB_V s0 = zero, q0 = zero, s1 = zero, q1 = zero, s2 = zero, q2 = zero, s3 = zero, q3 = zero;
     size_t pairs = 0, values = 0; /* span pairs in the sums; values since the center moved */
     for (size_t r = 0; r < rows; r += 2) {
         KB_NAME(kb_span_sums)(xs + r * stride, n, cv, one, &s0, &q0, &s1, &q1);
@@ -402,8 +413,10 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
             /* to lane 0's running mean in set 2, the odd (later) spans: per0 values a span,
              * one more where the tail is there.  Set 0's, the even spans', lagged a span
              * behind data drifting across the samples: four samples of 256 values 100
-             * apart took up to 3.1e-7 of m2 over 40 seeds (AVX2; 1.3e-7 now). */
-            KB_C moved = c + kb_first(s2) / (KB_C)(pairs * (per0 + (tail && !tail_set)));
+             * apart took up to 3.1e-7 of m2 over 40 seeds (AVX2; 1.3e-7 now).  (The next
+             * span's head, kb_span_head_mean, free of the sums' chains, was slower.) */
+            double values2 = (double)(pairs * (per0 + (tail && !tail_set)));
+            KB_C moved = c + kb_first(s2) * (KB_C)(1.0 / values2); /* 1 / values2 off the chain */
             KB_V to = kb_set1(moved), from;
             from = cv, KB_NAME(kb_sums_recenter)(&from, to, &s0, &q0, count0);
             from = cv, KB_NAME(kb_sums_recenter)(&from, to, &s1, &q1, count1);
