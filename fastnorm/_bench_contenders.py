@@ -143,7 +143,7 @@ def empty_apart(like, page_offset):
     than a copy.  Apart by a fraction of a page, no contender pays for where malloc put
     the arrays."""
     nbytes = like.size * like.itemsize
-    buffer = np.empty(nbytes + PAGE + like.itemsize, dtype=np.uint8)
+    buffer = np.empty(nbytes + PAGE, dtype=np.uint8)
     offset = (like.ctypes.data + page_offset - buffer.ctypes.data) % PAGE
     return np.ndarray(like.shape, like.dtype, buffer, offset, like.strides)
 

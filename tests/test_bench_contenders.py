@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastnorm import reference
-from fastnorm._bench_contenders import Case, build_contenders, peer_available
+from fastnorm._bench_contenders import PAGE, Case, _Inputs, build_contenders, peer_available
 
 PEERS = ("copy", "numpy") + (("torch",) if peer_available("torch") else ())
 
@@ -57,9 +57,7 @@ def test_group_norm_contenders_agree(layout, channels, groups):
 @pytest.mark.parametrize("residual", [False, True])
 def test_outputs_lie_apart_from_x(residual):
     """The bench's outputs (and residual) sit a fraction of a page from x (no 4K aliasing
-    decides a ratio), on x's cache-line offset, in x's layout, and are what the calls use."""
-    from fastnorm._bench_contenders import PAGE, _Inputs
-
+    decides a ratio), on x's cache-line offset, in x's layout."""
     inp = _Inputs(Case("rms_norm", (64, 768), "float32", residual=residual))
     arrays = {"out": (inp.out, PAGE // 2)}
     if residual:
@@ -72,3 +70,10 @@ def test_outputs_lie_apart_from_x(residual):
     nhwc = _Inputs(Case("batch_norm_eval", (2, 8, 5, 6), "float32", "channels_last"))
     assert nhwc.out.strides == nhwc.x.strides == (960, 4, 192, 32)
     assert (nhwc.out.ctypes.data - nhwc.x.ctypes.data) % PAGE == PAGE // 2
+
+
+def test_copy_baseline_writes_apart_from_x():
+    """The copy baseline is np.copyto(out, x) with out half a page from x."""
+    copy = build_contenders(Case("rms_norm", (64, 768), "float32"), [1], ["copy"], use_out=True)
+    out, x = copy[0].call.args
+    assert (out.ctypes.data - x.ctypes.data) % PAGE == PAGE // 2

@@ -362,9 +362,10 @@ KB_INLINE KB_C KB_NAME(kb_span_head_mean)(const KB_T *span, size_t n) {
 /* row_stats (centred, no residual) of `rows` spans of n elements, span r at x + r * stride
  * elements, as one set of values: a channel of NCHW data, its row in every sample, read in
  * place.  The sums run about one center across the spans, first the mean of the first
- * span's head (kb_span_head_mean), a short span costing its loads and no lane merge.  Even spans go to sets 0 and 1, odd ones to sets
- * 2 and 3 (kb_span_sums), which halves each set's chain of additions; every span adds the
- * same count to a set's lane, so the counts kb_sums_recenter needs are known. */
+ * span's head (kb_span_head_mean), a short span costing its loads and no lane merge.  Even
+ * spans go to sets 0 and 1, odd ones to sets 2 and 3 (kb_span_sums), which halves each
+ * set's chain of additions; every span adds the same count to a set's lane, so the counts
+ * kb_sums_recenter needs are known. */
 static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t stride,
                                 double shift, double *mean_shifted, double *m2_out) {
     const KB_T *xs = (const KB_T *)x;
@@ -415,8 +416,8 @@ static void KB_NAME(rows_stats)(const void *x, size_t rows, size_t n, size_t str
              * behind data drifting across the samples: four samples of 256 values 100
              * apart took up to 3.1e-7 of m2 over 40 seeds (AVX2; 1.3e-7 now).  (The next
              * span's head, kb_span_head_mean, free of the sums' chains, was slower.) */
-            double values2 = (double)(pairs * (per0 + (tail && !tail_set)));
-            KB_C moved = c + kb_first(s2) * (KB_C)(1.0 / values2); /* 1 / values2 off the chain */
+            double lane_values = (double)(pairs * (per0 + (tail && !tail_set)));
+            KB_C moved = c + kb_first(s2) * (KB_C)(1.0 / lane_values); /* 1 / n off the chain */
             KB_V to = kb_set1(moved), from;
             from = cv, KB_NAME(kb_sums_recenter)(&from, to, &s0, &q0, count0);
             from = cv, KB_NAME(kb_sums_recenter)(&from, to, &s1, &q1, count1);

@@ -234,8 +234,8 @@ static inline void avx2_load2_unordered_bf16(const uint16_t *p, __m256 *a, __m25
     avx2_load2_bf16(p, a, b);
 }
 static inline void avx2_store2_unordered_bf16(uint16_t *p, __m256 a, __m256 b) {
-    _mm256_storeu_si256((__m256i *)p, _mm256_blend_epi16(_mm256_srli_epi32(_mm256_castps_si256(a), 16),
-                                                         _mm256_castps_si256(b), 0xaa));
+    __m256i even = _mm256_srli_epi32(_mm256_castps_si256(a), 16);
+    _mm256_storeu_si256((__m256i *)p, _mm256_blend_epi16(even, _mm256_castps_si256(b), 0xaa));
 }
 #define FN_UNORDERED2_BF16 1
 /* v is the sum of two bfloat16 values (kernel_body.h's kb_round), so any NaN in it is a
