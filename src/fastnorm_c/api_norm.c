@@ -24,14 +24,14 @@
  * 0.94-0.97x; RMSNorm 64x768 0.85-0.86x, 512x768 0.79-0.89x.  It lost for 8 KB rows (two
  * rows and an output no longer fit the L1 cache: 128x2048 1.2x) and for inputs past the
  * last-level cache's easy reach (4096x768, 12 MB: 1.4x in a tight loop; on Zen 3, AVX2,
- * in-process A/B: 4096x768 1.16x, 3500x768 1.12-1.25x, 8192x768 1.31x).  Up to 8 MB, where the output is not streamed either
- * (FN_STREAM_MIN_BYTES), it wins over the prefetching row path (Zen 3, AVX2, in-process
- * A/B against the 4 MB limit before, time per call, 1 thread: float32 LayerNorm 1400x768
- * 0.72-0.86x, 2048x768 0.86x, 2600x768 0.83-0.85x; RMSNorm 1400x768 0.86-0.87x, 2048x768
- * 1.01-1.02x, 2600x768 0.87-0.96x; bfloat16 4096x768 LayerNorm 0.73-0.98x, RMSNorm 0.79x;
- * 2 threads: LayerNorm 2048x768 0.86-0.90x, RMSNorm 2600x768 1.00x).  With a residual,
- * whose four arrays take twice the cache, 4 MB inputs already lost (LayerNorm 1400x768
- * 1.05x, RMSNorm 1.02x). */
+ * in-process A/B: 4096x768 1.16x, 3500x768 1.12-1.25x, 8192x768 1.31x).  Up to 8 MB,
+ * where the output is not streamed either (FN_STREAM_MIN_BYTES), it wins over the
+ * prefetching row path (Zen 3, AVX2, in-process A/B against the 4 MB limit before, time
+ * per call, 1 thread: float32 LayerNorm 1400x768 0.72-0.86x, 2048x768 0.86x, 2600x768
+ * 0.83-0.85x; RMSNorm 1400x768 0.86-0.87x, 2048x768 1.01-1.02x, 2600x768 0.87-0.96x;
+ * bfloat16 4096x768 LayerNorm 0.73-0.98x, RMSNorm 0.79x; 2 threads: LayerNorm 2048x768
+ * 0.86-0.90x, RMSNorm 2600x768 1.00x).  With a residual, whose four arrays take twice the
+ * cache, 4 MB inputs already lost (LayerNorm 1400x768 1.05x, RMSNorm 1.02x). */
 #define FN_AHEAD_MAX_BYTES 4096
 #define FN_AHEAD_MAX_READ_BYTES (8u << 20)
 
