@@ -9,6 +9,7 @@ wrong and what was expected.  Nothing here imports the C extension.
 
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -183,15 +184,23 @@ def resolve_axes(ndim, axis, allow_empty=False):
     return tuple(sorted(axes))
 
 
-def _as_shape(normalized_shape):
-    """normalized_shape as a tuple (an int is a 1-tuple); values are compared to x's
-    dimensions by equality, as the contract says ("must equal those trailing dimensions")."""
-    if isinstance(normalized_shape, (int, np.integer)):
-        return (normalized_shape,)
+class ShapeTypeError(TypeError, ValueError):
+    """normalized_shape that is not an int or a sequence of ints (5.0, (3.0, 5), True): a
+    TypeError, as NumPy's and PyTorch's shape arguments raise, and a ValueError, as every
+    other normalized_shape mistake is (NumPy's AxisError is a ValueError and IndexError)."""
+
+
+def as_shape(normalized_shape):
+    """normalized_shape as a tuple of ints (an int is a 1-tuple).  bool is refused, as
+    PyTorch refuses it: layer_norm(x, True) is a slip, not a request for 1."""
     try:
-        return tuple(normalized_shape)
+        items = (normalized_shape,) if hasattr(normalized_shape, "__index__") else tuple(
+            normalized_shape)
+        if any(isinstance(n, (bool, np.bool_)) for n in items):
+            raise TypeError
+        return tuple(operator.index(n) for n in items)
     except TypeError:
-        raise ValueError(
+        raise ShapeTypeError(
             f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}"
         ) from None
 
@@ -221,7 +230,7 @@ def _make_norm_plan(shape, normalized_shape, axis):
         if normalized_shape is None:
             axes = (ndim - 1,)
         else:
-            wanted = _as_shape(normalized_shape)
+            wanted = as_shape(normalized_shape)
             k = len(wanted)
             if k == 0 or k > ndim or shape[ndim - k :] != wanted:
                 raise ValueError(
@@ -243,15 +252,28 @@ def _make_norm_plan(shape, normalized_shape, axis):
 
 
 # Plans of recent (shape, normalized_shape, axis) calls: planning costs microseconds of
-# Python, a lookup ~0.1 us.  Only plain int axes are cached, because a cache hit skips the
-# type checks (axis=1.0 == 1 must still be refused); errors are never cached.
+# Python, a lookup ~0.1 us.  Only plain ints are cached (axis, normalized_shape or its
+# items), because a cache hit skips the type checks: axis=1.0 and normalized_shape=5.0
+# equal and hash as 1 and 5 but must still be refused.  Errors are never cached.
 _PLAN_CACHE = {}
 _PLAN_CACHE_SIZE = 1024
 
 
+def _plain_ints(normalized_shape):
+    """None, an int, or a tuple of ints (exactly those types: what may key the cache)."""
+    if normalized_shape is None or type(normalized_shape) is int:
+        return True
+    if type(normalized_shape) is not tuple:
+        return False
+    for n in normalized_shape:
+        if type(n) is not int:
+            return False
+    return True
+
+
 def norm_plan(shape, normalized_shape, axis):
     """The NormPlan of layer_norm / rms_norm for x of `shape`, per the contract."""
-    if axis is None or type(axis) is int:
+    if (axis is None or type(axis) is int) and _plain_ints(normalized_shape):
         key = (shape, normalized_shape, axis)
         try:
             plan = _PLAN_CACHE.get(key)

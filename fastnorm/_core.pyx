@@ -526,7 +526,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
         return None
     if running_mean is not None and running_var is not None:
         # float32 or float64, both the same; written in place when training
-        if not (_take(&v[4], running_mean, training) and v[4].dtype != FASTNORM_F16
+        if not (_take(&v[4], running_mean, training)
+                and (v[4].dtype == FASTNORM_F32 or v[4].dtype == FASTNORM_F64)
                 and v[4].ndim == 1 and v[4].shape[0] == channels
                 and _is_vector(&v[5], running_var, channels, v[4].dtype, training)
                 and (not training or _apart(&v[4], &v[5]))):

@@ -282,8 +282,9 @@ def _batch_norm_checked(code, compute, x, block, w, b, running_mean, running_var
         mean = _empty(channels, _FLOAT64)
         var = _empty(channels, _FLOAT64)
     else:
-        mean = running_mean if running_mean.dtype is _FLOAT64 else running_mean.astype(_FLOAT64)
-        var = running_var if running_var.dtype is _FLOAT64 else running_var.astype(_FLOAT64)
+        # the kernels read them as aligned, contiguous float64 (views of any layout copied)
+        mean = np.require(running_mean, _FLOAT64, ("C", "A"))
+        var = np.require(running_var, _FLOAT64, ("C", "A"))
 
     if x.size == 0:  # eval of an empty batch, or no channels
         y = _empty(x.shape, x.dtype) if out is None else out

@@ -12,7 +12,6 @@ torch is never imported: ``from_torch`` and ``load_state_dict`` duck-type tensor
 
 import collections
 import math
-import numbers
 
 import numpy as np
 
@@ -72,14 +71,9 @@ _positive_int = _checks.check_positive_int  # ValueError unless an int >= 1
 
 
 def _normalized_shape(normalized_shape):
-    """normalized_shape as a tuple of positive ints (an int is a 1-tuple), as torch stores it."""
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(normalized_shape)
-    except TypeError:
-        raise ValueError(f"normalized_shape must be an int or a tuple of ints, "
-                         f"got {normalized_shape!r}") from None
+    """normalized_shape as a tuple of positive ints (an int is a 1-tuple), as torch stores it;
+    anything but ints raises the functions' ShapeTypeError (a TypeError and a ValueError)."""
+    shape = _checks.as_shape(normalized_shape)
     if not shape:
         raise ValueError("normalized_shape must name at least one dimension, got ()")
     return tuple(_positive_int(n, "each entry of normalized_shape") for n in shape)

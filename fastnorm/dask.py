@@ -105,8 +105,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             _functional._update_running(running_mean, running_var, mean, var, outer * inner,
                                         momentum)
     else:
-        mean = np.asarray(running_mean, np.float64)
-        var = np.asarray(running_var, np.float64)
+        mean = np.require(running_mean, np.float64, ("C", "A"))
+        var = np.require(running_var, np.float64, ("C", "A"))
 
     def block(xb):
         return _functional.batch_norm(xb, mean, var, w, b, training=False, eps=eps,

@@ -174,6 +174,10 @@ def _bad_running_stats(c):
         "int_mean": (np.zeros(c, np.int64), good()),
         "int_var": (good(), np.ones(c, np.int32)),
         "float16_var": (good(), np.ones(c, np.float16)),
+        # both of one unsupported dtype: the one-step C path once read them as float64
+        # (past their end: a crash for large C)
+        "float16_both": (np.zeros(c, F16), np.ones(c, F16)),
+        "bfloat16_both": (np.zeros(c, BF16), np.ones(c, BF16)),
         "complex_mean": (np.zeros(c, np.complex64), good()),
         "short_mean": (np.zeros(c - 1, np.float32), good()),
         "long_var": (good(), np.ones(c + 1, np.float32)),
@@ -209,6 +213,32 @@ def test_bad_running_statistics_raise_value_error_and_write_nothing(case, traini
     for arr, before in ((rm, rm_before), (rv, rv_before)):
         if isinstance(arr, np.ndarray):
             np.testing.assert_array_equal(arr, before)
+
+
+@pytest.mark.parametrize("stats_dtype", [F32, F64])
+@pytest.mark.parametrize("view", ["strided", "reversed", "misaligned"])
+def test_eval_accepts_running_statistics_of_any_layout(view, stats_dtype, isa, rng):
+    c = 5
+    x = random_data(rng, (6, c, 7), np.float32)
+    rm = random_data(rng, c, stats_dtype)
+    rv = np.abs(random_data(rng, c, stats_dtype, offset=2.0))
+    want = fastnorm.batch_norm(x, rm, rv)
+
+    def laid_out(a):
+        if view == "strided":
+            b = np.zeros(2 * c, a.dtype)
+            b[::2] = a
+            return b[::2]
+        if view == "reversed":
+            return a[::-1].copy()[::-1]
+        raw = np.zeros(c * a.itemsize + 1, np.uint8)[1:]
+        b = raw.view(a.dtype)
+        b[...] = a
+        return b
+
+    rm_view, rv_view = laid_out(rm), laid_out(rv)
+    assert not (rm_view.flags.c_contiguous and rm_view.flags.aligned)
+    assert_same_bits(fastnorm.batch_norm(x, rm_view, rv_view), want)
 
 
 def test_eval_accepts_read_only_running_statistics(isa, rng, tol):

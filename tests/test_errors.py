@@ -71,6 +71,9 @@ ROW_VALUE_ERRORS = {
     "normalized_shape wrong tuple": ({"normalized_shape": (6, 7)}, True),
     "normalized_shape too long": ({"normalized_shape": (1, 4, 6, 8)}, True),
     "normalized_shape zero": ({"normalized_shape": 0}, True),
+    "normalized_shape float": ({"normalized_shape": 8.0}, True),
+    "normalized_shape float in tuple": ({"normalized_shape": (6, 8.0)}, True),
+    "normalized_shape bool": ({"normalized_shape": True}, True),
     "axis and normalized_shape": ({"normalized_shape": 8, "axis": -1}, True),
     "axis out of range": ({"axis": 3}, True),
     "axis negative out of range": ({"axis": -4}, True),
@@ -89,6 +92,18 @@ ROW_VALUE_ERRORS = {
     "out read-only": ({"out": _readonly(sentinel(X_SHAPE, np.float32))}, True),
     "out transposed shape": ({"out": sentinel((8, 6, 4), np.float32)}, True),
 }
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("shape", [8.0, (8.0,), (6.0, 8), True])
+def test_normalized_shape_not_of_ints_is_refused_whatever_came_before(op, shape):
+    # a plan cached for the int call must not serve the float that equals it (8.0 == 8)
+    x = np.ones(X_SHAPE, np.float32)
+    for return_stats in (False, True):
+        getattr(fastnorm, op)(x, 8, return_stats=return_stats)
+        getattr(fastnorm, op)(x, (6, 8), return_stats=return_stats)
+        with pytest.raises(TypeError, match="normalized_shape must be an int or a tuple of ints"):
+            getattr(fastnorm, op)(x, shape, return_stats=return_stats)
 
 
 @pytest.mark.parametrize("op, case", [(op, case) for case, (_, rms_too) in
