@@ -57,8 +57,11 @@ def _quiet(function):
 
 
 def _input(x, name="x"):
-    """x as an ndarray of a supported dtype, else TypeError naming the dtype."""
+    """x as an ndarray of a supported dtype, else TypeError naming the dtype.  A byte-swapped
+    float array ('>f4' here) is taken in native order, as fastnorm takes it."""
     x = np.asarray(x)
+    if x.dtype.kind == "f" and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.dtype not in _SUPPORTED:
         raise TypeError(
             f"{name} has dtype {x.dtype}; fastnorm supports float32, float64, float16 and bfloat16"

@@ -345,3 +345,23 @@ def test_row_norm_rows_in_another_order_with_residual_and_out(op, dtype, isa, rn
     assert row_norm(op, view, residual=res_view, residual_out=res_view, out=view) is view
     assert_same_bits(view, want)
     assert_same_bits(res_view, want_h)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_byte_swapped_input_gives_the_native_result(dtype, isa, rng):
+    # computed in native order; the result is native, as NumPy's ufuncs give (docs/api.md)
+    x = random_data(rng, (4, 6, 9), dtype, offset=3.0)
+    swapped = x.astype(np.dtype(dtype).newbyteorder())
+    assert not swapped.dtype.isnative
+    rm, rv = np.zeros(6, dtype), np.ones(6, dtype)
+    calls = {
+        "layer_norm": lambda f, a: f.layer_norm(a),
+        "rms_norm": lambda f, a: f.rms_norm(a),
+        "batch_norm": lambda f, a: f.batch_norm(a, rm, rv, training=True),
+        "group_norm": lambda f, a: f.group_norm(a, 3),
+    }
+    for name, call in calls.items():
+        for module in (fastnorm, fastnorm.reference):
+            got = call(module, swapped)
+            assert got.dtype == np.dtype(dtype), (name, module.__name__, got.dtype)
+            assert_same_bits(got, call(module, x), err_msg=f"{module.__name__}.{name}")
