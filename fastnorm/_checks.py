@@ -190,6 +190,14 @@ class ShapeTypeError(TypeError, ValueError):
     other normalized_shape mistake is (NumPy's AxisError is a ValueError and IndexError)."""
 
 
+def check_bool(value, name):
+    """A bool (or NumPy bool) flag as a bool, else ValueError: training="no" or None would
+    otherwise pass by truthiness, as the layers' train(mode) refuses too."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
 def as_shape(normalized_shape):
     """normalized_shape as a tuple of ints (an int is a 1-tuple).  bool is refused, as
     PyTorch refuses it: layer_norm(x, True) is a slip, not a request for 1."""

@@ -235,6 +235,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     unbiased running variance).  ``return_stats=True`` returns ``(y, mean, rstd)`` of shape
     ``(C,)``: the statistics used, in the computation dtype.
     """
+    if training is not True and training is not False:
+        training = _checks.check_bool(training, "training")
     if not return_stats:
         y = _core_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
                              axis, out, _checks.num_threads)

@@ -90,6 +90,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     called (updating running_mean / running_var in place); the output stays lazy.
     ``return_stats=True`` returns ``(y, mean, rstd)`` with NumPy statistics."""
     x = da.asarray(x)
+    training = _checks.check_bool(training, "training")
     _x, (_code, compute) = _checks.input_rule(np.empty(0, x.dtype))
     (channel_axis, outer, channels, inner, eps, momentum, w, b, running_mean,
      running_var) = _functional._batch_norm_args(x.shape, compute, running_mean, running_var,

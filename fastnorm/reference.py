@@ -316,6 +316,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     channels = x.shape[channel_axis]
     eps = _eps(eps)
     momentum = _momentum(momentum)
+    if not isinstance(training, (bool, np.bool_)):
+        raise ValueError(f"training must be a bool, got {training!r}")
     compute = _compute_dtype(x.dtype)
     w = _param(weight, (channels,), compute, "weight")
     b = _param(bias, (channels,), compute, "bias")

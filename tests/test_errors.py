@@ -315,3 +315,19 @@ def test_core_entry_points_refuse_arrays_they_cannot_use():
         np.testing.assert_array_equal(y, -1.0)
     _core.affine(_core.F32, 3, 4, 1, x, y, mean, var, None, None, 0.0, 1)  # all usable
     np.testing.assert_allclose(y, x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("training", ["no", None, 1, 0.0, np.array([True, False])])
+@pytest.mark.parametrize("module", [fastnorm, fastnorm.reference])
+def test_batch_norm_training_must_be_a_bool(module, training, rng):
+    # by truthiness, training="no" would have run in training mode and updated the stats
+    x = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    out = sentinel(x.shape, np.float32)
+    with pytest.raises(ValueError, match="training must be a bool"):
+        module.batch_norm(x, rm, rv, training=training, out=out)
+    np.testing.assert_array_equal(out, sentinel(x.shape, np.float32))
+    np.testing.assert_array_equal(rm, 0.0)
+    np.testing.assert_array_equal(rv, 1.0)
+    y = module.batch_norm(x, rm, rv, training=np.bool_(True))  # NumPy's bool is a bool
+    assert y.shape == x.shape and not np.array_equal(rm, 0.0)
