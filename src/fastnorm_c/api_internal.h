@@ -143,6 +143,55 @@ static inline double fn_element(fastnorm_dtype_t dtype, const void *base, size_t
     }
 }
 
+/* Element `index` of h = x + residual (residual may be NULL), rounded to the storage dtype
+ * as the kernels round it, widened to double. */
+static inline double fn_sum_element(fastnorm_dtype_t dtype, const void *x, const void *residual,
+                                    size_t index) {
+    double a = fn_element(dtype, x, index);
+    if (!residual) return a;
+    double b = fn_element(dtype, residual, index);
+    switch (dtype) {
+    case FASTNORM_F32: return fn_round1_f32((float)a + (float)b);
+    case FASTNORM_F64: return a + b;
+    case FASTNORM_F16: return fn_round1_f16((float)a + (float)b);
+    default: return fn_round1_bf16((float)a + (float)b);
+    }
+}
+
+/* The exact statistics of one group, for a group whose fast statistics came out non-finite.
+ * The kernels sum squares in the compute dtype, so a float32, float16 or bfloat16 group of
+ * finite values spread past about 1.8e19 overflows there (its squares pass FLT_MAX), where
+ * these float64 sums do not; a NaN or inf in the group leaves them non-finite, so such a
+ * group stays NaN.  The group is `runs` runs of `len` elements of h = x (+ residual), run k
+ * starting at element k * stride.  Two passes: the mean, then m2 about it (with !center,
+ * mean 0 and m2 the sum of squares, RMSNorm's).  Called only on that rare path. */
+static inline void fn_exact_moments(fastnorm_dtype_t dtype, const void *x, const void *residual,
+                                    size_t runs, size_t len, size_t stride, int center,
+                                    double *mean, double *m2) {
+    double sum = 0, squares = 0, mu = 0;
+    if (center) {
+        for (size_t k = 0; k < runs; ++k)
+            for (size_t i = 0; i < len; ++i) sum += fn_sum_element(dtype, x, residual, k * stride + i);
+        mu = sum / ((double)runs * (double)len);
+    }
+    for (size_t k = 0; k < runs; ++k)
+        for (size_t i = 0; i < len; ++i) {
+            double d = fn_sum_element(dtype, x, residual, k * stride + i) - mu;
+            squares += d * d;
+        }
+    *mean = mu;
+    *m2 = squares;
+}
+
+/* Channel c's exact statistics (fn_exact_moments) in x seen as (outer, channels, inner):
+ * BatchNorm's and fastnorm_moments's groups, NCHW rows or channels-last columns alike. */
+static inline void fn_channel_exact(fastnorm_dtype_t dtype, const char *x, size_t outer,
+                                    size_t channels, size_t inner, size_t c, double *mean,
+                                    double *m2) {
+    fn_exact_moments(dtype, x + c * inner * fn_storage_size(dtype), NULL, outer, inner,
+                     channels * inner, 1, mean, m2);
+}
+
 static inline void fn_put(fastnorm_dtype_t dtype, void *base, size_t index, double value) {
     if (!base) return;
     if (dtype == FASTNORM_F64)

@@ -106,18 +106,6 @@ static const void *fn_copy_params(void *dst, const void *src, size_t n, size_t s
     return dst;
 }
 
-static double fn_sum_element(fastnorm_dtype_t dtype, const void *x, const void *residual, size_t index) {
-    double a = fn_element(dtype, x, index);
-    if (!residual) return a;
-    double b = fn_element(dtype, residual, index);
-    switch (dtype) {
-    case FASTNORM_F32: return fn_round1_f32((float)a + (float)b);
-    case FASTNORM_F64: return a + b;
-    case FASTNORM_F16: return fn_round1_f16((float)a + (float)b);
-    default: return fn_round1_bf16((float)a + (float)b);
-    }
-}
-
 /* ---- fastnorm_norm ------------------------------------------------------------------ */
 
 typedef struct {
@@ -233,9 +221,23 @@ static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m) {
                                         &m->m2);
 }
 
+/* Row r's statistics again, exactly, where the kernels' came out non-finite
+ * (fn_exact_moments), from what the normalize pass reads: x and the residual, or h where
+ * the statistics pass wrote it (it may have replaced x). */
+static void fn_row_exact(const fn_norm_job *job, size_t r, double shift, double *mean_shifted,
+                         double *m2) {
+    if (isfinite(*mean_shifted) && isfinite(*m2)) return;
+    fn_norm_spans s = fn_spans(job, r * job->middle * job->item_size);
+    double mean;
+    fn_exact_moments(job->dtype, s.in, s.in_residual, 1, job->middle, 0,
+                     job->kind == FASTNORM_LAYER_NORM, &mean, m2);
+    *mean_shifted = mean - shift;
+}
+
 /* Row r's mean and rstd (stored where the caller asked for them); returns rstd. */
-static double fn_row_finish(const fn_norm_job *job, size_t r, const fn_row_moments *m) {
+static double fn_row_finish(const fn_norm_job *job, size_t r, fn_row_moments *m) {
     double mean, rstd;
+    fn_row_exact(job, r, m->shift, &m->mean_shifted, &m->m2);
     fn_finish(job->kind, m->shift, m->mean_shifted, m->m2, (double)job->middle, job->eps, &mean,
               &rstd);
     fn_put(job->dtype, job->mean_out, r, mean);
@@ -297,7 +299,8 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
 static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_moments m;
     fn_row_stats(job, r, &m);
-    fn_row_normalize(job, r, &m, fn_row_finish(job, r, &m));
+    double rstd = fn_row_finish(job, r, &m); /* may replace m's statistics: first */
+    fn_row_normalize(job, r, &m, rstd);
 }
 
 /* Rows begin ... end - 1 with the statistics one row ahead (FN_AHEAD_MAX_BYTES), without
@@ -372,6 +375,7 @@ static void fn_long_finish(const fn_norm_job *job, fn_long_batch *batch, size_t 
             else
                 m2 += batch->part_m2[item];
         }
+        fn_row_exact(job, batch->first + b, batch->shift[b], &batch->mean_shifted[b], &m2);
         fn_finish(job->kind, batch->shift[b], batch->mean_shifted[b], m2, (double)job->middle,
                   job->eps, &mean, &batch->rstd[b]);
         fn_put(job->dtype, job->mean_out, batch->first + b, mean);
@@ -474,6 +478,11 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
                                             center, mean_shifted, m2);
         for (size_t j = 0; j < width; ++j) {
             double shift = center ? fn_element(job->dtype, x, j) : 0.0, mean, rstd;
+            if (!isfinite(mean_shifted[j]) || !isfinite(m2[j])) { /* see fn_exact_moments */
+                fn_exact_moments(job->dtype, x + j * size, NULL, job->middle, 1, job->inner,
+                                 center, &mean, &m2[j]);
+                mean_shifted[j] = mean - shift;
+            }
             fn_finish(job->kind, shift, mean_shifted[j], m2[j], (double)job->middle, job->eps, &mean, &rstd);
             fn_put(job->dtype, job->mean_out, o * job->inner + column + j, mean);
             fn_put(job->dtype, job->rstd_out, o * job->inner + column + j, rstd);

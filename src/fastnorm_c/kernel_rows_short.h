@@ -40,6 +40,30 @@ KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
     return s[0];
 }
 
+/* A row's statistics again from its registers, exactly (float64, two passes, as
+ * api_internal.h's fn_exact_moments), where the sums came out non-finite: finite values
+ * spread past about 1.8e19 overflow their float32 squares.  A NaN or inf in the row keeps
+ * them non-finite.  mean: the row's mean (0 without `center`); spread: its variance, or
+ * the mean of squares.  Out of line, so that the rows' instances stay as they were. */
+static __attribute__((noinline)) void KB_NAME(kb_short_exact)(
+    const KB_V *h, const size_t *left, const size_t cap, size_t n, int center, double *mean,
+    double *spread) {
+    double values[KB_SHORT_VECS * KB_LANES], sum = 0, squares = 0, mu = 0;
+    size_t count = 0;
+    for (size_t k = 0; k < cap; ++k) {
+        double lanes[KB_LANES];
+        kb_to_double(h[k], lanes);
+        for (size_t i = 0; i < left[k]; ++i) values[count++] = lanes[i];
+    }
+    if (center) {
+        for (size_t i = 0; i < count; ++i) sum += values[i];
+        mu = sum / (double)n;
+    }
+    for (size_t i = 0; i < count; ++i) squares += (values[i] - mu) * (values[i] - mu);
+    *mean = mu;
+    *spread = squares / (double)n;
+}
+
 /* rows_short for rows of at most `cap` vectors (1, 2, 4 or 8), `block` rows at a time in
  * step (both constants in each instance: rows_short's switch), so that the rows' vectors
  * are registers, the loops straight code, and the block's dependency chains (three float64
@@ -62,6 +86,7 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
 #pragma GCC unroll 8
             for (size_t k = 0; k < KB_SHORT_VECS; ++k) h[j][k] = t[j][k] = sq[j][k] = kb_set1(0);
         double mean[4], spread[4];
+        KB_C center2[4] = {0, 0, 0, 0}; /* LayerNorm's centers (t = h - center2) */
         KB_C rstd_lo[4]; /* rstd less its rounding to KB_C, for GroupNorm's weight */
 #pragma GCC unroll 4
         for (size_t j = 0; j < block; ++j)
@@ -72,7 +97,6 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
                 if (rs) h[j][k] = kb_round(kb_add(h[j][k], kb_load_n(rs + at, left[k])));
             }
         if (center) {
-            KB_C center2[4];
 #pragma GCC unroll 4
             for (size_t j = 0; j < block; ++j) {
                 KB_C first = kb_first(h[j][0]);
@@ -109,6 +133,10 @@ KB_INLINE void KB_NAME(kb_rows_short_v)(const KB_T *xs, const KB_T *rs, KB_T *hs
 #pragma GCC unroll 4
         for (size_t j = 0; j < block; ++j) {
             double rstd;
+            if (!isfinite(spread[j]) || !isfinite(mean[j])) {
+                KB_NAME(kb_short_exact)(h[j], left, cap, n, center, &mean[j], &spread[j]);
+                m[j] = kb_set1((KB_C)(mean[j] - (double)center2[j])); /* d = t - m, as above */
+            }
             if (!isfinite(spread[j]) || !isfinite(mean[j])) { /* NaN or inf in the row: all NaN */
                 mean[j] = rstd = NAN;
             } else {
