@@ -46,8 +46,15 @@ num_threads = 0
 
 
 def as_array(x):
-    """x itself when it is an ndarray (no call at all), else numpy.asarray(x)."""
-    return x if type(x) is np.ndarray else np.asarray(x)
+    """x itself when it is an ndarray (no call at all), else numpy.asarray(x), and a CPU
+    torch bfloat16 tensor as an ml_dtypes bfloat16 array, which numpy.asarray refuses (NumPy
+    has no bfloat16): widened in torch and narrowed back by ml_dtypes, exactly, without
+    importing torch."""
+    if type(x) is np.ndarray:
+        return x
+    if BFLOAT16 is not None and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        return np.asarray(x.float()).astype(BFLOAT16)
+    return np.asarray(x)
 
 
 def dtype_rule(dtype, name="x"):

@@ -97,7 +97,7 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
               return_stats):
     """Shared body of layer_norm (bias used, mean returned) and rms_norm (eps may be None)."""
     if type(x) is not _ndarray:
-        x = np.asarray(x)
+        x = _checks.as_array(x)
     rule = _DTYPES.get(x.dtype)
     if rule is None:
         x, rule = _checks.input_rule(x)

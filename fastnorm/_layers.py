@@ -53,10 +53,7 @@ def _to_numpy(value):
         value = value.detach()
     if hasattr(value, "cpu"):
         value = value.cpu()
-    if str(getattr(value, "dtype", "")) == "torch.bfloat16" and _checks.BFLOAT16 is not None:
-        # NumPy has no bfloat16 of its own: widen in torch, narrow back exactly with ml_dtypes.
-        return np.asarray(value.float()).astype(_checks.BFLOAT16)
-    return np.asarray(value)
+    return _checks.as_array(value)
 
 
 def _layer_dtype(dtype, allowed, layer):

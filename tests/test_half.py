@@ -12,6 +12,7 @@ import pytest
 import fastnorm
 from fastnorm import reference
 from fn_testutil import (BF16, F32, HALF_DTYPES, LAYOUTS, STRADDLE_LENGTHS, as_layout,
+                         assert_same_bits,
                          half_support_reason, import_torch, random_data, sentinel,
                          ulp_distance_half)
 
@@ -295,3 +296,21 @@ def test_every_bit_pattern_rounds_to_nearest_even(dtype, shape, axis, scale, shi
     assert bad.size == 0, (f"{bad.size} patterns rounded differently, e.g. x="
                            f"{x[~nan][bad[:5]]} got {y[~nan][bad[:5]]} want "
                            f"{want[~nan][bad[:5]]}")
+
+
+def test_torch_half_tensors_are_taken_as_arrays(dtype, isa, rng):
+    # numpy.asarray refuses a bfloat16 tensor (NumPy has no bfloat16); fastnorm takes its
+    # exact values as an ml_dtypes array, for x and for the other arrays alike (float16
+    # tensors go through numpy.asarray as they are)
+    torch = import_torch()
+    x = random_data(rng, (4, 40), dtype, offset=2.0)
+    r = random_data(rng, (4, 40), dtype)
+    w = random_data(rng, 40, dtype, offset=1.0)
+    want = fastnorm.layer_norm(x, weight=w, residual=r)
+    got = fastnorm.layer_norm(_to_torch(torch, x), weight=_to_torch(torch, w),
+                              residual=_to_torch(torch, r))
+    assert got.dtype == dtype
+    assert_same_bits(got, want)
+    xb = random_data(rng, (6, 3, 5), dtype, offset=1.0)
+    assert_same_bits(fastnorm.batch_norm(_to_torch(torch, xb), training=True),
+                     fastnorm.batch_norm(xb, training=True))
