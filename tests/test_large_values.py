@@ -138,3 +138,12 @@ def test_group_norm_of_values_too_large_to_square(shape, groups, channels_last, 
     assert np.isfinite(y.astype(np.float32)).all()
     assert_close(y, ref_group_norm(x, groups, w, b), tol, dtype=dtype)
     assert_close(fastnorm.instance_norm(x), ref_group_norm(x, c), tol, dtype=dtype)
+
+
+def test_float64_values_too_large_to_square_in_float64_give_nan(isa, rng):
+    # the documented limit (docs/api.md): float64 sums of squares overflow past ~1e154, and
+    # such groups give NaN, as a NaN or inf would, not 0 from an infinite variance
+    x = random_data(rng, (8, 3, 5, 5), np.float64, scale=1e200)
+    assert np.isnan(fastnorm.batch_norm(x, training=True)).all()
+    assert np.isnan(fastnorm.layer_norm(x.reshape(8, -1))).all()
+    assert np.isnan(fastnorm.rms_norm(x.reshape(8, -1))).all()

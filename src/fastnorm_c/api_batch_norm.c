@@ -95,7 +95,7 @@ static fastnorm_status_t fn_moments_spans(const fastnorm_kernels_t *kernels,
             mean -= shift_out[c];
         }
         mean_shifted_out[c] = mean;
-        m2_out[c] = m2;
+        m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN; /* NaN or inf: the channel NaN */
     }
     free(part);
     return FASTNORM_OK;
@@ -136,7 +136,7 @@ fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dt
             mean -= shift_out[c];
         }
         mean_shifted_out[c] = mean;
-        m2_out[c] = m2;
+        m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN; /* NaN or inf: the channel NaN */
     }
     free(part);
     return FASTNORM_OK;
@@ -196,7 +196,7 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
         if (!isfinite(m2) || !isfinite(mean)) /* see fn_exact_moments */
             fn_channel_exact(dtype, x, outer, channels, inner, channel, &mean, &m2);
         mean_out[channel] = mean;
-        m2_out[channel] = m2;
+        m2_out[channel] = isfinite(m2) && isfinite(mean) ? m2 : NAN;
     }
     free(scratch);
     return FASTNORM_OK;
@@ -462,7 +462,7 @@ static void fn_bn_train_channel(const fn_bn_job *job, size_t c) {
         fn_exact_moments(job->dtype, job->x + offset, NULL, 1, inner, 0, 1, &mean, &m2);
         mean_shifted = mean - shift;
     }
-    double var = m2 / (double)inner;
+    double var = isfinite(m2) && isfinite(mean) ? m2 / (double)inner : NAN;
     job->mean_out[c] = mean;
     job->var_out[c] = var;
     double scale = fn_param(job->dtype, job->weight, c, 1.0) / sqrt(var + job->eps);
