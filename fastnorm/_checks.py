@@ -364,12 +364,20 @@ def check_running_stat(stat, channels, name, training):
 # ---- out= and residual -----------------------------------------------------------
 
 
+def byte_swapped_twin(a_dtype, dtype):
+    """a_dtype is dtype in the other byte order ('>f4' for float32 on this machine): a
+    byte-swapped input is computed in native order, and an out= of its own dtype (out=x in
+    place) is written through a native temporary (writes_directly)."""
+    return not a_dtype.isnative and a_dtype.newbyteorder("=") == dtype
+
+
 def check_out(out, shape, dtype, name="out"):
-    """ValueError unless out is a writeable ndarray of exactly this shape and dtype."""
+    """ValueError unless out is a writeable ndarray of exactly this shape and dtype (or
+    that dtype byte-swapped)."""
     if not isinstance(out, np.ndarray):
         raise ValueError(f"{name} must be a NumPy array of shape {shape} and dtype {dtype}, "
                          f"got {type(out).__name__}")
-    if out.shape != shape or out.dtype != dtype:
+    if out.shape != shape or (out.dtype != dtype and not byte_swapped_twin(out.dtype, dtype)):
         raise ValueError(
             f"{name} must have shape {shape} and dtype {dtype}, "
             f"got shape {out.shape} and dtype {out.dtype}"
@@ -391,7 +399,7 @@ def writes_directly(out, x, *others):
     itself (in place, which every entry point supports) or disjoint from x, and disjoint
     from others.  Otherwise the result goes to a temporary copied into out afterwards."""
     flags = out.flags
-    if not (flags.c_contiguous and flags.aligned):
+    if not (flags.c_contiguous and flags.aligned and out.dtype.isnative):
         return False
     if out is not x and overlaps(out, x):
         return False
@@ -408,6 +416,8 @@ def check_residual(residual, residual_out, x, out):
             raise ValueError("residual_out needs residual (it receives x + residual)")
         return None
     r = as_array(residual)
+    if byte_swapped_twin(r.dtype, x.dtype):
+        r = r.astype(x.dtype)
     if r.shape != x.shape or r.dtype != x.dtype:
         raise ValueError(
             f"residual must have x's shape {x.shape} and dtype {x.dtype}, "

@@ -365,3 +365,23 @@ def test_byte_swapped_input_gives_the_native_result(dtype, isa, rng):
             got = call(module, swapped)
             assert got.dtype == np.dtype(dtype), (name, module.__name__, got.dtype)
             assert_same_bits(got, call(module, x), err_msg=f"{module.__name__}.{name}")
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "batch_norm"])
+def test_byte_swapped_out_and_in_place(op, isa, rng):
+    # out= of the input's own byte-swapped dtype, out=x in place, and (row norms) the
+    # residual and residual_out byte-swapped too: the same values as the native call
+    x = random_data(rng, (4, 6, 9), np.float32, offset=3.0)
+    r = random_data(rng, (4, 6, 9), np.float32)
+    swap = np.dtype(np.float32).newbyteorder()
+    kw = {"training": True} if op == "batch_norm" else {}
+    want = getattr(fastnorm, op)(x, **kw)
+    xs = x.astype(swap)
+    y = getattr(fastnorm, op)(xs, out=xs, **kw)
+    assert y is xs and xs.dtype == swap
+    assert_same_bits(xs.astype(np.float32), want)
+    if op != "batch_norm":
+        h = np.empty_like(xs)
+        y = getattr(fastnorm, op)(x.astype(swap), residual=r.astype(swap), residual_out=h)
+        assert_same_bits(y, getattr(fastnorm, op)(x, residual=r))
+        assert_same_bits(h.astype(np.float32), (x + r).astype(np.float32))
