@@ -90,10 +90,8 @@ static fastnorm_status_t fn_moments_spans(const fastnorm_kernels_t *kernels,
             fn_merge(&count, &mean, &m2, (double)(rows * inner), part[2 * (c * chunks + k)],
                      part[2 * (c * chunks + k) + 1]);
         }
-        if (!isfinite(m2) || !isfinite(mean)) { /* see fn_exact_moments */
-            fn_channel_exact(dtype, x, outer, channels, inner, c, &mean, &m2);
-            mean -= shift_out[c];
-        }
+        fn_channel_exact_if_overflowed(dtype, x, outer, channels, inner, c, shift_out[c], &mean,
+                                       &m2);
         mean_shifted_out[c] = mean;
         m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN; /* NaN or inf: the channel NaN */
     }
@@ -131,10 +129,8 @@ fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dt
                 size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
                 fn_merge(&count, &mean, &m2, (double)length, part[2 * item], part[2 * item + 1]);
             }
-        if (!isfinite(m2) || !isfinite(mean)) { /* see fn_exact_moments */
-            fn_channel_exact(dtype, x, outer, channels, inner, c, &mean, &m2);
-            mean -= shift_out[c];
-        }
+        fn_channel_exact_if_overflowed(dtype, x, outer, channels, inner, c, shift_out[c], &mean,
+                                       &m2);
         mean_shifted_out[c] = mean;
         m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN; /* NaN or inf: the channel NaN */
     }
@@ -193,8 +189,7 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
                 fn_merge(&col_count, &j_mean, &j_m2, (double)c.leftover, left_mean[j], left_m2[j]);
             fn_merge(&ch_count, &mean, &m2, col_count, shift + j_mean, j_m2);
         }
-        if (!isfinite(m2) || !isfinite(mean)) /* see fn_exact_moments */
-            fn_channel_exact(dtype, x, outer, channels, inner, channel, &mean, &m2);
+        fn_channel_exact_if_overflowed(dtype, x, outer, channels, inner, channel, 0.0, &mean, &m2);
         mean_out[channel] = mean;
         m2_out[channel] = isfinite(m2) && isfinite(mean) ? m2 : NAN;
     }
@@ -457,11 +452,9 @@ static void fn_bn_train_channel(const fn_bn_job *job, size_t c) {
     double shift = fn_element(job->dtype, job->x, c * inner), mean_shifted, m2;
     job->kernels->row_stats[job->dtype](job->x + offset, NULL, NULL, inner, shift, 1,
                                         &mean_shifted, &m2);
+    fn_exact_if_overflowed(job->dtype, job->x + offset, NULL, 1, inner, 0, 1, shift,
+                           &mean_shifted, &m2);
     double mean = shift + mean_shifted;
-    if (!isfinite(m2) || !isfinite(mean)) { /* see fn_exact_moments */
-        fn_exact_moments(job->dtype, job->x + offset, NULL, 1, inner, 0, 1, &mean, &m2);
-        mean_shifted = mean - shift;
-    }
     double var = isfinite(m2) && isfinite(mean) ? m2 / (double)inner : NAN;
     job->mean_out[c] = mean;
     job->var_out[c] = var;

@@ -123,10 +123,7 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
     const char *x = job->x + item * span * job->item_size;
     double shift = fn_element(job->dtype, x, 0), mean_shifted, m2, mean, rstd;
     job->kernels->row_stats[job->dtype](x, NULL, NULL, span, shift, 1, &mean_shifted, &m2);
-    if (!isfinite(mean_shifted) || !isfinite(m2)) { /* see fn_exact_moments */
-        fn_exact_moments(job->dtype, x, NULL, 1, span, 0, 1, &mean, &m2);
-        mean_shifted = mean - shift;
-    }
+    fn_exact_if_overflowed(job->dtype, x, NULL, 1, span, 0, 1, shift, &mean_shifted, &m2);
     fn_finish(FASTNORM_LAYER_NORM, shift, mean_shifted, m2, (double)span, job->eps, &mean, &rstd);
     if (job->per_group > 1 && job->spatial < FN_AFFINE_ROW_MIN &&
         job->kernels->param_block[job->dtype] == 0 &&

@@ -183,13 +183,27 @@ static inline void fn_exact_moments(fastnorm_dtype_t dtype, const void *x, const
     *m2 = squares;
 }
 
-/* Channel c's exact statistics (fn_exact_moments) in x seen as (outer, channels, inner):
- * BatchNorm's and fastnorm_moments's groups, NCHW rows or channels-last columns alike. */
-static inline void fn_channel_exact(fastnorm_dtype_t dtype, const char *x, size_t outer,
-                                    size_t channels, size_t inner, size_t c, double *mean,
-                                    double *m2) {
-    fn_exact_moments(dtype, x + c * inner * fn_storage_size(dtype), NULL, outer, inner,
-                     channels * inner, 1, mean, m2);
+/* Every statistics path's fallback: a group's (mean - shift, m2) replaced by
+ * fn_exact_moments's where either is non-finite, the group as described there.  Nothing
+ * happens on the normal path but the test. */
+static inline void fn_exact_if_overflowed(fastnorm_dtype_t dtype, const void *x,
+                                          const void *residual, size_t runs, size_t len,
+                                          size_t stride, int center, double shift,
+                                          double *mean_shifted, double *m2) {
+    if (isfinite(*mean_shifted) && isfinite(*m2)) return;
+    double mean;
+    fn_exact_moments(dtype, x, residual, runs, len, stride, center, &mean, m2);
+    *mean_shifted = mean - shift;
+}
+
+/* fn_exact_if_overflowed for channel c of x seen as (outer, channels, inner): BatchNorm's
+ * and fastnorm_moments's groups, NCHW rows or channels-last columns alike. */
+static inline void fn_channel_exact_if_overflowed(fastnorm_dtype_t dtype, const char *x,
+                                                  size_t outer, size_t channels, size_t inner,
+                                                  size_t c, double shift, double *mean_shifted,
+                                                  double *m2) {
+    fn_exact_if_overflowed(dtype, x + c * inner * fn_storage_size(dtype), NULL, outer, inner,
+                           channels * inner, 1, shift, mean_shifted, m2);
 }
 
 static inline void fn_put(fastnorm_dtype_t dtype, void *base, size_t index, double value) {

@@ -222,16 +222,14 @@ static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m) {
 }
 
 /* Row r's statistics again, exactly, where the kernels' came out non-finite
- * (fn_exact_moments), from what the normalize pass reads: x and the residual, or h where
- * the statistics pass wrote it (it may have replaced x). */
+ * (fn_exact_if_overflowed), from what the normalize pass reads: x and the residual, or h
+ * where the statistics pass wrote it (it may have replaced x). */
 static void fn_row_exact(const fn_norm_job *job, size_t r, double shift, double *mean_shifted,
                          double *m2) {
-    if (isfinite(*mean_shifted) && isfinite(*m2)) return;
+    if (isfinite(*mean_shifted) && isfinite(*m2)) return; /* spans only when needed */
     fn_norm_spans s = fn_spans(job, r * job->middle * job->item_size);
-    double mean;
-    fn_exact_moments(job->dtype, s.in, s.in_residual, 1, job->middle, 0,
-                     job->kind == FASTNORM_LAYER_NORM, &mean, m2);
-    *mean_shifted = mean - shift;
+    fn_exact_if_overflowed(job->dtype, s.in, s.in_residual, 1, job->middle, 0,
+                           job->kind == FASTNORM_LAYER_NORM, shift, mean_shifted, m2);
 }
 
 /* Row r's mean and rstd (stored where the caller asked for them); returns rstd. */
@@ -478,11 +476,8 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
                                             center, mean_shifted, m2);
         for (size_t j = 0; j < width; ++j) {
             double shift = center ? fn_element(job->dtype, x, j) : 0.0, mean, rstd;
-            if (!isfinite(mean_shifted[j]) || !isfinite(m2[j])) { /* see fn_exact_moments */
-                fn_exact_moments(job->dtype, x + j * size, NULL, job->middle, 1, job->inner,
-                                 center, &mean, &m2[j]);
-                mean_shifted[j] = mean - shift;
-            }
+            fn_exact_if_overflowed(job->dtype, x + j * size, NULL, job->middle, 1, job->inner,
+                                   center, shift, &mean_shifted[j], &m2[j]);
             fn_finish(job->kind, shift, mean_shifted[j], m2[j], (double)job->middle, job->eps, &mean, &rstd);
             fn_put(job->dtype, job->mean_out, o * job->inner + column + j, mean);
             fn_put(job->dtype, job->rstd_out, o * job->inner + column + j, rstd);
