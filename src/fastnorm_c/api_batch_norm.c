@@ -221,9 +221,11 @@ fastnorm_status_t fastnorm_moments(fastnorm_dtype_t dtype, size_t outer, size_t 
 /* ---- fastnorm_affine ---------------------------------------------------------------- */
 
 /* Each channel's parameters in the compute dtype (csize bytes): the mean's high part, the
- * scale, and the shift with the mean's low part folded in, (m - hi) * scale in float64
- * (no mean_lo: one load and one subtraction fewer per vector, one rounding fewer).
- * `restrict` lets the compiler vectorize the conversions. */
+ * scale, and the shift with the mean's low part folded in (no mean_lo: one load and one
+ * subtraction fewer per vector).  Rounded as rows_affine rounds its constants
+ * (kb_affine_constants: lo and lo * scale to float, then the float sum), so that a channel
+ * gives the same bits on the row and the column path: a channels-last view the same as its
+ * C-order copy.  `restrict` lets the compiler vectorize the conversions. */
 static void fn_channel_params(size_t channels, size_t csize, const double *restrict mean,
                               const double *restrict scale, const double *restrict shift,
                               char *restrict hi_out, char *restrict scale_out, char *restrict shift_out) {
@@ -238,7 +240,9 @@ static void fn_channel_params(size_t channels, size_t csize, const double *restr
         double m = mean ? mean[c] : 0.0;
         hi[c] = (float)m;
         sc[c] = (float)scale[c];
-        sh[c] = (float)(shift[c] - (m - (double)hi[c]) * scale[c]);
+        float lo = (float)(m - (double)hi[c]);
+        float low = (float)(-(double)lo * (double)sc[c]);
+        sh[c] = (float)shift[c] + low;
     }
 }
 
@@ -418,7 +422,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
         scale[c] = fn_param(dtype, weight, c, 1.0) / centre[c];
         shift[c] = fn_param(dtype, bias, c, 0.0);
     }
-    if (inner < FN_AFFINE_ROW_MIN && mean)
+    if (mean) /* on every path, so that the layouts agree */
         mean = fn_fold_means(channels, mean, scale, shift, centre);
     fastnorm_status_t status = fn_affine(dtype, outer, channels, inner, total, x, y, mean, scale,
                                          shift, n_threads);
