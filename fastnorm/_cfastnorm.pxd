@@ -75,5 +75,6 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
 
     int fastnorm_openmp_enabled()
     int fastnorm_default_threads()
+    int fastnorm_thread_limit()
 
     const char *fastnorm_status_string(fastnorm_status_t status)

@@ -6,7 +6,9 @@ or a family this build or CPU lacks, warns and keeps the best available).
 
 Threads: until set_num_threads is called, kernels get n_threads=0, i.e. OpenMP's default
 read at call time, so OMP_NUM_THREADS and threadpoolctl's limits apply.  Small inputs run
-on one thread whatever the setting (the C side decides).
+on one thread whatever the setting (the C side decides), and so does every call in a
+process forked after fastnorm ran threads (a multiprocessing worker started by fork): GNU
+OpenMP cannot start threads there (dispatch.c, _core.thread_limit).
 
 Output cache: outputs fastnorm allocates of 32 MB or more are kept for reuse once freed,
 up to FASTNORM_OUTPUT_CACHE_MB megabytes (default 256; 0 turns it off), read at import
@@ -127,8 +129,9 @@ def set_num_threads(n):
 
 def get_num_threads():
     """Threads fastnorm uses for large inputs: the set_num_threads value, else OpenMP's
-    current default (1 in a build without OpenMP)."""
-    if not _core.openmp_enabled():
+    current default; 1 in a build without OpenMP, and in a process forked after fastnorm
+    ran threads."""
+    if _core.thread_limit() == 1:
         return 1
     return _checks.num_threads or _core.default_threads()
 
@@ -158,6 +161,8 @@ def show_config(file=None):
     config = get_config()
     source = {"auto": "best available", "env": "FASTNORM_ISA", "api": "set by use_isa"}
     threads = "set_num_threads" if _checks.num_threads else "OpenMP default"
+    if config["openmp"] and _core.thread_limit() == 1:
+        threads = "forked after threads ran: GNU OpenMP cannot start them here"
     lines = [
         f"fastnorm {config['version']}",
         f"  kernel family: {config['isa']}"

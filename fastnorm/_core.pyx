@@ -669,6 +669,12 @@ def default_threads():
     return fastnorm_default_threads()
 
 
+def thread_limit():
+    """The most threads a call uses: 1 without OpenMP, and 1 in a process forked after
+    fastnorm ran a team of threads (GNU OpenMP cannot start threads there)."""
+    return fastnorm_thread_limit()
+
+
 # Probe the CPU and pick the kernel family now, under the import lock and the GIL, so no
 # two threads race the first choice.
 fastnorm_get_isa()

@@ -183,3 +183,61 @@ def test_omp_num_threads_is_honoured_at_import():
     code = "import fastnorm; print(fastnorm.get_num_threads(), fastnorm.get_config()['openmp'])"
     threads, openmp = run_python(code, "OMP_NUM_THREADS", "1").split()
     assert int(threads) == 1, f"OMP_NUM_THREADS=1 but get_num_threads() == {threads}"
+
+
+_FORK_CODE = """
+import os, signal, sys
+import numpy as np, fastnorm
+fastnorm.set_num_threads(2)
+x = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
+bn = x.reshape(8, 64, 1024)
+def calls():
+    return (fastnorm.layer_norm(x), fastnorm.rms_norm(x),
+            fastnorm.batch_norm(bn, None, None, training=True), fastnorm.group_norm(bn, 8))
+if {parent_threads}:
+    want = calls()
+fastnorm.set_num_threads({parent_threads} or 1)
+limit = fastnorm._core.thread_limit()
+want = calls()
+fastnorm.set_num_threads(2)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)  # a child stuck in OpenMP dies instead of hanging the test
+    same = all(np.array_equal(g, w) for g, w in zip(calls(), want))
+    print(fastnorm.get_num_threads(), fastnorm._core.thread_limit() == limit, same, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), fastnorm.get_num_threads())
+"""
+
+
+def test_a_child_forked_after_threads_ran_runs_on_one_thread():
+    # GNU OpenMP cannot start threads in a child forked after the parent ran a team: the
+    # child hung in its first parallel region.  It now runs each call on one thread (the
+    # same bits), and says so in get_num_threads().
+    child, parent = run_python(_FORK_CODE.format(parent_threads=2)).splitlines()
+    threads, _, same = child.split()
+    assert parent.split() == ["0", str(min(2, _MAX_THREADS))]
+    assert int(threads) == 1 and same == "True"
+
+
+def test_a_child_forked_before_any_threads_ran_keeps_its_threads():
+    child, parent = run_python(_FORK_CODE.format(parent_threads=0)).splitlines()
+    assert child.split() == [str(min(2, _MAX_THREADS)), "True", "True"]
+    assert parent.split() == ["0", str(min(2, _MAX_THREADS))]
+
+
+def test_a_fork_pool_after_threads_ran_gives_the_parent_results():
+    # multiprocessing's "fork" context, as a data pipeline's workers use it
+    code = """
+import multiprocessing, numpy as np, fastnorm
+fastnorm.set_num_threads(2)
+x = np.random.default_rng(1).standard_normal((4, 256, 1024)).astype(np.float32)
+want = [fastnorm.layer_norm(a) for a in x]
+def work(i):
+    return fastnorm.layer_norm(x[i])
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    got = pool.map_async(work, range(4)).get(timeout=60)
+print(all(np.array_equal(g, w) for g, w in zip(got, want)))
+"""
+    assert run_python(code).split() == ["True"]

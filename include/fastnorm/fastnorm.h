@@ -174,9 +174,13 @@ FASTNORM_API int fastnorm_avx512_bf16_supported(void);
 FASTNORM_API int fastnorm_avx512_bf16_enabled(void);
 FASTNORM_API fastnorm_status_t fastnorm_set_avx512_bf16(int enabled);
 
-/* Threads: 1 when built without OpenMP. */
+/* Threads: 1 when built without OpenMP.  fastnorm_thread_limit: the most threads a call
+ * uses; 1 without OpenMP, and 1 in a process forked after fastnorm ran a team of threads
+ * (GNU OpenMP cannot start threads there: its first parallel region would wait forever
+ * for the parent's workers, which a fork does not copy); else INT_MAX. */
 FASTNORM_API int fastnorm_openmp_enabled(void);
 FASTNORM_API int fastnorm_default_threads(void);
+FASTNORM_API int fastnorm_thread_limit(void);
 
 FASTNORM_API const char *fastnorm_status_string(fastnorm_status_t status);
 

@@ -122,7 +122,7 @@ static inline size_t fn_compute_size(fastnorm_dtype_t dtype) { return dtype == F
 static inline int fn_threads(int n_threads, size_t elements) {
     if (elements < FN_PARALLEL_MIN_ELEMENTS) return 1;
     int threads = n_threads > 0 ? n_threads : fastnorm_default_threads();
-    return threads < 1 ? 1 : threads;
+    return threads > 1 ? fastnorm_team_threads(threads) : 1;
 }
 
 /* a * b * c, or 0 with *overflow set */

@@ -18,9 +18,11 @@
 Remove -mavx*/-march from CFLAGS, or define FASTNORM_ALLOW_AVX_BASELINE if every target CPU has AVX."
 #endif
 
+#include <limits.h>
 #include <stddef.h>
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
 #endif
 #include "kernels.h"
 
@@ -150,6 +152,43 @@ int fastnorm_openmp_enabled(void) {
     return 1;
 #else
     return 0;
+#endif
+}
+
+/* ---- threads after a fork -------------------------------------------------------
+ * GNU OpenMP keeps its worker threads for the life of the process, and a fork copies only
+ * the forking thread: a child forked after its parent ran a team (a multiprocessing worker
+ * of a data pipeline, say) waits forever in its first parallel region.  Such a child runs
+ * every call on one thread; the results are the same bits, since they never depend on the
+ * thread count.  A grandchild inherits the state, and the
+ * flag with it. */
+static fn_int_slot team_started_, forked_after_team_;
+
+#ifdef _OPENMP
+static void at_fork_child_(void) {
+    if (FN_LOAD(team_started_)) FN_STORE(forked_after_team_, 1);
+}
+#endif
+
+int fastnorm_team_threads(int threads) {
+#ifdef _OPENMP
+    if (threads <= 1 || FN_LOAD(forked_after_team_)) return 1;
+    if (!FN_LOAD(team_started_)) { /* racing first teams may register twice: harmless */
+        FN_STORE(team_started_, 1);
+        pthread_atfork(NULL, NULL, at_fork_child_);
+    }
+    return threads;
+#else
+    (void)threads;
+    return 1;
+#endif
+}
+
+int fastnorm_thread_limit(void) {
+#ifdef _OPENMP
+    return FN_LOAD(forked_after_team_) ? 1 : INT_MAX;
+#else
+    return 1;
 #endif
 }
 

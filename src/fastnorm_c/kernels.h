@@ -153,6 +153,9 @@ extern const fastnorm_kernels_t fastnorm_kernels_avx512bf16;
 
 /* The table chosen by dispatch.c (best supported family, or fastnorm_set_isa's). */
 const fastnorm_kernels_t *fastnorm_active_kernels(void);
+/* dispatch.c: the threads a call starts its team with, given the `threads` it asks for:
+ * 1 in a child forked after a team ran (fastnorm_thread_limit). */
+int fastnorm_team_threads(int threads);
 
 /* cpu_x86.c: whether the CPU and OS support the family (CPUID + XGETBV). */
 int fastnorm_cpu_has(fastnorm_isa_t isa);
