@@ -22,6 +22,9 @@ Remove -mavx*/-march from CFLAGS, or define FASTNORM_ALLOW_AVX_BASELINE if every
 #include <stddef.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(_OPENMP) && !defined(_WIN32) /* fork: POSIX only */
+#define FN_FORK_GUARD 1
 #include <pthread.h>
 #endif
 #include "kernels.h"
@@ -160,24 +163,25 @@ int fastnorm_openmp_enabled(void) {
  * the forking thread: a child forked after its parent ran a team (a multiprocessing worker
  * of a data pipeline, say) waits forever in its first parallel region.  Such a child runs
  * every call on one thread; the results are the same bits, since they never depend on the
- * thread count.  A grandchild inherits the state, and the
- * flag with it. */
+ * thread count.  A grandchild inherits the flag. */
+#ifdef FN_FORK_GUARD
 static fn_int_slot team_started_, forked_after_team_;
 
-#ifdef _OPENMP
 static void at_fork_child_(void) {
     if (FN_LOAD(team_started_)) FN_STORE(forked_after_team_, 1);
 }
 #endif
 
 int fastnorm_team_threads(int threads) {
-#ifdef _OPENMP
+#ifdef FN_FORK_GUARD
     if (threads <= 1 || FN_LOAD(forked_after_team_)) return 1;
     if (!FN_LOAD(team_started_)) { /* racing first teams may register twice: harmless */
         FN_STORE(team_started_, 1);
         pthread_atfork(NULL, NULL, at_fork_child_);
     }
     return threads;
+#elif defined(_OPENMP)
+    return threads < 1 ? 1 : threads;
 #else
     (void)threads;
     return 1;
@@ -185,8 +189,10 @@ int fastnorm_team_threads(int threads) {
 }
 
 int fastnorm_thread_limit(void) {
-#ifdef _OPENMP
+#ifdef FN_FORK_GUARD
     return FN_LOAD(forked_after_team_) ? 1 : INT_MAX;
+#elif defined(_OPENMP)
+    return INT_MAX;
 #else
     return 1;
 #endif
