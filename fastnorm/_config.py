@@ -129,11 +129,12 @@ def set_num_threads(n):
 
 def get_num_threads():
     """Threads fastnorm uses for large inputs: the set_num_threads value, else OpenMP's
-    current default; 1 in a build without OpenMP, and in a process forked after fastnorm
-    ran threads."""
-    if _core.thread_limit() == 1:
+    current default, at most 1024; 1 in a build without OpenMP, and in a process forked
+    after fastnorm ran threads."""
+    limit = _core.thread_limit()
+    if limit == 1:
         return 1
-    return _checks.num_threads or _core.default_threads()
+    return min(_checks.num_threads or _core.default_threads(), limit)
 
 
 def get_config():

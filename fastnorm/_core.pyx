@@ -670,8 +670,9 @@ def default_threads():
 
 
 def thread_limit():
-    """The most threads a call uses: 1 without OpenMP, and 1 in a process forked after
-    fastnorm ran a team of threads (GNU OpenMP cannot start threads there)."""
+    """The most threads a call uses: 1024 (FASTNORM_MAX_TEAM); 1 without OpenMP, and 1 in a
+    process forked after fastnorm ran a team of threads (GNU OpenMP cannot start threads
+    there)."""
     return fastnorm_thread_limit()
 
 

@@ -241,3 +241,22 @@ with multiprocessing.get_context("fork").Pool(2) as pool:
 print(all(np.array_equal(g, w) for g, w in zip(got, want)))
 """
     assert run_python(code).split() == ["True"]
+
+
+def test_a_huge_thread_count_is_capped_not_a_crash():
+    # set_num_threads(100000) and OMP_NUM_THREADS=100000 made GNU OpenMP segfault; a call
+    # now starts at most 1024 threads, with the same bits
+    code = """
+import numpy as np, fastnorm
+x = np.random.default_rng(2).standard_normal((512, 1024)).astype(np.float32)
+fastnorm.set_num_threads(1)
+want = fastnorm.layer_norm(x), fastnorm.batch_norm(x.reshape(8, 64, 1024), training=True)
+fastnorm.set_num_threads({n})
+got = fastnorm.layer_norm(x), fastnorm.batch_norm(x.reshape(8, 64, 1024), training=True)
+fastnorm.set_num_threads(None)
+print(fastnorm.get_num_threads(), all(np.array_equal(g, w) for g, w in zip(got, want)))
+"""
+    cap = 1024 if fastnorm.get_config()["openmp"] else 1
+    assert run_python(code.format(n=100000), "OMP_NUM_THREADS", "100000").split() == [
+        str(cap), "True"]
+    assert run_python(code.format(n=2**31 - 1)).split()[1] == "True"

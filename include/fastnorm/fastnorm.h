@@ -177,7 +177,9 @@ FASTNORM_API fastnorm_status_t fastnorm_set_avx512_bf16(int enabled);
 /* Threads: 1 when built without OpenMP.  fastnorm_thread_limit: the most threads a call
  * uses; 1 without OpenMP, and 1 in a process forked after fastnorm ran a team of threads
  * (GNU OpenMP cannot start threads there: its first parallel region would wait forever
- * for the parent's workers, which a fork does not copy); else INT_MAX. */
+ * for the parent's workers, which a fork does not copy); else FASTNORM_MAX_TEAM (a larger
+ * request made GNU OpenMP crash). */
+#define FASTNORM_MAX_TEAM 1024
 FASTNORM_API int fastnorm_openmp_enabled(void);
 FASTNORM_API int fastnorm_default_threads(void);
 FASTNORM_API int fastnorm_thread_limit(void);

@@ -18,7 +18,6 @@
 Remove -mavx*/-march from CFLAGS, or define FASTNORM_ALLOW_AVX_BASELINE if every target CPU has AVX."
 #endif
 
-#include <limits.h>
 #include <stddef.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -158,6 +157,11 @@ int fastnorm_openmp_enabled(void) {
 #endif
 }
 
+/* ---- team size ------------------------------------------------------------------
+ * At most FASTNORM_MAX_TEAM threads a call: set_num_threads(100000) or OMP_NUM_THREADS=100000
+ * made GNU OpenMP crash (a segfault; from about 30000 on this 2-vCPU VM it exits with
+ * "Thread creation failed"), and more threads than CPUs never made a call faster. */
+
 /* ---- threads after a fork -------------------------------------------------------
  * GNU OpenMP keeps its worker threads for the life of the process, and a fork copies only
  * the forking thread: a child forked after its parent ran a team (a multiprocessing worker
@@ -172,30 +176,26 @@ static void at_fork_child_(void) {
 }
 #endif
 
-int fastnorm_team_threads(int threads) {
+int fastnorm_thread_limit(void) {
 #ifdef FN_FORK_GUARD
-    if (threads <= 1 || FN_LOAD(forked_after_team_)) return 1;
-    if (!FN_LOAD(team_started_)) { /* racing first teams may register twice: harmless */
-        FN_STORE(team_started_, 1);
-        pthread_atfork(NULL, NULL, at_fork_child_);
-    }
-    return threads;
+    return FN_LOAD(forked_after_team_) ? 1 : FASTNORM_MAX_TEAM;
 #elif defined(_OPENMP)
-    return threads < 1 ? 1 : threads;
+    return FASTNORM_MAX_TEAM;
 #else
-    (void)threads;
     return 1;
 #endif
 }
 
-int fastnorm_thread_limit(void) {
+int fastnorm_team_threads(int threads) {
+    int limit = fastnorm_thread_limit();
+    if (threads > limit) threads = limit;
 #ifdef FN_FORK_GUARD
-    return FN_LOAD(forked_after_team_) ? 1 : INT_MAX;
-#elif defined(_OPENMP)
-    return INT_MAX;
-#else
-    return 1;
+    if (threads > 1 && !FN_LOAD(team_started_)) { /* racers may register twice: harmless */
+        FN_STORE(team_started_, 1);
+        pthread_atfork(NULL, NULL, at_fork_child_);
+    }
 #endif
+    return threads < 1 ? 1 : threads;
 }
 
 /* Read at call time, so OMP_NUM_THREADS and threadpoolctl's limits apply. */

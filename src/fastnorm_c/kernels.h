@@ -153,8 +153,8 @@ extern const fastnorm_kernels_t fastnorm_kernels_avx512bf16;
 
 /* The table chosen by dispatch.c (best supported family, or fastnorm_set_isa's). */
 const fastnorm_kernels_t *fastnorm_active_kernels(void);
-/* dispatch.c: the threads a call starts its team with, given the `threads` it asks for:
- * 1 in a child forked after a team ran (fastnorm_thread_limit). */
+/* dispatch.c: the threads a call starts its team with, given the `threads` it asks for,
+ * at most fastnorm_thread_limit() (1 in a child forked after a team ran). */
 int fastnorm_team_threads(int threads);
 
 /* cpu_x86.c: whether the CPU and OS support the family (CPUID + XGETBV). */
