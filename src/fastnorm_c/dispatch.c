@@ -157,12 +157,11 @@ int fastnorm_openmp_enabled(void) {
 #endif
 }
 
-/* ---- team size ------------------------------------------------------------------
+/* ---- team size, and threads after a fork --------------------------------------------
  * At most FASTNORM_MAX_TEAM threads a call: set_num_threads(100000) or OMP_NUM_THREADS=100000
  * made GNU OpenMP crash (a segfault; from about 30000 on this 2-vCPU VM it exits with
- * "Thread creation failed"), and more threads than CPUs never made a call faster. */
-
-/* ---- threads after a fork -------------------------------------------------------
+ * "Thread creation failed"), and a call has no use for more threads than CPUs.
+ *
  * GNU OpenMP keeps its worker threads for the life of the process, and a fork copies only
  * the forking thread: a child forked after its parent ran a team (a multiprocessing worker
  * of a data pipeline, say) waits forever in its first parallel region.  Such a child runs
