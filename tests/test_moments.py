@@ -106,10 +106,12 @@ def test_moments_of_half_data_are_float64(dtype, isa, rng):
 
 # Channels-last statistics read four strips of a vector's columns in one pass down the
 # rows, then the last two or three full strips in one more, then a last full strip and a
-# narrower one each alone.
+# narrower one each alone; float32 and float64 rows of 64 columns or more go row by row
+# instead, up to 512 columns at a time (kernel_columns.h, kb_col_rows), the rest as strips.
 # Widths of 1 to 7 strips of 16 (AVX-512 float32 and half) or 8 (AVX2; AVX-512 float64)
-# columns, and odd ones; row counts odd, and past the 64 rows of a float32 block.
-@pytest.mark.parametrize("cols", [8, 16, 24, 32, 40, 48, 56, 80, 96, 112, 120])
+# columns, and odd ones, past one and two groups of 512; row counts odd, and past the 64
+# rows of a float32 block.
+@pytest.mark.parametrize("cols", [8, 16, 24, 32, 40, 48, 56, 80, 96, 112, 120, 600, 1100])
 @pytest.mark.parametrize("rows", [37, 301])
 @pytest.mark.parametrize("dtype", [F32, F64, F16, BF16])
 def test_moments_over_column_strips(cols, rows, dtype, isa, rng):

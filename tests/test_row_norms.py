@@ -201,6 +201,7 @@ def test_weight_of_another_float_dtype_is_used_in_the_computation_dtype(op, isa,
     ((4, 8, 5, 7), -1),
     ((4, 8, 5, 7), (0, 1, 2, 3)),
     ((9, 70), 0),
+    ((301, 130), 0),              # column statistics row by row: blocks, an odd last row
     ((3, 65, 2), 1),              # inner of 2, middle straddling a vector width
     ((2, 3, 17, 4, 5), (1, 3)),
     ((2, 3, 17, 4, 5), 2),
