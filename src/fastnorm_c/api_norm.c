@@ -16,9 +16,10 @@
  * 1.04-1.10x the time with it (AVX2, Zen 3, 1 thread, ctypes A/B). */
 #define FN_PREFETCH_MIN_BYTES (4u << 20)
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
- * one), rows of at most FN_AHEAD_MAX_BYTES take their statistics one row ahead: row r + 1's
- * statistics run before row r's normalize pass, so the latency of row r's division and
- * square root (about 50 cycles with nothing else to do) overlaps them.  Measured (Zen 4,
+ * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 16 KB, the others
+ * 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
+ * normalize pass, so the latency of row r's division and square root (about 50 cycles
+ * with nothing else to do) overlaps them.  Measured (Zen 4,
  * AVX-512, `python -m fastnorm bench --out`, two runs each, alternating builds), time per
  * call: LayerNorm 64x768 0.87-0.93x, 512x768 0.89-0.94x (2 threads 0.84-0.92x), 1024x768
  * 0.94-0.97x; RMSNorm 64x768 0.85-0.86x, 512x768 0.79-0.89x.  It lost for 8 KB rows (two
@@ -31,8 +32,8 @@
  * 0.83-0.85x; RMSNorm 1400x768 0.86-0.87x, 2048x768 1.01-1.02x, 2600x768 0.87-0.96x;
  * bfloat16 4096x768 LayerNorm 0.73-0.98x, RMSNorm 0.79x; 2 threads: LayerNorm 2048x768
  * 0.86-0.90x, RMSNorm 2600x768 1.00x).  With a residual, whose four arrays take twice the
- * cache, 4 MB inputs already lost (LayerNorm 1400x768 1.05x, RMSNorm 1.02x). */
-#define FN_AHEAD_MAX_BYTES 4096
+ * cache, 4 MB inputs already lost (LayerNorm 1400x768 1.05x, RMSNorm 1.02x).  On Zen 3 the
+ * AVX2 family's rows of 8 and 16 KB win too (simd_avx2.h). */
 #define FN_AHEAD_MAX_READ_BYTES (8u << 20)
 
 /* Columns per work item when a norm reduces over a non-trailing axis. */
@@ -301,7 +302,7 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_normalize(job, r, &m, rstd);
 }
 
-/* Rows begin ... end - 1 with the statistics one row ahead (FN_AHEAD_MAX_BYTES), without
+/* Rows begin ... end - 1 with the statistics one row ahead (ahead_row_max), without
  * a residual in one kernel loop with the previous row's normalize pass
  * (row_stats_normalize: bench --out, alternating builds, three runs, time per call:
  * RMSNorm 64x768 0.88-0.94x, 512x768 0.91-0.92x, 1024x768 0.89-0.90x; LayerNorm 512x768
@@ -508,7 +509,7 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     if (job->middle > FN_ROW_SEGMENT) return fn_norm_long_rows(job, threads);
     size_t row_bytes = job->middle * job->item_size;
     size_t read_bytes = job->outer * row_bytes * (job->residual ? 2 : 1);
-    if (row_bytes <= FN_AHEAD_MAX_BYTES && read_bytes < FN_AHEAD_MAX_READ_BYTES) {
+    if (row_bytes <= job->kernels->ahead_row_max && read_bytes < FN_AHEAD_MAX_READ_BYTES) {
         /* one contiguous share of the rows per thread, as the static schedule gives */
         FN_PARALLEL_FOR(t, threads, {
             fn_norm_rows_ahead(job, (size_t)t * job->outer / (size_t)threads,

@@ -135,6 +135,9 @@ typedef struct {
      * in a large input pays for prefetching the next row (api_norm.c, FN_PREFETCH_MIN_BYTES;
      * measured per family in simd_<family>.h); a max of 0: never. */
     unsigned prefetch_row_min, prefetch_row_max;
+    /* Rows of at most ahead_row_max bytes take their statistics one row ahead in small
+     * inputs (api_norm.c, FN_AHEAD_MAX_READ_BYTES; measured per family in simd_<family>.h). */
+    unsigned ahead_row_max;
     /* Rows of at most rows_short_max elements (0: none) take rows_short. */
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
     unsigned rows_short_max[FASTNORM_DTYPE_COUNT];

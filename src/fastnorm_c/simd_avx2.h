@@ -20,6 +20,12 @@ enum { avx2_canonical_f32 = 0, avx2_canonical_f64 = 0, avx2_canonical_f16 = 0, a
  * the time (with prefetcht0), a slight loss for 16 KB rows; Zen 4 within noise either
  * way, prefetcht0 or prefetcht2 */
 enum { avx2_prefetch_row_min = 0, avx2_prefetch_row_max = 8192 };
+/* rows of up to 16 KB take their statistics one row ahead (kernels.h, ahead_row_max): Zen 3,
+ * in-process A/B against 4 KB, time per call, 1 thread: RMSNorm float32 128x4096
+ * 0.97-0.99, 256x2048 0.94-0.95, 512x1024 0.98, 256x4096 0.96, bfloat16 128x4096 0.86,
+ * 256x4096 0.83; LayerNorm float32 128x4096 1.00, 256x2048 0.97-1.00, 256x4096 0.94,
+ * bfloat16 128x4096 0.97, float16 0.92; 2 threads RMSNorm 128x4096 0.95, 256x2048 0.95 */
+enum { avx2_ahead_row_max = 16384 };
 /* No FN_SHORT_ROWS (kernel_rows_short.h) with 16 registers, where rows_short's blocks of
  * rows spill (in-process A/B on Zen 4, float32 LayerNorm 4096x64 1.17x the time of the
  * row kernels, RMSNorm 4096x32 1.37x, bfloat16 LayerNorm 4096x64 1.29x). */

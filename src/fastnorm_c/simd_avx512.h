@@ -29,6 +29,9 @@ enum { avx512_param_block_f32 = 0, avx512_param_block_f64 = 0, avx512_param_bloc
  * 2.20-2.22x with (prefetcht0); RMSNorm 1.14-1.29x the time with prefetcht2), and so did
  * 64 KB rows (RMSNorm 512x16384 float32 1.22) */
 enum { avx512_prefetch_row_min = 8192, avx512_prefetch_row_max = 32768 };
+/* rows of up to 4 KB take their statistics one row ahead (kernels.h, ahead_row_max): on
+ * Zen 4, 8 KB rows lost (api_norm.c, FN_AHEAD_MAX_READ_BYTES) */
+enum { avx512_ahead_row_max = 4096 };
 /* Rows of a few vectors take rows_short (kernel_rows_short.h). */
 #define FN_SHORT_ROWS 1
 typedef __m512 avx512_vec_c32;
