@@ -61,12 +61,13 @@ def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
     # Under 8 MB, rows of at most the family's ahead_row_max (AVX2 16 KB: 4096 float32
     # values; the others 4 KB) take their statistics one row ahead, most of them in one
     # loop with the previous row's normalize pass (row_stats_normalize); longer rows that
-    # with weight and bias take more than 32 KB (4100 values in every dtype, 2100 in
-    # float64) are normalized in groups, 1024 columns at a time across the group (9 rows:
-    # a group of 8 and one of 1, or on 2 threads groups of 5 and 4 where the call is large
-    # enough); a row called on its own runs the two kernels apart over the whole row.  The
-    # same bits either way, with and without weight and bias, out of place and in place.
-    for n in (24, 37, 200, 768, 1024, 1025, 2100, 4096, 4100):
+    # with weight and bias take more than 32 KB (from 2100 values in float64, 4100 in the
+    # other dtypes, and in AVX2's half dtypes, whose 16 KB limit is 8192 values, 8200) are
+    # normalized in groups, 1024 columns at a time across the group (9 rows: a group of 8
+    # and one of 1, or on 2 threads groups of 5 and 4 where the call is large enough); a
+    # row called on its own runs the two kernels apart over the whole row.  The same bits
+    # either way, with and without weight and bias, out of place and in place.
+    for n in (24, 37, 200, 768, 1024, 1025, 2100, 4096, 4100, 8200):
         x = random_data(rng, (9, n), dtype, offset=1.5)
         for with_weight, with_bias in ((False, False), (True, False), (True, True)):
             w, b = _affine(op, rng, (n,), dtype, with_weight, with_bias)

@@ -19,8 +19,8 @@
  * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 16 KB, the others
  * 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
  * normalize pass, so the latency of row r's division and square root (about 50 cycles
- * with nothing else to do) overlaps them.  Measured (Zen 4,
- * AVX-512, `python -m fastnorm bench --out`, two runs each, alternating builds), time per
+ * with nothing else to do) overlaps them.  Measured (Zen 4, AVX-512, `python -m fastnorm
+ * bench --out`, two runs each, alternating builds), time per
  * call: LayerNorm 64x768 0.87-0.93x, 512x768 0.89-0.94x (2 threads 0.84-0.92x), 1024x768
  * 0.94-0.97x; RMSNorm 64x768 0.85-0.86x, 512x768 0.79-0.89x.  It lost for 8 KB rows (two
  * rows and an output no longer fit the L1 cache: 128x2048 1.2x) and for inputs past the
