@@ -186,19 +186,39 @@ static fastnorm_status_t fn_group_two_pass(const fn_group_job *job, size_t n, in
     return FASTNORM_OK;
 }
 
-fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups,
-                                      size_t spatial, const void *x, void *y, const void *weight,
-                                      const void *bias, double eps, int n_threads) {
+/* The argument checks both entry points make, in the order of the other ops' (dtype,
+ * pointers, shape, eps); *total gets n * channels * spatial. */
+static fastnorm_status_t fn_group_checks(fastnorm_dtype_t dtype, size_t n, size_t channels,
+                                         size_t groups, size_t spatial, const void *x,
+                                         const void *y, double eps, size_t *total) {
     int overflow = 0;
     if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
     if (!x || !y) return FASTNORM_ERR_NULL_POINTER;
-    size_t total = fn_product(n, channels, spatial, &overflow);
-    if (overflow || total == 0 || groups == 0 || channels % groups) return FASTNORM_ERR_BAD_SHAPE;
+    *total = fn_product(n, channels, spatial, &overflow);
+    if (overflow || *total == 0 || groups == 0 || channels % groups) return FASTNORM_ERR_BAD_SHAPE;
     if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
+    return FASTNORM_OK;
+}
+
+static fn_group_job fn_group_job_of(fastnorm_dtype_t dtype, size_t channels, size_t groups,
+                                    size_t spatial, size_t total, const void *x, void *y,
+                                    const void *weight, const void *bias, double eps) {
     size_t size = fn_storage_size(dtype);
     fn_group_job job = {fastnorm_active_kernels(), dtype, channels, groups, channels / groups,
                         spatial, size, (const char *)x, (char *)y, weight, bias, eps,
                         fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES), NULL, NULL};
+    return job;
+}
+
+fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups,
+                                      size_t spatial, const void *x, void *y, const void *weight,
+                                      const void *bias, double eps, int n_threads) {
+    size_t total;
+    fastnorm_status_t checked =
+        fn_group_checks(dtype, n, channels, groups, spatial, x, y, eps, &total);
+    if (checked != FASTNORM_OK) return checked;
+    fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y, weight,
+                                       bias, eps);
     int threads = fn_threads(n_threads, total);
     size_t items = n * groups, span = job.per_group * spatial;
     /* small maps: per-position parameters (fn_group_table) where the family takes them */
@@ -217,7 +237,7 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
         }
     }
     fastnorm_status_t status = FASTNORM_OK;
-    if (span * size > FN_GROUP_FUSED_MAX_BYTES || items < 4 * (size_t)threads)
+    if (span * job.item_size > FN_GROUP_FUSED_MAX_BYTES || items < 4 * (size_t)threads)
         status = fn_group_two_pass(&job, n, threads);
     else
         FN_PARALLEL_FOR(item, items, fn_group_fused(&job, (size_t)item););
@@ -403,12 +423,10 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
                                                     size_t groups, size_t spatial, const void *x,
                                                     void *y, const void *weight, const void *bias,
                                                     double eps, int n_threads) {
-    int overflow = 0;
-    if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
-    if (!x || !y) return FASTNORM_ERR_NULL_POINTER;
-    size_t total = fn_product(n, channels, spatial, &overflow);
-    if (overflow || total == 0 || groups == 0 || channels % groups) return FASTNORM_ERR_BAD_SHAPE;
-    if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
+    size_t total;
+    fastnorm_status_t checked =
+        fn_group_checks(dtype, n, channels, groups, spatial, x, y, eps, &total);
+    if (checked != FASTNORM_OK) return checked;
     size_t sample = spatial * channels, bytes = sample * fn_storage_size(dtype);
     int whole_vectors = channels >= FN_GROUP_CL_MIN_CHANNELS || channels % 16 == 0;
     if (bytes <= FN_GROUP_CL_FUSED_MAX_BYTES && whole_vectors &&
@@ -418,10 +436,8 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
         void *block;
         char *scratch = fn_malloc_aligned(scratch_bytes * (size_t)threads, &block);
         if (!scratch) return FASTNORM_ERR_NO_MEMORY;
-        fn_group_job job = {fastnorm_active_kernels(), dtype, channels, groups, channels / groups,
-                            spatial, fn_storage_size(dtype), (const char *)x, (char *)y, weight,
-                            bias, eps, fn_stream(x, y, total * fn_storage_size(dtype),
-                                                 FN_STREAM_MIN_BYTES), NULL, NULL};
+        fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y,
+                                           weight, bias, eps);
         FN_PARALLEL_FOR(i, n, {
             fn_group_cl_fused(&job, (size_t)i, scratch + (size_t)fn_thread_index() * scratch_bytes);
         });
