@@ -61,6 +61,19 @@ static fn_columns fn_columns_of(size_t outer, size_t channels, size_t inner) {
 
 /* ---- fastnorm_moments --------------------------------------------------------------- */
 
+/* Channel c of x seen as (outer, channels, inner), NCHW rows or channels-last columns
+ * alike: its (mean less shift, m2) as every statistics path leaves them, recomputed exactly
+ * where the sums overflowed (fn_exact_if_overflowed), and m2 NaN for a channel holding a
+ * NaN or inf. */
+static void fn_channel_finish(fastnorm_dtype_t dtype, const char *x, size_t outer,
+                              size_t channels, size_t inner, size_t c, double shift, double mean,
+                              double m2, double *mean_out, double *m2_out) {
+    fn_exact_if_overflowed(dtype, x + c * inner * fn_storage_size(dtype), NULL, outer, inner,
+                           channels * inner, 1, shift, &mean, &m2);
+    mean_out[c] = mean;
+    m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN;
+}
+
 /* fn_moments_rows for short rows: an item is up to FN_SPAN_BYTES of a channel's rows (its
  * row in consecutive samples), read in place by one rows_stats call, so one kernel call
  * covers many rows.  A kernel call has a fixed cost (lane merge, tail) that is a large share
@@ -90,10 +103,8 @@ static fastnorm_status_t fn_moments_spans(const fastnorm_kernels_t *kernels,
             fn_merge(&count, &mean, &m2, (double)(rows * inner), part[2 * (c * chunks + k)],
                      part[2 * (c * chunks + k) + 1]);
         }
-        fn_channel_exact_if_overflowed(dtype, x, outer, channels, inner, c, shift_out[c], &mean,
-                                       &m2);
-        mean_shifted_out[c] = mean;
-        m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN; /* NaN or inf: the channel NaN */
+        fn_channel_finish(dtype, x, outer, channels, inner, c, shift_out[c], mean, m2,
+                          mean_shifted_out, m2_out);
     }
     free(part);
     return FASTNORM_OK;
@@ -129,10 +140,8 @@ fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dt
                 size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
                 fn_merge(&count, &mean, &m2, (double)length, part[2 * item], part[2 * item + 1]);
             }
-        fn_channel_exact_if_overflowed(dtype, x, outer, channels, inner, c, shift_out[c], &mean,
-                                       &m2);
-        mean_shifted_out[c] = mean;
-        m2_out[c] = isfinite(m2) && isfinite(mean) ? m2 : NAN; /* NaN or inf: the channel NaN */
+        fn_channel_finish(dtype, x, outer, channels, inner, c, shift_out[c], mean, m2,
+                          mean_shifted_out, m2_out);
     }
     free(part);
     return FASTNORM_OK;
@@ -189,9 +198,8 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
                 fn_merge(&col_count, &j_mean, &j_m2, (double)c.leftover, left_mean[j], left_m2[j]);
             fn_merge(&ch_count, &mean, &m2, col_count, shift + j_mean, j_m2);
         }
-        fn_channel_exact_if_overflowed(dtype, x, outer, channels, inner, channel, 0.0, &mean, &m2);
-        mean_out[channel] = mean;
-        m2_out[channel] = isfinite(m2) && isfinite(mean) ? m2 : NAN;
+        fn_channel_finish(dtype, x, outer, channels, inner, channel, 0.0, mean, m2, mean_out,
+                          m2_out);
     }
     free(scratch);
     return FASTNORM_OK;

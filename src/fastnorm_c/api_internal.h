@@ -196,16 +196,6 @@ static inline void fn_exact_if_overflowed(fastnorm_dtype_t dtype, const void *x,
     *mean_shifted = mean - shift;
 }
 
-/* fn_exact_if_overflowed for channel c of x seen as (outer, channels, inner): BatchNorm's
- * and fastnorm_moments's groups, NCHW rows or channels-last columns alike. */
-static inline void fn_channel_exact_if_overflowed(fastnorm_dtype_t dtype, const char *x,
-                                                  size_t outer, size_t channels, size_t inner,
-                                                  size_t c, double shift, double *mean_shifted,
-                                                  double *m2) {
-    fn_exact_if_overflowed(dtype, x + c * inner * fn_storage_size(dtype), NULL, outer, inner,
-                           channels * inner, 1, shift, mean_shifted, m2);
-}
-
 static inline void fn_put(fastnorm_dtype_t dtype, void *base, size_t index, double value) {
     if (!base) return;
     if (dtype == FASTNORM_F64)
