@@ -12,7 +12,7 @@ GROUP_CASES = [
     ((2, 4, 3, 3, 3), 2), ((2, 32, 17, 9), 8), ((1, 12, 70), 3), ((2, 3, 1), 3),
     # channels of 48 values and more go a group's rows per kernel call, 64 rows at most
     ((4, 16, 7, 7), 4), ((4, 260, 48), 2), ((8, 12, 47), 3),
-    # channels under 48 values, several a group, past rows_short's 8 vectors: all groups'
+    # channels under 48 values, several a group, past rows_short's 128 (float64: 64): all groups'
     # statistics, then one column affine
     ((3, 64, 4, 4), 4), ((2, 40, 3, 5), 2),
     # fewer groups than 4 per thread, or groups over 256 KB, take the two-pass path; channels
@@ -58,8 +58,8 @@ def test_instance_norm_is_group_norm_with_one_channel_per_group(shape, dtype, is
 @pytest.mark.parametrize("offset", [1e2, 1e4])
 @pytest.mark.parametrize("shape, groups", [
     ((4, 32, 16, 16), 8),
-    # groups of at most 8 vectors stay in registers (rows_short, AVX-512): 7x7 maps with one
-    # or two channels a group, 2-D input with 8 channels a group
+    # groups of at most 128 values (float64: 64) take rows_short, several rows in step:
+    # 7x7 maps with one or two channels a group, 2-D input with 8 channels a group
     ((6, 16, 7, 7), 16), ((6, 16, 7, 7), 8), ((5, 64), 8),
 ])
 def test_group_norm_float32_shifted_data(offset, shape, groups, isa, rng, tol):

@@ -5,7 +5,7 @@ The kernels sum squares in the compute dtype, so float32, float16 and bfloat16 g
 past about 1.8e19 overflow there; every statistics path then takes the group's exact float64
 statistics (api_internal.h, fn_exact_moments).  Each case below reaches one of those paths:
 LayerNorm/RMSNorm rows one ahead (fused loop, or with a residual), in groups, one at a time,
-long rows in segments, short rows from registers (AVX-512), columns (axis=); BatchNorm's
+long rows in segments, short rows several in step (rows_short), columns (axis=); BatchNorm's
 short-row spans, row segments, one-sample channels and channels-last columns; GroupNorm in
 one pass, two passes and channels last; moments.  Data: N(0, 1) * 3e19, whose squares pass
 FLT_MAX (3.4e38), so each normalized result equals that of N(0, 1) up to rounding.
@@ -31,7 +31,7 @@ ROW_CASES = [
     ((3, 4096), {"weight": True, "bias": True}),          # rows in groups
     ((3, 2048), {"weight": True}),                         # a row at a time
     ((2, 20000), {}),                                      # long rows, in segments
-    ((5, 16), {}),                                         # short rows (registers on AVX-512)
+    ((5, 16), {}),                                         # short rows (rows_short)
     ((64, 8), {"axis": 0}),                                # columns
     ((4, 50, 6), {"axis": 1}),                             # columns, inner > 1
 ]
@@ -126,7 +126,7 @@ def test_batch_norm_training_of_values_too_large_to_square(shape, axis, dtype, i
                          [((2, 6, 8, 8), 3, False),        # one pass per group
                           ((1, 4, 200, 200), 2, False),    # two passes (groups past 256 KB)
                           ((2, 6, 8, 8), 3, True),         # channels last
-                          ((3, 8, 3, 3), 4, False)])       # small groups (registers on AVX-512)
+                          ((3, 8, 3, 3), 4, False)])       # small groups (rows_short)
 def test_group_norm_of_values_too_large_to_square(shape, groups, channels_last, dtype, isa, rng,
                                                   tol):
     x = _large(rng, shape, dtype)

@@ -124,8 +124,8 @@ def test_float32_statistics_when_the_first_values_stand_apart(n, lead, isa, rng)
 @pytest.mark.parametrize("offset", OFFSETS)
 @pytest.mark.parametrize("lead", [0, 1, 8])
 def test_float32_short_rows_on_shifted_data(n, offset, lead, isa, rng):
-    """Rows of up to 8 vectors are normalized from registers (rows_short), their mean and
-    variance in two passes over the registers.  Offset data, also with the first `lead`
+    """Rows of up to 128 values are normalized several in step (rows_short), their mean and
+    variance in two passes over the row.  Offset data, also with the first `lead`
     values 1000 spreads above the rest, give y within 8 float32 ulps of float64 (of
     max(|y|, 1); the scalar family's long-row path reaches 5.5 here, rows_short 2.1), mean
     and rstd within 2 ** -21, which a center taken from the first value alone broke (mean

@@ -47,6 +47,11 @@ def _thread_cases(rng):
     short = random_data(rng, (256, 768), np.float32, offset=10.0)
     short_r = random_data(rng, (256, 768), np.float32)
     w768 = random_data(rng, 768, np.float32, offset=1.0)
+    # rows of a few vectors (rows_short; AVX2 a block of 8 rows a step): 4099 rows split
+    # 2049 / 2050, so the second thread's blocks hold other rows in each lane
+    few = random_data(rng, (4099, 30), np.float32, offset=10.0)
+    few_r = random_data(rng, (4099, 30), np.float32)
+    w30 = random_data(rng, 30, np.float32, offset=1.0)
     # 15 channel rows, split 7 / 8 between two threads: the second starts mid-cycle
     odd = random_data(rng, (5, 3, 50, 50), np.float32, offset=100.0)
     odd_stats = [np.array(v, np.float32) for v in ([99, 100, 101], [0.5, 1, 2], [1, 2, 3],
@@ -70,6 +75,9 @@ def _thread_cases(rng):
                                                              return_stats=True),
         "rms_norm short rows": lambda: fastnorm.rms_norm(short, None, w768, return_stats=True),
         "rms_norm short rows, residual": lambda: rms_residual(short, short_r, w768),
+        "layer_norm rows of 30": lambda: fastnorm.layer_norm(few, None, w30, w30,
+                                                             return_stats=True),
+        "rms_norm rows of 30, residual": lambda: rms_residual(few, few_r, w30),
         "layer_norm 1x2^20": lambda: fastnorm.layer_norm(long_row, return_stats=True),
         "layer_norm 1x2^20 f64": lambda: fastnorm.layer_norm(long_row64, return_stats=True),
         "rms_norm 1x2^20": lambda: fastnorm.rms_norm(long_row, return_stats=True),

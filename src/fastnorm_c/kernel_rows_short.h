@@ -1,7 +1,8 @@
 /*
- * kernel_rows_short.h - rows_short: LayerNorm / RMSNorm of rows short enough to live in
- * registers (at most KB_SHORT_VECS vectors): statistics and normalize pass from the same
- * registers, a few rows in step.  Part of kernel_body.h.
+ * kernel_rows_short.h - rows_short: LayerNorm / RMSNorm of rows of a few vectors (at most
+ * KB_SHORT_VECS), a few rows in step: statistics and normalize pass from the same
+ * registers (FN_SHORT_ROWS, AVX-512), or from the L1 cache a block of rows at a time with
+ * their sums added across lanes (FN_SHORT_ROWS_ACROSS, AVX2).  Part of kernel_body.h.
  *
  * Why: a row of 64 float32 values took 35-55 ns through row_stats, the float64 finish and
  * row_normalize, each call paying its setup, edges and dependent latency for four vectors
@@ -23,23 +24,9 @@
 #endif
 
 /* The longest row rows_short takes, in elements (kernels.h rows_short_max): 0 where the
- * family's simd_<family>.h does not define FN_SHORT_ROWS, whose table gets a stub. */
-#ifdef FN_SHORT_ROWS
-enum { KB_NAME(rows_short_max) = KB_SHORT_VECS * KB_LANES };
-
-/* The sum of v[0] ... v[vecs - 1] as a tree: half the latency of a chain. */
-KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
-    KB_V s[KB_SHORT_VECS];
-#pragma GCC unroll 8
-    for (size_t k = 0; k < vecs; ++k) s[k] = v[k];
-#pragma GCC unroll 8
-    for (size_t width = KB_SHORT_VECS / 2; width >= 1; width /= 2)
-#pragma GCC unroll 8
-        for (size_t k = 0; k < width; ++k)
-            if (k + width < vecs) s[k] = kb_add(s[k], s[k + width]);
-    return s[0];
-}
-
+ * family's simd_<family>.h defines neither FN_SHORT_ROWS nor FN_SHORT_ROWS_ACROSS (the
+ * scalar family), whose table gets a stub. */
+#if defined(FN_SHORT_ROWS) || defined(FN_SHORT_ROWS_ACROSS)
 /* A row's statistics again from its registers, exactly (float64, two passes, as
  * api_internal.h's fn_exact_moments), where the sums came out non-finite: finite values
  * spread past about 1.8e19 overflow their float32 squares.  A NaN or inf in the row keeps
@@ -62,6 +49,24 @@ static __attribute__((noinline)) void KB_NAME(kb_short_exact)(
     for (size_t i = 0; i < count; ++i) squares += (values[i] - mu) * (values[i] - mu);
     *mean = mu;
     *spread = squares / (double)n;
+}
+
+#endif
+
+#ifdef FN_SHORT_ROWS
+enum { KB_NAME(rows_short_max) = KB_SHORT_VECS * KB_LANES };
+
+/* The sum of v[0] ... v[vecs - 1] as a tree: half the latency of a chain. */
+KB_INLINE KB_V KB_NAME(kb_short_sum)(const KB_V *v, const size_t vecs) {
+    KB_V s[KB_SHORT_VECS];
+#pragma GCC unroll 8
+    for (size_t k = 0; k < vecs; ++k) s[k] = v[k];
+#pragma GCC unroll 8
+    for (size_t width = KB_SHORT_VECS / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+        for (size_t k = 0; k < width; ++k)
+            if (k + width < vecs) s[k] = kb_add(s[k], s[k + width]);
+    return s[0];
 }
 
 /* rows_short for rows of at most `cap` vectors (1, 2, 4 or 8), `block` rows at a time in
@@ -219,6 +224,179 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
     else
         param_stride ? KB_SHORT_CALL(8, 1) : KB_SHORT_CALL(8, 0);
 #undef KB_SHORT_CALL
+}
+#elif defined(FN_SHORT_ROWS_ACROSS)
+/* rows_short for a family whose registers cannot hold blocks of rows (AVX2's 16): a block
+ * of KB_LANES rows at a time, read from the L1 cache in three passes (first center, sums,
+ * normalize), each row's vector sums added across their lanes for the whole block at once
+ * (kb_lane_sums: lane j is row j's sum), so that the block's float64 finish, divisions
+ * and square roots run side by side.  The arithmetic of a row is the same in every lane
+ * (kb_lane_sums adds every lane's values in the same tree), so a row's results depend on
+ * the row alone, not on the rows beside it or the lane it took.  Numerics as rows_short
+ * above: sums about the first value, then about c2 = their mean, in float32 (at most
+ * KB_SHORT_VECS additions a lane). */
+enum { KB_NAME(rows_short_max) = KB_SHORT_VECS * KB_LANES };
+
+/* h = x (+ residual, rounded): the whole vector at element i, or (kb_across_tail) its
+ * first `left` elements, the other lanes 0 */
+KB_INLINE KB_V KB_NAME(kb_across_h)(const KB_T *x, const KB_T *r, size_t i, const int has_r) {
+    KB_V h = kb_load(x + i);
+    return has_r ? kb_round(kb_add(h, kb_load(r + i))) : h;
+}
+KB_INLINE KB_V KB_NAME(kb_across_tail)(const KB_T *x, const KB_T *r, size_t i, size_t left,
+                                       const int has_r) {
+    KB_V h = kb_load_n(x + i, left);
+    return has_r ? kb_round(kb_add(h, kb_load_n(r + i, left))) : h;
+}
+
+/* One row's normalize pass: y = ((h - c) - m) * scale * w + b, or GroupNorm's
+ * (h - c - m) * s + b with s = scale * w rounded once (scale_lo: scale's rounding).  A
+ * missing weight is ones and a missing bias -0 (kb_rows_across), which give the same bits
+ * as leaving them out. */
+KB_INLINE KB_V KB_NAME(kb_across_y)(KB_V h, KB_V c, KB_V m, KB_V scale, KB_V scale_lo, KB_V w,
+                                    KB_V b, const int center, const int grouped) {
+    KB_V d = center ? kb_sub(kb_sub(h, c), m) : h;
+    if (grouped) return kb_fma(d, kb_fma(scale, w, kb_mul(scale_lo, w)), b);
+    return kb_fma(kb_mul(d, scale), w, b);
+}
+
+KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs, size_t rows,
+                                       size_t n, double eps, const KB_C *weight,
+                                       const KB_C *bias, size_t param_stride, KB_T *ys,
+                                       KB_C *mean_o, KB_C *rstd_o, const int center,
+                                       const int has_r, const int grouped) {
+    static const KB_C ones[KB_SHORT_VECS * KB_LANES] = {[0 ... KB_SHORT_VECS * KB_LANES - 1] = 1};
+    static const KB_C minus_zeros[KB_SHORT_VECS * KB_LANES] = {
+        [0 ... KB_SHORT_VECS * KB_LANES - 1] = -0.0};
+    const size_t full = n / KB_LANES, tail = n % KB_LANES, vecs = full + (tail > 0);
+    const double inv_n = 1.0 / (double)n;
+    for (size_t r0 = 0; r0 < rows; r0 += KB_LANES) {
+        size_t count = rows - r0 < KB_LANES ? rows - r0 : KB_LANES;
+        KB_V sums[KB_LANES], squares[KB_LANES];
+        KB_C c1[KB_LANES] = {0}, c2[KB_LANES] = {0}, lane_sum[KB_LANES], lane_squares[KB_LANES];
+        const KB_T *row_x[KB_LANES], *row_r[KB_LANES];
+        for (size_t j = 0; j < KB_LANES; ++j) { /* lanes past the last row sum nothing */
+            sums[j] = squares[j] = kb_set1(0);
+            row_x[j] = xs + (r0 + j) * n;
+            row_r[j] = has_r ? rs + (r0 + j) * n : NULL;
+        }
+        if (center) { /* c2: the first value c1 plus the mean about it */
+            for (size_t j = 0; j < count; ++j) {
+                KB_V h0 = full ? KB_NAME(kb_across_h)(row_x[j], row_r[j], 0, has_r)
+                               : KB_NAME(kb_across_tail)(row_x[j], row_r[j], 0, tail, has_r);
+                c1[j] = kb_first(h0);
+                KB_V c = kb_set1(c1[j]), sum = kb_mask_n(kb_sub(h0, c), n);
+                for (size_t k = 1; k < full; ++k)
+                    sum = kb_add(sum, kb_sub(KB_NAME(kb_across_h)(row_x[j], row_r[j],
+                                                                  k * KB_LANES, has_r), c));
+                if (tail && full)
+                    sum = kb_add(sum, kb_mask_n(kb_sub(KB_NAME(kb_across_tail)(
+                                                           row_x[j], row_r[j], full * KB_LANES,
+                                                           tail, has_r), c), tail));
+                sums[j] = sum;
+            }
+            kb_store_c(lane_sum, kb_lane_sums(sums));
+            for (size_t j = 0; j < KB_LANES; ++j)
+                c2[j] = (KB_C)((double)c1[j] + (double)lane_sum[j] * inv_n);
+        }
+        for (size_t j = 0; j < count; ++j) { /* sums of t = h - c2 (LayerNorm) or of h */
+            KB_V c = kb_set1(c2[j]), sum = kb_set1(0), sq = kb_set1(0);
+            for (size_t k = 0; k < full; ++k) {
+                KB_V h = KB_NAME(kb_across_h)(row_x[j], row_r[j], k * KB_LANES, has_r);
+                KB_V t = center ? kb_sub(h, c) : h;
+                sum = kb_add(sum, t);
+                sq = kb_fma(t, t, sq);
+            }
+            if (tail) { /* h's other lanes are 0, t's are masked */
+                KB_V h = KB_NAME(kb_across_tail)(row_x[j], row_r[j], full * KB_LANES, tail, has_r);
+                KB_V t = center ? kb_mask_n(kb_sub(h, c), tail) : h;
+                sum = kb_add(sum, t);
+                sq = kb_fma(t, t, sq);
+            }
+            sums[j] = sum;
+            squares[j] = sq;
+        }
+        if (center) kb_store_c(lane_sum, kb_lane_sums(sums));
+        kb_store_c(lane_squares, kb_lane_sums(squares));
+        /* the float64 finish, lanes side by side */
+        double mean_shifted[KB_LANES], spread[KB_LANES], mean[KB_LANES], rstd[KB_LANES];
+        int overflowed = 0;
+        for (size_t j = 0; j < KB_LANES; ++j) {
+            mean_shifted[j] = center ? (double)lane_sum[j] * inv_n : 0.0;
+            spread[j] = (double)lane_squares[j] * inv_n - mean_shifted[j] * mean_shifted[j];
+            mean[j] = (double)c2[j] + mean_shifted[j];
+            overflowed |= !isfinite(spread[j]) | !isfinite(mean[j]);
+        }
+        for (size_t j = 0; overflowed && j < count; ++j) {
+            if (isfinite(spread[j]) && isfinite(mean[j])) continue;
+            KB_V h[KB_SHORT_VECS]; /* overflowed squares, NaN or inf: exactly, or NaN */
+            size_t left[KB_SHORT_VECS];
+            for (size_t k = 0; k < vecs; ++k) {
+                left[k] = k < full ? KB_LANES : tail;
+                h[k] = k < full ? KB_NAME(kb_across_h)(row_x[j], row_r[j], k * KB_LANES, has_r)
+                                : KB_NAME(kb_across_tail)(row_x[j], row_r[j], k * KB_LANES,
+                                                          tail, has_r);
+            }
+            KB_NAME(kb_short_exact)(h, left, vecs, n, center, &mean[j], &spread[j]);
+            mean_shifted[j] = mean[j] - (double)c2[j];
+            if (!isfinite(spread[j]) || !isfinite(mean[j])) mean[j] = spread[j] = NAN;
+        }
+        KB_C m[KB_LANES], scale[KB_LANES], scale_lo[KB_LANES];
+        for (size_t j = 0; j < KB_LANES; j += 4) kb_rstd_x4(spread + j, eps, rstd + j);
+        for (size_t j = 0; j < KB_LANES; ++j) {
+            m[j] = (KB_C)mean_shifted[j];
+            scale[j] = (KB_C)rstd[j]; /* NaN makes every output NaN */
+            scale_lo[j] = (KB_C)(rstd[j] - (double)(KB_C)rstd[j]);
+        }
+        for (size_t j = 0; j < count; ++j) {
+            if (mean_o) mean_o[r0 + j] = (KB_C)mean[j];
+            if (rstd_o) rstd_o[r0 + j] = (KB_C)rstd[j];
+        }
+        for (size_t j = 0; j < count; ++j) { /* the normalize pass */
+            KB_T *y = ys + (r0 + j) * n, *h_out = hs ? hs + (r0 + j) * n : NULL;
+            const KB_C *w = weight ? weight + param_stride * (r0 + j) : ones;
+            const KB_C *b = bias ? bias + param_stride * (r0 + j) : minus_zeros;
+            KB_V c = kb_set1(c2[j]), mv = kb_set1(m[j]), sv = kb_set1(scale[j]);
+            KB_V lo = kb_set1(scale_lo[j]);
+            for (size_t k = 0; k < full; ++k) {
+                size_t i = k * KB_LANES;
+                KB_V h = KB_NAME(kb_across_h)(row_x[j], row_r[j], i, has_r);
+                if (h_out) kb_store(h_out + i, h);
+                kb_store(y + i, KB_NAME(kb_across_y)(h, c, mv, sv, lo, kb_param(w + i),
+                                                     kb_param(b + i), center, grouped));
+            }
+            if (tail) {
+                size_t i = full * KB_LANES;
+                KB_V h = KB_NAME(kb_across_tail)(row_x[j], row_r[j], i, tail, has_r);
+                if (h_out) kb_store_n(h_out + i, h, tail);
+                kb_store_n(y + i, KB_NAME(kb_across_y)(h, c, mv, sv, lo, kb_param_n(w + i, tail),
+                                                       kb_param_n(b + i, tail), center, grouped),
+                           tail);
+            }
+        }
+    }
+}
+
+/* An instance for each of LayerNorm / RMSNorm, with or without a residual, LayerNorm's
+ * parameters or GroupNorm's (each row's own weight, rounded into rstd) */
+static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
+                                size_t rows, size_t n, int center, double eps,
+                                const void *weight, const void *bias, size_t param_stride,
+                                void *y, void *mean_out, void *rstd_out) {
+    if (n > KB_NAME(rows_short_max)) return; /* never asked */
+    int grouped = param_stride && weight;
+#define KB_ACROSS_CALL(c, r, g)                                                              \
+    KB_NAME(kb_rows_across)((const KB_T *)x, (const KB_T *)residual, (KB_T *)residual_out,   \
+                            rows, n, eps, (const KB_C *)weight, (const KB_C *)bias,          \
+                            param_stride, (KB_T *)y, (KB_C *)mean_out, (KB_C *)rstd_out, c,  \
+                            r, g)
+    if (grouped) /* GroupNorm: no residual */
+        center ? KB_ACROSS_CALL(1, 0, 1) : KB_ACROSS_CALL(0, 0, 1);
+    else if (center)
+        residual ? KB_ACROSS_CALL(1, 1, 0) : KB_ACROSS_CALL(1, 0, 0);
+    else
+        residual ? KB_ACROSS_CALL(0, 1, 0) : KB_ACROSS_CALL(0, 0, 0);
+#undef KB_ACROSS_CALL
 }
 #else
 enum { KB_NAME(rows_short_max) = 0 };

@@ -26,9 +26,18 @@ enum { avx2_prefetch_row_min = 0, avx2_prefetch_row_max = 8192 };
  * 256x4096 0.83; LayerNorm float32 128x4096 1.00, 256x2048 0.97-1.00, 256x4096 0.94,
  * bfloat16 128x4096 0.97, float16 0.92; 2 threads RMSNorm 128x4096 0.95, 256x2048 0.95 */
 enum { avx2_ahead_row_max = 16384 };
-/* No FN_SHORT_ROWS (kernel_rows_short.h) with 16 registers, where rows_short's blocks of
- * rows spill (in-process A/B on Zen 4, float32 LayerNorm 4096x64 1.17x the time of the
- * row kernels, RMSNorm 4096x32 1.37x, bfloat16 LayerNorm 4096x64 1.29x). */
+/* rows_short (kernel_rows_short.h) across lanes, rows of up to 16 vectors: with 16
+ * registers, FN_SHORT_ROWS's blocks of rows in registers spill (Zen 4: float32 LayerNorm
+ * 4096x64 1.17x the time of the row kernels, RMSNorm 4096x32 1.37x; Zen 3, against the
+ * row kernels with rows one ahead: 4096x64 1.22x, 4096x48 1.43x, RMSNorm 4096x64 1.75x),
+ * and the row kernels pay about 50 ns a row in calls and a float64 finish whatever its
+ * length.  In-process A/B on Zen 3 against the row kernels, time per call, 1 thread:
+ * LayerNorm float32 4096x16 0.32, 4096x64 0.42, 4096x128 0.70, float64 4096x64 0.87;
+ * RMSNorm 4096x16 0.31, 4096x128 0.77, 100000x10 0.43; 2 threads RMSNorm 32768x64 0.31;
+ * one row 1.04-1.05 (docs/performance.md).  Rows of 24 vectors lost (4096x192 1.03,
+ * 4096x256 1.25, float64 4096x128 1.36). */
+#define FN_SHORT_ROWS_ACROSS 1
+#define KB_SHORT_VECS 16
 /* the order of weight and bias for each dtype's row normalize (kernels.h, param_block):
  * bfloat16 pairs are even and odd elements (avx2_load2_bf16) */
 enum { avx2_param_block_f32 = 0, avx2_param_block_f64 = 0, avx2_param_block_f16 = 0, avx2_param_block_bf16 = 16 };
@@ -96,6 +105,29 @@ static inline __m256 avx2_blend_n_c32(__m256 a, __m256 b, size_t n) {
 static inline __m256d avx2_blend_n_c64(__m256d a, __m256d b, size_t n) {
     return _mm256_blendv_pd(b, a, _mm256_castsi256_pd(fn_avx2_mask64(n)));
 }
+
+/* Lane j: the sum of v[j]'s lanes, for rows_short across lanes (kernel_rows_short.h).
+ * Every lane takes the same tree, ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)), so a row's
+ * sum does not depend on the lane it is in. */
+static inline __m256 avx2_lane_sums_c32(const __m256 *v) {
+    __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31));
+}
+static inline __m256d avx2_lane_sums_c64(const __m256d *v) {
+    __m256d h01 = _mm256_hadd_pd(v[0], v[1]), h23 = _mm256_hadd_pd(v[2], v[3]);
+    return _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20), _mm256_permute2f128_pd(h01, h23, 0x31));
+}
+/* rstd = 1 / sqrt(max(spread, 0) + eps) for four lanes (rows_short's finish: GCC leaves
+ * the lane loop's square roots scalar), a NaN spread kept (max_pd returns its second
+ * operand where one is NaN) */
+static inline void avx2_rstd_x4(const double *spread, double eps, double *rstd) {
+    __m256d s = _mm256_max_pd(_mm256_setzero_pd(), _mm256_loadu_pd(spread));
+    __m256d root = _mm256_sqrt_pd(_mm256_add_pd(s, _mm256_set1_pd(eps)));
+    _mm256_storeu_pd(rstd, _mm256_div_pd(_mm256_set1_pd(1.0), root));
+}
+static inline void avx2_store_c32(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+static inline void avx2_store_c64(double *p, __m256d v) { _mm256_storeu_pd(p, v); }
 
 /* ---- storage float32 ---- */
 static inline __m256 avx2_load_f32(const float *p) { return _mm256_loadu_ps(p); }
