@@ -152,15 +152,27 @@ static inline void avx2_store_n_f64(double *p, __m256d v, size_t n) {
 static inline __m256d avx2_round_f64(__m256d v) { return v; }
 
 /* ---- 16-bit storage: whole vectors as __m128i, tails through a buffer ---- */
+/* n < 8 16-bit values: the pairs by a 32-bit masked load or store, an odd last one on
+ * its own (a pair would reach past the row), never touching memory past p + n.  Copying
+ * through a stack buffer (memcpy) cost a store-forwarding stall a call. */
 static inline __m128i fn_avx2_load_n_u16(const uint16_t *p, size_t n) {
-    uint16_t buffer[8] = {0};
-    memcpy(buffer, p, n * sizeof *p);
-    return _mm_loadu_si128((const __m128i *)buffer);
+    __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32((int)(n / 2)), _mm_setr_epi32(0, 1, 2, 3));
+    __m128i v = _mm_maskload_epi32((const int *)p, mask);
+    if (n & 1) {
+        __m128i at = _mm_cmpeq_epi16(_mm_set1_epi16((short)(n - 1)),
+                                     _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7));
+        v = _mm_blendv_epi8(v, _mm_set1_epi16((short)p[n - 1]), at);
+    }
+    return v;
 }
 static inline void fn_avx2_store_n_u16(uint16_t *p, __m128i v, size_t n) {
-    uint16_t buffer[8];
-    _mm_storeu_si128((__m128i *)buffer, v);
-    memcpy(p, buffer, n * sizeof *p);
+    __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32((int)(n / 2)), _mm_setr_epi32(0, 1, 2, 3));
+    _mm_maskstore_epi32((int *)p, mask, v);
+    if (n & 1) {
+        uint16_t buffer[8];
+        _mm_storeu_si128((__m128i *)buffer, v);
+        p[n - 1] = buffer[n - 1];
+    }
 }
 
 /* ---- storage float16 ---- */
