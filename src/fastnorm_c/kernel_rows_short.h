@@ -230,13 +230,13 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
  * of KB_ACROSS rows at a time, read from the L1 cache in three passes (first center, sums,
  * normalize), each row's vector sums added across their lanes, KB_LANES rows at once
  * (kb_lane_sums: lane j is row j's sum), so that the block's float64 finish, divisions
- * and square roots run side by side.  Two vectors' worth of rows a block, not one: the
- * block is a chain (each pass waits for the last one's sums), and two of them overlap
- * (0.84-0.94x the time of KB_LANES rows a block, Zen 3).  The arithmetic of a row is the same in every lane
- * (kb_lane_sums adds every lane's values in the same tree), so a row's results depend on
- * the row alone, not on the rows beside it or the lane it took.  Numerics as rows_short
- * above: sums about the first value, then about c2 = their mean, in float32 (at most
- * KB_SHORT_VECS additions a lane). */
+ * and square roots run side by side.  Two vectors' worth of rows a block, not one: a
+ * block is a chain (each pass waits for the last one's sums), and two chains overlap
+ * (0.84-0.94x the time of KB_LANES rows a block, Zen 3).  The arithmetic of a row is the
+ * same in every lane (kb_lane_sums adds every lane's values in the same tree), so a row's
+ * results depend on the row alone, not on the rows beside it or the lane it took.
+ * Numerics as rows_short above: sums about the first value, then about c2 = their mean,
+ * in float32 (at most KB_SHORT_VECS additions a lane). */
 enum { KB_NAME(rows_short_max) = KB_SHORT_VECS * KB_LANES };
 #define KB_ACROSS (2 * KB_LANES) /* rows a block */
 
@@ -280,8 +280,9 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
         /* zeroed, though only lanes the block uses are read: GCC's -Wmaybe-uninitialized */
         KB_C lane_sum[KB_ACROSS] = {0}, lane_squares[KB_ACROSS] = {0};
         const KB_T *row_x[KB_ACROSS], *row_r[KB_ACROSS];
-        for (size_t j = 0; j < KB_ACROSS; ++j) { /* lanes past the last row sum nothing */
+        for (size_t j = 0; j < KB_ACROSS; ++j) /* lanes past the last row sum nothing */
             sums[j] = squares[j] = kb_set1(0);
+        for (size_t j = 0; j < count; ++j) {
             row_x[j] = xs + (r0 + j) * n;
             row_r[j] = has_r ? rs + (r0 + j) * n : NULL;
         }

@@ -112,11 +112,13 @@ static inline __m256d avx2_blend_n_c64(__m256d a, __m256d b, size_t n) {
 static inline __m256 avx2_lane_sums_c32(const __m256 *v) {
     __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
     __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31));
+    return _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
+                         _mm256_permute2f128_ps(g0, g1, 0x31));
 }
 static inline __m256d avx2_lane_sums_c64(const __m256d *v) {
     __m256d h01 = _mm256_hadd_pd(v[0], v[1]), h23 = _mm256_hadd_pd(v[2], v[3]);
-    return _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20), _mm256_permute2f128_pd(h01, h23, 0x31));
+    return _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20),
+                         _mm256_permute2f128_pd(h01, h23, 0x31));
 }
 /* rstd = 1 / sqrt(max(spread, 0) + eps) for four lanes (rows_short's finish: GCC leaves
  * the lane loop's square roots scalar), a NaN spread kept (max_pd returns its second
@@ -151,7 +153,7 @@ static inline void avx2_store_n_f64(double *p, __m256d v, size_t n) {
 }
 static inline __m256d avx2_round_f64(__m256d v) { return v; }
 
-/* ---- 16-bit storage: whole vectors as __m128i, tails through a buffer ---- */
+/* ---- 16-bit storage: whole vectors as __m128i, tails as masked 32-bit pairs ---- */
 /* n < 8 16-bit values: the pairs by a 32-bit masked load or store, an odd last one on
  * its own (a pair would reach past the row), never touching memory past p + n.  Copying
  * through a stack buffer (memcpy) cost a store-forwarding stall a call. */
