@@ -48,6 +48,12 @@ ISA_FLAGS = {
         "msvc": ["/arch:AVX512"],
     },
 }
+# Flags for the ISA kernel TUs beside their ISA flags.  No basic-block vectorizer: a row's
+# bits must not depend on the rows beside it, and GCC 12's SLP pass, packing the float64
+# finishes of rows_short's 4-row block into one vector, gave bfloat16 means one float32 ulp
+# away from the same row's computed alone (AVX512-BF16 build, rows of 20 and 24 values; Zen 5,
+# tests/test_row_norms.py).  The kernels are intrinsics: an A/B of 22 shapes moved 0.91-1.03.
+KERNEL_FLAGS = {"unix": ["-fno-tree-slp-vectorize"], "msvc": []}
 # A tier built only beside the tier it extends (its objects are a variant of that family).
 ISA_REQUIRES = {"avx512bf16": "avx512"}
 # A few intrinsics of each tier: the probe proves the compiler has the flags *and* headers.
@@ -202,7 +208,8 @@ class build_ext(_build_ext):
             tier_jobs = [
                 pool.submit(serial_compile, ISA_SOURCES[tier], output_dir=self.build_temp,
                             include_dirs=ext.include_dirs,
-                            extra_postargs=base + ISA_FLAGS[tier][family], depends=ext.depends)
+                            extra_postargs=base + ISA_FLAGS[tier][family] + KERNEL_FLAGS[family],
+                            depends=ext.depends)
                 for tier in tiers
             ]
 
