@@ -533,7 +533,7 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
 }
 
 /* Rows of at most the family's rows_short_max elements (a few vectors): each thread's
- * share of the rows in one rows_short call, the row in registers for both passes.  A
+ * share of the rows in one rows_short call, a block of rows read from L1 in each pass.  A
  * row's path depends on its length alone, so results never depend on the thread count,
  * the call's other arguments or which Python path made it. */
 static void fn_norm_short_rows(const fn_norm_job *job, int threads) {

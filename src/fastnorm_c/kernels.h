@@ -70,7 +70,7 @@ typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, si
                                         const double *shift, void *y, int store);
 
 /* LayerNorm (center) or RMSNorm of rows r < rows of n elements each, one after another,
- * n at most the table's rows_short_max (a few vectors, several rows in step): h = x (+ residual,
+ * n at most the table's rows_short_max (a few vectors, a block of rows at a time): h = x (+ residual,
  * rounded to the storage dtype and stored to residual_out when not NULL), its statistics,
  * then y = (h - mean) * rstd * weight + bias (weight, bias: NULL or n compute-dtype values
  * in natural order for each row, row r's at r * param_stride: 0 for LayerNorm's one set,

@@ -26,8 +26,8 @@ enum { avx2_prefetch_row_min = 0, avx2_prefetch_row_max = 8192 };
  * 256x4096 0.83; LayerNorm float32 128x4096 1.00, 256x2048 0.97-1.00, 256x4096 0.94,
  * bfloat16 128x4096 0.97, float16 0.92; 2 threads RMSNorm 128x4096 0.95, 256x2048 0.95 */
 enum { avx2_ahead_row_max = 16384 };
-/* rows_short (kernel_rows_short.h) across lanes, rows of up to 16 vectors: with 16
- * registers, FN_SHORT_ROWS's blocks of rows in registers spill (Zen 4: float32 LayerNorm
+/* rows_short (kernel_rows_short.h), rows of up to 16 vectors: with 16 registers, blocks of
+ * rows kept in registers (AVX-512's form until 2026-12) spill (Zen 4: float32 LayerNorm
  * 4096x64 1.17x the time of the row kernels, RMSNorm 4096x32 1.37x; Zen 3, against the
  * row kernels with rows one ahead: 4096x64 1.22x, 4096x48 1.43x, RMSNorm 4096x64 1.75x),
  * and the row kernels pay about 50 ns a row in calls and a float64 finish whatever its
