@@ -83,9 +83,9 @@ def test_return_stats_are_those_of_h(dtype, op, isa, rng):
 # fn_norm_long_rows), several batches in every dtype.  (9, 4100) with LayerNorm's weight
 # and bias: rows normalized in groups, a block of columns at a time across the group
 # (api_norm.c's fn_norm_row_group), whose statistics all run before the group's first write.
-# (21, 30): rows of a few vectors (rows_short), on AVX2 a block of 16 rows at a time read
-# three times, the last block 5 rows.
-@pytest.mark.parametrize("shape", [(21, 30), (8, 96), (20, 40000), (9, 4100)],
+# (37, 30): rows of a few vectors (rows_short), a block of 16 (AVX-512: 32) rows at a time
+# read three times, the last block 5 rows.
+@pytest.mark.parametrize("shape", [(37, 30), (8, 300), (20, 40000), (9, 4100)],
                          ids=["rows of a few vectors", "short rows", "long rows", "grouped rows"])
 def test_aliasing(dtype, op, alias, shape, isa, rng):
     x, r = _pair(rng, shape, dtype)

@@ -47,7 +47,7 @@ def _thread_cases(rng):
     short = random_data(rng, (256, 768), np.float32, offset=10.0)
     short_r = random_data(rng, (256, 768), np.float32)
     w768 = random_data(rng, 768, np.float32, offset=1.0)
-    # rows of a few vectors (rows_short; AVX2 a block of 16 rows a step): 4099 rows split
+    # rows of a few vectors (rows_short, a block of 16 or 32 rows a step): 4099 rows split
     # 2049 / 2050, so the second thread's blocks hold other rows in each lane
     few = random_data(rng, (4099, 30), np.float32, offset=10.0)
     few_r = random_data(rng, (4099, 30), np.float32)

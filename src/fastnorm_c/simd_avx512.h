@@ -32,13 +32,18 @@ enum { avx512_prefetch_row_min = 8192, avx512_prefetch_row_max = 32768 };
 /* rows of up to 4 KB take their statistics one row ahead (kernels.h, ahead_row_max): on
  * Zen 4, 8 KB rows lost (api_norm.c, FN_AHEAD_MAX_READ_BYTES) */
 enum { avx512_ahead_row_max = 4096 };
-/* Rows of up to 8 vectors take rows_short (kernel_rows_short.h), 32 (float64: 16) rows a
- * block.  In-process A/B on Zen 5 against blocks of 2 or 4 rows kept in registers, time
- * per call, 1 thread: LayerNorm float32 4096x16 0.72, 4096x64 0.69, 4096x128 0.56,
- * float64 4096x64 0.67, float16 4096x100 0.44, bfloat16 4096x20 0.61; RMSNorm 4096x16
- * 0.62, 100000x10 0.73; 2 threads RMSNorm 32768x64 0.42; one row of 8 or 64 values 1.2-1.3
- * (about 60 ns more).  16 rows a block: 1.03-1.21x the time of 32. */
+/* Rows of up to 16 vectors take rows_short (kernel_rows_short.h), 32 (float64: 16) rows a
+ * block.  In-process A/B on Zen 5 against blocks of 2 or 4 rows of up to 8 vectors kept in
+ * registers, time per call, 1 thread: LayerNorm float32 4096x16 0.72, 4096x64 0.69,
+ * 4096x128 0.56, float64 4096x64 0.67, float16 4096x100 0.44, bfloat16 4096x20 0.61;
+ * RMSNorm 4096x16 0.62, 100000x10 0.73; 2 threads RMSNorm 32768x64 0.42; one row of 8 or 64
+ * values 1.2-1.3 (about 60 ns more).  16 rows a block: 1.03-1.21x the time of 32.  Rows of
+ * 9-16 vectors, against the row kernels: float32 4096x160 0.55, 4096x192 0.58, 4096x256
+ * 0.73, RMSNorm 4096x256 0.94, float64 4096x96 0.67, 4096x128 0.81, bfloat16 4096x256 0.69,
+ * 64x256 0.58, one row 1.25; up to 32 vectors no gain past 16 (4096x384 1.04, 4096x512
+ * 0.98, float64 4096x256 1.12). */
 #define FN_SHORT_ROWS_ACROSS 1
+#define KB_SHORT_VECS 16
 typedef __m512 avx512_vec_c32;
 typedef __m512d avx512_vec_c64;
 
