@@ -19,16 +19,19 @@ enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
 enum { avx512_canonical_f32 = 0, avx512_canonical_f64 = 0, avx512_canonical_f16 = 0, avx512_canonical_bf16 = 0 };
 /* weight and bias in natural order for every dtype (kernels.h, param_block) */
 enum { avx512_param_block_f32 = 0, avx512_param_block_f64 = 0, avx512_param_block_f16 = 0, avx512_param_block_bf16 = 0 };
-/* rows of 8 to 32 KB prefetch the next one in their normalize pass (kernels.h,
+/* rows of 2 to 32 KB prefetch the next one in their normalize pass (kernels.h,
  * prefetch_row_min/max; long rows prefetch in every vector family, api_norm.c's
  * fn_norm_long_rows).  Zen 4, in-process A/Bs, time per call against no prefetch, 1 thread:
  * RMSNorm 8192x4096 float32 0.87-0.90 (2 threads 0.87-0.92), bfloat16 0.64-0.68 (0.68-0.74),
  * 1024x8192 0.93 / 0.80, 2048x4096 0.96-0.97 / 0.85-0.89; LayerNorm 4096x2048 float32 0.79-0.80
- * (2 threads 0.84).  Shorter rows lost: the per-line prefetches cost more than the hardware
- * prefetchers leave to gain (4096x768 float32 LayerNorm 1.44-1.56x the copy without them,
- * 2.20-2.22x with (prefetcht0); RMSNorm 1.14-1.29x the time with prefetcht2), and so did
- * 64 KB rows (RMSNorm 512x16384 float32 1.22) */
-enum { avx512_prefetch_row_min = 8192, avx512_prefetch_row_max = 32768 };
+ * (2 threads 0.84); 64 KB rows lost (RMSNorm 512x16384 float32 1.22).  Rows of 2 to 8 KB
+ * gained on Zen 5 (against 8 KB and up, 1 thread: LayerNorm float32 32768x768 0.55-0.58,
+ * 16384x768 0.79, 8192x768 0.90-0.95, 32768x512 0.48, 16384x1024 0.67, float64 32768x768
+ * 0.91, bfloat16 16384x2048 0.68; RMSNorm 32768x768 0.60-0.62; 2 threads 0.87-0.90; 4096x768
+ * 1.01, 3072x768 1.01), where Zen 4 had measured 4096x768 float32 LayerNorm at 1.44-1.56x
+ * the copy without them and 2.20-2.22x with (prefetcht0, not measured again there).  Rows
+ * of 1 and 1.5 KB: no gain (65536x256 1.01, 65536x384 1.02, bfloat16 32768x768 0.98-1.04). */
+enum { avx512_prefetch_row_min = 2048, avx512_prefetch_row_max = 32768 };
 /* rows of up to 4 KB take their statistics one row ahead (kernels.h, ahead_row_max): on
  * Zen 4, 8 KB rows lost (api_norm.c, FN_AHEAD_MAX_READ_BYTES) */
 enum { avx512_ahead_row_max = 4096 };
