@@ -50,9 +50,10 @@ ISA_FLAGS = {
 }
 # Flags for the ISA kernel TUs beside their ISA flags.  No basic-block vectorizer: a row's
 # bits must not depend on the rows beside it, and GCC 12's SLP pass, packing the float64
-# finishes of rows_short's 4-row block into one vector, gave bfloat16 means one float32 ulp
-# away from the same row's computed alone (AVX512-BF16 build, rows of 20 and 24 values; Zen 5,
-# tests/test_row_norms.py).  The kernels are intrinsics: an A/B of 22 shapes moved 0.91-1.03.
+# finishes of rows_short's 4-row block into one vector (the register form, since replaced),
+# gave bfloat16 means one float32 ulp away from the same row's computed alone (AVX512-BF16
+# build, rows of 20 and 24 values; Zen 5, tests/test_row_norms.py); row-by-row float64 code
+# remains in every kernel source.  The kernels are intrinsics: an A/B of 22 shapes moved 0.91-1.03.
 KERNEL_FLAGS = {"unix": ["-fno-tree-slp-vectorize"], "msvc": []}
 # A tier built only beside the tier it extends (its objects are a variant of that family).
 ISA_REQUIRES = {"avx512bf16": "avx512"}

@@ -28,7 +28,7 @@
  * family's simd_<family>.h does not define FN_SHORT_ROWS_ACROSS (the scalar family),
  * whose table gets a stub. */
 #ifdef FN_SHORT_ROWS_ACROSS
-/* A row's statistics again from its registers, exactly (float64, two passes, as
+/* A row's statistics again from its vectors, exactly (float64, two passes, as
  * api_internal.h's fn_exact_moments), where the sums came out non-finite: finite values
  * spread past about 1.8e19 overflow their float32 squares.  A NaN or inf in the row keeps
  * them non-finite.  mean: the row's mean (0 without `center`); spread: its variance, or
