@@ -18,12 +18,15 @@ taken for a change that did nothing.
 
 A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
 last axis, with a weight, and a bias for layer_norm), batch_norm_eval, batch_norm_train,
-moments (SHAPE N x C x ...); DTYPE float32, float64, float16 or bfloat16.
+moments, group_norm, group_norm_cl (SHAPE N x C x ...; GroupNorm with 32 groups, or
+gcd(C, 32), group_norm_cl on channels-last data); DTYPE float32, float64, float16 or
+bfloat16.
 """
 import argparse
 import hashlib
 import importlib.machinery
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -35,7 +38,8 @@ import numpy as np
 from fastnorm._bench_contenders import PAGE, compute_dtype, empty_apart, numpy_dtype
 
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
-OPS = ("layer_norm", "rms_norm", "batch_norm_eval", "batch_norm_train", "moments")
+OPS = ("layer_norm", "rms_norm", "batch_norm_eval", "batch_norm_train", "moments", "group_norm",
+       "group_norm_cl")
 
 
 def load_core(path, directory):
@@ -85,6 +89,10 @@ def case_call(op, dtype, shape, threads):
     mean, var = rng.standard_normal(c), rng.random(c) + 0.5
 
     def call(core, y):
+        if op.startswith("group_norm"):
+            core.group_norm(code, n, c, math.gcd(c, 32), inner, x, y, w, b, 1e-5, threads,
+                            op == "group_norm_cl")
+            return (y,)
         if op == "batch_norm_eval":
             core.affine(code, n, c, inner, x, y, mean, var, w, b, 1e-5, threads)
             return (y,)

@@ -160,15 +160,16 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
     double *part_mean = scratch, *part_m2 = scratch + parts;
     double *left_mean = scratch + 2 * parts, *left_m2 = left_mean + c.narrow_width;
     double *col_mean = left_m2 + c.narrow_width, *col_m2 = col_mean + c.width;
+    int prefetch = outer * channels * inner * size >= FN_COL_PREFETCH_MIN_BYTES;
     FN_PARALLEL_FOR(chunk, c.chunks, {
         size_t first = (size_t)chunk * c.chunk_rows;
         size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
         kernels->col_stats[dtype](x + first * c.width * size, rows, c.width, c.width, x, 1,
-                                  part_mean + chunk * c.width, part_m2 + chunk * c.width);
+                                  prefetch, part_mean + chunk * c.width, part_m2 + chunk * c.width);
     });
     if (c.leftover)
         kernels->col_stats[dtype](x + c.super_rows * c.width * size, c.leftover, c.narrow_width,
-                                  c.narrow_width, x, 1, left_mean, left_m2);
+                                  c.narrow_width, x, 1, prefetch, left_mean, left_m2);
     /* each column's chunk partials merged in chunk order (Chan's formula, fn_merge's
      * arithmetic); every column of a chunk has the same count, so the weights are computed
      * once per chunk and the loop over columns vectorizes (one column at a time through

@@ -22,6 +22,7 @@ typedef struct {
     const void *weight, *bias;
     double eps;
     int stream;
+    int prefetch; /* col_stats reads ahead (the input is past the cache) */
     /* small maps (fn_group_table): weight and bias spread over each channel's positions */
     const char *table_w, *table_b;
 } fn_group_job;
@@ -206,7 +207,8 @@ static fn_group_job fn_group_job_of(fastnorm_dtype_t dtype, size_t channels, siz
     size_t size = fn_storage_size(dtype);
     fn_group_job job = {fastnorm_active_kernels(), dtype, channels, groups, channels / groups,
                         spatial, size, (const char *)x, (char *)y, weight, bias, eps,
-                        fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES), NULL, NULL};
+                        fn_stream(x, y, total * size, FN_STREAM_MIN_BYTES),
+                        total * size >= FN_COL_PREFETCH_MIN_BYTES, NULL, NULL};
     return job;
 }
 
@@ -378,7 +380,8 @@ static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) 
     char *rotated[3] = {shift_out + cstride, shift_out + 2 * cstride, shift_out + 3 * cstride};
     size_t offset = i * channels * spatial * job->item_size;
     const char *x = job->x + offset;
-    job->kernels->col_stats[job->dtype](x, spatial, channels, channels, x, 1, ch_mean, ch_m2);
+    job->kernels->col_stats[job->dtype](x, spatial, channels, channels, x, 1, job->prefetch,
+                                        ch_mean, ch_m2);
     fn_add_row(job->dtype, x, channels, ch_mean); /* the shift: row 0 */
     for (size_t g = 0; g < groups; ++g) g_mean[g] = g_m2[g] = 0;
     for (size_t k = 0; k < per_group; ++k)

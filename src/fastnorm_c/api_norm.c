@@ -463,6 +463,7 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
     size_t chunks = (job->inner + FN_COLUMN_CHUNK - 1) / FN_COLUMN_CHUNK;
     size_t items = job->outer * chunks, size = job->item_size, csize = fn_compute_size(job->dtype);
     int center = job->kind == FASTNORM_LAYER_NORM;
+    int prefetch = items * job->middle * FN_COLUMN_CHUNK * size >= FN_COL_PREFETCH_MIN_BYTES;
     FN_PARALLEL_FOR(item, items, {
         size_t o = (size_t)item / chunks, column = ((size_t)item % chunks) * FN_COLUMN_CHUNK;
         size_t width = job->inner - column < FN_COLUMN_CHUNK ? job->inner - column : FN_COLUMN_CHUNK;
@@ -474,7 +475,7 @@ static void fn_norm_columns(const fn_norm_job *job, int threads) {
         _Alignas(64) double mean_lo[FN_COLUMN_CHUNK];
         _Alignas(64) double scale[FN_COLUMN_CHUNK];
         job->kernels->col_stats[job->dtype](x, job->middle, width, job->inner, center ? x : NULL,
-                                            center, mean_shifted, m2);
+                                            center, prefetch, mean_shifted, m2);
         for (size_t j = 0; j < width; ++j) {
             double shift = center ? fn_element(job->dtype, x, j) : 0.0, mean, rstd;
             fn_exact_if_overflowed(job->dtype, x + j * size, NULL, job->middle, 1, job->inner,

@@ -98,9 +98,11 @@ enum {
 /* Column statistics of x[r * row_stride + j], r < rows, j < cols.
  * center != 0: Welford on (x - shift_row[j]) (shift_row: storage dtype, cols values,
  *              usually the first row); mean_shifted[j], m2[j] as for rows.
- * center == 0: mean_shifted[j] = 0, m2[j] = sum over r of x^2. */
+ * center == 0: mean_shifted[j] = 0, m2[j] = sum over r of x^2.
+ * prefetch != 0: x lies in an input too large for the cache to have kept
+ *              (api_internal.h, FN_COL_PREFETCH_MIN_BYTES); the kernel may read ahead. */
 typedef void (*fastnorm_col_stats_fn)(const void *x, size_t rows, size_t cols, size_t row_stride,
-                                      const void *shift_row, int center,
+                                      const void *shift_row, int center, int prefetch,
                                       double *mean_shifted, double *m2);
 
 /* y[r, j] = ((x[r, j] - mean_hi[j]) - mean_lo[j]) * scale[j] * row_weight[r]
