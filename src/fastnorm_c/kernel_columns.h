@@ -122,6 +122,19 @@ static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
     KB_NAME(kb_col_acc_store)(&acc, width, center, mean_out, m2_out);
 }
 
+/* With `prefetch` (an input past the cache, col_stats), each step asks for its two rows'
+ * data this many bytes on: the hardware prefetcher alone kept one thread's reads at about
+ * 21 GB/s here.  Zen 5, in-process A/B, float32, 1 thread, time per call, kb_col_rows:
+ * `moments` (100352, 64) 0.66-0.85 (2 threads 0.64), channels-last GroupNorm (32, 64, 56,
+ * 56) 0.75-0.90 (2 threads 0.79), BatchNorm training (32, 64, 56, 56) channels-last
+ * 0.84-0.96 (2 threads 0.90); AVX2 there 0.73-0.92; 4 KB on 0.82-0.85, 16 KB 0.79-0.87.
+ * kb_col_strips: `moments` (401408, 32) 0.57-0.60, (401408, 48) 0.78, BatchNorm training
+ * channels-last (64, 3, 224, 224) 0.90-0.91 (AVX2 and AVX-512).  Inputs the
+ * cache holds lost (`moments` (3136, 64) 1.20, (32768, 64), 8 MB, 1.15), hence the flag;
+ * float64, twice the arithmetic per byte, took 1.11x the time with it (thirty-third
+ * session), so float32 alone reads ahead. */
+#define KB_COL_PREFETCH_BYTES 8192
+
 /* `strips` (2 to 4, a constant at each call) full strips side by side, up to 4 * KB_LANES
  * adjacent columns, one pass down the rows reading the adjacent vectors of each: the
  * dependency chains overlap and the reads are sequential.  Four strips against strip by
@@ -135,7 +148,7 @@ static void KB_NAME(kb_col_strip)(const KB_T *x, size_t rows, size_t row_stride,
  * merged through arrays instead of one statement per strip, the four strips took 1.19x the
  * time. */
 KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_stride,
-                                      const KB_T *shift_row, int center, int strips,
+                                      const KB_T *shift_row, int center, int strips, int prefetch,
                                       double *mean_out, double *m2_out) {
     KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0;
     if (center) {
@@ -160,6 +173,13 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
             const KB_V inverse = kb_set1(kb_inverse[k]);
             const KB_V rest = kb_set1(kb_rest[k]);
             p += 2 * row_stride;
+            if (prefetch)
+                for (int s = 0; s < strips; ++s) {
+                    __builtin_prefetch((const char *)(p + s * KB_LANES) + KB_COL_PREFETCH_BYTES,
+                                       0, 3);
+                    __builtin_prefetch((const char *)(p + row_stride + s * KB_LANES) +
+                                           KB_COL_PREFETCH_BYTES, 0, 3);
+                }
             KB_NAME(kb_welford2_step)(KB_ROW2(0), s0, inverse, rest, center, &mean0, &m2_0);
             KB_NAME(kb_welford2_step)(KB_ROW2(1), s1, inverse, rest, center, &mean1, &m2_1);
             if (strips > 2)
@@ -209,20 +229,15 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
  * 0.75x (docs/performance.md).
  * From C on one call's rows at NumPy's placement (best of 30): (1568, 256) 59-67 -> 46 us.
  * Narrower rows keep the strips, whose streams stay in registers: in L2, 16 and 32 columns
- * took 1.3-1.5x the strips' time this way, 48 and 64 about the same.  Half dtypes too:
- * widening their loads bounds them, not the reads (1.02-1.04x this way). */
+ * took 1.3-1.5x the strips' time this way, 48 and 64 about the same.  So do rows of at most
+ * four vectors, which one pass of the strips covers: AVX-512 float32 rows of 64 columns by
+ * the strips, Zen 5, in-process A/B, 1 thread: `moments` (3136, 64) 0.77-0.79, (32768, 64)
+ * 0.80-0.81, BatchNorm training channels-last (1, 64, 56, 56) 0.90-0.91; eight vectors
+ * did not gain (AVX2 float32 (3136, 64) 0.98-1.02, AVX-512 (1568, 128) 0.99, float64
+ * 1.21-1.26).  Half dtypes too: widening their loads bounds them, not the reads (1.02-1.04x
+ * this way). */
 #define KB_COL_GROUP 512
 #define KB_COL_ROWS_MIN 64
-/* With `prefetch` (an input past the cache, col_stats), each step asks for its two rows'
- * data this many bytes on: the hardware prefetcher alone kept one thread's reads at about
- * 21 GB/s here.  Zen 5, in-process A/B, float32, 1 thread, time per call: `moments`
- * (100352, 64) 0.66-0.85 (2 threads 0.64), channels-last GroupNorm (32, 64, 56, 56)
- * 0.75-0.90 (2 threads 0.79), BatchNorm training (32, 64, 56, 56) channels-last 0.84-0.96
- * (2 threads 0.90); AVX2 there 0.73-0.92; 4 KB on 0.82-0.85, 16 KB 0.79-0.87.  Inputs the
- * cache holds lost (`moments` (3136, 64) 1.20, (32768, 64), 8 MB, 1.15), hence the flag;
- * float64, twice the arithmetic per byte, took 1.11x the time with it (thirty-third
- * session), so float32 alone reads ahead. */
-#define KB_COL_PREFETCH_BYTES 8192
 KB_INLINE void KB_NAME(kb_col_rows)(const KB_T *x, size_t rows, size_t row_stride,
                                     const KB_T *shift_row, int center, int prefetch, size_t cols,
                                     double *mean_out, double *m2_out) {
@@ -293,7 +308,8 @@ static void KB_NAME(col_stats)(const void *x, size_t rows, size_t cols, size_t r
     size_t j = 0;
     prefetch = prefetch && sizeof(KB_T) == 4; /* float32 (kb_col_rows, KB_COL_PREFETCH_BYTES) */
     if (KB_LANES > 1 && sizeof(KB_T) == sizeof(KB_C) && rows >= 2)
-        while (cols - j >= KB_COL_ROWS_MIN) { /* wide rows in row order (kb_col_rows) */
+        while (cols - j >= KB_COL_ROWS_MIN && cols - j > 4 * KB_LANES) { /* wide rows in row
+                                                                           * order (kb_col_rows) */
             size_t group = (cols - j) / KB_LANES * KB_LANES;
             if (group > KB_COL_GROUP) group = KB_COL_GROUP;
             /* constant flags at each call: one loop per variant */
@@ -311,10 +327,11 @@ static void KB_NAME(col_stats)(const void *x, size_t rows, size_t cols, size_t r
 #define KB_STRIPS(n)                                                                               \
     do {                                                                                           \
         if (center)                                                                                \
-            KB_NAME(kb_col_strips)(xs + j, rows, row_stride, shift + j, 1, n, mean_shifted + j,    \
-                                   m2 + j);                                                        \
+            KB_NAME(kb_col_strips)(xs + j, rows, row_stride, shift + j, 1, n, prefetch,            \
+                                   mean_shifted + j, m2 + j);                                      \
         else                                                                                       \
-            KB_NAME(kb_col_strips)(xs + j, rows, row_stride, NULL, 0, n, mean_shifted + j, m2 + j); \
+            KB_NAME(kb_col_strips)(xs + j, rows, row_stride, NULL, 0, n, prefetch, mean_shifted + j, \
+                                   m2 + j);                                                        \
         j += (n) * KB_LANES;                                                                       \
     } while (0)
     while (j + 4 * KB_LANES <= cols) KB_STRIPS(4);
