@@ -106,6 +106,32 @@ def test_rows_of_a_large_input_equal_each_row_alone(op, dtype, isa, rng, tol):
                                           err_msg=f"n={n}, row {row}")
 
 
+@pytest.mark.parametrize("dtype", (F32,) + tuple(HALF_DTYPES))
+def test_short_rows_of_an_input_past_8mb_equal_each_row_alone(op, dtype, isa, rng, tol):
+    # From 8 MB of input (FN_AHEAD_MAX_READ_BYTES), LayerNorm rows too short for the next-row
+    # prefetch (AVX-512: under 2 KB; 300 values in float32 and half precision, 700 in half)
+    # still take their statistics one row ahead, in the kernels' own loops, with and without
+    # a residual; RMSNorm and the other families keep the row order.  The same bits as each
+    # row alone, in place too, and the fused residual's h as the unfused sum.
+    for n in (300, 700):
+        rows = (8 << 20) // (n * dtype.itemsize) + 3
+        x = random_data(rng, (rows, n), dtype, offset=1.5)
+        r = random_data(rng, (rows, n), dtype)
+        w, b = _affine(op, rng, (n,), dtype, True, True)
+        y = row_norm(op, x, None, w, b)
+        assert_close(y, ref_row_norm(op, x, None, w, b), tol, err_msg=f"n={n}")
+        in_place = x.copy()
+        row_norm(op, in_place, None, w, b, out=in_place)
+        np.testing.assert_array_equal(in_place, y, err_msg=f"n={n}, in place")
+        h = np.empty_like(x)
+        fused = row_norm(op, x, None, w, b, residual=r, residual_out=h)
+        np.testing.assert_array_equal(h, (x + r).astype(dtype), err_msg=f"n={n}, h")
+        np.testing.assert_array_equal(fused, row_norm(op, h, None, w, b), err_msg=f"n={n}, fused")
+        for row in (0, 1, rows // 2, rows - 2, rows - 1):
+            np.testing.assert_array_equal(y[row:row + 1], row_norm(op, x[row:row + 1], None, w, b),
+                                          err_msg=f"n={n}, row {row}")
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_weight_and_bias_at_any_address_give_the_same_bits(op, dtype, isa, rng, tol):
     # From 16 rows up, weight and bias not on a 64-byte line are read from an aligned copy

@@ -33,7 +33,15 @@
  * bfloat16 4096x768 LayerNorm 0.73-0.98x, RMSNorm 0.79x; 2 threads: LayerNorm 2048x768
  * 0.86-0.90x, RMSNorm 2600x768 1.00x).  With a residual, whose four arrays take twice the
  * cache, 4 MB inputs already lost (LayerNorm 1400x768 1.05x, RMSNorm 1.02x).  On Zen 3 the
- * AVX2 family's rows of 8 and 16 KB win too (simd_avx2.h). */
+ * AVX2 family's rows of 8 and 16 KB win too (simd_avx2.h).  Past that size, LayerNorm rows
+ * too short for the family's next-row prefetch (prefetch_row_min: AVX-512 rows under 2 KB)
+ * still take their statistics a row ahead, but in the kernels' own loops, not
+ * row_stats_normalize's (fn_norm_rows_ahead): the latency of each row's finish then
+ * overlaps the next row's statistics.  Zen 5, in-process A/B, 1 thread, time per call:
+ * bfloat16 32768x768 0.89-0.93 (fused residual 0.93), float16 0.83-0.85 (2 threads 0.94),
+ * 131072x320 0.82, float32 65536x384 0.95-0.97; RMSNorm lost (float32 65536x384 1.19-1.27,
+ * bfloat16 on 2 threads 1.18) and keeps the row order, as do prefetching rows (float32
+ * 32768x768 1.34 with the prefetch moved a row on) and the fused loop (1.9). */
 #define FN_AHEAD_MAX_READ_BYTES (8u << 20)
 
 /* Columns per work item when a norm reduces over a non-trailing axis. */
@@ -260,16 +268,16 @@ static void fn_row_normalize_span(const fn_norm_job *job, size_t r, double shift
         job->bias ? (const char *)job->bias + param : NULL, job->y + offset, next, job->row_store);
 }
 
-/* Row r's normalize pass, prefetching the next row (which the statistics pass reads next)
- * where the family asks for it (FN_PREFETCH_MIN_BYTES). */
+/* Row r's normalize pass, prefetching row `next` (the next the statistics pass reads) where
+ * the family asks for it (FN_PREFETCH_MIN_BYTES). */
 static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
-                             double rstd) {
+                             double rstd, size_t next) {
     size_t row_bytes = job->middle * job->item_size;
-    int prefetch = r + 1 < job->outer && row_bytes >= job->kernels->prefetch_row_min &&
+    int prefetch = next < job->outer && row_bytes >= job->kernels->prefetch_row_min &&
                    row_bytes <= job->kernels->prefetch_row_max &&
                    job->outer * row_bytes >= FN_PREFETCH_MIN_BYTES;
     fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, 0, job->middle,
-                          prefetch ? job->x + (r + 1) * row_bytes : NULL);
+                          prefetch ? job->x + next * row_bytes : NULL);
 }
 
 /* Rows first ... end - 1 (at most FN_GROUP_ROWS): the statistics of each, then the
@@ -299,11 +307,12 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_moments m;
     fn_row_stats(job, r, &m);
     double rstd = fn_row_finish(job, r, &m); /* may replace m's statistics: first */
-    fn_row_normalize(job, r, &m, rstd);
+    fn_row_normalize(job, r, &m, rstd, r + 1);
 }
 
-/* Rows begin ... end - 1 with the statistics one row ahead (ahead_row_max), without
- * a residual in one kernel loop with the previous row's normalize pass
+/* Rows begin ... end - 1 with the statistics one row ahead (ahead_row_max), in inputs
+ * under FN_AHEAD_MAX_READ_BYTES without a residual in one kernel loop with the previous
+ * row's normalize pass
  * (row_stats_normalize: bench --out, alternating builds, three runs, time per call:
  * RMSNorm 64x768 0.88-0.94x, 512x768 0.91-0.92x, 1024x768 0.89-0.90x; LayerNorm 512x768
  * 0.94x, 1024x768 0.94-0.96x).  Each row's outputs are written after the next row's
@@ -313,12 +322,13 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
 static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end) {
     size_t n = job->middle, bytes = n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
+    int fused = !job->residual && job->outer * bytes < FN_AHEAD_MAX_READ_BYTES;
     fn_row_moments m, next;
     if (begin < end) fn_row_stats(job, begin, &next);
     for (size_t r = begin; r < end; ++r) {
         m = next;
         double rstd = fn_row_finish(job, r, &m);
-        if (r + 1 < end && !job->residual) { /* both in one loop (kernels.h) */
+        if (r + 1 < end && fused) { /* both in one loop (kernels.h) */
             const char *x = job->x + r * bytes;
             next.shift = fn_row_shift(job, r + 1);
             job->kernels->row_stats_normalize[job->dtype](
@@ -328,7 +338,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
             continue;
         }
         if (r + 1 < end) fn_row_stats(job, r + 1, &next);
-        fn_row_normalize(job, r, &m, rstd);
+        fn_row_normalize(job, r, &m, rstd, r + 2);
     }
 }
 
@@ -510,7 +520,9 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     if (job->middle > FN_ROW_SEGMENT) return fn_norm_long_rows(job, threads);
     size_t row_bytes = job->middle * job->item_size;
     size_t read_bytes = job->outer * row_bytes * (job->residual ? 2 : 1);
-    if (row_bytes <= job->kernels->ahead_row_max && read_bytes < FN_AHEAD_MAX_READ_BYTES) {
+    if (row_bytes <= job->kernels->ahead_row_max &&
+        (read_bytes < FN_AHEAD_MAX_READ_BYTES ||
+         (job->kind == FASTNORM_LAYER_NORM && row_bytes < job->kernels->prefetch_row_min))) {
         /* one contiguous share of the rows per thread, as the static schedule gives */
         FN_PARALLEL_FOR(t, threads, {
             fn_norm_rows_ahead(job, (size_t)t * job->outer / (size_t)threads,
