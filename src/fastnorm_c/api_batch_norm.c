@@ -130,7 +130,8 @@ fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dt
         size_t row = (size_t)item / segments, begin = ((size_t)item % segments) * FN_ROW_SEGMENT;
         size_t length = inner - begin < FN_ROW_SEGMENT ? inner - begin : FN_ROW_SEGMENT;
         kernels->row_stats[dtype](x + (row * inner + begin) * size, NULL, NULL, length,
-                                  shift_out[row % channels], 1, &part[2 * item], &part[2 * item + 1]);
+                                  shift_out[row % channels], 1, 0, &part[2 * item],
+                                  &part[2 * item + 1]);
     });
     for (size_t c = 0; c < channels; ++c) {
         double count = 0, mean = 0, m2 = 0;
@@ -463,7 +464,7 @@ typedef struct {
 static void fn_bn_train_channel(const fn_bn_job *job, size_t c) {
     size_t inner = job->inner, offset = c * inner * fn_storage_size(job->dtype);
     double shift = fn_element(job->dtype, job->x, c * inner), mean_shifted, m2;
-    job->kernels->row_stats[job->dtype](job->x + offset, NULL, NULL, inner, shift, 1,
+    job->kernels->row_stats[job->dtype](job->x + offset, NULL, NULL, inner, shift, 1, 0,
                                         &mean_shifted, &m2);
     fn_exact_if_overflowed(job->dtype, job->x + offset, NULL, 1, inner, 0, 1, shift,
                            &mean_shifted, &m2);

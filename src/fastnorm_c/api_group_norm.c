@@ -123,7 +123,7 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
     size_t span = job->per_group * job->spatial;
     const char *x = job->x + item * span * job->item_size;
     double shift = fn_element(job->dtype, x, 0), mean_shifted, m2, mean, rstd;
-    job->kernels->row_stats[job->dtype](x, NULL, NULL, span, shift, 1, &mean_shifted, &m2);
+    job->kernels->row_stats[job->dtype](x, NULL, NULL, span, shift, 1, 0, &mean_shifted, &m2);
     fn_exact_if_overflowed(job->dtype, x, NULL, 1, span, 0, 1, shift, &mean_shifted, &m2);
     fn_finish(FASTNORM_LAYER_NORM, shift, mean_shifted, m2, (double)span, job->eps, &mean, &rstd);
     if (job->per_group > 1 && job->spatial < FN_AFFINE_ROW_MIN &&

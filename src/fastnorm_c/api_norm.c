@@ -221,13 +221,27 @@ static double fn_row_shift(const fn_norm_job *job, size_t r) {
                           job->residual ? job->residual + offset : NULL, 0);
 }
 
-static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m) {
+/* Whether the call's input is large enough to prefetch for (FN_PREFETCH_MIN_BYTES). */
+static int fn_prefetch_input(const fn_norm_job *job) {
+    return job->outer * job->middle * job->item_size >= FN_PREFETCH_MIN_BYTES;
+}
+
+/* Whether a row's normalize pass prefetches the next row (fn_row_normalize): its length in
+ * bytes within the family's prefetch_row_min ... prefetch_row_max. */
+static int fn_next_row_prefetched(const fn_norm_job *job) {
+    size_t row_bytes = job->middle * job->item_size;
+    return fn_prefetch_input(job) && row_bytes >= job->kernels->prefetch_row_min &&
+           row_bytes <= job->kernels->prefetch_row_max;
+}
+
+/* Row r's statistics pass; prefetch: it reads ahead itself (kernels.h, row_stats). */
+static void fn_row_stats(const fn_norm_job *job, size_t r, fn_row_moments *m, int prefetch) {
     size_t n = job->middle;
     fn_norm_spans s = fn_spans(job, r * n * job->item_size);
     m->shift = fn_row_shift(job, r);
     job->kernels->row_stats[job->dtype](s.x, s.residual, s.stats_h, n, m->shift,
-                                        job->kind == FASTNORM_LAYER_NORM, &m->mean_shifted,
-                                        &m->m2);
+                                        job->kind == FASTNORM_LAYER_NORM, prefetch,
+                                        &m->mean_shifted, &m->m2);
 }
 
 /* Row r's statistics again, exactly, where the kernels' came out non-finite
@@ -273,9 +287,7 @@ static void fn_row_normalize_span(const fn_norm_job *job, size_t r, double shift
 static void fn_row_normalize(const fn_norm_job *job, size_t r, const fn_row_moments *m,
                              double rstd, size_t next) {
     size_t row_bytes = job->middle * job->item_size;
-    int prefetch = next < job->outer && row_bytes >= job->kernels->prefetch_row_min &&
-                   row_bytes <= job->kernels->prefetch_row_max &&
-                   job->outer * row_bytes >= FN_PREFETCH_MIN_BYTES;
+    int prefetch = next < job->outer && fn_next_row_prefetched(job);
     fn_row_normalize_span(job, r, m->shift, m->mean_shifted, rstd, 0, job->middle,
                           prefetch ? job->x + next * row_bytes : NULL);
 }
@@ -291,7 +303,7 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
     double rstd[FN_GROUP_ROWS];
     size_t n = job->middle;
     for (size_t r = first; r < end; ++r) {
-        fn_row_stats(job, r, &m[r - first]);
+        fn_row_stats(job, r, &m[r - first], fn_prefetch_input(job));
         rstd[r - first] = fn_row_finish(job, r, &m[r - first]);
     }
     for (size_t begin = 0; begin < n; begin += FN_PARAM_BLOCK) {
@@ -305,7 +317,7 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
 /* Statistics then normalization of row r, read from cache the second time. */
 static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_moments m;
-    fn_row_stats(job, r, &m);
+    fn_row_stats(job, r, &m, fn_prefetch_input(job) && !fn_next_row_prefetched(job));
     double rstd = fn_row_finish(job, r, &m); /* may replace m's statistics: first */
     fn_row_normalize(job, r, &m, rstd, r + 1);
 }
@@ -323,8 +335,9 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
     size_t n = job->middle, bytes = n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
     int fused = !job->residual && job->outer * bytes < FN_AHEAD_MAX_READ_BYTES;
+    int prefetch = !fused && fn_prefetch_input(job) && !fn_next_row_prefetched(job);
     fn_row_moments m, next;
-    if (begin < end) fn_row_stats(job, begin, &next);
+    if (begin < end) fn_row_stats(job, begin, &next, prefetch);
     for (size_t r = begin; r < end; ++r) {
         m = next;
         double rstd = fn_row_finish(job, r, &m);
@@ -337,7 +350,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
                 job->row_store);
             continue;
         }
-        if (r + 1 < end) fn_row_stats(job, r + 1, &next);
+        if (r + 1 < end) fn_row_stats(job, r + 1, &next, prefetch);
         fn_row_normalize(job, r, &m, rstd, r + 2);
     }
 }
@@ -367,8 +380,8 @@ static void fn_long_stats(const fn_norm_job *job, const fn_long_batch *batch, si
     fn_norm_spans spans = fn_spans(job, ((batch->first + b) * n + s * FN_ROW_SEGMENT) * job->item_size);
     job->kernels->row_stats[job->dtype](spans.x, spans.residual, spans.stats_h,
                                         fn_segment_length(n, s), batch->shift[b],
-                                        job->kind == FASTNORM_LAYER_NORM, &batch->part_mean[item],
-                                        &batch->part_m2[item]);
+                                        job->kind == FASTNORM_LAYER_NORM, fn_prefetch_input(job),
+                                        &batch->part_mean[item], &batch->part_m2[item]);
 }
 
 /* Each row's segment partials merged in order, its mean and rstd. */

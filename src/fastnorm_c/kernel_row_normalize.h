@@ -477,7 +477,7 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
     if (!fits) {
         KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, 0.0, weight, bias, y, NULL,
                                store);
-        KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, mean_shifted, m2);
+        KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, 0, mean_shifted, m2);
         return;
     }
     size_t body = n;
@@ -495,7 +495,7 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
 #define KB_CASE(f)                                                                                \
     case f:                                                                                       \
         KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, shift, (f) & 16, mean_shifted, m2, 0, 0,  \
-                                   &cursor, f, 1);                                                \
+                                   &cursor, f, 1, 0);                                             \
         KB_NAME(kb_row_normalize_impl)(cursor.x + cursor.i, NULL, NULL, body - cursor.i, hi, lo,  \
                                        sc, be, cursor.weight ? cursor.weight + cursor.i : NULL,   \
                                        cursor.bias ? cursor.bias + cursor.i : NULL,               \
@@ -508,7 +508,8 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
 #undef KB_CASE
 #ifdef KB_SQUARES
     if (!center && KB_SQUARES_FLUSHED(n, *m2)) /* as in row_stats */
-        KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, 0.0, 0, mean_shifted, m2, 0, 0, NULL, 0, 0);
+        KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, 0.0, 0, mean_shifted, m2, 0, 0, NULL, 0, 0,
+                                   0);
 #endif
     if (lead) {
         kb_store(ys, first);

@@ -20,9 +20,11 @@
  *              squared deviations.
  * center == 0: *mean_shifted = 0, *m2 = sum(h^2).
  * residual may be NULL; residual_out (NULL or n elements) receives h, or row_normalize
- * stores it (api_norm.c's fn_norm_spans chooses). */
+ * stores it (api_norm.c's fn_norm_spans chooses).
+ * prefetch != 0: the span lies in an input past the cache, and no other pass prefetches it;
+ *              the kernel may read ahead. */
 typedef void (*fastnorm_row_stats_fn)(const void *x, const void *residual, void *residual_out,
-                                      size_t n, double shift, int center,
+                                      size_t n, double shift, int center, int prefetch,
                                       double *mean_shifted, double *m2);
 
 /* row_stats (center != 0, no residual) of `rows` spans of n elements, span r at x + r * stride
