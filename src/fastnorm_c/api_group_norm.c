@@ -22,7 +22,10 @@ typedef struct {
     const void *weight, *bias;
     double eps;
     int stream;
-    int prefetch; /* col_stats reads ahead (the input is past the cache) */
+    /* the statistics read ahead (col_stats, and row_stats for the fused groups): the input
+     * is past FN_COL_PREFETCH_MIN_BYTES; (32, 64, 56, 56) float32 in NCHW 0.89x the time on 1
+     * and 2 threads (Zen 5) */
+    int prefetch;
     /* small maps (fn_group_table): weight and bias spread over each channel's positions */
     const char *table_w, *table_b;
 } fn_group_job;
@@ -123,7 +126,8 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
     size_t span = job->per_group * job->spatial;
     const char *x = job->x + item * span * job->item_size;
     double shift = fn_element(job->dtype, x, 0), mean_shifted, m2, mean, rstd;
-    job->kernels->row_stats[job->dtype](x, NULL, NULL, span, shift, 1, 0, &mean_shifted, &m2);
+    job->kernels->row_stats[job->dtype](x, NULL, NULL, span, shift, 1, job->prefetch,
+                                        &mean_shifted, &m2);
     fn_exact_if_overflowed(job->dtype, x, NULL, 1, span, 0, 1, shift, &mean_shifted, &m2);
     fn_finish(FASTNORM_LAYER_NORM, shift, mean_shifted, m2, (double)span, job->eps, &mean, &rstd);
     if (job->per_group > 1 && job->spatial < FN_AFFINE_ROW_MIN &&

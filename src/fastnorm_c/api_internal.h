@@ -54,6 +54,15 @@
  * 1.55-1.60x), and, not measured again, LayerNorm over columns. */
 #define FN_STREAM_MIN_BYTES_OTHERS (16u << 20)
 
+/* In an input of at least FN_PREFETCH_MIN_BYTES, the normalize pass of a row whose length in
+ * bytes lies in the family's prefetch_row_min ... prefetch_row_max (kernels.h, measured in
+ * simd_<family>.h) prefetches the next row for the statistics pass, and the statistics of
+ * other rows read ahead themselves (kernels.h, row_stats's prefetch; api_norm.c, and
+ * BatchNorm's channel rows).  Smaller inputs do not: 512x768 float32 (1.5 MB, which the
+ * hardware prefetcher keeps up with) took 1.04-1.10x the time with it (AVX2, Zen 3, 1
+ * thread, ctypes A/B). */
+#define FN_PREFETCH_MIN_BYTES (4u << 20)
+
 /* Column statistics read ahead (kernels.h, col_stats's prefetch) in an input of at least
  * this many bytes, past what the last-level cache keeps between calls.  Zen 5 (32 MB L3),
  * float32 `moments` of 64 columns in a loop, in-process A/B, time per call with the

@@ -9,12 +9,6 @@
 /* Long rows take both passes a batch of rows of about this many bytes at a time (measured
  * against 256 KB and 4 MB: see fn_norm_long_rows). */
 #define FN_LONG_ROW_BATCH_BYTES (1u << 20)
-/* In an input of at least FN_PREFETCH_MIN_BYTES, the normalize pass of a row whose length in
- * bytes lies in the family's prefetch_row_min ... prefetch_row_max (kernels.h, measured in
- * simd_<family>.h) prefetches the next row for the statistics pass.  Smaller inputs do
- * not: 512x768 float32 (1.5 MB, which the hardware prefetcher keeps up with) took
- * 1.04-1.10x the time with it (AVX2, Zen 3, 1 thread, ctypes A/B). */
-#define FN_PREFETCH_MIN_BYTES (4u << 20)
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
  * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 16 KB, the others
  * 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
