@@ -85,6 +85,20 @@ def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
                                                   err_msg=f"{where}, row {row} stats")
 
 
+def _check_rows_of_a_large_input(op, x, w, b, tol):
+    """x's rows normalized: near the float64 reference, the same bits in place, and the same
+    bits as five of its rows (the first two, one in the middle, the last two) alone."""
+    rows, n = x.shape
+    y = row_norm(op, x, None, w, b)
+    assert_close(y, ref_row_norm(op, x, None, w, b), tol, err_msg=f"n={n}")
+    in_place = x.copy()
+    row_norm(op, in_place, None, w, b, out=in_place)
+    np.testing.assert_array_equal(in_place, y, err_msg=f"n={n}, in place")
+    for row in (0, 1, rows // 2, rows - 2, rows - 1):
+        np.testing.assert_array_equal(y[row:row + 1], row_norm(op, x[row:row + 1], None, w, b),
+                                      err_msg=f"n={n}, row {row}")
+
+
 @pytest.mark.parametrize("dtype", (F32,) + tuple(HALF_DTYPES))
 def test_rows_of_a_large_input_equal_each_row_alone(op, dtype, isa, rng, tol):
     # From 4 MB of input (FN_PREFETCH_MIN_BYTES) a row's normalize pass may prefetch the
@@ -96,14 +110,7 @@ def test_rows_of_a_large_input_equal_each_row_alone(op, dtype, isa, rng, tol):
         rows = (4 << 20) // (n * dtype.itemsize) + 2
         x = random_data(rng, (rows, n), dtype, offset=1.5)
         w, _ = _affine(op, rng, (n,), dtype, True, False)
-        y = row_norm(op, x, None, w, None)
-        assert_close(y, ref_row_norm(op, x, None, w, None), tol, err_msg=f"n={n}")
-        in_place = x.copy()
-        row_norm(op, in_place, None, w, None, out=in_place)
-        np.testing.assert_array_equal(in_place, y, err_msg=f"n={n}, in place")
-        for row in (0, 1, rows // 2, rows - 2, rows - 1):
-            np.testing.assert_array_equal(y[row:row + 1], row_norm(op, x[row:row + 1], None, w, None),
-                                          err_msg=f"n={n}, row {row}")
+        _check_rows_of_a_large_input(op, x, w, None, tol)
 
 
 @pytest.mark.parametrize("dtype", (F32,) + tuple(HALF_DTYPES))
@@ -118,18 +125,11 @@ def test_short_rows_of_an_input_past_8mb_equal_each_row_alone(op, dtype, isa, rn
         x = random_data(rng, (rows, n), dtype, offset=1.5)
         r = random_data(rng, (rows, n), dtype)
         w, b = _affine(op, rng, (n,), dtype, True, True)
-        y = row_norm(op, x, None, w, b)
-        assert_close(y, ref_row_norm(op, x, None, w, b), tol, err_msg=f"n={n}")
-        in_place = x.copy()
-        row_norm(op, in_place, None, w, b, out=in_place)
-        np.testing.assert_array_equal(in_place, y, err_msg=f"n={n}, in place")
+        _check_rows_of_a_large_input(op, x, w, b, tol)
         h = np.empty_like(x)
         fused = row_norm(op, x, None, w, b, residual=r, residual_out=h)
         np.testing.assert_array_equal(h, (x + r).astype(dtype), err_msg=f"n={n}, h")
         np.testing.assert_array_equal(fused, row_norm(op, h, None, w, b), err_msg=f"n={n}, fused")
-        for row in (0, 1, rows // 2, rows - 2, rows - 1):
-            np.testing.assert_array_equal(y[row:row + 1], row_norm(op, x[row:row + 1], None, w, b),
-                                          err_msg=f"n={n}, row {row}")
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
