@@ -5,9 +5,13 @@ kernel family this CPU has) and, when installed, PyTorch and ONNX Runtime.
 
 Rows / channels are `offset + N(0, 1)` in float32; the reference is fastnorm.reference
 (float64, two-pass) on the same float32 input.  The figures quoted in README.md and
-docs/performance.md come from this script.
+docs/performance.md come from this script.  Last, the statistics of bfloat16 LayerNorm
+rows (return_stats) in each family, with avx512_nobf16 beside avx512 where the CPU has
+AVX512-BF16: that build sums bfloat16 rows near zero by VDPBF16PS without a center
+(kernel_row_stats.h, kb_dot_kept), the others about a center.
 """
 
+import ml_dtypes
 import numpy as np
 
 import fastnorm
@@ -74,6 +78,34 @@ def batch_norm_errors(rng, torch, offset=100.0):
     return rows
 
 
+BF16_OFFSETS = (0.0, 0.5, 1.0, 3.0)
+
+
+def bf16_stats_errors(rng):
+    """[(n, family, [(mean error / std, rstd relative error) per offset])]: the worst over
+    300 rows of n bfloat16 values."""
+    config = fastnorm.get_config()
+    families = list(config["isa_available"])
+    if "avx512" in families and "avx512_bf16" in config["isa_extensions"]:
+        families.append("avx512_nobf16")
+    rows = []
+    for n in (768, 4096):
+        data = [(offset + rng.standard_normal((300, n))).astype(ml_dtypes.bfloat16)
+                for offset in BF16_OFFSETS]
+        for isa in families:
+            errors = []
+            for x in data:
+                h = x.astype(np.float64)
+                std = h.std(axis=1)
+                rstd = 1.0 / np.sqrt(h.var(axis=1) + 1e-5)
+                with fastnorm._config.use_isa(isa):
+                    _, mean, got = fastnorm.layer_norm(x, return_stats=True)
+                errors.append((float(np.max(np.abs(mean - h.mean(axis=1)) / std)),
+                               float(np.max(np.abs(got - rstd) / rstd))))
+            rows.append((n, isa, errors))
+    return rows
+
+
 def main():
     rng = np.random.default_rng(0)
     torch = _torch()
@@ -88,6 +120,12 @@ def main():
     print("\nbatch_norm training, float32, offset 100 + N(0, 1): max |error| vs float64")
     for shape, layout, name, error in batch_norm_errors(rng, torch):
         print(f"{'x'.join(map(str, shape)):14} {layout}  {name:10} {error:.2e}")
+    print("\nlayer_norm statistics, bfloat16 rows of offset + N(0, 1), 300 rows: max "
+          "|mean error| / std, max relative rstd error (float32 results: rounding 6e-8)")
+    print(f"{'n':>5} {'family':14}" + "".join(f"{'offset ' + format(o, 'g'):>20}"
+                                            for o in BF16_OFFSETS))
+    for n, isa, errors in bf16_stats_errors(rng):
+        print(f"{n:5} {isa:14}" + "".join(f"{m:10.1e}{r:10.1e}" for m, r in errors))
 
 
 if __name__ == "__main__":

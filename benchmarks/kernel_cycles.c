@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
         for (int try = 0; try < TRIES; ++try) {
             double start = seconds();
             for (int c = 0; c < CALLS; ++c) {
-                KC_KERNELS.row_stats[dtype](x, NULL, NULL, n, rms ? 0.0 : 0.5, !rms, &mean,
+                KC_KERNELS.row_stats[dtype](x, NULL, NULL, n, rms ? 0.0 : 0.5, !rms, 0, &mean,
                                           &m2);
                 __asm__ volatile("" : : "g"(&mean), "g"(&m2) : "memory");
             }

@@ -101,6 +101,37 @@ def test_return_stats_are_float32(dtype, op, isa, rng):
         np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
+# scale 4 (variance 16): offsets 3.5 and 4.5 put the mean's square just under and over it;
+# "tiny": values near 2^-66, whose squares the dot product flushes to zero (as in
+# test_rms_norm_of_tiny_rows_with_eps_zero), with eps = 0
+@pytest.mark.parametrize("offset, scale", [(0.0, 4.0), (3.5, 4.0), (4.5, 4.0), (100.0, 4.0),
+                                           (0.0, "tiny")])
+def test_layer_norm_statistics_on_both_sides_of_the_dot_product(dtype, offset, scale, isa,
+                                                                rng):
+    """The avx512 build with AVX512-BF16 sums bfloat16 rows by VDPBF16PS about no center
+    where the mean's square is at most the variance and the squares did not flush, and
+    sums the others again about a center (kernel_row_stats.h, kb_dot_kept): the statistics
+    stay within 1e-6 of the float64 reference either way, in the row loop, its leftover
+    vectors (n=100) and the segments of a long row; and a residual stored over x is what
+    the second sums read."""
+    eps = 1e-5
+    if scale == "tiny":
+        scale, eps = (2.0**-66 if dtype == BF16 else 2.0**-20), 0.0
+    for n in (100, 768, 4096, 1 << 16):
+        x = random_data(rng, (4, n), dtype, offset=offset, scale=scale)
+        _, mean, rstd = fastnorm.layer_norm(x, eps=eps, return_stats=True)
+        _, want_mean, want_rstd = reference.layer_norm(x, eps=eps, return_stats=True)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-6, atol=1e-6 * scale,
+                                   err_msg=f"n={n}")
+        np.testing.assert_allclose(rstd, want_rstd, rtol=1e-6, err_msg=f"n={n}")
+        r = random_data(rng, (4, n), dtype, scale=scale / 16)
+        want = fastnorm.layer_norm((x.astype(F32) + r.astype(F32)).astype(dtype), eps=eps,
+                                   return_stats=True)
+        got = fastnorm.layer_norm(x, eps=eps, residual=r, residual_out=x, return_stats=True)
+        for g, w in zip(got, want):
+            assert_same_bits(g, w, f"n={n} fused")
+
+
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_layouts_and_in_place(dtype, op, layout, isa, rng):

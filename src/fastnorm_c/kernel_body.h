@@ -8,7 +8,8 @@
  *   KB_DT   the storage dtype tag (f32, f64, f16, bf16)
  *   KB_CT   the compute dtype tag (c32, c64)
  * and, where the family sums the dtype's squares by a dot product instruction, KB_SQUARES
- * (its primitives <family>_squares_<tag> and <family>_squares2_<tag>: RMSNorm's statistics);
+ * (its primitives <family>_squares_<tag> / <family>_squares2_<tag> and the values' sums
+ * <family>_values_<tag> / <family>_values2_<tag>: the row statistics' raw sums);
  * where it loads a pair faster in an order of its own, KB_UNORDERED2 (its
  * <family>_load2_unordered_<tag> and <family>_store2_unordered_<tag>: the statistics' sums
  * take the values in any order).
@@ -81,6 +82,8 @@
 #define kb_rest KB_GLUE(kb, rest, KB_CT)
 #define kb_squares KB_GLUE(KB_ISA, squares, KB_DT)
 #define kb_squares2 KB_GLUE(KB_ISA, squares2, KB_DT)
+#define kb_values KB_GLUE(KB_ISA, values, KB_DT)
+#define kb_values2 KB_GLUE(KB_ISA, values2, KB_DT)
 #define kb_load2_unordered KB_GLUE(KB_ISA, load2_unordered, KB_DT)
 #define kb_store2_unordered KB_GLUE(KB_ISA, store2_unordered, KB_DT)
 

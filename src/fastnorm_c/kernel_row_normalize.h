@@ -507,9 +507,8 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
     }
 #undef KB_CASE
 #ifdef KB_SQUARES
-    if (!center && KB_SQUARES_FLUSHED(n, *m2)) /* as in row_stats */
-        KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, 0.0, 0, mean_shifted, m2, 0, 0, NULL, 0, 0,
-                                   0);
+    if (!KB_NAME(kb_dot_kept)(n, center, shift, *mean_shifted, *m2)) /* as in row_stats */
+        KB_NAME(kb_row_stats_again)(next, NULL, NULL, n, shift, center, mean_shifted, m2);
 #endif
     if (lead) {
         kb_store(ys, first);

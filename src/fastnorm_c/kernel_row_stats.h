@@ -152,8 +152,9 @@ KB_INLINE void KB_NAME(kb_stats_prefetch)(const KB_T *x, const KB_T *residual, s
 
 /* fused: 0, or row_stats_normalize's flags for the cursor's pass, which then advances one
  * statistics step's worth of elements after every step from step KB_CURSOR_LAG on.
- * squares: !center's sums of squares by the family's dot product where it has one
- * (KB_SQUARES), else by FMAs. */
+ * squares: the sums by the family's dot product where it has one (KB_SQUARES: the raw sums
+ * of the values and their squares, which the caller must check, kb_dot_kept), else by
+ * FMAs. */
 KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                           size_t n, double shift, int center, double *mean_shifted,
                                           double *m2_out, int has_residual, int has_residual_out,
@@ -180,33 +181,58 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
         KB_H2(4, a2, b2);                                                                    \
         KB_H2(6, a3, b3);                                                                    \
     } while (0)
-    /* blocks of PAIR_BLOCK steps: each stream lane takes KB_BLOCK values in float32 */
+    /* blocks of PAIR_BLOCK steps: each stream lane takes KB_BLOCK values in float32 (the
+     * dot product's LayerNorm sums half as many: kb_dot_kept) */
     KB_C c = 0; /* LayerNorm's center, kept from block to block */
-    for (size_t step0 = 0; step0 < steps; step0 += PAIR_BLOCK) {
-        size_t block = steps - step0 < PAIR_BLOCK ? steps - step0 : PAIR_BLOCK;
+#ifdef KB_SQUARES
+    const size_t block_steps = squares && center ? PAIR_BLOCK / 2 : PAIR_BLOCK;
+    double values_sum = 0; /* the dot product's LayerNorm sum of the values */
+#else
+    const size_t block_steps = PAIR_BLOCK;
+#endif
+    for (size_t step0 = 0; step0 < steps; step0 += block_steps) {
+        size_t block = steps - step0 < block_steps ? steps - step0 : block_steps;
 #ifdef KB_SQUARES
         /* one instruction per pair (32 bfloat16 values: no widening, two FMAs): RMSNorm
          * 512x768 bfloat16 0.80x the time, 768-value rows' statistics in L1 108 -> 50
-         * cycles.  The residual's h is packed back first, so its sums are the same as
-         * those of h read from memory (the unfused call's). */
-        if (!center && squares) {
-            KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0;
+         * cycles.  LayerNorm takes a second one for the values' sum, about no center
+         * (the caller keeps these sums only where that cancels little: kb_dot_kept):
+         * statistics in L1 (kernel_cycles.c, Zen 5) 768 values 134 -> 60 cycles, 4096
+         * 460 -> 210; in-process A/B, time per call, 1 thread: LayerNorm bfloat16 512x768
+         * 0.77-0.80, 4096x768 0.79, 128x4096 0.88-0.91, 32768x768 0.91 (memory-bound:
+         * 0.98-1.02 when the VM's memory was slow), 8192x4096 1.00-1.05.  The residual's h
+         * is packed back first, so its sums are the same as those of h read from memory
+         * (the unfused call's). */
+        if (squares) {
+            KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0, t0 = s0, t1 = s0, t2 = s0, t3 = s0;
             for (size_t k = 0; k < block; ++k, i += STEP) {
+                KB_PREFETCH_STEP();
                 if (has_residual) {
-                    s0 = kb_squares2(s0, KB_H(0), KB_H(1));
-                    s1 = kb_squares2(s1, KB_H(2), KB_H(3));
-                    s2 = kb_squares2(s2, KB_H(4), KB_H(5));
-                    s3 = kb_squares2(s3, KB_H(6), KB_H(7));
+                    KB_V a0, b0, a1, b1, a2, b2, a3, b3;
+                    a0 = KB_H(0), b0 = KB_H(1), a1 = KB_H(2), b1 = KB_H(3);
+                    a2 = KB_H(4), b2 = KB_H(5), a3 = KB_H(6), b3 = KB_H(7);
+                    s0 = kb_squares2(s0, a0, b0), s1 = kb_squares2(s1, a1, b1);
+                    s2 = kb_squares2(s2, a2, b2), s3 = kb_squares2(s3, a3, b3);
+                    if (center) {
+                        t0 = kb_values2(t0, a0, b0), t1 = kb_values2(t1, a1, b1);
+                        t2 = kb_values2(t2, a2, b2), t3 = kb_values2(t3, a3, b3);
+                    }
                 } else {
-                    KB_PREFETCH_STEP();
                     s0 = kb_squares(s0, x + i);
                     s1 = kb_squares(s1, x + i + 2 * KB_LANES);
                     s2 = kb_squares(s2, x + i + 4 * KB_LANES);
                     s3 = kb_squares(s3, x + i + 6 * KB_LANES);
+                    if (center) {
+                        t0 = kb_values(t0, x + i);
+                        t1 = kb_values(t1, x + i + 2 * KB_LANES);
+                        t2 = kb_values(t2, x + i + 4 * KB_LANES);
+                        t3 = kb_values(t3, x + i + 6 * KB_LANES);
+                    }
                 }
                 if (fused) KB_NAME(kb_cursor_run)(cursor, i, STEP, fused);
             }
             m2 += kb_sum(kb_add(kb_add(s0, s1), kb_add(s2, s3)));
+            if (center) values_sum += kb_sum(kb_add(kb_add(t0, t1), kb_add(t2, t3)));
             continue;
         }
 #endif
@@ -270,6 +296,13 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                                 kb_add(kb_add(e2, o2), kb_add(e3, o3))));
         }
     }
+#ifdef KB_SQUARES
+    if (squares && center && steps) { /* the dot product's sums as the row's partial so far */
+        double above = values_sum / (double)i; /* their mean */
+        count = (double)i, mean = above - shift, m2 -= values_sum * above;
+        c = (KB_C)above; /* the center of the rest */
+    }
+#endif
     /* whole vectors after the last step (fewer than 2 * KB_STREAMS) and the tail (fewer than
      * KB_LANES elements, read with the other lanes zero): one more partial, about the same
      * center (where the row has no whole step, the mean of the first of these vectors).  The
@@ -307,8 +340,44 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
 
 /* KB_SQUARES's dot product flushes float32 denormal sums to zero: a row whose squares sum
  * to less than n * 2^-96 (where the flushed parts, under 2^-126 per addition, could show in
- * float32) is summed again by FMAs, as in the families without it (all-zero rows too). */
+ * float32) is summed again by FMAs, as in the families without it (all-zero rows too).  A
+ * LayerNorm row's raw sums (no center) stand only where also the mean's square is at most
+ * the variance (m2 >= n * mean^2): m2 = squares - sum^2 / n then cancels at most half of
+ * the squares, so m2's error is at most twice theirs, a float32 rounding per addition, at
+ * most 32 additions a lane.  Mostly there is none: a bfloat16 square has 16 significant
+ * bits, and 32 of them from a few binades add up exactly in float32.  Other rows (data
+ * further off zero, constant rows, NaN or infinite sums, flushed squares) are summed again
+ * about a center, as in the other families.  `python benchmarks/accuracy.py`, 300 rows of
+ * offset + N(0, 1), offsets 0 to 3: the worst relative rstd error 6.8e-8 to 1.1e-7 and
+ * mean error 1.5e-9 to 1.3e-7 of the std, as in the other families (6.1e-8 to 1.3e-7). */
 #define KB_SQUARES_FLUSHED(n, m2) ((m2) < (double)(n) * 0x1p-96)
+#ifdef KB_SQUARES
+KB_INLINE int KB_NAME(kb_dot_kept)(size_t n, int center, double shift, double mean_shifted,
+                                   double m2) {
+    if (!center) return !KB_SQUARES_FLUSHED(n, m2);
+    double mean = shift + mean_shifted, squares = m2 + (double)n * mean * mean;
+    return m2 >= (double)n * mean * mean && __builtin_isfinite(squares) &&
+           !KB_SQUARES_FLUSHED(n, squares);
+}
+
+/* row_stats's sums again, about a center by the general loops: where kb_dot_kept refused
+ * the dot product's.  h is read where the first pass stored it (x may lie under it). */
+static __attribute__((noinline)) void KB_NAME(kb_row_stats_again)(const KB_T *x,
+                                                                   const KB_T *residual,
+                                                                   const KB_T *h, size_t n,
+                                                                   double shift, int center,
+                                                                   double *mean_shifted,
+                                                                   double *m2) {
+#define KB_AGAIN(from, r, c) \
+    KB_NAME(kb_row_stats_impl)(from, r, NULL, n, shift, c, mean_shifted, m2, !!(r), 0, NULL, 0, 0, 0)
+    if (h || !residual) {
+        if (center) KB_AGAIN(h ? h : x, NULL, 1);
+        else KB_AGAIN(h ? h : x, NULL, 0);
+    } else if (center) KB_AGAIN(x, residual, 1);
+    else KB_AGAIN(x, residual, 0);
+#undef KB_AGAIN
+}
+#endif
 
 static void KB_NAME(row_stats)(const void *x, const void *residual, void *residual_out, size_t n,
                                double shift, int center, int prefetch, double *mean_shifted,
@@ -318,7 +387,7 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
     /* constant flags: one loop per variant, registers allocated for it alone */
 #define KB_ROW_STATS(r, h, c, has_r, has_h)                                                    \
     KB_NAME(kb_row_stats_impl)(xs, r, h, n, shift, c, mean_shifted, m2, has_r, has_h, NULL, 0, \
-                               !(c), prefetch)
+                               1, prefetch)
     if (center && !rs) KB_ROW_STATS(NULL, NULL, 1, 0, 0);
     else if (center && !hs) KB_ROW_STATS(rs, NULL, 1, 1, 0);
     else if (center) KB_ROW_STATS(rs, hs, 1, 1, 1);
@@ -327,15 +396,8 @@ static void KB_NAME(row_stats)(const void *x, const void *residual, void *residu
     else KB_ROW_STATS(rs, hs, 0, 1, 1);
 #undef KB_ROW_STATS
 #ifdef KB_SQUARES
-    /* again by FMAs, h read where the first pass stored it (x may lie under it) */
-    if (!center && KB_SQUARES_FLUSHED(n, *m2)) {
-        if (hs || !rs)
-            KB_NAME(kb_row_stats_impl)(hs ? hs : xs, NULL, NULL, n, 0.0, 0, mean_shifted, m2, 0, 0,
-                                       NULL, 0, 0, 0);
-        else
-            KB_NAME(kb_row_stats_impl)(xs, rs, NULL, n, 0.0, 0, mean_shifted, m2, 1, 0, NULL, 0, 0,
-                                       0);
-    }
+    if (!KB_NAME(kb_dot_kept)(n, center, shift, *mean_shifted, *m2))
+        KB_NAME(kb_row_stats_again)(xs, rs, hs, n, shift, center, mean_shifted, m2);
 #endif
 }
 

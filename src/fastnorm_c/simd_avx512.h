@@ -297,11 +297,11 @@ static inline int fn_avx512_bf16_pack2(__m512 a, __m512 b, __m512i *packed) {
     return !_mm512_testn_epi16_mask(*packed, _mm512_set1_epi16(0x7fff)) ||
            !(_mm512_fpclass_ps_mask(a, FN_AVX512_DENORMAL) | _mm512_fpclass_ps_mask(b, FN_AVX512_DENORMAL));
 }
-/* RMSNorm's sums of squares by VDPBF16PS (kernel_body.h, KB_SQUARES): acc plus the squares
- * of 32 bfloat16 values, those at p or the pair (a, b) of float32 vectors holding bfloat16
- * values, added in adjacent pairs into acc's 16 lanes, the same lanes either way.  Each
- * product is exact in float32; the instruction flushes denormal sums to zero, which
- * kernel_body.h's row_stats checks for. */
+/* The row statistics' sums of squares by VDPBF16PS (kernel_body.h, KB_SQUARES): acc plus
+ * the squares of 32 bfloat16 values, those at p or the pair (a, b) of float32 vectors
+ * holding bfloat16 values, added in adjacent pairs into acc's 16 lanes, the same lanes
+ * either way.  Each product is exact in float32; the instruction flushes denormal sums to
+ * zero, which kernel_row_stats.h's row_stats checks for (kb_dot_kept). */
 #define FN_SQUARES_BF16 1
 static inline __m512 avx512_squares_bf16(__m512 acc, const uint16_t *p) {
     __m512bh v = (__m512bh)_mm512_loadu_si512(p);
@@ -310,6 +310,15 @@ static inline __m512 avx512_squares_bf16(__m512 acc, const uint16_t *p) {
 static inline __m512 avx512_squares2_bf16(__m512 acc, __m512 a, __m512 b) {
     __m512bh v = _mm512_cvtne2ps_pbh(b, a); /* exact: a and b hold bfloat16 values */
     return _mm512_dpbf16_ps(acc, v, v);
+}
+/* LayerNorm's sums of the values themselves, the same way: each value times one (exact),
+ * into the lanes kb_squares uses. */
+#define FN_BF16_ONES ((__m512bh)_mm512_set1_epi16(0x3f80))
+static inline __m512 avx512_values_bf16(__m512 acc, const uint16_t *p) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(p), FN_BF16_ONES);
+}
+static inline __m512 avx512_values2_bf16(__m512 acc, __m512 a, __m512 b) {
+    return _mm512_dpbf16_ps(acc, _mm512_cvtne2ps_pbh(b, a), FN_BF16_ONES);
 }
 static inline void avx512_load2_bf16(const uint16_t *p, __m512 *a, __m512 *b) {
     *a = avx512_load_bf16(p);
