@@ -321,14 +321,18 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
  * row's normalize pass
  * (row_stats_normalize: bench --out, alternating builds, three runs, time per call:
  * RMSNorm 64x768 0.88-0.94x, 512x768 0.91-0.92x, 1024x768 0.89-0.90x; LayerNorm 512x768
- * 0.94x, 1024x768 0.94-0.96x).  Each row's outputs are written after the next row's
+ * 0.94x, 1024x768 0.94-0.96x), and in larger ones where the family's loop takes the
+ * streaming stores too (kernels.h, stream_fused: bfloat16 LayerNorm 32768x768 0.90-0.92
+ * against the two kernels).  Each row's outputs are written after the next row's
  * statistics read its inputs, or while they do, which is right in place too: row r's
  * output overlaps no other row's inputs (the Python layer makes sure of that for every
  * output). */
 static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end) {
     size_t n = job->middle, bytes = n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
-    int fused = !job->residual && job->outer * bytes < FN_AHEAD_MAX_READ_BYTES;
+    int fused = !job->residual && (job->outer * bytes < FN_AHEAD_MAX_READ_BYTES ||
+                                   ((job->row_store & FN_STORE_STREAM) &&
+                                    job->kernels->stream_fused[job->dtype]));
     int prefetch = !fused && fn_prefetch_input(job) && !fn_next_row_prefetched(job);
     fn_row_moments m, next;
     if (begin < end) fn_row_stats(job, begin, &next, prefetch);

@@ -53,7 +53,8 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
  * statistics load the adders, the normalize pass the load ports and FMA pipes, and the
  * next row's reads overlap the pass (api_norm.c's row-ahead order).  The pair fits for
  * LayerNorm with a weight (both passes centred) and RMSNorm with a weight (neither
- * centred, no bias), without FN_STORE_STREAM; anything else runs the two kernels in turn. */
+ * centred, no bias), with FN_STORE_STREAM only where the table's stream_fused says so;
+ * anything else runs the two kernels in turn. */
 typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
                                                 int center, double *mean_shifted, double *m2,
                                                 const void *x, double mean, double mean_lo,
@@ -145,6 +146,10 @@ typedef struct {
     /* Rows of at most rows_short_max elements (0: none) take rows_short. */
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
     unsigned rows_short_max[FASTNORM_DTYPE_COUNT];
+    /* 1 where row_stats_normalize fuses a pass with streaming stores too (FN_STORE_STREAM;
+     * otherwise it runs the two kernels): api_norm.c then takes it for rows a row ahead in
+     * large inputs. */
+    unsigned char stream_fused[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;
