@@ -35,7 +35,8 @@
  * bfloat16 32768x768 0.89-0.93 (fused residual 0.93), float16 0.83-0.85 (2 threads 0.94),
  * 131072x320 0.82, float32 65536x384 0.95-0.97; RMSNorm lost (float32 65536x384 1.19-1.27,
  * bfloat16 on 2 threads 1.18) and keeps the row order, as do prefetching rows (float32
- * 32768x768 1.34 with the prefetch moved a row on) and the fused loop (1.9). */
+ * 32768x768 1.34 with the prefetch moved a row on) and the fused loop (1.9).  Where that
+ * loop streams (fn_stream_fused), RMSNorm takes it too: bfloat16 32768x768 0.79-0.81. */
 #define FN_AHEAD_MAX_READ_BYTES (8u << 20)
 
 /* Columns per work item when a norm reduces over a non-trailing axis. */
@@ -316,23 +317,30 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
     fn_row_normalize(job, r, &m, rstd, r + 1);
 }
 
+/* Whether rows a row ahead take row_stats_normalize with streaming stores: where the
+ * family's loop streams (kernels.h, stream_fused) and the pair fits it (a weight, no
+ * residual); elsewhere it would run its two kernels the other way round. */
+static int fn_stream_fused(const fn_norm_job *job) {
+    return !job->residual && job->weight && (job->row_store & FN_STORE_STREAM) &&
+           job->kernels->stream_fused[job->dtype];
+}
+
 /* Rows begin ... end - 1 with the statistics one row ahead (ahead_row_max), in inputs
  * under FN_AHEAD_MAX_READ_BYTES without a residual in one kernel loop with the previous
  * row's normalize pass
  * (row_stats_normalize: bench --out, alternating builds, three runs, time per call:
  * RMSNorm 64x768 0.88-0.94x, 512x768 0.91-0.92x, 1024x768 0.89-0.90x; LayerNorm 512x768
  * 0.94x, 1024x768 0.94-0.96x), and in larger ones where the family's loop takes the
- * streaming stores too (kernels.h, stream_fused: bfloat16 LayerNorm 32768x768 0.90-0.92
- * against the two kernels).  Each row's outputs are written after the next row's
+ * streaming stores too (fn_stream_fused: bfloat16 LayerNorm 32768x768 0.90-0.92 against
+ * the two kernels, RMSNorm 0.79-0.81 against its row order).  Each row's outputs are written after the next row's
  * statistics read its inputs, or while they do, which is right in place too: row r's
  * output overlaps no other row's inputs (the Python layer makes sure of that for every
  * output). */
 static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end) {
     size_t n = job->middle, bytes = n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
-    int fused = !job->residual && (job->outer * bytes < FN_AHEAD_MAX_READ_BYTES ||
-                                   ((job->row_store & FN_STORE_STREAM) &&
-                                    job->kernels->stream_fused[job->dtype]));
+    int fused = (!job->residual && job->outer * bytes < FN_AHEAD_MAX_READ_BYTES) ||
+                fn_stream_fused(job);
     int prefetch = !fused && fn_prefetch_input(job) && !fn_next_row_prefetched(job);
     fn_row_moments m, next;
     if (begin < end) fn_row_stats(job, begin, &next, prefetch);
@@ -533,7 +541,8 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     size_t read_bytes = job->outer * row_bytes * (job->residual ? 2 : 1);
     if (row_bytes <= job->kernels->ahead_row_max &&
         (read_bytes < FN_AHEAD_MAX_READ_BYTES ||
-         (job->kind == FASTNORM_LAYER_NORM && row_bytes < job->kernels->prefetch_row_min))) {
+         ((job->kind == FASTNORM_LAYER_NORM || fn_stream_fused(job)) &&
+          row_bytes < job->kernels->prefetch_row_min))) {
         /* one contiguous share of the rows per thread, as the static schedule gives */
         FN_PARALLEL_FOR(t, threads, {
             fn_norm_rows_ahead(job, (size_t)t * job->outer / (size_t)threads,

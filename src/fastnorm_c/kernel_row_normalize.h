@@ -462,8 +462,11 @@ KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t at, siz
  * pass of streaming stores.  A row's streamed stores came in a burst after its
  * statistics' reads, and waited: perf, bfloat16 LayerNorm 32768x768, 19% of the normalize
  * pass's samples on its streaming store.  In-process A/B against the two kernels, time
- * per call: bfloat16 32768x768 0.90-0.92 (2 threads 0.89), 131072x320 0.92.  float16,
- * whose statistics take 2.5 times as long, lost: 1.03-1.06 (2 threads 0.96). */
+ * per call: LayerNorm bfloat16 32768x768 0.90-0.92 (2 threads 0.89), 131072x320 0.92;
+ * RMSNorm, against its row order, 0.79-0.81 and 0.76-0.78 (2 threads 0.99).  float16
+ * LayerNorm, whose statistics take 2.5 times as long, lost: 1.03-1.06 (2 threads 0.96);
+ * float32 LayerNorm 65536x384 0.85-1.02, 131072x256 0.99, 40000x500 1.03; float32
+ * RMSNorm 65536x384 1.21.  (float16 RMSNorm gained, 0.86: not taken, one flag a dtype.) */
 #ifdef KB_SQUARES
 enum { KB_NAME(stream_fused) = 1 };
 #else
