@@ -488,8 +488,9 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
     int normalize_center = mean != 0.0 || mean_lo != 0.0;
     int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL);
     /* LayerNorm with a weight (both passes centred) or RMSNorm with one (neither, no
-     * bias): anything else, and streaming stores, as the two kernels one after the other
-     * (each variant is a copy of both loops: these three are the transformer's) */
+     * bias), streamed only where stream_fused says so and the row holds its head, a vector
+     * up to a pair boundary and a pair: anything else as the two kernels one after the
+     * other (each variant is a copy of both loops: these are the transformer's) */
     int stream = (store & FN_STORE_STREAM) && KB_NAME(stream_fused);
     size_t head = stream ? KB_NAME(kb_stream_head)(ys, n) : 0;
     const uintptr_t pair_bytes = 2 * KB_LANES * sizeof(KB_T);
@@ -528,7 +529,9 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
     int flags = 1 | (ws ? 2 : 0) | (bs ? 4 : 0) | (canonical ? 8 : 0) | (center ? 16 : 0) |
                 (stream ? 32 : 0);
     /* the statistics with the pass's first pairs, then the rest of the pass as
-     * row_normalize runs it (same arithmetic per element, so the same results) */
+     * row_normalize runs it (same arithmetic per element, so the same results); a
+     * streamed pass means an input past the cache, whose statistics read ahead as
+     * row_stats's do (api_norm.c) */
 #define KB_CASE(f)                                                                                \
     case f:                                                                                       \
         KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, shift, (f) & 16, mean_shifted, m2, 0, 0,  \
