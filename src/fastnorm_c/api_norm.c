@@ -332,10 +332,10 @@ static int fn_stream_fused(const fn_norm_job *job) {
  * RMSNorm 64x768 0.88-0.94x, 512x768 0.91-0.92x, 1024x768 0.89-0.90x; LayerNorm 512x768
  * 0.94x, 1024x768 0.94-0.96x), and in larger ones where the family's loop takes the
  * streaming stores too (fn_stream_fused: bfloat16 LayerNorm 32768x768 0.90-0.92 against
- * the two kernels, RMSNorm 0.79-0.81 against its row order).  Each row's outputs are written after the next row's
- * statistics read its inputs, or while they do, which is right in place too: row r's
- * output overlaps no other row's inputs (the Python layer makes sure of that for every
- * output). */
+ * the two kernels, RMSNorm 0.79-0.81 against its row order).  Each row's outputs are
+ * written after the next row's statistics read its inputs, or while they do, which is
+ * right in place too: row r's output overlaps no other row's inputs (the Python layer
+ * makes sure of that for every output). */
 static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end) {
     size_t n = job->middle, bytes = n * job->item_size;
     int center = job->kind == FASTNORM_LAYER_NORM;
