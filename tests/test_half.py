@@ -111,13 +111,14 @@ def test_layer_norm_statistics_on_both_sides_of_the_dot_product(dtype, offset, s
     """The avx512 build with AVX512-BF16 sums bfloat16 rows by VDPBF16PS about no center
     where the mean's square is at most the variance and the squares did not flush, and
     sums the others again about a center (kernel_row_stats.h, kb_dot_kept): the statistics
-    stay within 1e-6 of the float64 reference either way, in the row loop, its leftover
-    vectors (n=100) and the segments of a long row; and a residual stored over x is what
-    the second sums read."""
+    stay within 1e-6 of the float64 reference either way: in rows without a whole step
+    (n=100, summed about a center), with leftover vectors after the steps (n=1000, whose
+    leftovers merge with the raw sums), in whole steps and in the segments of a long row;
+    and a residual stored over x is what the second sums read."""
     eps = 1e-5
     if scale == "tiny":
         scale, eps = (2.0**-66 if dtype == BF16 else 2.0**-20), 0.0
-    for n in (100, 768, 4096, 1 << 16):
+    for n in (100, 1000, 768, 4096, 1 << 16):
         x = random_data(rng, (4, n), dtype, offset=offset, scale=scale)
         _, mean, rstd = fastnorm.layer_norm(x, eps=eps, return_stats=True)
         _, want_mean, want_rstd = reference.layer_norm(x, eps=eps, return_stats=True)
