@@ -17,7 +17,8 @@ files must differ otherwise, so that an extension that was not rebuilt (setup.py
 taken for a change that did nothing.
 
 A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
-last axis, with a weight, and a bias for layer_norm), batch_norm_eval, batch_norm_train,
+last axis, with a weight, and a bias for layer_norm; layer_norm_bare and rms_norm_bare
+without either), batch_norm_eval, batch_norm_train,
 moments, group_norm, group_norm_cl (SHAPE N x C x ...; GroupNorm with 32 groups, or
 gcd(C, 32), group_norm_cl on channels-last data); DTYPE float32, float64, float16 or
 bfloat16.
@@ -38,7 +39,8 @@ import numpy as np
 from fastnorm._bench_contenders import PAGE, compute_dtype, empty_apart, numpy_dtype
 
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
-OPS = ("layer_norm", "rms_norm", "batch_norm_eval", "batch_norm_train", "moments", "group_norm",
+ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare")
+OPS = ROW_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
        "group_norm_cl")
 
 
@@ -64,7 +66,7 @@ def parse_case(text):
         raise argparse.ArgumentTypeError(
             f"bad case {text!r}: OP:DTYPE:SHAPE[:THREADS], OP in {OPS}, DTYPE in {tuple(DTYPES)}")
     shape = tuple(int(v) for v in parts[2].split("x"))
-    if parts[0] not in ("layer_norm", "rms_norm") and len(shape) < 3:
+    if parts[0] not in ROW_OPS and len(shape) < 3:
         raise argparse.ArgumentTypeError(f"bad case {text!r}: {parts[0]} takes N x C x ...")
     return parts[0], parts[1], shape, int(parts[3]) if len(parts) == 4 else 1
 
@@ -74,13 +76,13 @@ def case_call(op, dtype, shape, threads):
     code, compute = DTYPES[dtype], compute_dtype(dtype)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 2.0 + 1.0).astype(numpy_dtype(dtype))
-    if op in ("layer_norm", "rms_norm"):
-        n = shape[-1]
-        w = rng.standard_normal(n).astype(compute)
+    if op in ROW_OPS:
+        n, bare = shape[-1], op.endswith("_bare")
+        w = None if bare else rng.standard_normal(n).astype(compute)
         b = rng.standard_normal(n).astype(compute) if op == "layer_norm" else None
 
         def call(core, y):
-            core.norm(op == "rms_norm", code, x.size // n, n, 1, x, None, None, y, w, b, 1e-5,
+            core.norm(op.startswith("rms_norm"), code, x.size // n, n, 1, x, None, None, y, w, b, 1e-5,
                       None, None, threads)
             return (y,)
         return call, x, 2 * x.nbytes

@@ -66,10 +66,14 @@ def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
     # normalized in groups, 1024 columns at a time across the group (9 rows: a group of 8
     # and one of 1, or on 2 threads groups of 5 and 4 where the call is large enough); a
     # row called on its own runs the two kernels apart over the whole row.  The same bits
-    # either way, with and without weight and bias, out of place and in place.
+    # either way, without parameters, with a weight, with both and (LayerNorm) with a bias
+    # alone, out of place and in place.
+    affines = ((False, False), (True, False), (True, True))
+    if op == "layer_norm":
+        affines += ((False, True),)
     for n in (24, 37, 200, 768, 1024, 1025, 2100, 4096, 4100, 8200):
         x = random_data(rng, (9, n), dtype, offset=1.5)
-        for with_weight, with_bias in ((False, False), (True, False), (True, True)):
+        for with_weight, with_bias in affines:
             w, b = _affine(op, rng, (n,), dtype, with_weight, with_bias)
             y, *stats = row_norm(op, x, None, w, b, return_stats=True)  # (mean,) rstd
             assert_close(y, ref_row_norm(op, x, None, w, b), tol)

@@ -52,9 +52,9 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
  * with the same results as those two calls, in one loop where the pair fits one: the
  * statistics load the adders, the normalize pass the load ports and FMA pipes, and the
  * next row's reads overlap the pass (api_norm.c's row-ahead order).  The pair fits for
- * LayerNorm with a weight (both passes centred) and RMSNorm with a weight (neither
- * centred, no bias), with FN_STORE_STREAM only where the table's stream_fused says so;
- * anything else runs the two kernels in turn. */
+ * LayerNorm (both passes centred) and RMSNorm (neither centred, no bias), with or without
+ * their parameters, and FN_STORE_STREAM only with a weight where the table's
+ * stream_fused says so; anything else runs the two kernels in turn. */
 typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
                                                 int center, double *mean_shifted, double *m2,
                                                 const void *x, double mean, double mean_lo,
