@@ -135,7 +135,8 @@ def main(argv=None):
     parser.add_argument("new", help="the changed build's _core .so")
     parser.add_argument("cases", nargs="+", type=parse_case, help="OP:DTYPE:SHAPE[:THREADS]")
     parser.add_argument("--samples", type=int, default=21, help="samples per build (default 21)")
-    parser.add_argument("--isa", help="kernel family for both builds (default: the best)")
+    parser.add_argument("--isa", help="kernel family for both builds (default: the best), or "
+                        "avx512_nobf16")
     parser.add_argument("--allow-same", action="store_true",
                         help="accept identical files: an A/A run, the noise floor")
     args = parser.parse_args(argv)
@@ -148,9 +149,11 @@ def main(argv=None):
             os.makedirs(os.path.join(directory, name))
             cores.append(load_core(path, os.path.join(directory, name)))
         if args.isa:
-            for core in cores:
-                core.set_isa(args.isa)
-        print(f"kernels: {cores[0].get_isa()}; medians of {args.samples} samples per build")
+            for core in cores:  # avx512_nobf16: avx512 without its AVX512-BF16 conversions
+                core.set_isa("avx512" if args.isa == "avx512_nobf16" else args.isa)
+                if args.isa == "avx512_nobf16":
+                    core.set_avx512_bf16(False)
+        print(f"kernels: {args.isa or cores[0].get_isa()}; medians of {args.samples} samples per build")
         print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits")
         for case in args.cases:
             a, b, same = run_case(cores, case, args.samples)

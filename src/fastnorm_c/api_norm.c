@@ -36,7 +36,8 @@
  * 131072x320 0.82, float32 65536x384 0.95-0.97; RMSNorm lost (float32 65536x384 1.19-1.27,
  * bfloat16 on 2 threads 1.18) and keeps the row order, as do prefetching rows (float32
  * 32768x768 1.34 with the prefetch moved a row on) and the fused loop (1.9).  Where that
- * loop streams (fn_stream_fused), RMSNorm takes it too: bfloat16 32768x768 0.79-0.81. */
+ * loop streams (fn_stream_fused), RMSNorm takes it too: bfloat16 32768x768 0.79-0.81,
+ * float16 0.76-0.88 (AVX-512: simd_avx512.h). */
 #define FN_AHEAD_MAX_READ_BYTES (8u << 20)
 
 /* Columns per work item when a norm reduces over a non-trailing axis. */
@@ -322,7 +323,7 @@ static void fn_norm_row(const fn_norm_job *job, size_t r) {
  * residual); elsewhere it would run its two kernels the other way round. */
 static int fn_stream_fused(const fn_norm_job *job) {
     return !job->residual && job->weight && (job->row_store & FN_STORE_STREAM) &&
-           job->kernels->stream_fused[job->dtype];
+           (job->kernels->stream_fused[job->dtype] >> job->kind & 1);
 }
 
 /* Rows begin ... end - 1 with the statistics one row ahead (ahead_row_max), in inputs

@@ -12,7 +12,8 @@
  * <family>_values_<tag> / <family>_values2_<tag>: the row statistics' raw sums);
  * where it loads a pair faster in an order of its own, KB_UNORDERED2 (its
  * <family>_load2_unordered_<tag> and <family>_store2_unordered_<tag>: the statistics' sums
- * take the values in any order).
+ * take the values in any order); and where row_stats_normalize streams RMSNorm's pass in
+ * its fused loop, KB_STREAM_FUSED_RMS (kernel_row_normalize.h, stream_fused).
  * The primitives are named <family>_<op>_<tag>: load/load_n/load2/store/store_n/store2/
  * round/stream/stream2 take storage (n-element forms touch only n elements, 2-forms load
  * or store a pair of vectors and are told whether FN_STORE_NAN_CANONICAL holds;

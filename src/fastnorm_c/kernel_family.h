@@ -9,6 +9,9 @@
 #define KB_DT f32
 #include "kernel_body.h"
 #undef KB_DT
+#ifdef FN_STREAM_FUSED_RMS_HALF /* the family streams half RMSNorm in the fused loop */
+#define KB_STREAM_FUSED_RMS 1
+#endif
 #define KB_DT f16
 #include "kernel_body.h"
 #undef KB_DT
@@ -22,6 +25,7 @@
 #include "kernel_body.h"
 #undef KB_UNORDERED2
 #undef KB_SQUARES
+#undef KB_STREAM_FUSED_RMS
 #undef KB_DT
 #undef KB_CT
 #define KB_CT c64

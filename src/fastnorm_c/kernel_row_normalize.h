@@ -457,18 +457,21 @@ KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t at, siz
     cursor->i = i;
 }
 
-/* Whether row_stats_normalize fuses a streamed pass too (kernels.h, stream_fused): where
- * the statistics are the dot product's (KB_SQUARES), short enough to share a loop with a
- * pass of streaming stores.  A row's streamed stores came in a burst after its
+/* For which kinds (bit 1 << fastnorm_norm_kind_t) row_stats_normalize fuses a streamed pass
+ * too (kernels.h, stream_fused): where the statistics are short enough to share a loop
+ * with a pass of streaming stores, the dot product's (KB_SQUARES: LayerNorm and RMSNorm)
+ * or a half-precision RMSNorm's (KB_STREAM_FUSED_RMS, simd_avx512.h).  A row's streamed stores came in a burst after its
  * statistics' reads, and waited: perf, bfloat16 LayerNorm 32768x768, 19% of the normalize
  * pass's samples on its streaming store.  In-process A/B against the two kernels, time
  * per call: LayerNorm bfloat16 32768x768 0.90-0.92 (2 threads 0.89), 131072x320 0.92;
  * RMSNorm, against its row order, 0.79-0.81 and 0.76-0.78 (2 threads 0.99).  float16
  * LayerNorm, whose statistics take 2.5 times as long, lost: 1.03-1.06 (2 threads 0.96);
  * float32 LayerNorm 65536x384 0.85-1.02, 131072x256 0.99, 40000x500 1.03; float32
- * RMSNorm 65536x384 1.21.  (float16 RMSNorm gained, 0.86: not taken, one flag a dtype.) */
-#ifdef KB_SQUARES
-enum { KB_NAME(stream_fused) = 1 };
+ * RMSNorm 65536x384 1.21. */
+#if defined(KB_SQUARES)
+enum { KB_NAME(stream_fused) = 1 << FASTNORM_LAYER_NORM | 1 << FASTNORM_RMS_NORM };
+#elif defined(KB_STREAM_FUSED_RMS)
+enum { KB_NAME(stream_fused) = 1 << FASTNORM_RMS_NORM };
 #else
 enum { KB_NAME(stream_fused) = 0 };
 #endif
@@ -491,7 +494,8 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
      * weight, where stream_fused says so and the row holds its head, a vector up to a pair
      * boundary and a pair: anything else as the two kernels one after the other (each
      * variant is a copy of both loops) */
-    int stream = (store & FN_STORE_STREAM) && KB_NAME(stream_fused) && has_weight;
+    int kind = center ? FASTNORM_LAYER_NORM : FASTNORM_RMS_NORM;
+    int stream = (store & FN_STORE_STREAM) && (KB_NAME(stream_fused) >> kind & 1) && has_weight;
     size_t head = stream ? KB_NAME(kb_stream_head)(ys, n) : 0;
     const uintptr_t pair_bytes = 2 * KB_LANES * sizeof(KB_T);
     int fits = (!(store & FN_STORE_STREAM) || (stream && head + 3 * KB_LANES <= n)) &&
@@ -544,8 +548,11 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
         break;
     if (has_weight) switch (KB_CANONICAL ? flags : flags & ~8) {
         KB_CASE(3) KB_CASE(19) KB_CASE(23) KB_CASE(11) KB_CASE(27) KB_CASE(31)
+#if defined(KB_SQUARES) || defined(KB_STREAM_FUSED_RMS)
+        KB_CASE(35) KB_CASE(43)
+#endif
 #ifdef KB_SQUARES
-        KB_CASE(35) KB_CASE(51) KB_CASE(55) KB_CASE(43) KB_CASE(59) KB_CASE(63)
+        KB_CASE(51) KB_CASE(55) KB_CASE(59) KB_CASE(63)
 #endif
     }
     else switch (KB_CANONICAL ? flags : flags & ~8) {

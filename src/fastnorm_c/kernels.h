@@ -146,9 +146,9 @@ typedef struct {
     /* Rows of at most rows_short_max elements (0: none) take rows_short. */
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
     unsigned rows_short_max[FASTNORM_DTYPE_COUNT];
-    /* 1 where row_stats_normalize fuses a pass with streaming stores too (FN_STORE_STREAM;
-     * otherwise it runs the two kernels): api_norm.c then takes it for rows a row ahead in
-     * large inputs. */
+    /* Bit 1 << kind (fastnorm_norm_kind_t) set where row_stats_normalize fuses that kind's
+     * pass with streaming stores too (FN_STORE_STREAM; otherwise it runs the two kernels):
+     * api_norm.c then takes it for rows a row ahead in large inputs. */
     unsigned char stream_fused[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 

@@ -35,6 +35,13 @@ enum { avx512_prefetch_row_min = 2048, avx512_prefetch_row_max = 32768 };
 /* rows of up to 4 KB take their statistics one row ahead (kernels.h, ahead_row_max): on
  * Zen 4, 8 KB rows lost (api_norm.c, FN_AHEAD_MAX_READ_BYTES) */
 enum { avx512_ahead_row_max = 4096 };
+/* Half-precision RMSNorm rows a row ahead past 8 MB run row_stats_normalize's streamed loop
+ * (kernel_row_normalize.h, stream_fused; bfloat16 with AVX512-BF16 takes it for LayerNorm
+ * too).  Zen 5, in-process A/B against the row order, time per call, 1 thread: float16
+ * 32768x768 0.76, 65536x384 0.70, 131072x320 0.94 (2 threads 32768x768 0.85); without
+ * AVX512-BF16 float16 32768x768 0.83, bfloat16 0.77, 65536x384 0.73; float16 LayerNorm
+ * 0.99-1.01 and float32 RMSNorm 1.21 (thirty-fifth session) stay apart. */
+#define FN_STREAM_FUSED_RMS_HALF 1
 /* Rows of up to 16 vectors take rows_short (kernel_rows_short.h), 32 (float64: 16) rows a
  * block.  In-process A/B on Zen 5 against blocks of 2 or 4 rows of up to 8 vectors kept in
  * registers, time per call, 1 thread: LayerNorm float32 4096x16 0.72, 4096x64 0.69,
