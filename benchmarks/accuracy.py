@@ -5,10 +5,11 @@ kernel family this CPU has) and, when installed, PyTorch and ONNX Runtime.
 
 Rows / channels are `offset + N(0, 1)` in float32; the reference is fastnorm.reference
 (float64, two-pass) on the same float32 input.  The figures quoted in README.md and
-docs/performance.md come from this script.  Last, the statistics of bfloat16 LayerNorm
-rows (return_stats) in each family, with avx512_nobf16 beside avx512 where the CPU has
-AVX512-BF16: that build sums bfloat16 rows near zero by VDPBF16PS without a center
-(kernel_row_stats.h, kb_dot_kept), the others about a center.
+docs/performance.md come from this script.  Last, the statistics of bfloat16 and float16
+LayerNorm rows (return_stats) in each family, with avx512_nobf16 beside avx512 where the
+CPU has AVX512-BF16: the AVX-512 family sums float16 rows near zero without a center, and
+its AVX512-BF16 build bfloat16 ones, by VDPBF16PS (kernel_row_stats.h, kb_dot_kept); the
+others sum about a center.
 """
 
 import ml_dtypes
@@ -78,20 +79,20 @@ def batch_norm_errors(rng, torch, offset=100.0):
     return rows
 
 
-BF16_OFFSETS = (0.0, 0.5, 1.0, 3.0)
+HALF_OFFSETS = (0.0, 0.5, 1.0, 3.0)
 
 
-def bf16_stats_errors(rng):
+def half_stats_errors(rng, dtype):
     """[(n, family, [(mean error / std, rstd relative error) per offset])]: the worst over
-    300 rows of n bfloat16 values."""
+    300 rows of n values of dtype (bfloat16 or float16)."""
     config = fastnorm.get_config()
     families = list(config["isa_available"])
     if "avx512" in families and "avx512_bf16" in config["isa_extensions"]:
         families.append("avx512_nobf16")
     rows = []
     for n in (768, 4096):
-        data = [(offset + rng.standard_normal((300, n))).astype(ml_dtypes.bfloat16)
-                for offset in BF16_OFFSETS]
+        data = [(offset + rng.standard_normal((300, n))).astype(dtype)
+                for offset in HALF_OFFSETS]
         for isa in families:
             errors = []
             for x in data:
@@ -120,12 +121,14 @@ def main():
     print("\nbatch_norm training, float32, offset 100 + N(0, 1): max |error| vs float64")
     for shape, layout, name, error in batch_norm_errors(rng, torch):
         print(f"{'x'.join(map(str, shape)):14} {layout}  {name:10} {error:.2e}")
-    print("\nlayer_norm statistics, bfloat16 rows of offset + N(0, 1), 300 rows: max "
-          "|mean error| / std, max relative rstd error (float32 results: rounding 6e-8)")
-    print(f"{'n':>5} {'family':14}" + "".join(f"{'offset ' + format(o, 'g'):>20}"
-                                            for o in BF16_OFFSETS))
-    for n, isa, errors in bf16_stats_errors(rng):
-        print(f"{n:5} {isa:14}" + "".join(f"{m:10.1e}{r:10.1e}" for m, r in errors))
+    for dtype in (ml_dtypes.bfloat16, np.float16):
+        print(f"\nlayer_norm statistics, {np.dtype(dtype).name} rows of offset + N(0, 1), 300 "
+              "rows: max |mean error| / std, max relative rstd error (float32 results: "
+              "rounding 6e-8)")
+        print(f"{'n':>5} {'family':14}" + "".join(f"{'offset ' + format(o, 'g'):>20}"
+                                                for o in HALF_OFFSETS))
+        for n, isa, errors in half_stats_errors(rng, dtype):
+            print(f"{n:5} {isa:14}" + "".join(f"{m:10.1e}{r:10.1e}" for m, r in errors))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
  *   KB_ISA  the family prefix of its simd_<family>.h primitives (scalar, avx2, avx512)
  *   KB_DT   the storage dtype tag (f32, f64, f16, bf16)
  *   KB_CT   the compute dtype tag (c32, c64)
- * and, where the family sums the dtype's squares by a dot product instruction, KB_SQUARES
+ * and, where the family sums the dtype's row statistics raw, about no center, KB_SQUARES
  * (its primitives <family>_squares_<tag> / <family>_squares2_<tag> and the values' sums
- * <family>_values_<tag> / <family>_values2_<tag>: the row statistics' raw sums);
+ * <family>_values_<tag> / <family>_values2_<tag>; with KB_SQUARES_CENTRED for
+ * LayerNorm's statistics only);
  * where it loads a pair faster in an order of its own, KB_UNORDERED2 (its
  * <family>_load2_unordered_<tag> and <family>_store2_unordered_<tag>: the statistics' sums
  * take the values in any order); and where row_stats_normalize streams RMSNorm's pass in

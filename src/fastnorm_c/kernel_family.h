@@ -13,10 +13,16 @@
 #define KB_STREAM_FUSED_RMS 1
 #endif
 #define KB_DT f16
+#ifdef FN_SQUARES_F16 /* the family sums float16 LayerNorm statistics raw (kb_dot_kept) */
+#define KB_SQUARES 1
+#define KB_SQUARES_CENTRED 1
+#endif
 #include "kernel_body.h"
+#undef KB_SQUARES_CENTRED
+#undef KB_SQUARES
 #undef KB_DT
 #define KB_DT bf16
-#ifdef FN_SQUARES_BF16 /* the family sums bfloat16 squares by a dot product */
+#ifdef FN_SQUARES_BF16 /* the family sums bfloat16 statistics raw, by a dot product */
 #define KB_SQUARES 1
 #endif
 #ifdef FN_UNORDERED2_BF16 /* and loads the statistics' pairs in an order of its own */

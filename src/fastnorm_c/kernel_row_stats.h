@@ -152,9 +152,9 @@ KB_INLINE void KB_NAME(kb_stats_prefetch)(const KB_T *x, const KB_T *residual, s
 
 /* fused: 0, or row_stats_normalize's flags for the cursor's pass, which then advances one
  * statistics step's worth of elements after every step from step KB_CURSOR_LAG on.
- * squares: the sums by the family's dot product where it has one (KB_SQUARES: the raw sums
- * of the values and their squares, which the caller must check, kb_dot_kept), else by
- * FMAs. */
+ * squares: the family's raw sums where it has them (KB_SQUARES: the values and their
+ * squares about no center, which the caller must check, kb_dot_kept), else the sums about
+ * a center (LayerNorm) or two FMA chains a stream (RMSNorm). */
 KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, KB_T *residual_out,
                                           size_t n, double shift, int center, double *mean_shifted,
                                           double *m2_out, int has_residual, int has_residual_out,
@@ -162,6 +162,9 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                                           int prefetch) {
     enum { STEP = 2 * KB_STREAMS * KB_LANES, PAIR_BLOCK = KB_BLOCK / 2 };
     prefetch = prefetch && KB_LANES > 1; /* the scalar family never prefetches */
+#ifdef KB_SQUARES_CENTRED
+    squares = squares && center; /* RMSNorm's two FMA chains a stream are faster here */
+#endif
 #define KB_PREFETCH_STEP()                                                                   \
     do {                                                                                     \
         if (prefetch) KB_NAME(kb_stats_prefetch)(x, residual, i, STEP * sizeof(KB_T));       \
@@ -202,7 +205,10 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
          * 0.77-0.80, 4096x768 0.79, 128x4096 0.88-0.91, 32768x768 0.91 (memory-bound:
          * 0.98-1.02 when the VM's memory was slow), 8192x4096 1.00-1.05.  The residual's h
          * is packed back first, so its sums are the same as those of h read from memory
-         * (the unfused call's). */
+         * (the unfused call's).  float16 LayerNorm in the AVX-512 family sums raw by FMAs
+         * (simd_avx512.h): in-process A/B, 1 thread, 512x768 0.80, 128x4096 0.91,
+         * 32768x768 0.81 (with the streamed loop, stream_fused); its RMSNorm lost
+         * 1.03-1.06 in cache that way and keeps its FMA chains (KB_SQUARES_CENTRED). */
         if (squares) {
             KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0, t0 = s0, t1 = s0, t2 = s0, t3 = s0;
             for (size_t k = 0; k < block; ++k, i += STEP) {
@@ -338,14 +344,16 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
     *m2_out = m2;
 }
 
-/* KB_SQUARES's dot product flushes float32 denormal sums to zero: a row whose squares sum
+/* KB_SQUARES's raw sums.  bfloat16's dot product flushes float32 denormal sums to zero: a
+ * row whose squares sum
  * to less than n * 2^-96 (where the flushed parts, under 2^-126 per addition, could show in
  * float32) is summed again by FMAs, as in the families without it (all-zero rows too).  A
  * LayerNorm row's raw sums (no center) stand only where also the mean's square is at most
  * the variance (m2 >= n * mean^2): m2 = squares - sum^2 / n then cancels at most half of
  * the squares, so m2's error is at most twice theirs, a float32 rounding per addition, at
  * most 32 additions a lane.  Mostly there is none: a bfloat16 square has 16 significant
- * bits, and 32 of them from a few binades add up exactly in float32.  Other rows (data
+ * bits, and 32 of them from a few binades add up exactly in float32 (a float16 square has
+ * 22, which round more often: worst rstd error 6.7e-8 to 8.9e-8).  Other rows (data
  * further off zero, constant rows, NaN or infinite sums, flushed squares) are summed again
  * about a center, as in the other families.  `python benchmarks/accuracy.py`, 300 rows of
  * offset + N(0, 1), offsets 0 to 3: the worst relative rstd error 6.8e-8 to 1.1e-7 and
@@ -354,6 +362,9 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
 #ifdef KB_SQUARES
 KB_INLINE int KB_NAME(kb_dot_kept)(size_t n, int center, double shift, double mean_shifted,
                                    double m2) {
+#ifdef KB_SQUARES_CENTRED
+    if (!center) return 1; /* RMSNorm summed by FMAs (kb_row_stats_impl) */
+#endif
     if (!center) return !KB_SQUARES_FLUSHED(n, m2);
     double mean = shift + mean_shifted, squares = m2 + (double)n * mean * mean;
     return m2 >= (double)n * mean * mean && __builtin_isfinite(squares) &&

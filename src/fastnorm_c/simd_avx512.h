@@ -36,11 +36,12 @@ enum { avx512_prefetch_row_min = 2048, avx512_prefetch_row_max = 32768 };
  * Zen 4, 8 KB rows lost (api_norm.c, FN_AHEAD_MAX_READ_BYTES) */
 enum { avx512_ahead_row_max = 4096 };
 /* Half-precision RMSNorm rows a row ahead past 8 MB run row_stats_normalize's streamed loop
- * (kernel_row_normalize.h, stream_fused; bfloat16 with AVX512-BF16 takes it for LayerNorm
- * too).  Zen 5, in-process A/B against the row order, time per call, 1 thread: float16
- * 32768x768 0.76, 65536x384 0.70, 131072x320 0.94 (2 threads 32768x768 0.85); without
- * AVX512-BF16 float16 32768x768 0.83, bfloat16 0.77, 65536x384 0.73; float16 LayerNorm
- * 0.99-1.01 and float32 RMSNorm 1.21 (thirty-fifth session) stay apart. */
+ * (kernel_row_normalize.h, stream_fused; LayerNorm too where its statistics are raw sums,
+ * KB_SQUARES).  Zen 5, in-process A/B against the row order, time per call, 1 thread:
+ * float16 32768x768 0.76, 65536x384 0.70, 131072x320 0.94 (2 threads 32768x768 0.85);
+ * without AVX512-BF16 float16 32768x768 0.83, bfloat16 0.77, 65536x384 0.73.  float16
+ * LayerNorm about a center read 0.99-1.01 there, and float32 RMSNorm 1.21 (thirty-fifth
+ * session). */
 #define FN_STREAM_FUSED_RMS_HALF 1
 /* Rows of up to 16 vectors take rows_short (kernel_rows_short.h), 32 (float64: 16) rows a
  * block.  In-process A/B on Zen 5 against blocks of 2 or 4 rows of up to 8 vectors kept in
@@ -190,6 +191,24 @@ static inline void avx512_store_n_f16(uint16_t *p, __m512 v, size_t n) {
 }
 static inline __m512 avx512_round_f16(__m512 v) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
+}
+/* The row statistics' raw sums for float16 (kernel_body.h, KB_SQUARES): acc plus the
+ * squares, or the values, of 32 float16 values, those at p or the pair (a, b) of float32
+ * vectors holding float16 values, the same lanes either way.  A float16 square has at
+ * most 22 significant bits, exact in float32.  FMAs, as this family has no float16 dot
+ * product; one addition into acc a pair, so that the four streams' chains stay short. */
+#define FN_SQUARES_F16 1
+static inline __m512 avx512_squares2_f16(__m512 acc, __m512 a, __m512 b) {
+    return _mm512_add_ps(acc, _mm512_fmadd_ps(b, b, _mm512_mul_ps(a, a)));
+}
+static inline __m512 avx512_squares_f16(__m512 acc, const uint16_t *p) {
+    return avx512_squares2_f16(acc, avx512_load_f16(p), avx512_load_f16(p + 16));
+}
+static inline __m512 avx512_values2_f16(__m512 acc, __m512 a, __m512 b) {
+    return _mm512_add_ps(acc, _mm512_add_ps(a, b));
+}
+static inline __m512 avx512_values_f16(__m512 acc, const uint16_t *p) {
+    return avx512_values2_f16(acc, avx512_load_f16(p), avx512_load_f16(p + 16));
 }
 
 /* ---- storage bfloat16 ---- */
