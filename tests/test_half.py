@@ -108,14 +108,14 @@ def test_return_stats_are_float32(dtype, op, isa, rng):
                                            (0.0, "tiny")])
 def test_layer_norm_statistics_on_both_sides_of_the_dot_product(dtype, offset, scale, isa,
                                                                 rng):
-    """The avx512 family sums float16 LayerNorm rows about no center, and its build with
-    AVX512-BF16 bfloat16 rows by VDPBF16PS, where the mean's square is at most the variance
-    and the squares did not flush, and sums the others again about a center
-    (kernel_row_stats.h, kb_dot_kept): the statistics
-    stay within 1e-6 of the float64 reference either way: in rows without a whole step
-    (n=100, summed about a center), with leftover vectors after the steps (n=1000, whose
-    leftovers merge with the raw sums), in whole steps and in the segments of a long row;
-    and a residual stored over x is what the second sums read."""
+    """The avx512 and avx2 families sum float16 LayerNorm rows about no center, and
+    avx512's build with AVX512-BF16 bfloat16 rows by VDPBF16PS, where the mean's square is
+    at most the variance and the squares did not flush, and sum the others again about a
+    center (kernel_row_stats.h, kb_dot_kept): the statistics stay within 1e-6 of the
+    float64 reference either way: in rows without a whole step (n=100, summed about a
+    center), with leftover vectors after the steps (n=1000, whose leftovers merge with the
+    raw sums), in whole steps and in the segments of a long row; and a residual stored over
+    x is what the second sums read."""
     eps = 1e-5
     if scale == "tiny":
         scale, eps = (2.0**-66 if dtype == BF16 else 2.0**-20), 0.0

@@ -205,10 +205,11 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
          * 0.77-0.80, 4096x768 0.79, 128x4096 0.88-0.91, 32768x768 0.91 (memory-bound:
          * 0.98-1.02 when the VM's memory was slow), 8192x4096 1.00-1.05.  The residual's h
          * is packed back first, so its sums are the same as those of h read from memory
-         * (the unfused call's).  float16 LayerNorm in the AVX-512 family sums raw by FMAs
-         * (simd_avx512.h): in-process A/B, 1 thread, 512x768 0.80, 128x4096 0.91,
-         * 32768x768 0.81 (with the streamed loop, stream_fused); its RMSNorm lost
-         * 1.03-1.06 in cache that way and keeps its FMA chains (KB_SQUARES_CENTRED). */
+         * (the unfused call's).  float16 LayerNorm in the AVX-512 and AVX2 families sums
+         * raw by FMAs (simd_avx512.h): in-process A/B, 1 thread, 512x768 0.80 / 0.84,
+         * 128x4096 0.91 / 0.90, 32768x768 0.81 (with the streamed loop, stream_fused) /
+         * 0.84; its RMSNorm lost 1.03-1.06 in cache that way and keeps its FMA chains
+         * (KB_SQUARES_CENTRED). */
         if (squares) {
             KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0, t0 = s0, t1 = s0, t2 = s0, t3 = s0;
             for (size_t k = 0; k < block; ++k, i += STEP) {
