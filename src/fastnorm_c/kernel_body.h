@@ -9,8 +9,8 @@
  *   KB_CT   the compute dtype tag (c32, c64)
  * and, where the family sums the dtype's row statistics raw, about no center, KB_SQUARES
  * (its primitives <family>_squares_<tag> / <family>_squares2_<tag> and the values' sums
- * <family>_values_<tag> / <family>_values2_<tag>; with KB_SQUARES_CENTRED for
- * LayerNorm's statistics only);
+ * <family>_values_<tag> / <family>_values2_<tag>; or with KB_SQUARES_FMA, for LayerNorm's
+ * statistics only, the kernels' own by FMAs, kernel_row_stats.h);
  * where it loads a pair faster in an order of its own, KB_UNORDERED2 (its
  * <family>_load2_unordered_<tag> and <family>_store2_unordered_<tag>: the statistics' sums
  * take the values in any order); and where row_stats_normalize streams RMSNorm's pass in
@@ -82,10 +82,21 @@
 #define kb_rstd_x4 KB_GLUE(KB_ISA, rstd, x4)
 #define kb_inverse KB_GLUE(kb, inverse, KB_CT)
 #define kb_rest KB_GLUE(kb, rest, KB_CT)
+#undef kb_squares /* these four differ from dtype to dtype */
+#undef kb_squares2
+#undef kb_values
+#undef kb_values2
+#ifdef KB_SQUARES_FMA
+#define kb_squares KB_NAME(kb_fma_squares)
+#define kb_squares2 KB_NAME(kb_fma_squares2)
+#define kb_values KB_NAME(kb_fma_values)
+#define kb_values2 KB_NAME(kb_fma_values2)
+#else
 #define kb_squares KB_GLUE(KB_ISA, squares, KB_DT)
 #define kb_squares2 KB_GLUE(KB_ISA, squares2, KB_DT)
 #define kb_values KB_GLUE(KB_ISA, values, KB_DT)
 #define kb_values2 KB_GLUE(KB_ISA, values2, KB_DT)
+#endif
 #define kb_load2_unordered KB_GLUE(KB_ISA, load2_unordered, KB_DT)
 #define kb_store2_unordered KB_GLUE(KB_ISA, store2_unordered, KB_DT)
 

@@ -13,12 +13,12 @@
 #define KB_STREAM_FUSED_RMS 1
 #endif
 #define KB_DT f16
-#ifdef FN_SQUARES_F16 /* the family sums float16 LayerNorm statistics raw (kb_dot_kept) */
+#ifdef FN_SQUARES_F16 /* the family sums float16 LayerNorm statistics raw, by FMAs */
 #define KB_SQUARES 1
-#define KB_SQUARES_CENTRED 1
+#define KB_SQUARES_FMA 1
 #endif
 #include "kernel_body.h"
-#undef KB_SQUARES_CENTRED
+#undef KB_SQUARES_FMA
 #undef KB_SQUARES
 #undef KB_DT
 #define KB_DT bf16

@@ -50,6 +50,26 @@ KB_INLINE void KB_NAME(kb_load_h2)(const KB_T *x, const KB_T *residual, KB_T *re
 #endif
 }
 
+/* KB_SQUARES_FMA's raw sums (kernel_body.h's kb_squares, kb_values): acc plus the
+ * squares, or the values, of a pair of vectors, those at p or (a, b), widened from
+ * float16, the same lanes either way.  A float16 square has at most 22 significant bits,
+ * exact in float32; one addition into acc a pair, so that the four streams' chains stay
+ * short. */
+#ifdef KB_SQUARES_FMA
+KB_INLINE KB_V KB_NAME(kb_fma_squares2)(KB_V acc, KB_V a, KB_V b) {
+    return kb_add(acc, kb_fma(b, b, kb_mul(a, a)));
+}
+KB_INLINE KB_V KB_NAME(kb_fma_squares)(KB_V acc, const KB_T *p) {
+    return KB_NAME(kb_fma_squares2)(acc, kb_load(p), kb_load(p + KB_LANES));
+}
+KB_INLINE KB_V KB_NAME(kb_fma_values2)(KB_V acc, KB_V a, KB_V b) {
+    return kb_add(acc, kb_add(a, b));
+}
+KB_INLINE KB_V KB_NAME(kb_fma_values)(KB_V acc, const KB_T *p) {
+    return KB_NAME(kb_fma_values2)(acc, kb_load(p), kb_load(p + KB_LANES));
+}
+#endif
+
 /* Sums about a center, a LayerNorm row's statistics (kb_row_stats_impl): every stream and
  * every lane shares one center c, a value near the data (the mean of the row's first step,
  * then its running mean), and keeps sum = sum(h - c) and squares = sum((h - c)^2), so that
@@ -162,7 +182,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
                                           int prefetch) {
     enum { STEP = 2 * KB_STREAMS * KB_LANES, PAIR_BLOCK = KB_BLOCK / 2 };
     prefetch = prefetch && KB_LANES > 1; /* the scalar family never prefetches */
-#ifdef KB_SQUARES_CENTRED
+#ifdef KB_SQUARES_FMA
     squares = squares && center; /* RMSNorm's two FMA chains a stream are faster here */
 #endif
 #define KB_PREFETCH_STEP()                                                                   \
@@ -206,10 +226,10 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
          * 0.98-1.02 when the VM's memory was slow), 8192x4096 1.00-1.05.  The residual's h
          * is packed back first, so its sums are the same as those of h read from memory
          * (the unfused call's).  float16 LayerNorm in the AVX-512 and AVX2 families sums
-         * raw by FMAs (simd_avx512.h): in-process A/B, 1 thread, 512x768 0.80 / 0.84,
+         * raw by FMAs (KB_SQUARES_FMA): in-process A/B, 1 thread, 512x768 0.80 / 0.84,
          * 128x4096 0.91 / 0.90, 32768x768 0.81 (with the streamed loop, stream_fused) /
          * 0.84; its RMSNorm lost 1.03-1.06 in cache that way and keeps its FMA chains
-         * (KB_SQUARES_CENTRED). */
+         * (KB_SQUARES_FMA, below). */
         if (squares) {
             KB_V s0 = kb_set1(0), s1 = s0, s2 = s0, s3 = s0, t0 = s0, t1 = s0, t2 = s0, t3 = s0;
             for (size_t k = 0; k < block; ++k, i += STEP) {
@@ -363,8 +383,8 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
 #ifdef KB_SQUARES
 KB_INLINE int KB_NAME(kb_dot_kept)(size_t n, int center, double shift, double mean_shifted,
                                    double m2) {
-#ifdef KB_SQUARES_CENTRED
-    if (!center) return 1; /* RMSNorm summed by FMAs (kb_row_stats_impl) */
+#ifdef KB_SQUARES_FMA
+    if (!center) return 1; /* RMSNorm summed by its own chains (kb_row_stats_impl) */
 #endif
     if (!center) return !KB_SQUARES_FLUSHED(n, m2);
     double mean = shift + mean_shifted, squares = m2 + (double)n * mean * mean;

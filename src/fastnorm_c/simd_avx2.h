@@ -204,21 +204,8 @@ static inline void avx2_store2_f16(uint16_t *p, __m256 a, __m256 b, int canonica
 static inline __m256 avx2_round_f16(__m256 v) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(v, FN_AVX2_F16_ROUNDING));
 }
-/* float16 LayerNorm's raw sums (kernel_body.h, KB_SQUARES), as simd_avx512.h's: acc plus
- * the squares, or the values, of 16 float16 values, those at p or the pair (a, b). */
+/* float16 LayerNorm's statistics as raw sums, by FMAs (kernel_row_stats.h, KB_SQUARES_FMA) */
 #define FN_SQUARES_F16 1
-static inline __m256 avx2_squares2_f16(__m256 acc, __m256 a, __m256 b) {
-    return _mm256_add_ps(acc, _mm256_fmadd_ps(b, b, _mm256_mul_ps(a, a)));
-}
-static inline __m256 avx2_squares_f16(__m256 acc, const uint16_t *p) {
-    return avx2_squares2_f16(acc, avx2_load_f16(p), avx2_load_f16(p + 8));
-}
-static inline __m256 avx2_values2_f16(__m256 acc, __m256 a, __m256 b) {
-    return _mm256_add_ps(acc, _mm256_add_ps(a, b));
-}
-static inline __m256 avx2_values_f16(__m256 acc, const uint16_t *p) {
-    return avx2_values2_f16(acc, avx2_load_f16(p), avx2_load_f16(p + 8));
-}
 
 /* ---- storage bfloat16 ---- */
 /* bfloat16 bits into the high half of each 32-bit lane: one in-lane byte shuffle of the

@@ -192,24 +192,9 @@ static inline void avx512_store_n_f16(uint16_t *p, __m512 v, size_t n) {
 static inline __m512 avx512_round_f16(__m512 v) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(v, FN_AVX512_F16_ROUNDING));
 }
-/* The row statistics' raw sums for float16 (kernel_body.h, KB_SQUARES): acc plus the
- * squares, or the values, of 32 float16 values, those at p or the pair (a, b) of float32
- * vectors holding float16 values, the same lanes either way.  A float16 square has at
- * most 22 significant bits, exact in float32.  FMAs, as this family has no float16 dot
- * product; one addition into acc a pair, so that the four streams' chains stay short. */
+/* float16 LayerNorm's statistics as raw sums, by FMAs (kernel_row_stats.h, KB_SQUARES_FMA):
+ * no float16 dot product in this family. */
 #define FN_SQUARES_F16 1
-static inline __m512 avx512_squares2_f16(__m512 acc, __m512 a, __m512 b) {
-    return _mm512_add_ps(acc, _mm512_fmadd_ps(b, b, _mm512_mul_ps(a, a)));
-}
-static inline __m512 avx512_squares_f16(__m512 acc, const uint16_t *p) {
-    return avx512_squares2_f16(acc, avx512_load_f16(p), avx512_load_f16(p + 16));
-}
-static inline __m512 avx512_values2_f16(__m512 acc, __m512 a, __m512 b) {
-    return _mm512_add_ps(acc, _mm512_add_ps(a, b));
-}
-static inline __m512 avx512_values_f16(__m512 acc, const uint16_t *p) {
-    return avx512_values2_f16(acc, avx512_load_f16(p), avx512_load_f16(p + 16));
-}
 
 /* ---- storage bfloat16 ---- */
 #define FN_AVX512_DENORMAL 0x20 /* VFPCLASSPS: denormal */
