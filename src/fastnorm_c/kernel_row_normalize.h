@@ -467,7 +467,8 @@ KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t at, siz
  * pass's samples on its streaming store.  In-process A/B against the two kernels, time
  * per call: LayerNorm bfloat16 32768x768 0.90-0.92 (2 threads 0.89), 131072x320 0.92;
  * RMSNorm, against its row order, 0.79-0.81 and 0.76-0.78 (2 threads 0.99).  float16
- * LayerNorm, whose statistics take 2.5 times as long, lost: 1.03-1.06 (2 threads 0.96);
+ * LayerNorm summed about a center, whose statistics took 2.5 times as long, lost:
+ * 1.03-1.06 (2 threads 0.96);
  * float32 LayerNorm 65536x384 0.85-1.02, 131072x256 0.99, 40000x500 1.03; float32
  * RMSNorm 65536x384 1.21. */
 #if defined(KB_SQUARES)
@@ -573,8 +574,9 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
 
 /* row_stats_normalize without a weight (LayerNorm without parameters or with a bias alone,
  * RMSNorm without a weight), never streamed: in-process A/B against the two kernels, time
- * per call, 1 thread, LayerNorm / RMSNorm, 512x768: float32 0.79 / 0.87, bfloat16 0.75 /
- * 0.72, float16 0.80 / 0.75; LayerNorm float32 64x768 0.74.  A function of its own: as
+ * per call, 1 thread, LayerNorm / RMSNorm, 512x768: float32 0.79 / 0.87-0.89, bfloat16
+ * 0.75-0.77 / 0.72-0.73, float16 0.79-0.80 / 0.72-0.75; LayerNorm float32 64x768
+ * 0.73-0.74.  A function of its own: as
  * more cases of one switch, they cost the variants with a weight 1.03-1.07x the time
  * (RMSNorm float32 512x768, 256x1024; the compiler kept a loop counter on the stack). */
 static __attribute__((noinline)) void KB_NAME(kb_row_stats_normalize_bare)(

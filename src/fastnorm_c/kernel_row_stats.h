@@ -374,7 +374,7 @@ KB_INLINE void KB_NAME(kb_row_stats_impl)(const KB_T *x, const KB_T *residual, K
  * the squares, so m2's error is at most twice theirs, a float32 rounding per addition, at
  * most 32 additions a lane.  Mostly there is none: a bfloat16 square has 16 significant
  * bits, and 32 of them from a few binades add up exactly in float32 (a float16 square has
- * 22, which round more often: worst rstd error 6.7e-8 to 8.9e-8).  Other rows (data
+ * 22, which round more often: worst rstd error 6.7e-8 to 1.0e-7).  Other rows (data
  * further off zero, constant rows, NaN or infinite sums, flushed squares) are summed again
  * about a center, as in the other families.  `python benchmarks/accuracy.py`, 300 rows of
  * offset + N(0, 1), offsets 0 to 3: the worst relative rstd error 6.8e-8 to 1.1e-7 and
