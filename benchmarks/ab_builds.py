@@ -82,8 +82,8 @@ def case_call(op, dtype, shape, threads):
         b = rng.standard_normal(n).astype(compute) if op == "layer_norm" else None
 
         def call(core, y):
-            core.norm(op.startswith("rms_norm"), code, x.size // n, n, 1, x, None, None, y, w, b, 1e-5,
-                      None, None, threads)
+            core.norm(op.startswith("rms_norm"), code, x.size // n, n, 1, x, None, None, y, w, b,
+                      1e-5, None, None, threads)
             return (y,)
         return call, x, 2 * x.nbytes
     n, c, inner = shape[0], shape[1], x.size // (shape[0] * shape[1])
@@ -153,7 +153,8 @@ def main(argv=None):
                 core.set_isa("avx512" if args.isa == "avx512_nobf16" else args.isa)
                 if args.isa == "avx512_nobf16":
                     core.set_avx512_bf16(False)
-        print(f"kernels: {args.isa or cores[0].get_isa()}; medians of {args.samples} samples per build")
+        kernels = args.isa or cores[0].get_isa()
+        print(f"kernels: {kernels}; medians of {args.samples} samples per build")
         print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits")
         for case in args.cases:
             a, b, same = run_case(cores, case, args.samples)

@@ -122,10 +122,11 @@ def test_short_rows_of_an_input_past_8mb_equal_each_row_alone(op, dtype, isa, rn
     # From 8 MB of input (FN_AHEAD_MAX_READ_BYTES), LayerNorm rows too short for the next-row
     # prefetch (AVX-512: under 2 KB; 300 values in float32 and half precision, 700 in half)
     # still take their statistics one row ahead, in the kernels' own loops, with and without
-    # a residual, and bfloat16 with AVX512-BF16 in row_stats_normalize's streamed loop;
-    # RMSNorm with its weight takes that loop in AVX-512's half dtypes and otherwise, as in
-    # the other families, keeps the row order.  The same bits as each row alone, in place too, and the fused residual's h as
-    # the unfused sum.
+    # a residual; in AVX-512's half dtypes (LayerNorm where its statistics are raw sums:
+    # float16, and bfloat16 with AVX512-BF16) without a residual in row_stats_normalize's
+    # streamed loop.  RMSNorm takes that loop there too, with its weight, and otherwise, as
+    # in the other families, keeps the row order.  The same bits as each row alone, in place
+    # too, and the fused residual's h as the unfused sum.
     for n in (300, 700):
         rows = (8 << 20) // (n * dtype.itemsize) + 3
         x = random_data(rng, (rows, n), dtype, offset=1.5)
