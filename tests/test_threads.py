@@ -88,6 +88,8 @@ def _thread_cases(rng):
         "batch_norm NCHW": lambda: bn(nchw, 1),
         "batch_norm NHWC": lambda: bn(nhwc, -1),
         "batch_norm NCHW 14x14": lambda: bn(small, 1),
+        # 3136 rows of 32 channels: 7 chunks of 512 rows evened out to 8 of 392
+        "batch_norm NHWC 14x14": lambda: bn(small_nhwc, -1),
         "batch_norm NCHW one sample": lambda: bn(nchw[:1], 1),
         "batch_norm eval": lambda: (fastnorm.batch_norm(nchw, np.full(32, 100, np.float32),
                                                         np.ones(32, np.float32)),),
