@@ -161,10 +161,10 @@ fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dt
     return FASTNORM_OK;
 }
 
-static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
-                                            size_t outer, size_t channels, size_t inner,
-                                            const char *x, double *mean_out, double *m2_out,
-                                            int threads) {
+fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
+                                     size_t outer, size_t channels, size_t inner, const char *x,
+                                     double *mean_out, double *m2_out, int threads,
+                                     int prefetch) {
     fn_columns c = fn_columns_of(outer, channels, inner);
     size_t size = fn_storage_size(dtype);
     /* per chunk and column: shifted mean, m2; then the merged column and the leftover rows */
@@ -174,7 +174,6 @@ static fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, f
     double *part_mean = scratch, *part_m2 = scratch + parts;
     double *left_mean = scratch + 2 * parts, *left_m2 = left_mean + c.narrow_width;
     double *col_mean = left_m2 + c.narrow_width, *col_m2 = col_mean + c.width;
-    int prefetch = outer * channels * inner * size >= FN_COL_PREFETCH_MIN_BYTES;
     FN_PARALLEL_FOR(chunk, c.chunks, {
         size_t first = (size_t)chunk * c.chunk_rows;
         size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
@@ -238,7 +237,8 @@ fastnorm_status_t fastnorm_moments(fastnorm_dtype_t dtype, size_t outer, size_t 
         return status;
     }
     return fn_moments_columns(fastnorm_active_kernels(), dtype, outer, channels, inner, x,
-                              mean_out, m2_out, threads);
+                              mean_out, m2_out, threads,
+                              total * fn_storage_size(dtype) >= FN_COL_PREFETCH_MIN_BYTES);
 }
 
 /* ---- fastnorm_affine ---------------------------------------------------------------- */
@@ -298,14 +298,17 @@ static void fn_spread_columns(char *restrict dst, const char *restrict per_chann
 }
 
 /* y = (x - mean[c]) * scale[c] + shift[c] over (outer, channels, inner); the float64
- * per-channel arrays are the caller's. */
+ * per-channel arrays are the caller's.  stream: the stores' kind, or -1 for this call's
+ * own choice by its size. */
 static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
                                    size_t total, const void *x, void *y, const double *mean,
-                                   const double *scale, const double *shift, int n_threads) {
+                                   const double *scale, const double *shift, int n_threads,
+                                   int stream) {
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
     int threads = fn_threads(n_threads, total);
-    int stream = fn_stream(x, y, total * size,
+    if (stream < 0)
+        stream = fn_stream(x, y, total * size,
                            threads > 1 ? FN_STREAM_MIN_BYTES_OTHERS : FN_STREAM_MIN_BYTES);
     const char *xs = (const char *)x;
     char *ys = (char *)y;
@@ -429,6 +432,14 @@ static const double *fn_fold_means(size_t channels, const double *mean, const do
 fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
                                   const void *x, void *y, const double *mean, const double *var,
                                   const void *weight, const void *bias, double eps, int n_threads) {
+    return fn_affine_part(dtype, outer, channels, inner, x, y, mean, var, weight, bias, eps,
+                          n_threads, -1);
+}
+
+fastnorm_status_t fn_affine_part(fastnorm_dtype_t dtype, size_t outer, size_t channels,
+                                 size_t inner, const void *x, void *y, const double *mean,
+                                 const double *var, const void *weight, const void *bias,
+                                 double eps, int n_threads, int stream) {
     int overflow = 0;
     if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
     if (!x || !y || !var) return FASTNORM_ERR_NULL_POINTER;
@@ -448,7 +459,7 @@ fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t c
     if (mean) /* on every path, so that the layouts agree */
         mean = fn_fold_means(channels, mean, scale, shift, centre);
     fastnorm_status_t status = fn_affine(dtype, outer, channels, inner, total, x, y, mean, scale,
-                                         shift, n_threads);
+                                         shift, n_threads, stream);
     free(folded);
     return status;
 }

@@ -250,6 +250,18 @@ static inline void fn_finish(fastnorm_norm_kind_t kind, double shift, double mea
     *rstd = 1.0 / sqrt(spread + eps);
 }
 
+/* api_batch_norm.c: fastnorm_moments' column path (channels-last data), the statistics
+ * read ahead or not (prefetch), and fastnorm_affine, its stores streamed or not (stream;
+ * -1: as its own size says), for callers that run them over parts of a larger call
+ * (GroupNorm's samples) and decide both for the whole call. */
+fastnorm_status_t fn_moments_columns(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
+                                     size_t outer, size_t channels, size_t inner, const char *x,
+                                     double *mean_out, double *m2_out, int threads, int prefetch);
+fastnorm_status_t fn_affine_part(fastnorm_dtype_t dtype, size_t outer, size_t channels,
+                                 size_t inner, const void *x, void *y, const double *mean,
+                                 const double *var, const void *weight, const void *bias,
+                                 double eps, int n_threads, int stream);
+
 /* api_batch_norm.c: the per-channel statistics of short rows, which GroupNorm reuses for
  * its (sample, group) spans. */
 fastnorm_status_t fn_moments_rows(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
