@@ -377,15 +377,21 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
     KB_NAME(kb_put)(yr + j, out, left, stream);
 }
 
-/* Rows of `vectors` (1 to 4, a constant at each call) whole vectors whose columns'
- * parameters stay in registers for all the rows: the only loads are x's, where the loop
- * below loads two or three parameters with each vector of x.  The same operations, the
- * same bits. */
+/* Rows of `vectors` (1 to KB_COL_HELD_MAX, a constant at each call) whole vectors whose
+ * columns' parameters stay in registers for all the rows (or, past the register file,
+ * where the compiler spills them: still one parameter stream, not one a row): the only
+ * loads are x's, where the loops below load two or three parameters with each vector of x.
+ * The same operations, the same bits.  Up to 16 vectors, not 4 (Zen 5, in-process A/B,
+ * BatchNorm eval channels-last, 1 thread, time per call): AVX-512 float64 (100352, 64)
+ * 0.83 (2 threads 0.95), (50176, 128) 0.82, float32 (25088, 256) 0.92, (1568, 256) 0.96,
+ * training float64 (100352, 64) 0.92; AVX2 float32 (100352, 64) 0.77, (50176, 128) 0.75,
+ * float64 (100352, 32) 0.75, in cache (3136, 64) 0.91, (1568, 128) 0.98. */
+#define KB_COL_HELD_MAX 16
 KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t row_stride,
                                               const KB_C *mean_hi, const KB_C *scale,
                                               const KB_C *col_shift, KB_T *y, int center,
                                               int vectors, int stream) {
-    KB_V hi[4], sc[4], cs[4];
+    KB_V hi[KB_COL_HELD_MAX], sc[KB_COL_HELD_MAX], cs[KB_COL_HELD_MAX];
     for (int v = 0; v < vectors; ++v) {
         hi[v] = center ? kb_param(mean_hi + v * KB_LANES) : kb_set1(0);
         sc[v] = kb_param(scale + v * KB_LANES);
@@ -404,8 +410,8 @@ KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t
 
 /* Four rows of the per-column form y = (x - mean) * scale + shift, each vector's
  * parameters loaded once for the four: a vector of y otherwise costs two or three parameter
- * loads beside its one load of x, and the loads bound the loop where the parameters do not
- * fit in registers (kb_col_normalize_held).  The same operations, the same bits.  Measured
+ * loads beside its one load of x, and the loads bound the loop for rows past
+ * kb_col_normalize_held's.  The same operations, the same bits.  Measured
  * (AVX2, Zen 3, benchmarks/ab_builds.py, 1 thread, three runs): BatchNorm eval
  * channels-last (3136, 64) float32 0.61-0.86x the time, (1568, 256) 0.87-0.92x,
  * (802816, 3) 0.72x; training and float64 within the noise (0.97-1.05x). */
@@ -449,7 +455,9 @@ KB_INLINE void KB_NAME(kb_col_normalize_impl)(const KB_T *x, size_t rows, size_t
         KB_NAME(kb_col_normalize_held)(x, rows, row_stride, mean_hi, scale, col_shift, y, center, \
                                        v, stream);                                             \
         return;
-            KB_HELD(1) KB_HELD(2) KB_HELD(3) KB_HELD(4)
+            KB_HELD(1) KB_HELD(2) KB_HELD(3) KB_HELD(4) KB_HELD(5) KB_HELD(6) KB_HELD(7) KB_HELD(8)
+            KB_HELD(9) KB_HELD(10) KB_HELD(11) KB_HELD(12) KB_HELD(13) KB_HELD(14) KB_HELD(15)
+            KB_HELD(16)
 #undef KB_HELD
         }
     }
