@@ -121,16 +121,18 @@ def test_streamed_batch_norm_eval_equals_samples_of_a_small_call(dtype, layout, 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("offset", OFFSETS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
-@pytest.mark.parametrize("spatial", [1000, 5000], ids=["small samples", "samples past 1 MB"])
-def test_streamed_group_norm_equals_samples_of_a_small_call(dtype, channels_last, spatial,
+@pytest.mark.parametrize("sample_bytes", [256 << 10, 3 << 20], ids=["small samples",
+                                                                    "samples past 2 MB"])
+def test_streamed_group_norm_equals_samples_of_a_small_call(dtype, channels_last, sample_bytes,
                                                             offset, isa, rng):
     # group_norm has no out=, so the big call goes through the binding with an output at a
-    # chosen offset.  Channels-last samples of up to 1 MB are normalized from cache by the
+    # chosen offset.  Channels-last samples of up to 2 MB are normalized from cache by the
     # column kernel, which streams from the output's first line boundary on, with its
     # parameters rotated to match (api_group_norm.c, fn_group_cl_normalize); larger ones
     # by BatchNorm's affine a sample at a time, streaming as the whole call would
     # (fn_affine_part), where a call of two samples does not
     channels, groups = 64, 8
+    spatial = sample_bytes // (channels * dtype.itemsize)
     samples = STREAM_MIN_BYTES // (channels * spatial * dtype.itemsize) + 2
     shape = (samples, spatial, channels) if channels_last else (samples, channels, spatial)
     x = random_data(rng, shape, dtype, offset=3.0)

@@ -97,7 +97,7 @@ def _thread_cases(rng):
         "batch_norm NCHW 5x3": lambda: (fastnorm.batch_norm(odd, None, None, *odd_stats[2:],
                                                             training=True),),
         "group_norm": lambda: (fastnorm.group_norm(nchw, 8),),
-        # channels-last views: samples of up to 1 MB go one a thread (statistics, then
+        # channels-last views: samples of up to 2 MB go one a thread (statistics, then
         # the sample from cache); one sample of 32768 values shares its rows
         "group_norm channels-last": lambda: (fastnorm.group_norm(nhwc.transpose(0, 3, 1, 2), 8),),
         "group_norm channels-last, one sample": lambda: (

@@ -277,16 +277,22 @@ static fastnorm_status_t fn_group_stats_cl(const fn_group_job *job, const char *
     return FASTNORM_OK;
 }
 
-/* Channels-last samples of at most this many bytes (Zen 4's L2 cache) are normalized
+/* Channels-last samples of at most this many bytes (Zen 5's L2 cache) are normalized
  * right after their statistics, one sample a work item, while the sample is still in the
- * L2 cache.  Against BatchNorm's moments and affine per sample (fn_group_stats_cl above;
+ * L2 cache.  Up to 2 MB, not Zen 4's 1 MB (Zen 5, against the per-sample calls below
+ * reading ahead and streaming as the whole call, time per call): float64 (32, 64, 56, 56)
+ * 0.91 (2 threads 0.86), (8, 64, 56, 56) 0.98 (0.87), (4, 64, 56, 56) 0.96-0.97 (0.86),
+ * float32 (16, 128, 56, 56) 0.94, (3, 64, 80, 80) 0.93; but an odd few samples on 2
+ * threads, one thread taking two: (3, 64, 80, 80) 1.04-1.10, float64 (3, 64, 56, 56)
+ * 1.08.  Samples of 4 MB lost 1.45-1.57 on 2 threads.  Earlier (1 MB, Zen 4): against
+ * BatchNorm's moments and affine per sample (fn_group_stats_cl above;
  * in-process A/B, time per call, float32, same bits), 1 thread: (8, 256, 2, 2) 0.37-0.52,
  * (8, 512, 4, 4) 0.41-0.55, (32, 64, 7, 7) 0.60-0.91, (8, 256, 14, 14) 0.80-0.83,
  * (4, 256, 28, 28) 0.88, (16, 64, 56, 56) (800 KB samples) 0.90; 2 threads 0.46-0.60 on
  * small maps, 0.55 and 0.71 on the last two.  The setups of the per-sample calls (a malloc,
  * a division per channel, a parameter block) cost more than a small sample's work, and
  * their two passes read a large sample twice. */
-#define FN_GROUP_CL_FUSED_MAX_BYTES (1024u << 10)
+#define FN_GROUP_CL_FUSED_MAX_BYTES (2048u << 10)
 /* ... and have whole vectors of channels (16 values: a float32 AVX-512 vector) or at least
  * this many: with 3 to 24 channels a row, most lanes of the column kernels' vectors were
  * masked off (1.2-5.3x the time), where BatchNorm's path joins rows into whole vectors. */
