@@ -444,6 +444,8 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
     if (checked != FASTNORM_OK) return checked;
     size_t sample = spatial * channels, bytes = sample * fn_storage_size(dtype);
     int whole_vectors = channels >= FN_GROUP_CL_MIN_CHANNELS || channels % 16 == 0;
+    fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y, weight,
+                                       bias, eps);
     if (bytes <= FN_GROUP_CL_FUSED_MAX_BYTES && whole_vectors &&
         (n > 1 || total < FN_PARALLEL_MIN_ELEMENTS)) {
         int threads = fn_threads(n_threads, total);
@@ -451,8 +453,6 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
         void *block;
         char *scratch = fn_malloc_aligned(scratch_bytes * (size_t)threads, &block);
         if (!scratch) return FASTNORM_ERR_NO_MEMORY;
-        fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y,
-                                           weight, bias, eps);
         FN_PARALLEL_FOR(i, n, {
             fn_group_cl_fused(&job, (size_t)i, scratch + (size_t)fn_thread_index() * scratch_bytes);
         });
@@ -473,8 +473,6 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
     if (!stats) return FASTNORM_ERR_NO_MEMORY;
     double *mean = stats, *var = stats + n * channels;
     int threads = fn_threads(n_threads, sample);
-    fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y, weight,
-                                       bias, eps);
     fastnorm_status_t result = FASTNORM_OK;
     /* every statistic before any output: a failure (no memory) leaves y unwritten */
     for (size_t i = 0; i < n && result == FASTNORM_OK; ++i)

@@ -383,7 +383,7 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
  * loads are x's, where the loops below load two or three parameters with each vector of x.
  * The same operations, the same bits.  Up to 16 vectors, not 4 (Zen 5, in-process A/B,
  * BatchNorm eval channels-last, 1 thread, time per call): AVX-512 float64 (100352, 64)
- * 0.83 (2 threads 0.95), (50176, 128) 0.82, float32 (25088, 256) 0.92, (1568, 256) 0.96,
+ * 0.83-0.85 (2 threads 0.95-1.00), (50176, 128) 0.82, float32 (25088, 256) 0.92, (1568, 256) 0.96,
  * training float64 (100352, 64) 0.92; AVX2 float32 (100352, 64) 0.77, (50176, 128) 0.75,
  * float64 (100352, 32) 0.75, in cache (3136, 64) 0.91, (1568, 128) 0.98. */
 #define KB_COL_HELD_MAX 16
