@@ -94,11 +94,13 @@ cdef object _cached(object make, tuple args):
         PyDataMem_SetHandler(previous)
 
 
-cdef object _new_like(object x):
-    """A C-ordered uninitialised array like the NumPy array x: an output."""
+cdef object _new_like(object x, bint keep_layout=False):
+    """An uninitialised array like the NumPy array x, C-ordered or (keep_layout) in x's
+    memory order, as numpy.empty_like gives: an output."""
     if _from_cache(cnp.PyArray_NBYTES(<cnp.ndarray>x)):
-        return _cached(numpy.empty, (x.shape, x.dtype))
-    return _empty_like(<cnp.ndarray>x, cnp.NPY_CORDER, NULL, 0)
+        return _cached(numpy.empty_like, (x, None, "K" if keep_layout else "C"))
+    return _empty_like(<cnp.ndarray>x, cnp.NPY_KEEPORDER if keep_layout else cnp.NPY_CORDER,
+                       NULL, 0)
 
 
 def empty(shape, dtype):
@@ -266,6 +268,30 @@ cdef inline bint _placed(_Array *y, _Array *x, _Array *others, int count) noexce
     return True
 
 
+cdef inline bint _channels_last_view(_Array *a, object array, bint writable) noexcept:
+    """`array` is an exact ndarray of a fastnorm dtype, aligned to its items (and writeable
+    when asked), whose axes (0, 2, ..., ndim - 1, 1) lie in C order: the (N, C, ...) view of
+    an (N, ..., C) array, such as a PyTorch channels_last tensor gives.  Size-1 axes take any
+    stride, as in NumPy's contiguity flags."""
+    cdef cnp.npy_intp *strides
+    cdef Py_ssize_t expected, axis
+    if type(array) is not _ndarray:
+        return False
+    _read(a, <cnp.ndarray>array)
+    if a.dtype < 0 or a.ndim < 3 or <size_t>a.data & <size_t>(a.itemsize - 1):
+        return False
+    if writable and a.flags & cnp.NPY_ARRAY_WRITEABLE == 0:
+        return False
+    strides = cnp.PyArray_STRIDES(<cnp.ndarray>array)
+    expected = a.itemsize
+    for i in range(a.ndim):  # innermost first: 1, ndim - 1, ..., 2, 0
+        axis = 1 if i == 0 else (a.ndim - i if i < a.ndim - 1 else 0)
+        if a.shape[axis] != 1 and strides[axis] != expected:
+            return False
+        expected *= a.shape[axis]
+    return True
+
+
 cdef inline bint _is_vector(_Array *a, object array, Py_ssize_t length, int dtype,
                             bint writable) noexcept:
     """`array` is a 1-D array of `length` items of `dtype` that _take accepts."""
@@ -277,9 +303,16 @@ cdef inline bint _param_taken(_Array *a, object param, Py_ssize_t middle, int co
     return param is None or _is_vector(a, param, middle, compute_dtype, False)
 
 
-cdef inline bint _like(_Array *a, object array, _Array *x, bint writable) noexcept:
-    """`array` has x's shape and dtype (and is writeable when asked)."""
-    if not _take(a, array, writable) or a.ndim != x.ndim or a.dtype != x.dtype:
+cdef inline bint _like(_Array *a, object array, _Array *x, bint writable,
+                       bint channels_last=False) noexcept:
+    """`array` has x's shape and dtype (and is writeable when asked), and is C-contiguous
+    or, with channels_last, a channels-last view like x (_channels_last_view)."""
+    if channels_last:
+        if not _channels_last_view(a, array, writable):
+            return False
+    elif not _take(a, array, writable):
+        return False
+    if a.ndim != x.ndim or a.dtype != x.dtype:
         return False
     for i in range(x.ndim):
         if a.shape[i] != x.shape[i]:
@@ -488,18 +521,21 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
                out, int n_threads):
     """The common BatchNorm call in one step: channel axis 1 or -1, no return_stats.
 
-    Takes only what needs no conversion: NumPy arrays, x C-contiguous float32/float64/
-    float16/bfloat16 and aligned with at least 2 dimensions; weight/bias None or 1-D of the compute
-    dtype; running statistics 1-D float32/float64 (both, or for training neither; writable
-    and apart for training); out None or a C-contiguous array like x that is x itself or
-    shares no memory with any other argument; eps and momentum valid floats, axis the int
-    1 or -1.  Returns y, or None without writing anything when an argument is outside
-    that: the caller's general path then converts, copies or raises with the right message.
+    Takes only what needs no conversion: NumPy arrays, x float32/float64/float16/bfloat16,
+    aligned, with at least 2 dimensions, and C-contiguous or (axis 1) a channels-last view
+    (_channels_last_view), computed as the (N * ..., C) rows it lies in; weight/bias None or
+    1-D of the compute dtype; running statistics 1-D float32/float64 (both, or for training
+    neither; writable and apart for training); out None or an array in x's layout, shape
+    and dtype that is x itself or shares no memory with any other argument; eps and
+    momentum valid floats, axis the int 1 or -1.  Returns y (new ones in x's layout), or
+    None without writing anything when an argument is outside that: the caller's general
+    path then converts, copies or raises with the right message.
     """
     cdef _Array v[6]  # x, y, weight, bias, running_mean, running_var
     cdef fastnorm_status_t status = FASTNORM_OK
     cdef int dtype, compute, running = -1
     cdef Py_ssize_t outer = 1, channels, inner = 1, i, channel_axis
+    cdef bint view = False  # x is a channels-last view
     cdef double epsilon, rate
     cdef double *stats = NULL
     cdef const double *mean
@@ -510,15 +546,22 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     if not (0.0 <= epsilon and isfinite(epsilon) and 0.0 <= rate <= 1.0) or not (axis == 1 or axis == -1):
         return None
     memset(v, 0, sizeof(v))
-    if not _take(&v[0], x, False) or v[0].ndim < 2 or v[0].nbytes == 0:
+    if not _take(&v[0], x, False):
+        view = axis == 1 and _channels_last_view(&v[0], x, False)
+        if not view:
+            return None
+    if v[0].ndim < 2 or v[0].nbytes == 0:
         return None
     dtype = v[0].dtype
     channel_axis = 1 if axis == 1 else v[0].ndim - 1
-    for i in range(channel_axis):
-        outer *= v[0].shape[i]
     channels = v[0].shape[channel_axis]
-    for i in range(channel_axis + 1, v[0].ndim):
-        inner *= v[0].shape[i]
+    if view:  # the channels-last rows it lies in, as the general path computes it
+        outer = v[0].nbytes // v[0].itemsize // channels
+    else:
+        for i in range(channel_axis):
+            outer *= v[0].shape[i]
+        for i in range(channel_axis + 1, v[0].ndim):
+            inner *= v[0].shape[i]
     if training and outer * inner < 2:
         return None
     compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
@@ -536,8 +579,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     elif not training or running_mean is not None or running_var is not None:
         return None
     if out is None:
-        out = _new_like(x)
-    if not _like(&v[1], out, &v[0], True):
+        out = _new_like(x, view)
+    if not _like(&v[1], out, &v[0], True, view):
         return None
     if not _placed(&v[1], &v[0], &v[2], 4):
         return None

@@ -12,7 +12,8 @@ import pytest
 
 import fastnorm
 from fastnorm import _functional
-from fn_testutil import ROW_OPS, assert_close, ref_batch_norm, ref_row_norm, row_norm
+from fn_testutil import (ROW_OPS, assert_close, in_memory_order, ref_batch_norm, ref_row_norm,
+                         row_norm)
 
 N = 96
 
@@ -128,9 +129,14 @@ DECLINED = [name for name, _x, _kw in _declined_cases(np.random.default_rng(0))]
 
 def _placed(x, kw):
     """(x, a copy of its values); kw["out"] == "shifted" becomes an out= that overlaps x,
-    starting 8 elements before it."""
+    starting 8 elements before it, "C order" and "channels last" an out= of that layout."""
     x_values = np.array(x, dtype=np.asarray(x).dtype)
-    if isinstance(kw.get("out"), str):  # "shifted"
+    out = kw.get("out")
+    if isinstance(out, str) and out == "C order":
+        kw["out"] = np.full(x_values.shape, np.nan, x_values.dtype)
+    elif isinstance(out, str) and out == "channels last":
+        kw["out"] = in_memory_order(np.full(x_values.shape, np.nan, x_values.dtype), (0, 2, 3, 1))
+    elif isinstance(out, str):  # "shifted"
         storage = np.empty(x_values.size + 8, x_values.dtype)
         storage[8:] = x_values.ravel()
         x = storage[8:].reshape(x_values.shape)
@@ -315,6 +321,37 @@ def test_batch_norm_common_call_skips_the_general_path(dtype, axis, training, ru
     np.testing.assert_array_equal(rv, forced_rv)
 
 
+# channels-last views of (N, C, ...) shapes, as PyTorch's channels_last tensors give:
+# (N, ..., C) memory, size-1 axes (whose strides NumPy leaves free) included
+@pytest.mark.parametrize("shape", [(3, C, 5, 4), (1, C, 4, 7), (2, C, 1, 5), (4, C, 9),
+                                   (2, C, 3, 1, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("out_kind", ["new", "view", "in place"])
+def test_batch_norm_channels_last_view_skips_the_general_path(shape, dtype, training, out_kind,
+                                                              rng, tol, general_bn_calls):
+    order = (0,) + tuple(range(2, len(shape))) + (1,)
+    x = in_memory_order((rng.standard_normal(shape) * 2 + 3).astype(dtype), order)
+    assert not x.flags.c_contiguous
+    _x, w, b, rm, rv = _bn_case(rng, dtype)
+    want, want_rm, want_rv = ref_batch_norm(x, rm, rv, w, b, training=training)
+    forced_rm, forced_rv = rm.copy(), rv.copy()
+    # the general path, forced by return_stats, on the same values before any in-place write
+    forced = fastnorm.batch_norm(x, forced_rm, forced_rv, w, b, training=training,
+                                 return_stats=True)[0]
+    assert len(general_bn_calls) == 1
+    out = {"new": None, "view": in_memory_order(np.full(shape, np.nan, dtype), order),
+           "in place": x}[out_kind]
+    y = fastnorm.batch_norm(x, rm, rv, w, b, training=training, out=out)
+    assert len(general_bn_calls) == 1  # no second general call
+    assert y is out if out is not None else y.transpose(order).flags.c_contiguous
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert_close(y, want, tol)
+    np.testing.assert_array_equal(y, forced)
+    np.testing.assert_array_equal(rm, forced_rm)
+    np.testing.assert_array_equal(rv, forced_rv)
+
+
 def test_batch_norm_read_only_inputs_take_the_one_step_path(rng, tol, general_bn_calls):
     x, w, b, rm, rv = _bn_case(rng)
     want = ref_batch_norm(x, rm, rv, w, b)[0]
@@ -366,6 +403,13 @@ def _bn_declined_cases(rng):
         ("numpy float momentum", x, {"training": True, "momentum": np.float32(0.25)}),
         ("int eps", x, {"eps": 0}),
         ("Fortran-ordered x", np.asfortranarray(x), {}),
+        ("channels-last x, channel axis -1", in_memory_order(x, (0, 2, 3, 1)),
+         {"axis": -1, "running_mean": rm[:4].copy(), "running_var": rv[:4].copy(),
+          "weight": w[:4].copy(), "bias": b[:4].copy()}),
+        ("channels-last x, spatial axes swapped", in_memory_order(x, (0, 3, 2, 1)), {}),
+        ("channels-last x, N inside", in_memory_order(x, (2, 0, 3, 1)), {}),
+        ("channels-last x, C-order out", in_memory_order(x, (0, 2, 3, 1)), {"out": "C order"}),
+        ("C-order x, channels-last out", x, {"out": "channels last"}),
         ("out overlapping x", x, {"out": "shifted"}),
         ("out overlapping the running mean", x, {"running_mean": holder[:C], "out": holder[C // 2:].reshape(x.shape)}),
         ("return_stats", x, {"return_stats": True}),
