@@ -650,6 +650,60 @@ def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
                f"channels_last={channels_last}")
 
 
+def group_norm_common(x, num_groups, weight, bias, eps, int n_threads):
+    """The common GroupNorm call in one step (InstanceNorm's too: num_groups = C).
+
+    Takes only what needs no conversion: a NumPy array x of a fastnorm dtype, aligned, with
+    at least 2 dimensions and at least one value, C-contiguous or a channels-last view
+    (_channels_last_view); num_groups an int that divides its C channels; weight/bias None
+    or 1-D of the compute dtype and length C; eps a valid float.  Returns a new y in x's
+    layout, or None without writing anything: the caller's general path then converts,
+    copies or raises with the right message.
+    """
+    cdef _Array v[3]  # x, weight, bias
+    cdef fastnorm_status_t status
+    cdef Py_ssize_t n, channels, groups, spatial
+    cdef int dtype, compute
+    cdef bint view = False
+    cdef double epsilon
+    if type(num_groups) is not int or type(eps) is not float:
+        return None
+    epsilon = eps
+    if not (0.0 <= epsilon and isfinite(epsilon)):
+        return None
+    memset(v, 0, sizeof(v))
+    if not _take(&v[0], x, False):
+        view = _channels_last_view(&v[0], x, False)
+        if not view:
+            return None
+    if v[0].ndim < 2 or v[0].nbytes == 0:
+        return None
+    n, channels = v[0].shape[0], v[0].shape[1]
+    if not (0 < num_groups <= channels) or channels % num_groups:
+        return None
+    groups = num_groups
+    spatial = v[0].nbytes // v[0].itemsize // (n * channels)
+    dtype = v[0].dtype
+    compute = FASTNORM_F64 if dtype == FASTNORM_F64 else FASTNORM_F32
+    if not (_param_taken(&v[1], weight, channels, compute) and _param_taken(&v[2], bias, channels, compute)):
+        return None
+    y = _new_like(x, view)
+    with nogil:
+        if view:
+            status = fastnorm_group_norm_channels_last(
+                <fastnorm_dtype_t>dtype, n, channels, groups, spatial, v[0].data,
+                cnp.PyArray_BYTES(<cnp.ndarray>y), v[1].data, v[2].data, epsilon, n_threads)
+        else:
+            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
+                                         v[0].data, cnp.PyArray_BYTES(<cnp.ndarray>y), v[1].data,
+                                         v[2].data, epsilon, n_threads)
+    if status != FASTNORM_OK:
+        _raise(status, "group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
+               f"channels={channels}, groups={groups}, spatial={spatial}, eps={epsilon!r}, "
+               f"channels_last={view}")
+    return y
+
+
 def isa_compiled():
     """Kernel families built into this extension, e.g. ["scalar", "avx2", "avx512"]."""
     return [name for i, name in enumerate(_ISA_NAMES) if fastnorm_isa_compiled(<fastnorm_isa_t>i)]

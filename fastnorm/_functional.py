@@ -11,7 +11,9 @@ any) like x, no stats -- goes straight to _core.rows, which checks those arrays 
 declines anything else (nothing written) to the general path here: for small inputs the
 Python around the kernel was most of the cost (1x768 float32: see docs/performance.md).
 batch_norm's common call (channel axis 1 or -1, no return_stats) goes the same way
-through _core.batch_norm, running statistics updated in C.
+through _core.batch_norm, running statistics updated in C, and group_norm's and
+instance_norm's (arrays as they are, an int num_groups, a float eps) through
+_core.group_norm_common.
 """
 
 import math
@@ -39,6 +41,7 @@ _core_affine = _core.affine
 _core_batch_norm_train = _core.batch_norm_train
 _core_batch_norm = _core.batch_norm
 _core_group_norm = _core.group_norm
+_core_group_norm_common = _core.group_norm_common
 # rms_norm's default eps: the machine epsilon of the computation dtype.
 _RMS_EPS = {dtype: float(np.finfo(rule[1]).eps) for dtype, rule in _DTYPES.items()}
 
@@ -387,6 +390,9 @@ def _affine(code, outer, channels, inner, x, out, mean, var, w, b, eps, training
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """GroupNorm of ``x`` of shape ``(N, C, ...)``: statistics per (sample, group of
     ``C // num_groups`` channels), then ``weight`` / ``bias`` of shape ``(C,)`` per channel."""
+    y = _core_group_norm_common(x, num_groups, weight, bias, eps, _checks.num_threads)
+    if y is not None:
+        return y
     x = _checks.as_array(x)
     x, (code, compute) = _checks.input_rule(x)
     if x.ndim < 2:
@@ -397,6 +403,10 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
 
 def instance_norm(x, weight=None, bias=None, eps=1e-5):
     """InstanceNorm: group_norm with one group per channel of ``x`` (N, C, ...)."""
+    if type(x) is _ndarray and x.ndim >= 2:
+        y = _core_group_norm_common(x, x.shape[1], weight, bias, eps, _checks.num_threads)
+        if y is not None:
+            return y
     x = _checks.as_array(x)
     x, (code, compute) = _checks.input_rule(x)
     if x.ndim < 2:

@@ -12,8 +12,8 @@ import pytest
 
 import fastnorm
 from fastnorm import _functional
-from fn_testutil import (ROW_OPS, assert_close, in_memory_order, ref_batch_norm, ref_row_norm,
-                         row_norm)
+from fn_testutil import (ROW_OPS, assert_close, in_memory_order, ref_batch_norm, ref_group_norm,
+                         ref_row_norm, row_norm)
 
 N = 96
 
@@ -471,3 +471,100 @@ def test_batch_norm_declined_bad_arguments_raise_the_general_errors(rng, general
     np.testing.assert_array_equal(rm, rm_before)  # refused training calls update nothing
     np.testing.assert_array_equal(rv, rv_before)
     assert len(general_bn_calls) == 9
+
+
+# ---- group_norm / instance_norm (fastnorm._core.group_norm_common) -------------------
+
+
+@pytest.fixture
+def general_gn_calls(monkeypatch):
+    """Calls of group_norm / instance_norm that reached the general path."""
+    return _spy(monkeypatch, "_group_norm")
+
+
+def _gn_params(channels, dtype, rng):
+    compute = np.float64 if dtype == np.float64 else np.float32
+    return (rng.standard_normal(channels).astype(compute),
+            rng.standard_normal(channels).astype(compute))
+
+
+# NCHW and channels-last views (size-1 axes included), 2-D (N, C) and 3-D inputs; the
+# (2, 64, 4, 4) cases take the channels-last kernel's per-group column path
+@pytest.mark.parametrize("shape, groups", [((3, 6, 5, 4), 3), ((1, 8, 4, 7), 2), ((2, 6, 1, 5), 6),
+                                           ((4, 6, 9), 1), ((5, 4), 2), ((2, 64, 4, 4), 32)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("params", [True, False])
+def test_group_norm_common_call_skips_the_general_path(shape, groups, layout, dtype, params, rng,
+                                                       tol, general_gn_calls):
+    order = (0,) + tuple(range(2, len(shape))) + (1,)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    if layout == "channels_last":
+        x = in_memory_order(x, order)
+    w, b = _gn_params(shape[1], dtype, rng) if params else (None, None)
+    y = fastnorm.group_norm(x, groups, w, b)
+    assert general_gn_calls == []
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.transpose(order).flags.c_contiguous == x.transpose(order).flags.c_contiguous
+    assert_close(y, ref_group_norm(x, groups, w, b), tol)
+    # the general path, forced by a NumPy integer num_groups, computes the same bits
+    forced = fastnorm.group_norm(x, np.int64(groups), w, b)
+    assert len(general_gn_calls) == 1
+    np.testing.assert_array_equal(y, forced)
+    inst = fastnorm.instance_norm(x, w, b)
+    assert len(general_gn_calls) == 1
+    np.testing.assert_array_equal(inst, fastnorm.group_norm(x, shape[1], w, b))
+
+
+def _gn_declined_cases(rng):
+    """(name, x, num_groups, kwargs) the one-step group_norm path must hand to the general
+    path."""
+    x = (rng.standard_normal((3, 6, 5, 4)) * 2 + 3).astype(np.float32)
+    w, b = _gn_params(6, np.float32, rng)
+    return [
+        ("list input", x.tolist(), 3, {}),
+        ("numpy integer num_groups", x, np.int64(3), {}),
+        ("int eps", x, 3, {"eps": 0}),
+        ("float64 weight for float32 x", x, 3, {"weight": w.astype(np.float64)}),
+        ("strided x", np.repeat(x, 2, axis=3)[..., ::2], 3, {}),
+        ("Fortran-ordered x", np.asfortranarray(x), 3, {}),
+        ("channels-last x, spatial axes swapped", in_memory_order(x, (0, 3, 2, 1)), 3, {}),
+    ]
+
+
+GN_DECLINED = [case[0] for case in _gn_declined_cases(np.random.default_rng(0))]
+
+
+@pytest.mark.parametrize("name", GN_DECLINED)
+def test_group_norm_declined_calls_take_the_general_path(name, rng, tol, general_gn_calls):
+    x, groups, kw = {case[0]: case[1:] for case in _gn_declined_cases(rng)}[name]
+    values = np.asarray(x)
+    compute = values.dtype if values.dtype.kind == "f" else np.float32  # lists: float64
+    want = ref_group_norm(values.astype(np.float64), int(groups),
+                          **{k: (np.asarray(v, np.float64) if k in ("weight", "bias") else v)
+                             for k, v in kw.items()})
+    y = fastnorm.group_norm(x, groups, **kw)
+    assert len(general_gn_calls) == 1, name
+    assert_close(np.asarray(y, np.float64), want, tol, dtype=compute, err_msg=name)
+
+
+def test_group_norm_declined_bad_arguments_raise_the_general_errors(rng, general_gn_calls):
+    x = (rng.standard_normal((3, 6, 5, 4))).astype(np.float32)
+    with pytest.raises(ValueError, match="must divide"):
+        fastnorm.group_norm(x, 4)
+    with pytest.raises(ValueError, match="num_groups"):
+        fastnorm.group_norm(x, 0)
+    with pytest.raises(ValueError, match="eps"):
+        fastnorm.group_norm(x, 3, eps=-1.0)
+    with pytest.raises(ValueError, match="weight"):
+        fastnorm.group_norm(x, 3, np.ones(7, np.float32))
+    with pytest.raises(ValueError, match="instance_norm needs at least one channel"):
+        fastnorm.instance_norm(np.zeros((2, 0, 3), np.float32))
+    with pytest.raises(ValueError, match="group_norm needs x of shape"):
+        fastnorm.group_norm(np.zeros(6, np.float32), 3)
+    with pytest.raises(TypeError, match="int32"):
+        fastnorm.group_norm(np.ones((3, 6, 2), np.int32), 3)
+    # divisibility, eps and weight are checked in _group_norm; the rest before it
+    assert len(general_gn_calls) == 3
+    # an empty batch is no error: an empty result, from the general path
+    assert fastnorm.group_norm(np.zeros((0, 6, 2), np.float32), 3).shape == (0, 6, 2)
