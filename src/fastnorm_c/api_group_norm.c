@@ -277,9 +277,10 @@ static fastnorm_status_t fn_group_stats_cl(const fn_group_job *job, const char *
     return FASTNORM_OK;
 }
 
-/* Channels-last samples of at most this many bytes (Zen 5's L2 cache) are normalized
- * right after their statistics, one sample a work item, while the sample is still in the
- * L2 cache.  Up to 2 MB, not Zen 4's 1 MB (Zen 5, against the per-sample calls below
+/* Channels-last samples of at most this many bytes are normalized right after their
+ * statistics, one sample a work item, while the sample is still in cache (L2, or past
+ * 1 MB, Zen 4's and Zen 5's L2 a core, the L3 that takes L2's evictions).  Up to 2 MB, not
+ * 1 MB (Zen 5, against the per-sample calls below
  * reading ahead and streaming as the whole call, time per call): float64 (32, 64, 56, 56)
  * 0.91 (2 threads 0.86), (8, 64, 56, 56) 0.98 (0.87), (4, 64, 56, 56) 0.96-0.97 (0.86),
  * float32 (16, 128, 56, 56) 0.94, (3, 64, 80, 80) 0.93; but an odd few samples on 2
