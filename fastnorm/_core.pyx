@@ -4,18 +4,20 @@ Design:
 - One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
   update_running) plus the ISA/thread queries.  No math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
-  before calling in.  The exceptions are the two
-  one-step paths of the common calls, rows() (LayerNorm/RMSNorm) and batch_norm(), which
-  check the NumPy arrays themselves and decline anything else, unwritten, to
-  that Python path; batch_norm() widens float32 running statistics to the float64 that
-  fastnorm_affine reads, as NumPy's astype would.
+  before calling in.  The exceptions are the three
+  one-step paths of the common calls, rows() (LayerNorm/RMSNorm), batch_norm() and
+  group_norm_common() (GroupNorm/InstanceNorm), which check the NumPy arrays themselves
+  (C-contiguous, or for the last two the channels-last view of an (N, C, ...) shape,
+  _channels_last_view) and decline anything else, unwritten, to that Python path;
+  batch_norm() widens float32 running statistics to the float64 that fastnorm_affine
+  reads, as NumPy's astype would.
 - Arrays are NumPy arrays, read through NumPy's C API (_Array): a buffer export or a
   typed memoryview costs about 130 ns an array or more, as much as the kernel of a
   768-value row, and a call takes four to eight arrays.  The general entry points are
   given the dtype code and check only an array's item size, so bfloat16 (a user dtype)
   and float16 arrays arrive as they are.
-- Backstop checks before C runs: every array is C-contiguous (and writeable when C
-  writes it), its item size and byte length exactly what the call will touch (C never
+- Backstop checks before C runs: every array is C-contiguous, or a channels-last view
+  that covers one contiguous block all the same (and writeable when C writes it), its item size and byte length exactly what the call will touch (C never
   reads or writes past an array), and its data aligned to its items (typed loads of
   misaligned data are undefined behaviour); None is NULL.
 - The GIL is released around the C call.  The arguments' references keep the arrays
