@@ -617,6 +617,28 @@ def batch_norm(x, running_mean, running_var, weight, bias, bint training, moment
     return out
 
 
+cdef int _run_group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
+                         Py_ssize_t spatial, const char *x, char *y, const char *weight,
+                         const char *bias, double eps, int n_threads,
+                         bint channels_last) except -1:
+    """fastnorm_group_norm (or its channels_last form) without the GIL; a non-OK status
+    raised (group_norm and group_norm_common)."""
+    cdef fastnorm_status_t status
+    with nogil:
+        if channels_last:
+            status = fastnorm_group_norm_channels_last(<fastnorm_dtype_t>dtype, n, channels,
+                                                       groups, spatial, x, y, weight, bias, eps,
+                                                       n_threads)
+        else:
+            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
+                                         x, y, weight, bias, eps, n_threads)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
+               f"channels={channels}, groups={groups}, spatial={spatial}, eps={eps!r}, "
+               f"channels_last={channels_last}")
+    return 0
+
+
 def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
                Py_ssize_t spatial, x, y, weight, bias, double eps, int n_threads,
                bint channels_last=False):
@@ -629,7 +651,6 @@ def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
     cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
     cdef Py_ssize_t data = _count(n, channels, spatial)
     cdef _Array v[MAX_ARRAYS]
-    cdef fastnorm_status_t status
     if groups < 0:
         raise ValueError(f"groups must be >= 0, got {groups}")
     memset(v, 0, sizeof(v))
@@ -637,19 +658,8 @@ def group_norm(int dtype, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t groups,
     _acquire(&v[1], y, "y", data, item, True)
     _acquire(&v[2], weight, "weight", channels, compute, False)
     _acquire(&v[3], bias, "bias", channels, compute, False)
-    with nogil:
-        if channels_last:
-            status = fastnorm_group_norm_channels_last(
-                <fastnorm_dtype_t>dtype, n, channels, groups, spatial, v[0].data, v[1].data,
-                v[2].data, v[3].data, eps, n_threads)
-        else:
-            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
-                                         v[0].data, v[1].data, v[2].data, v[3].data, eps,
-                                         n_threads)
-    if status != FASTNORM_OK:
-        _raise(status, "fastnorm_group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
-               f"channels={channels}, groups={groups}, spatial={spatial}, eps={eps!r}, "
-               f"channels_last={channels_last}")
+    _run_group_norm(dtype, n, channels, groups, spatial, v[0].data, v[1].data, v[2].data,
+                    v[3].data, eps, n_threads, channels_last)
 
 
 def group_norm_common(x, num_groups, weight, bias, eps, int n_threads):
@@ -663,7 +673,6 @@ def group_norm_common(x, num_groups, weight, bias, eps, int n_threads):
     copies or raises with the right message.
     """
     cdef _Array v[3]  # x, weight, bias
-    cdef fastnorm_status_t status
     cdef Py_ssize_t n, channels, groups, spatial
     cdef int dtype, compute
     cdef bint view = False
@@ -690,19 +699,9 @@ def group_norm_common(x, num_groups, weight, bias, eps, int n_threads):
     if not (_param_taken(&v[1], weight, channels, compute) and _param_taken(&v[2], bias, channels, compute)):
         return None
     y = _new_like(x, view)
-    with nogil:
-        if view:
-            status = fastnorm_group_norm_channels_last(
-                <fastnorm_dtype_t>dtype, n, channels, groups, spatial, v[0].data,
-                cnp.PyArray_BYTES(<cnp.ndarray>y), v[1].data, v[2].data, epsilon, n_threads)
-        else:
-            status = fastnorm_group_norm(<fastnorm_dtype_t>dtype, n, channels, groups, spatial,
-                                         v[0].data, cnp.PyArray_BYTES(<cnp.ndarray>y), v[1].data,
-                                         v[2].data, epsilon, n_threads)
-    if status != FASTNORM_OK:
-        _raise(status, "group_norm", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, n={n}, "
-               f"channels={channels}, groups={groups}, spatial={spatial}, eps={epsilon!r}, "
-               f"channels_last={view}")
+    _run_group_norm(dtype, n, channels, groups, spatial, v[0].data,
+                    cnp.PyArray_BYTES(<cnp.ndarray>y), v[1].data, v[2].data, epsilon, n_threads,
+                    view)
     return y
 
 
