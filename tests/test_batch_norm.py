@@ -284,7 +284,8 @@ def test_one_dimensional_input_raises(isa):
 
 # -------------------------------------------------------- offset-100 accuracy (issue 2) ---
 
-BIG_SHAPES = [(32, 64, 56, 56), (64, 3, 224, 224), (8, 256, 14, 14)]  # the last: gathered rows
+# (8, 256, 14, 14): gathered rows; one sample of 7x7 maps: rows_short_channels (NCHW)
+BIG_SHAPES = [(32, 64, 56, 56), (64, 3, 224, 224), (8, 256, 14, 14), (1, 512, 7, 7)]
 
 
 @pytest.fixture(scope="module", params=BIG_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -320,6 +321,67 @@ def test_training_accuracy_offset_100(big_case, layout, isa, accuracy_log):
     np.testing.assert_allclose(rstd, ref_rstd, rtol=1e-6)
     np.testing.assert_allclose(rm, ref_rm, rtol=0, atol=1e-6)
     np.testing.assert_allclose(rv, ref_rv, rtol=1e-6)
+
+
+# ------------------------------------------------ one sample of small maps (NCHW) ---
+
+# Channel rows of up to the family's rows_short_max values: rows_short_channels, each
+# thread's share of the channels in one call.  700 and 5500 channels (past 32768 values,
+# where a second thread joins) split mid-block between two threads; 256 values is AVX-512's
+# float32 maximum (AVX2 and float64 take the row path).
+ONE_SAMPLE_SHAPES = [(1, 700, 7, 7), (1, 5500, 2, 3), (1, 33, 16, 16), (1, 9, 8, 8),
+                     (1, 5, 1, 2)]
+
+
+@pytest.mark.parametrize("shape", ONE_SAMPLE_SHAPES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("params", [True, False])
+def test_one_sample_of_small_maps(shape, dtype, params, isa, rng, tol, num_threads):
+    x = random_data(rng, shape, dtype, offset=-2.0, scale=3.0)
+    c = shape[1]
+    w, b, _, _ = _params(rng, c, dtype) if params else (None, None, None, None)
+    rm, rv = np.zeros(c), np.ones(c)
+    (want, want_mean, want_rstd), want_rm, want_rv = ref_batch_norm(
+        x, rm.copy(), rv.copy(), w, b, training=True, return_stats=True)
+    results = []
+    for threads in (1, 2):
+        num_threads(threads)
+        rm, rv = np.zeros(c), np.ones(c)
+        results.append(fastnorm.batch_norm(x, rm, rv, w, b, training=True,
+                                           return_stats=True) + (rm, rv))
+    y, mean, rstd, rm, rv = results[0]
+    assert_close(y, want, tol)
+    assert_close(mean, want_mean, tol, dtype=dtype)
+    assert_close(rstd, want_rstd, tol, dtype=dtype)
+    stats_tol = 1e-12 if dtype == F64 else 1e-6
+    np.testing.assert_allclose(rm, want_rm, rtol=stats_tol, atol=stats_tol)
+    np.testing.assert_allclose(rv, want_rv, rtol=stats_tol)
+    for i, (one, two) in enumerate(zip(results[0], results[1])):
+        assert_same_bits(one, two, err_msg=f"output {i}, 1 against 2 threads")
+    in_place = x.copy()
+    fastnorm.batch_norm(in_place, None, None, w, b, training=True, out=in_place)
+    assert_same_bits(in_place, y)
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_one_sample_of_small_maps_with_nan_and_inf(dtype, isa, rng, tol):
+    x = random_data(rng, (1, 6, 7, 7), dtype)
+    x[0, 1, 2, 3], x[0, 2, 0, 0] = np.inf, np.nan
+    x[0, 3, 1, 1], x[0, 3, 4, 4] = np.inf, -np.inf
+    y, mean, rstd = fastnorm.batch_norm(x, training=True, return_stats=True)
+    assert np.isnan(y[:, 1:4].astype(np.float32)).all()
+    assert np.isnan(rstd[1:4]).all()
+    # the mean as IEEE arithmetic has it, as on BatchNorm's other paths
+    assert mean[1] == np.inf and np.isnan(mean[2]) and np.isnan(mean[3])
+    good = [0, 4, 5]
+    (want, want_mean, _), _, _ = ref_batch_norm(x[:, good], None, None, training=True,
+                                                return_stats=True)
+    assert_close(y[:, good], want, tol)
+    assert_close(mean[good], want_mean, tol, dtype=dtype)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    _, mean_last, _ = fastnorm.batch_norm(x_last, training=True, axis=-1, return_stats=True)
+    np.testing.assert_array_equal(np.isnan(mean), np.isnan(mean_last))
+    np.testing.assert_array_equal(np.isinf(mean), np.isinf(mean_last))
 
 
 # ------------------------------------------------------------------------ PyTorch ---

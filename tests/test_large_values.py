@@ -97,6 +97,7 @@ BN_CASES = [
     ((8, 3, 5, 5), 1),       # short rows, read as spans
     ((2, 3, 90, 90), 1),     # rows in segments
     ((1, 3, 40, 40), 1),     # one sample: each channel normalized after its statistics
+    ((1, 5, 7, 7), 1),       # one sample of small maps: rows_short_channels
     ((8, 5, 5, 3), -1),      # channels last: columns
     ((6, 3, 2, 2), 1),       # rows under 16 values: columns
 ]
@@ -145,5 +146,6 @@ def test_float64_values_too_large_to_square_in_float64_give_nan(isa, rng):
     # such groups give NaN, as a NaN or inf would, not 0 from an infinite variance
     x = random_data(rng, (8, 3, 5, 5), np.float64, scale=1e200)
     assert np.isnan(fastnorm.batch_norm(x, training=True)).all()
+    assert np.isnan(fastnorm.batch_norm(x[:1], training=True)).all()
     assert np.isnan(fastnorm.layer_norm(x.reshape(8, -1))).all()
     assert np.isnan(fastnorm.rms_norm(x.reshape(8, -1))).all()

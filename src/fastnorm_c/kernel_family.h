@@ -54,4 +54,5 @@ const fastnorm_kernels_t KB_TABLE = {
      KB_GLUE(KB_ISA, param_block, f16), KB_GLUE(KB_ISA, param_block, bf16)},
     KB_GLUE(KB_ISA, prefetch_row, min), KB_GLUE(KB_ISA, prefetch_row, max),
     KB_GLUE(KB_ISA, ahead_row, max),
-    KB_TABLE_ROW(rows_short), KB_TABLE_ROW(rows_short_max), KB_TABLE_ROW(stream_fused)};
+    KB_TABLE_ROW(rows_short), KB_TABLE_ROW(rows_short_max),
+    KB_TABLE_ROW(rows_short_channels), KB_TABLE_ROW(stream_fused)};

@@ -1,7 +1,8 @@
 /*
  * kernel_rows_short.h - rows_short: LayerNorm / RMSNorm of rows of a few vectors (at most
  * KB_SHORT_VECS), a block of rows at a time from the L1 cache, each row's sums added
- * across lanes for the block at once.  Part of kernel_body.h.
+ * across lanes for the block at once; and rows_short_channels, the same LayerNorm of rows
+ * that are BatchNorm's channels of one sample.  Part of kernel_body.h.
  *
  * Why: a row of 64 float32 values took 35-55 ns through row_stats, the float64 finish and
  * row_normalize, each call paying its setup, edges and dependent latency for four vectors
@@ -81,12 +82,15 @@ KB_INLINE KB_V KB_NAME(kb_across_tail)(const KB_T *x, const KB_T *r, size_t i, s
 }
 
 /* One row's normalize pass: y = ((h - c) - m) * scale * w + b, or GroupNorm's
- * (h - c - m) * s + b with s = scale * w rounded once (scale_lo: scale's rounding).  A
- * missing weight is ones and a missing bias -0 (kb_rows_across), which give the same bits
- * as leaving them out. */
+ * (h - c - m) * s + b with s = scale * w rounded once (scale_lo: scale's rounding), or a
+ * BatchNorm channel's (h - c - m) * scale + b, its weight already in scale.  A missing
+ * weight is ones and a missing bias -0 (kb_rows_across), which give the same bits as
+ * leaving them out. */
 KB_INLINE KB_V KB_NAME(kb_across_y)(KB_V h, KB_V c, KB_V m, KB_V scale, KB_V scale_lo, KB_V w,
-                                    KB_V b, const int center, const int grouped) {
+                                    KB_V b, const int center, const int grouped,
+                                    const int channel) {
     KB_V d = center ? kb_sub(kb_sub(h, c), m) : h;
+    if (channel) return kb_fma(d, scale, b);
     if (grouped) return kb_fma(d, kb_fma(scale, w, kb_mul(scale_lo, w)), b);
     return kb_fma(kb_mul(d, scale), w, b);
 }
@@ -94,8 +98,9 @@ KB_INLINE KB_V KB_NAME(kb_across_y)(KB_V h, KB_V c, KB_V m, KB_V scale, KB_V sca
 KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs, size_t rows,
                                        size_t n, double eps, const KB_C *weight,
                                        const KB_C *bias, size_t param_stride, KB_T *ys,
-                                       KB_C *mean_o, KB_C *rstd_o, const int center,
-                                       const int has_r, const int grouped) {
+                                       KB_C *mean_o, KB_C *rstd_o, double *mean_d,
+                                       double *var_d, const int center, const int has_r,
+                                       const int grouped, const int channel) {
     static const KB_C ones[KB_SHORT_VECS * KB_LANES] = {[0 ... KB_SHORT_VECS * KB_LANES - 1] = 1};
     static const KB_C minus_zeros[KB_SHORT_VECS * KB_LANES] = {
         [0 ... KB_SHORT_VECS * KB_LANES - 1] = -0.0};
@@ -177,9 +182,12 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
             }
             KB_NAME(kb_short_exact)(h, left, vecs, n, center, &mean[j], &spread[j]);
             mean_shifted[j] = mean[j] - (double)c2[j];
-            if (!isfinite(spread[j]) || !isfinite(mean[j])) mean[j] = spread[j] = NAN;
+            if (!isfinite(spread[j]) || !isfinite(mean[j])) { /* a BatchNorm channel's mean */
+                spread[j] = NAN;                              /* stays IEEE's, as on its */
+                if (!channel) mean[j] = NAN;                  /* other paths */
+            }
         }
-        KB_C m[KB_ACROSS], scale[KB_ACROSS], scale_lo[KB_ACROSS];
+        KB_C m[KB_ACROSS], scale[KB_ACROSS], scale_lo[KB_ACROSS], shift[KB_ACROSS];
         for (size_t j = 0; j < lanes; j += 4) kb_rstd_x4(spread + j, eps, rstd + j);
         for (size_t j = 0; j < count; ++j) {
             m[j] = (KB_C)mean_shifted[j];
@@ -190,25 +198,33 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
             if (mean_o) mean_o[r0 + j] = (KB_C)mean[j];
             if (rstd_o) rstd_o[r0 + j] = (KB_C)rstd[j];
         }
+        for (size_t j = 0; channel && j < count; ++j) { /* the weight in the scale, in float64 */
+            scale[j] = (KB_C)(rstd[j] * (weight ? (double)weight[r0 + j] : 1.0));
+            shift[j] = bias ? bias[r0 + j] : (KB_C)0;
+            mean_d[r0 + j] = mean[j];
+            var_d[r0 + j] = spread[j] < 0 ? 0.0 : spread[j]; /* NaN stays NaN */
+        }
         for (size_t j = 0; j < count; ++j) { /* the normalize pass */
             KB_T *y = ys + (r0 + j) * n, *h_out = hs ? hs + (r0 + j) * n : NULL;
-            const KB_C *w = weight ? weight + param_stride * (r0 + j) : ones;
-            const KB_C *b = bias ? bias + param_stride * (r0 + j) : minus_zeros;
+            const KB_C *w = weight && !channel ? weight + param_stride * (r0 + j) : ones;
+            const KB_C *b = bias && !channel ? bias + param_stride * (r0 + j) : minus_zeros;
             KB_V c = kb_set1(c2[j]), mv = kb_set1(m[j]), sv = kb_set1(scale[j]);
-            KB_V lo = kb_set1(scale_lo[j]);
+            KB_V lo = kb_set1(scale_lo[j]), channel_b = kb_set1(channel ? shift[j] : (KB_C)0);
             for (size_t k = 0; k < full; ++k) {
                 size_t i = k * KB_LANES;
                 KB_V h = KB_NAME(kb_across_h)(row_x[j], row_r[j], i, has_r);
                 if (h_out) kb_store(h_out + i, h);
                 kb_store(y + i, KB_NAME(kb_across_y)(h, c, mv, sv, lo, kb_param(w + i),
-                                                     kb_param(b + i), center, grouped));
+                                                     channel ? channel_b : kb_param(b + i),
+                                                     center, grouped, channel));
             }
             if (tail) {
                 size_t i = full * KB_LANES;
                 KB_V h = KB_NAME(kb_across_tail)(row_x[j], row_r[j], i, tail, has_r);
                 if (h_out) kb_store_n(h_out + i, h, tail);
+                KB_V b_tail = channel ? channel_b : kb_param_n(b + i, tail);
                 kb_store_n(y + i, KB_NAME(kb_across_y)(h, c, mv, sv, lo, kb_param_n(w + i, tail),
-                                                       kb_param_n(b + i, tail), center, grouped),
+                                                       b_tail, center, grouped, channel),
                            tail);
             }
         }
@@ -226,8 +242,8 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
 #define KB_ACROSS_CALL(c, r, g)                                                              \
     KB_NAME(kb_rows_across)((const KB_T *)x, (const KB_T *)residual, (KB_T *)residual_out,   \
                             rows, n, eps, (const KB_C *)weight, (const KB_C *)bias,          \
-                            param_stride, (KB_T *)y, (KB_C *)mean_out, (KB_C *)rstd_out, c,  \
-                            r, g)
+                            param_stride, (KB_T *)y, (KB_C *)mean_out, (KB_C *)rstd_out,     \
+                            NULL, NULL, c, r, g, 0)
     if (grouped) /* GroupNorm: no residual */
         center ? KB_ACROSS_CALL(1, 0, 1) : KB_ACROSS_CALL(0, 0, 1);
     else if (center)
@@ -235,6 +251,17 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
     else
         residual ? KB_ACROSS_CALL(0, 1, 0) : KB_ACROSS_CALL(0, 0, 0);
 #undef KB_ACROSS_CALL
+}
+
+/* BatchNorm training of one sample: row r is channel r, normalized with its own statistics
+ * and its own weight[r] and bias[r] (kernels.h, rows_short_channels). */
+static void KB_NAME(rows_short_channels)(const void *x, size_t rows, size_t n, double eps,
+                                         const void *weight, const void *bias, void *y,
+                                         double *mean_out, double *var_out) {
+    if (n > KB_NAME(rows_short_max)) return; /* never asked */
+    KB_NAME(kb_rows_across)((const KB_T *)x, NULL, NULL, rows, n, eps, (const KB_C *)weight,
+                            (const KB_C *)bias, 0, (KB_T *)y, NULL, NULL, mean_out, var_out, 1,
+                            0, 0, 1);
 }
 #undef KB_ACROSS
 #else
@@ -246,5 +273,11 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
     (void)x, (void)residual, (void)residual_out, (void)rows, (void)n, (void)center, (void)eps;
     (void)weight, (void)bias, (void)param_stride, (void)y, (void)mean_out, (void)rstd_out;
     /* never asked */
+}
+static void KB_NAME(rows_short_channels)(const void *x, size_t rows, size_t n, double eps,
+                                         const void *weight, const void *bias, void *y,
+                                         double *mean_out, double *var_out) {
+    (void)x, (void)rows, (void)n, (void)eps, (void)weight, (void)bias, (void)y;
+    (void)mean_out, (void)var_out; /* never asked */
 }
 #endif

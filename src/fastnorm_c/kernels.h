@@ -85,6 +85,18 @@ typedef void (*fastnorm_rows_short_fn)(const void *x, const void *residual, void
                                        const void *weight, const void *bias, size_t param_stride,
                                        void *y, void *mean_out, void *rstd_out);
 
+/* BatchNorm training of one sample (NCHW, N == 1): rows_short's LayerNorm of rows r < rows,
+ * n at most rows_short_max, where row r is channel r and has a weight and a bias of its own:
+ * y = (h - mean) * (rstd * weight[r]) + bias[r], the product rounded once (weight, bias:
+ * NULL, meaning 1 and 0, or `rows` compute-dtype values).  mean_out, var_out: each row's
+ * mean and (biased) variance in float64; where the row holds a NaN or inf the variance is
+ * NaN and the mean IEEE's (inf for +inf alone), as on BatchNorm's other paths.  A call
+ * per channel of row_stats and row_normalize cost several times a 7x7 map's work. */
+typedef void (*fastnorm_rows_short_channels_fn)(const void *x, size_t rows, size_t n,
+                                                double eps, const void *weight,
+                                                const void *bias, void *y, double *mean_out,
+                                                double *var_out);
+
 /* How the row normalize kernel may write y. */
 enum {
     /* non-temporal stores (for outputs far larger than the caches, where they save the
@@ -146,6 +158,7 @@ typedef struct {
     /* Rows of at most rows_short_max elements (0: none) take rows_short. */
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
     unsigned rows_short_max[FASTNORM_DTYPE_COUNT];
+    fastnorm_rows_short_channels_fn rows_short_channels[FASTNORM_DTYPE_COUNT];
     /* Bit 1 << kind (fastnorm_norm_kind_t) set where row_stats_normalize fuses that kind's
      * pass with streaming stores too (FN_STORE_STREAM; otherwise it runs the two kernels):
      * api_norm.c then takes it for rows a row ahead in large inputs. */
