@@ -413,21 +413,8 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
  * its mean or scale is NaN (NaN either way).  Offset data (a mean of 100, a spread of 1)
  * keeps the exact subtraction.  The decision is per channel, so a channel's results never
  * depend on another's statistics: a folded channel's mean becomes 0, which subtracts
- * exactly.  `centre` comes in holding each channel's sqrt(var + eps) and leaves holding
- * the means to subtract; returns it, or NULL when every channel folded and the kernels
- * skip the subtraction. */
-static const double *fn_fold_means(size_t channels, const double *mean, const double *scale,
-                                   double *shift, double *centre) {
-    int all = 1;
-    for (size_t c = 0; c < channels; ++c) {
-        int fold = isnan(mean[c]) || isnan(scale[c]) ||
-                   (fabs(mean[c]) <= centre[c] && isfinite(mean[c] * scale[c]));
-        centre[c] = fold ? 0.0 : mean[c];
-        if (fold) shift[c] -= mean[c] * scale[c];
-        all &= fold;
-    }
-    return all ? NULL : centre;
-}
+ * exactly.  The kernels skip the subtraction when every channel folded.  The family's
+ * channel_params computes all of it (kernels.h). */
 
 fastnorm_status_t fastnorm_affine(fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
                                   const void *x, void *y, const double *mean, const double *var,
@@ -446,18 +433,15 @@ fastnorm_status_t fn_affine_part(fastnorm_dtype_t dtype, size_t outer, size_t ch
     size_t total = fn_product(outer, channels, inner, &overflow);
     if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
     if (!(eps >= 0) || !isfinite(eps)) return FASTNORM_ERR_BAD_VALUE;
-    /* fold weight / sqrt(var + eps) and bias per channel in float64; IEEE arithmetic
+    /* fold weight / sqrt(var + eps) and bias per channel in float64, and the mean where
+     * it may be (above), on every path, so that the layouts agree; IEEE arithmetic
      * decides a negative variance (NaN) or eps == 0 with a zero variance (inf) */
     double *folded = malloc(sizeof(double) * 3 * channels);
     if (!folded) return FASTNORM_ERR_NO_MEMORY;
     double *scale = folded, *shift = folded + channels, *centre = folded + 2 * channels;
-    for (size_t c = 0; c < channels; ++c) {
-        centre[c] = sqrt(var[c] + eps);
-        scale[c] = fn_param(dtype, weight, c, 1.0) / centre[c];
-        shift[c] = fn_param(dtype, bias, c, 0.0);
-    }
-    if (mean) /* on every path, so that the layouts agree */
-        mean = fn_fold_means(channels, mean, scale, shift, centre);
+    int all_folded = fastnorm_active_kernels()->channel_params(
+        channels, mean, var, weight, bias, dtype == FASTNORM_F64, eps, scale, shift, centre);
+    if (mean) mean = all_folded ? NULL : centre;
     fastnorm_status_t status = fn_affine(dtype, outer, channels, inner, total, x, y, mean, scale,
                                          shift, n_threads, stream);
     free(folded);

@@ -311,9 +311,10 @@ static size_t fn_group_cl_scratch_bytes(size_t channels, size_t csize) {
 }
 
 /* Group g's channels' parameters for col_normalize, y = (x - hi) * scale + shift, in the
- * compute dtype (T): BatchNorm's column affine (api_batch_norm.c, fn_fold_means and
- * fn_channel_params) with the group's mean and rstd, the mean folded into the shift where
- * |mean| <= sqrt(var + eps) (decided per group: a loop without branches). */
+ * compute dtype (T): BatchNorm's column affine (the channel_params kernel and
+ * api_batch_norm.c's fn_channel_params) with the group's mean and rstd, the mean folded
+ * into the shift where |mean| <= sqrt(var + eps) (decided per group: a loop without
+ * branches). */
 #define FN_GROUP_CL_PARAMS(T)                                                                  \
     do {                                                                                       \
         T *restrict hi_ = (T *)hi_out, *restrict scale_ = (T *)scale_out;                      \

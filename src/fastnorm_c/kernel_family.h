@@ -1,6 +1,7 @@
 /*
  * kernel_family.h - the rest of a kernel family's translation unit: kernel_body.h
- * instantiated for each storage dtype, then the family's fastnorm_kernels_t.  Included
+ * instantiated for each storage dtype, kernel_channels.h once, then the family's
+ * fastnorm_kernels_t.  Included
  * once, last, by kernels_<family>.c, which first includes its simd_<family>.h and defines
  *   KB_ISA    the family prefix of the primitives (scalar, avx2, avx512)
  *   KB_TABLE  the name of the table to define (fastnorm_kernels_<family>)
@@ -40,6 +41,8 @@
 #undef KB_DT
 #undef KB_CT
 
+#include "kernel_channels.h"
+
 #define KB_STRING_(name) #name
 #define KB_STRING(name) KB_STRING_(name)
 /* one entry per storage dtype, in fastnorm_dtype_t's order */
@@ -55,4 +58,5 @@ const fastnorm_kernels_t KB_TABLE = {
     KB_GLUE(KB_ISA, prefetch_row, min), KB_GLUE(KB_ISA, prefetch_row, max),
     KB_GLUE(KB_ISA, ahead_row, max),
     KB_TABLE_ROW(rows_short), KB_TABLE_ROW(rows_short_max),
-    KB_TABLE_ROW(rows_short_channels), KB_TABLE_ROW(stream_fused)};
+    KB_TABLE_ROW(rows_short_channels), KB_GLUE(channel, params, KB_ISA),
+    KB_TABLE_ROW(stream_fused)};

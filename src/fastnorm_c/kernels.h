@@ -97,6 +97,18 @@ typedef void (*fastnorm_rows_short_channels_fn)(const void *x, size_t rows, size
                                                 const void *bias, void *y, double *mean_out,
                                                 double *var_out);
 
+/* BatchNorm's affine per channel c < channels, in float64: centre = sqrt(var + eps),
+ * scale = weight / centre and shift = bias (weight, bias: NULL, meaning 1 and 0, or float64
+ * values where params_f64, float32 ones otherwise).  With a mean, a channel folds it into
+ * its shift (shift -= mean * scale, centre = 0) where |mean| <= centre and mean * scale is
+ * finite, or where either is NaN; otherwise centre = mean, the mean left to subtract
+ * (api_batch_norm.c, fn_affine_part).  Returns 1 where a mean was given and every
+ * channel folded it, else 0. */
+typedef int (*fastnorm_channel_params_fn)(size_t channels, const double *mean,
+                                          const double *var, const void *weight,
+                                          const void *bias, int params_f64, double eps,
+                                          double *scale, double *shift, double *centre);
+
 /* How the row normalize kernel may write y. */
 enum {
     /* non-temporal stores (for outputs far larger than the caches, where they save the
@@ -159,6 +171,7 @@ typedef struct {
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
     unsigned rows_short_max[FASTNORM_DTYPE_COUNT];
     fastnorm_rows_short_channels_fn rows_short_channels[FASTNORM_DTYPE_COUNT];
+    fastnorm_channel_params_fn channel_params; /* one for every dtype */
     /* Bit 1 << kind (fastnorm_norm_kind_t) set where row_stats_normalize fuses that kind's
      * pass with streaming stores too (FN_STORE_STREAM; otherwise it runs the two kernels):
      * api_norm.c then takes it for rows a row ahead in large inputs. */
