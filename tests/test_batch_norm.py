@@ -19,6 +19,8 @@ CHANNEL_CASES = [
     ((4, 6, 1100), 1),                     # normalized right after its statistics; and not
     ((2, 6, 7, 7), 1), ((1, 8, 4, 5), 1),  # rows of 16-63 values: row statistics, and the
     ((3, 7, 4, 8), 1),                     # affine by rows from 48 values, by columns below
+    ((1, 7, 7, 1001), -1), ((2, 7, 7, 250), -1),  # channels last in single rows (few would
+                                                  # make super-rows)
 ]
 
 
@@ -382,6 +384,23 @@ def test_one_sample_of_small_maps_with_nan_and_inf(dtype, isa, rng, tol):
     _, mean_last, _ = fastnorm.batch_norm(x_last, training=True, axis=-1, return_stats=True)
     np.testing.assert_array_equal(np.isnan(mean), np.isnan(mean_last))
     np.testing.assert_array_equal(np.isinf(mean), np.isinf(mean_last))
+
+
+@pytest.mark.parametrize("channels", [1001, 1024])
+def test_channels_last_single_rows_with_nan_and_inf(channels, isa, rng, tol):
+    # each channel one column: the statistics' finish skips the merges (fn_moments_columns)
+    x = random_data(rng, (1, 7, 7, channels), np.float32)
+    x[0, 1, 2, 1], x[0, 0, 0, 2] = np.inf, np.nan
+    x[0, 3, 1, 3], x[0, 4, 4, 3] = np.inf, -np.inf
+    y, mean, rstd = fastnorm.batch_norm(x, training=True, axis=-1, return_stats=True)
+    assert np.isnan(y[..., 1:4]).all() and np.isnan(rstd[1:4]).all()
+    assert mean[1] == np.inf and np.isnan(mean[2]) and np.isnan(mean[3])
+    good = np.r_[0, 4:channels]
+    (want, want_mean, want_rstd), _, _ = ref_batch_norm(x[..., good], None, None, training=True,
+                                                        axis=-1, return_stats=True)
+    assert_close(y[..., good], want, tol)
+    assert_close(mean[good], want_mean, tol)
+    assert_close(rstd[good], want_rstd, tol)
 
 
 # ------------------------------------------------------------------------ PyTorch ---

@@ -40,6 +40,8 @@ def _thread_cases(rng):
     nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
     small = random_data(rng, (16, 32, 14, 14), np.float32, offset=100.0)  # gathered rows
     small_nhwc = np.ascontiguousarray(small.transpose(0, 2, 3, 1))
+    # 196 rows of 1000 channels: single rows, not super-rows of 2
+    wide_nhwc = random_data(rng, (1, 14, 14, 1000), np.float32, offset=100.0)
     maps7 = random_data(rng, (32, 64, 7, 7), np.float32, offset=100.0)  # a sample a thread
     maps4 = random_data(rng, (16, 512, 4, 4), np.float32, offset=100.0)
     w = random_data(rng, 1024, np.float32, offset=1.0)
@@ -91,6 +93,8 @@ def _thread_cases(rng):
         # 3136 rows of 32 channels: 7 chunks of 512 rows evened out to 8 of 392
         "batch_norm NHWC 14x14": lambda: bn(small_nhwc, -1),
         "batch_norm NCHW one sample": lambda: bn(nchw[:1], 1),
+        "batch_norm NHWC 1000 channels": lambda: fastnorm.batch_norm(
+            wide_nhwc, training=True, axis=-1, return_stats=True),
         "batch_norm eval": lambda: (fastnorm.batch_norm(nchw, np.full(32, 100, np.float32),
                                                         np.ones(32, np.float32)),),
         "batch_norm eval 5x3": lambda: (fastnorm.batch_norm(odd, *odd_stats),),
