@@ -386,6 +386,18 @@ def test_one_sample_of_small_maps_with_nan_and_inf(dtype, isa, rng, tol):
     np.testing.assert_array_equal(np.isinf(mean), np.isinf(mean_last))
 
 
+@pytest.mark.parametrize("shape", [(1, 7, 7, 1001), (1, 14, 14, 768), (2, 4, 4, 200)])
+def test_channels_last_statistics_of_channels_far_apart(shape, isa, rng):
+    # each column is centred on a value of its own: channels at +-1e4 with a spread of 1
+    # keep float32 precision only about their own values (Sterbenz)
+    x = random_data(rng, shape, np.float32)
+    x += np.where(np.arange(shape[-1]) % 2, 1e4, -1e4).astype(np.float32)
+    _, mean, rstd = fastnorm.batch_norm(x, training=True, axis=-1, return_stats=True)
+    x64 = x.astype(np.float64).reshape(-1, shape[-1])
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=2.0 ** -23)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x64.var(0) + 1e-5), rtol=1e-6)
+
+
 @pytest.mark.parametrize("channels", [1001, 1024])
 def test_channels_last_single_rows_with_nan_and_inf(channels, isa, rng, tol):
     # each channel one column: the statistics' finish skips the merges (fn_moments_columns)
