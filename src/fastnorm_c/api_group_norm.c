@@ -255,8 +255,10 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
 
 /* Sample i's per-channel mean and m2 (column statistics of its (spatial, channels) block,
  * read ahead where the whole input is large: job->prefetch) into mean[i * channels ...] and
- * var[...]; then each group's channels merged in channel order (Chan's formula) and every
- * channel given its group's mean and variance. */
+ * var[...]; then each group's mean and variance from its channels', whose counts are equal
+ * (as fn_group_cl_fused below: Chan's formula channel by channel took two divisions a
+ * channel: (1, 2048, 7, 7) float32 0.90x the time, 2 threads 0.86x; Zen 5, in-process
+ * A/B), given to every channel of the group. */
 static fastnorm_status_t fn_group_stats_cl(const fn_group_job *job, const char *x, double *mean,
                                            double *var, int threads) {
     size_t channels = job->channels, groups = job->groups, spatial = job->spatial;
@@ -265,10 +267,15 @@ static fastnorm_status_t fn_group_stats_cl(const fn_group_job *job, const char *
     if (status != FASTNORM_OK) return status;
     size_t per_group = channels / groups;
     for (size_t g = 0; g < groups; ++g) {
-        double count = 0, m = 0, m2 = 0;
+        double m = 0, m2 = 0, spread = 0;
+        for (size_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+            m += mean[c];
+            m2 += var[c];
+        }
+        m /= (double)per_group;
         for (size_t c = g * per_group; c < (g + 1) * per_group; ++c)
-            fn_merge(&count, &m, &m2, (double)spatial, mean[c], var[c]);
-        double v = m2 / count;
+            spread += (mean[c] - m) * (mean[c] - m);
+        double v = (m2 / (double)spatial + spread) / (double)per_group;
         for (size_t c = g * per_group; c < (g + 1) * per_group; ++c) {
             mean[c] = m;
             var[c] = v < 0 ? 0 : v; /* NaN stays NaN: the whole group's output is NaN */
