@@ -511,10 +511,9 @@ fastnorm_status_t fn_affine_part(fastnorm_dtype_t dtype, size_t outer, size_t ch
 /* With one sample, a channel longer than rows_short_max values (below) and of at most
  * this many bytes is normalized right after its statistics, while it is still in the L2
  * cache.  Measured (ctypes A/B, 1 thread, Zen 3): (1, 64, 3136) float32 0.75-0.86x the
- * time of statistics then normalize sweeps.  With
- * several samples a channel's rows lie a sample apart, and the per-channel order lost
- * more to the strided reads than it saved: (16, 64, 1024) 1.22-1.37x, (8, 256, 196)
- * 0.96-1.04x; those take the two sweeps. */
+ * time of statistics then normalize sweeps.  With several samples a channel's rows lie a
+ * sample apart, and the per-channel order lost more to the strided reads than it saved:
+ * (16, 64, 1024) 1.22-1.37x, (8, 256, 196) 0.96-1.04x; those take the two sweeps. */
 #define FN_BN_FUSED_MAX_BYTES (256u << 10)
 
 typedef struct {
