@@ -18,9 +18,9 @@ taken for a change that did nothing.
 
 A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
 last axis, with a weight, and a bias for layer_norm; layer_norm_bare and rms_norm_bare
-without either), batch_norm_eval, batch_norm_train,
-moments, group_norm, group_norm_cl (SHAPE N x C x ...; GroupNorm with 32 groups, or
-gcd(C, 32), group_norm_cl on channels-last data); DTYPE float32, float64, float16 or
+without either), batch_norm_eval, batch_norm_train, moments, group_norm, group_norm_cl,
+instance_norm (SHAPE N x C x ...; GroupNorm with 32 groups, or gcd(C, 32), group_norm_cl
+on channels-last data, instance_norm with C groups); DTYPE float32, float64, float16 or
 bfloat16.
 """
 import argparse
@@ -41,7 +41,7 @@ from fastnorm._bench_contenders import PAGE, compute_dtype, empty_apart, numpy_d
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare")
 OPS = ROW_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
-       "group_norm_cl")
+       "group_norm_cl", "instance_norm")
 
 
 def load_core(path, directory):
@@ -91,8 +91,9 @@ def case_call(op, dtype, shape, threads):
     mean, var = rng.standard_normal(c), rng.random(c) + 0.5
 
     def call(core, y):
-        if op.startswith("group_norm"):
-            core.group_norm(code, n, c, math.gcd(c, 32), inner, x, y, w, b, 1e-5, threads,
+        if op.startswith("group_norm") or op == "instance_norm":
+            groups = c if op == "instance_norm" else math.gcd(c, 32)
+            core.group_norm(code, n, c, groups, inner, x, y, w, b, 1e-5, threads,
                             op == "group_norm_cl")
             return (y,)
         if op == "batch_norm_eval":

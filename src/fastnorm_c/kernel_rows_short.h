@@ -201,8 +201,8 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
         for (size_t j = 0; channel && j < count; ++j) { /* the weight in the scale, in float64 */
             scale[j] = (KB_C)(rstd[j] * (weight ? (double)weight[r0 + j] : 1.0));
             shift[j] = bias ? bias[r0 + j] : (KB_C)0;
-            mean_d[r0 + j] = mean[j];
-            var_d[r0 + j] = spread[j] < 0 ? 0.0 : spread[j]; /* NaN stays NaN */
+            if (mean_d) mean_d[r0 + j] = mean[j];
+            if (var_d) var_d[r0 + j] = spread[j] < 0 ? 0.0 : spread[j]; /* NaN stays NaN */
         }
         for (size_t j = 0; j < count; ++j) { /* the normalize pass */
             KB_T *y = ys + (r0 + j) * n, *h_out = hs ? hs + (r0 + j) * n : NULL;
