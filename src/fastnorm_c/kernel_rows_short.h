@@ -2,7 +2,8 @@
  * kernel_rows_short.h - rows_short: LayerNorm / RMSNorm of rows of a few vectors (at most
  * KB_SHORT_VECS), a block of rows at a time from the L1 cache, each row's sums added
  * across lanes for the block at once; and rows_short_channels, the same LayerNorm of rows
- * that are BatchNorm's channels of one sample.  Part of kernel_body.h.
+ * that are a sample's channels, for BatchNorm training of one sample and for InstanceNorm.
+ * Part of kernel_body.h.
  *
  * Why: a row of 64 float32 values took 35-55 ns through row_stats, the float64 finish and
  * row_normalize, each call paying its setup, edges and dependent latency for four vectors
@@ -182,12 +183,13 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
             }
             KB_NAME(kb_short_exact)(h, left, vecs, n, center, &mean[j], &spread[j]);
             mean_shifted[j] = mean[j] - (double)c2[j];
-            if (!isfinite(spread[j]) || !isfinite(mean[j])) { /* a BatchNorm channel's mean */
-                spread[j] = NAN;                              /* stays IEEE's, as on its */
-                if (!channel) mean[j] = NAN;                  /* other paths */
+            /* NaN, but a BatchNorm channel's mean stays IEEE's, as on its other paths */
+            if (!isfinite(spread[j]) || !isfinite(mean[j])) {
+                spread[j] = NAN;
+                if (!channel) mean[j] = NAN;
             }
         }
-        KB_C m[KB_ACROSS], scale[KB_ACROSS], scale_lo[KB_ACROSS], shift[KB_ACROSS];
+        KB_C m[KB_ACROSS], scale[KB_ACROSS], scale_lo[KB_ACROSS], channel_bias[KB_ACROSS];
         for (size_t j = 0; j < lanes; j += 4) kb_rstd_x4(spread + j, eps, rstd + j);
         for (size_t j = 0; j < count; ++j) {
             m[j] = (KB_C)mean_shifted[j];
@@ -200,7 +202,7 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
         }
         for (size_t j = 0; channel && j < count; ++j) { /* the weight in the scale, in float64 */
             scale[j] = (KB_C)(rstd[j] * (weight ? (double)weight[r0 + j] : 1.0));
-            shift[j] = bias ? bias[r0 + j] : (KB_C)0;
+            channel_bias[j] = bias ? bias[r0 + j] : (KB_C)0;
             if (mean_d) mean_d[r0 + j] = mean[j];
             if (var_d) var_d[r0 + j] = spread[j] < 0 ? 0.0 : spread[j]; /* NaN stays NaN */
         }
@@ -209,7 +211,8 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
             const KB_C *w = weight && !channel ? weight + param_stride * (r0 + j) : ones;
             const KB_C *b = bias && !channel ? bias + param_stride * (r0 + j) : minus_zeros;
             KB_V c = kb_set1(c2[j]), mv = kb_set1(m[j]), sv = kb_set1(scale[j]);
-            KB_V lo = kb_set1(scale_lo[j]), channel_b = kb_set1(channel ? shift[j] : (KB_C)0);
+            KB_V lo = kb_set1(scale_lo[j]);
+            KB_V channel_b = kb_set1(channel ? channel_bias[j] : (KB_C)0);
             for (size_t k = 0; k < full; ++k) {
                 size_t i = k * KB_LANES;
                 KB_V h = KB_NAME(kb_across_h)(row_x[j], row_r[j], i, has_r);
@@ -253,8 +256,9 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
 #undef KB_ACROSS_CALL
 }
 
-/* BatchNorm training of one sample: row r is channel r, normalized with its own statistics
- * and its own weight[r] and bias[r] (kernels.h, rows_short_channels). */
+/* A sample's channels (BatchNorm training of one sample, InstanceNorm): row r is channel r,
+ * normalized with its own statistics and its own weight[r] and bias[r] (kernels.h,
+ * rows_short_channels). */
 static void KB_NAME(rows_short_channels)(const void *x, size_t rows, size_t n, double eps,
                                          const void *weight, const void *bias, void *y,
                                          double *mean_out, double *var_out) {
