@@ -299,6 +299,8 @@ def test_batch_norm_other_transposes_give_the_c_order_bits(order, training, isa,
     # samples that share their rows among the threads (one of 51200 values; two over 2 MB
     # in float32 and float64)
     ((1, 32, 40, 40), (0, 2, 3, 1), 8, 2.0), ((2, 8, 300, 240), (0, 2, 3, 1), 4, 0.0),
+    # one sample of 49 rows and 50176 values: one thread, the sample from cache
+    ((1, 1024, 7, 7), (0, 2, 3, 1), 32, 2.0),
 ])
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
 def test_group_norm_channels_last_view(shape, order, groups, offset, dtype, isa, rng, tol):

@@ -42,6 +42,7 @@ def _thread_cases(rng):
     small_nhwc = np.ascontiguousarray(small.transpose(0, 2, 3, 1))
     # 196 rows of 1000 channels: single rows, not super-rows of 2
     wide_nhwc = random_data(rng, (1, 14, 14, 1000), np.float32, offset=100.0)
+    few_rows_nhwc = random_data(rng, (1, 7, 7, 1024), np.float32, offset=100.0)
     maps7 = random_data(rng, (32, 64, 7, 7), np.float32, offset=100.0)  # a sample a thread
     maps4 = random_data(rng, (16, 512, 4, 4), np.float32, offset=100.0)
     w = random_data(rng, 1024, np.float32, offset=1.0)
@@ -106,6 +107,11 @@ def _thread_cases(rng):
         "group_norm channels-last": lambda: (fastnorm.group_norm(nhwc.transpose(0, 3, 1, 2), 8),),
         "group_norm channels-last, one sample": lambda: (
             fastnorm.group_norm(nhwc[:1].transpose(0, 3, 1, 2), 8),),
+        "group_norm channels-last, one sample of 196 rows": lambda: (
+            fastnorm.group_norm(wide_nhwc.transpose(0, 3, 1, 2), 8),),
+        # 49 rows of 1024 channels: one thread, the sample from cache, whatever is asked
+        "group_norm channels-last, one sample of 49 rows": lambda: (
+            fastnorm.group_norm(few_rows_nhwc.transpose(0, 3, 1, 2), 32),),
         "group_norm 7x7, one channel a group": lambda: (fastnorm.group_norm(maps7, 64),),
         "group_norm 4x4, 16 channels a group": lambda: (fastnorm.group_norm(maps4, 32),),
         "group_norm channels-last 14x14": lambda: (

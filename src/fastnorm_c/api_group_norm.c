@@ -331,6 +331,14 @@ static fastnorm_status_t fn_group_stats_cl(const fn_group_job *job, const char *
  * this many: with 3 to 24 channels a row, most lanes of the column kernels' vectors were
  * masked off (1.2-5.3x the time), where BatchNorm's path joins rows into whole vectors. */
 #define FN_GROUP_CL_MIN_CHANNELS 32
+/* One sample shares its rows among the threads only from this many rows (positions): with
+ * fewer, the two passes' per-column work (chunk partials, merges, parameters) outweighed
+ * the second thread.  The sample from cache on one thread instead, Zen 5, in-process A/B,
+ * time per call: float32 (1, 2048, 7, 7) 0.77 (2 threads 0.91), (1, 4096, 7, 7) 0.74
+ * (0.92), (1, 1000, 7, 7) on 2 threads 0.76, bfloat16 (1, 2048, 7, 7) 0.86; float64 on 2
+ * threads 1.05.  At 196 rows the shared passes won: (1, 1024, 14, 14) on 2 threads 1.19
+ * this way, (1, 512, 14, 14) 1.12. */
+#define FN_GROUP_CL_SHARED_MIN_ROWS 64
 
 /* One thread's scratch for fn_group_cl_fused: four float64 arrays and six of the compute
  * dtype (the parameters, and the same rotated for fn_group_cl_normalize), `channels` values
@@ -482,7 +490,7 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
     fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y, weight,
                                        bias, eps);
     if (bytes <= FN_GROUP_CL_FUSED_MAX_BYTES && whole_vectors &&
-        (n > 1 || total < FN_PARALLEL_MIN_ELEMENTS)) {
+        (n > 1 || total < FN_PARALLEL_MIN_ELEMENTS || spatial < FN_GROUP_CL_SHARED_MIN_ROWS)) {
         int threads = fn_threads(n_threads, total);
         size_t scratch_bytes = fn_group_cl_scratch_bytes(channels, fn_compute_size(dtype));
         void *block;
@@ -494,10 +502,11 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
         free(block);
         return FASTNORM_OK;
     }
-    /* Larger samples, one sample worth sharing, or rows of a few channels (which BatchNorm's
-     * column path joins into whole vectors): a sample at a time, its rows shared among the
-     * threads (work items fixed by the shape: the results do not depend on the thread
-     * count).  Per (sample, channel): mean and m2, then its group's mean and variance.
+    /* Larger samples, one sample of rows worth sharing, or rows of a few channels (which
+     * BatchNorm's column path joins into whole vectors): a sample at a time, its rows
+     * shared among the threads (work items fixed by the shape: the results do not depend
+     * on the thread count).  Per (sample, channel): mean and m2, then its group's mean and
+     * variance.
      * Reads ahead and streams as the whole call says (fn_group_job_of), as the fused path
      * does: each sample deciding by its own size read and stored a large call's samples
      * as though they were in cache.  Zen 5, in-process A/B, time per call, same bits:
