@@ -333,11 +333,13 @@ static fastnorm_status_t fn_group_stats_cl(const fn_group_job *job, const char *
 #define FN_GROUP_CL_MIN_CHANNELS 32
 /* One sample shares its rows among the threads only from this many rows (positions): with
  * fewer, the two passes' per-column work (chunk partials, merges, parameters) outweighed
- * the second thread.  The sample from cache on one thread instead, Zen 5, in-process A/B,
- * time per call: float32 (1, 2048, 7, 7) 0.77 (2 threads 0.91), (1, 4096, 7, 7) 0.74
- * (0.92), (1, 1000, 7, 7) on 2 threads 0.76, bfloat16 (1, 2048, 7, 7) 0.86; float64 on 2
- * threads 1.05.  At 196 rows the shared passes won: (1, 1024, 14, 14) on 2 threads 1.19
- * this way, (1, 512, 14, 14) 1.12. */
+ * the second thread.  Such a sample takes the fused path instead, its groups in two parts
+ * a thread can take each.  Zen 5, in-process A/B, time per call: the fused path on one
+ * thread, float32 (1, 2048, 7, 7) 0.77 (2 threads 0.91), (1, 4096, 7, 7) 0.74 (0.92),
+ * bfloat16 (1, 2048, 7, 7) 0.86, float64 on 2 threads 1.05; then in two parts, 2 threads,
+ * same bits: float32 (1, 2048, 7, 7) 0.54, (1, 4096, 7, 7) 0.49, (1, 1000, 7, 7) 0.74,
+ * float64 (1, 2048, 7, 7) 0.50.  At 196 rows the shared passes won: (1, 1024, 14, 14) on
+ * 2 threads 1.19 the fused way (one part), (1, 512, 14, 14) 1.12. */
 #define FN_GROUP_CL_SHARED_MIN_ROWS 64
 
 /* One thread's scratch for fn_group_cl_fused: four float64 arrays and six of the compute
@@ -423,9 +425,11 @@ static void fn_group_cl_normalize(const fn_group_job *job, const char *x, char *
  * normalized by the column kernel, from the cache.  The group sums run across the groups
  * (channel k of every group, then k + 1), so that each group's chain of additions overlaps
  * the others': group by group, its latency was most of a 4-position sample's time. */
-static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) {
+static void fn_group_cl_fused(const fn_group_job *job, size_t i, size_t g0, size_t g1,
+                              char *scratch) {
     size_t channels = job->channels, groups = job->groups, per_group = job->per_group;
     size_t spatial = job->spatial, csize = fn_compute_size(job->dtype);
+    size_t c0 = g0 * per_group, cols = (g1 - g0) * per_group, at = c0 * job->item_size;
     size_t stride = fn_group_cl_array_bytes(channels, 8), cstride = fn_group_cl_array_bytes(channels, csize);
     double *ch_mean = (double *)scratch, *ch_m2 = (double *)(scratch + stride);
     double *g_mean = (double *)(scratch + 2 * stride), *g_m2 = (double *)(scratch + 3 * stride);
@@ -435,25 +439,25 @@ static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) 
     char *rotated[3] = {shift_out + cstride, shift_out + 2 * cstride, shift_out + 3 * cstride};
     size_t offset = i * channels * spatial * job->item_size;
     const char *x = job->x + offset;
-    job->kernels->col_stats[job->dtype](x, spatial, channels, channels, x, 1, job->prefetch,
-                                        ch_mean, ch_m2);
-    fn_add_row(job->dtype, x, channels, ch_mean); /* the shift: row 0 */
-    for (size_t g = 0; g < groups; ++g) g_mean[g] = g_m2[g] = 0;
+    job->kernels->col_stats[job->dtype](x + at, spatial, cols, channels, x + at, 1,
+                                        job->prefetch, ch_mean + c0, ch_m2 + c0);
+    fn_add_row(job->dtype, x + at, cols, ch_mean + c0); /* the shift: row 0 */
+    for (size_t g = g0; g < g1; ++g) g_mean[g] = g_m2[g] = 0;
     for (size_t k = 0; k < per_group; ++k)
-        for (size_t g = 0; g < groups; ++g) {
+        for (size_t g = g0; g < g1; ++g) {
             g_mean[g] += ch_mean[g * per_group + k];
             g_m2[g] += ch_m2[g * per_group + k];
         }
-    for (size_t g = 0; g < groups; ++g) {
+    for (size_t g = g0; g < g1; ++g) {
         g_mean[g] /= (double)per_group;
         g_m2[g] /= (double)spatial; /* the channels' m2 over spatial: one spread's worth */
     }
     for (size_t k = 0; k < per_group; ++k)
-        for (size_t g = 0; g < groups; ++g) {
+        for (size_t g = g0; g < g1; ++g) {
             double d = ch_mean[g * per_group + k] - g_mean[g];
             g_m2[g] += d * d;
         }
-    for (size_t g = 0; g < groups; ++g) { /* g_m2 becomes sqrt(var + eps) */
+    for (size_t g = g0; g < g1; ++g) { /* g_m2 becomes sqrt(var + eps) */
         double var = g_m2[g] / (double)per_group;
         if (!isfinite(g_mean[g]) || !isfinite(var)) { /* see fn_exact_moments */
             fn_exact_moments(job->dtype, x + g * per_group * job->item_size, NULL, spatial,
@@ -463,7 +467,7 @@ static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) 
         g_m2[g] = sqrt((var < 0 ? 0 : var) + job->eps);
     }
     int subtract = 0;
-    for (size_t g = 0; g < groups; ++g) {
+    for (size_t g = g0; g < g1; ++g) {
         double mean = g_mean[g], root = g_m2[g], rstd = 1.0 / root;
         if (!isfinite(mean) || !isfinite(root)) mean = rstd = NAN; /* the group is NaN */
         int fold = isnan(mean) || fabs(mean) <= root;
@@ -473,7 +477,14 @@ static void fn_group_cl_fused(const fn_group_job *job, size_t i, char *scratch) 
         else
             FN_GROUP_CL_PARAMS(float);
     }
-    fn_group_cl_normalize(job, x, job->y + offset, params, rotated, subtract);
+    if (g0 == 0 && g1 == groups) {
+        fn_group_cl_normalize(job, x, job->y + offset, params, rotated, subtract);
+        return;
+    }
+    /* a part of one sample's groups: under FN_GROUP_CL_FUSED_MAX_BYTES, never streamed */
+    job->kernels->col_normalize[job->dtype](
+        x + at, spatial, cols, channels, subtract ? params[0] + c0 * csize : NULL, NULL,
+        params[1] + c0 * csize, NULL, NULL, params[2] + c0 * csize, job->y + offset + at, 0);
 }
 #undef FN_GROUP_CL_PARAMS
 
@@ -496,8 +507,13 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
         void *block;
         char *scratch = fn_malloc_aligned(scratch_bytes * (size_t)threads, &block);
         if (!scratch) return FASTNORM_ERR_NO_MEMORY;
-        FN_PARALLEL_FOR(i, n, {
-            fn_group_cl_fused(&job, (size_t)i, scratch + (size_t)fn_thread_index() * scratch_bytes);
+        /* one sample in two parts of its groups, which two threads can share (a group's
+         * results do not depend on the parts: the column kernels take each column alone) */
+        size_t parts = n == 1 && groups > 1 && total >= FN_PARALLEL_MIN_ELEMENTS ? 2 : 1;
+        FN_PARALLEL_FOR(item, n * parts, {
+            size_t i = (size_t)item / parts, part = (size_t)item % parts;
+            fn_group_cl_fused(&job, i, groups * part / parts, groups * (part + 1) / parts,
+                              scratch + (size_t)fn_thread_index() * scratch_bytes);
         });
         free(block);
         return FASTNORM_OK;
