@@ -419,10 +419,11 @@ static void fn_group_cl_normalize(const fn_group_job *job, const char *x, char *
               params[1] + at, NULL, NULL, params[2] + at, y + tail, 0);
 }
 
-/* Sample i of a channels-last job: column statistics of its (spatial, channels) block, each
- * group's mean and variance from its channels' (equal counts: the mean of the means, and
- * the channels' m2 plus spatial times the squared spread of their means), then the sample
- * normalized by the column kernel, from the cache.  The group sums run across the groups
+/* Sample i of a channels-last job, its groups g0 to g1 - 1 (all of them, or a part that a
+ * thread takes): column statistics of its (spatial, channels) block, each group's mean
+ * and variance from its channels' (equal counts: the mean of the means, and the channels'
+ * m2 plus spatial times the squared spread of their means), then the sample normalized by
+ * the column kernel, from the cache.  The group sums run across the groups
  * (channel k of every group, then k + 1), so that each group's chain of additions overlaps
  * the others': group by group, its latency was most of a 4-position sample's time. */
 static void fn_group_cl_fused(const fn_group_job *job, size_t i, size_t g0, size_t g1,
