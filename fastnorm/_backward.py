@@ -1,8 +1,13 @@
 """Backward passes of layer_norm, rms_norm and batch_norm, for training loops on NumPy.
 
-Plain NumPy (not C-accelerated yet): elementwise work in the computation dtype (float32
-for float32 and half inputs, float64 for float64) and every reduction accumulated in
-float64.  Each function takes the statistics the forward pass returned with
+The C kernels (fastnorm_norm_backward, fastnorm_batch_norm_backward) compute the row norms
+over any normalized axes (moved last by a copy when they are not the trailing ones) and
+BatchNorm over channel rows of at least _BN_ROW_MIN values; BatchNorm's shorter rows and
+channels-last data take the NumPy formulas below.  Both compute elementwise in the
+computation dtype (float32 for float32 and half inputs, float64 for float64) in the same
+order, and accumulate every reduction in float64 (the kernels from compute-dtype blocks of
+a few values).  grad_y and x in one dtype run in it; otherwise both are converted to the
+computation dtype first.  Each function takes the statistics the forward pass returned with
 ``return_stats=True`` and returns the gradient of every differentiable input: ``grad_x``
 in ``x``'s dtype, ``grad_weight`` (``None`` without ``weight``) and ``grad_bias`` in the
 computation dtype.  With a fused residual, pass ``h = x + residual`` (``residual_out``) as
@@ -14,27 +19,39 @@ With ``xhat = (x - mean) * rstd`` and ``g = grad_y * weight``, over the normaliz
     grad_weight = sum(grad_y * xhat), grad_bias = sum(grad_y) over the other dimensions.
 """
 
+import math
+
 import numpy as np
 
-from . import _checks
+from . import _checks, _core
 
 __all__ = ["layer_norm_backward", "rms_norm_backward", "batch_norm_backward"]
 
 _FLOAT64 = _checks.FLOAT64
+# fastnorm_norm_kind_t of fastnorm.h
+_LAYER_NORM, _RMS_NORM = 0, 1
+# BatchNorm channel rows (the values of one channel in one sample) shorter than this take
+# the NumPy formulas: the kernels run a call per row.
+_BN_ROW_MIN = 16
 
 
 def _inputs(grad_y, x):
-    """(grad_y, x, x's original dtype, compute dtype) with both arrays in the compute dtype."""
-    x, (_code, compute) = _checks.input_rule(_checks.as_array(x))
-    grad_y = _checks.as_array(grad_y)
-    grad_y, _rule = _checks.input_rule(grad_y, "grad_y")
+    """(grad_y, x, x's dtype, core code, compute dtype): grad_y and x in one dtype, x's own
+    when grad_y has it, else the compute dtype (which holds x's values exactly)."""
+    x, (code, compute) = _checks.input_rule(_checks.as_array(x))
+    grad_y, _rule = _checks.input_rule(_checks.as_array(grad_y), "grad_y")
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y must have x's shape {x.shape}, got {grad_y.shape}")
-    return grad_y.astype(compute, copy=False), x.astype(compute, copy=False), x.dtype, compute
+    dtype = x.dtype
+    if grad_y.dtype != dtype:
+        grad_y, x = grad_y.astype(compute), x.astype(compute, copy=False)
+        code = _checks.DTYPES[compute][0]
+    return grad_y, x, dtype, code, compute
 
 
 def _row_stat(stat, x, axis, name, compute):
-    """(normalized axes, statistic broadcastable against x) for a row-norm backward.
+    """(normalized axes, statistic in the compute dtype with x's other dimensions' shape)
+    for a row-norm backward.
 
     Without axis, the normalized dimensions are the trailing ones the statistic lacks
     (its shape is x's leading dimensions); with axis, those axes."""
@@ -51,7 +68,7 @@ def _row_stat(stat, x, axis, name, compute):
         kept = tuple(n for a, n in enumerate(x.shape) if a not in axes)
         if stat.shape != kept:
             raise ValueError(f"{name} must have shape {kept} for axis={axis!r}, got {stat.shape}")
-    return axes, np.expand_dims(stat.astype(compute, copy=False), axes)
+    return axes, stat.astype(compute, copy=False)
 
 
 def _weight(weight, x, axes, compute):
@@ -76,12 +93,42 @@ def _sum(a, axes, compute):
 
 
 def _centred_backward(g, x, mean, rstd, w, axes, kept, dtype, compute):
-    """The LayerNorm / BatchNorm gradient with statistics over `axes`."""
+    """The LayerNorm / BatchNorm gradient with statistics over `axes`, by NumPy."""
+    g, x = g.astype(compute, copy=False), x.astype(compute, copy=False)
     xhat = (x - mean) * rstd
     gw = g if w is None else g * w
     grad_x = rstd * (gw - _mean(gw, axes) - xhat * _mean(gw * xhat, axes))
     grad_weight = None if w is None else _sum(g * xhat, kept, compute)
     return grad_x.astype(dtype, copy=False), grad_weight, _sum(g, kept, compute)
+
+
+def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):
+    """(grad_x, grad_weight or None, grad_bias) of a row norm over `axes` by the kernels."""
+    norm_shape = tuple(x.shape[a] for a in axes)
+    trailing = axes == tuple(range(x.ndim - len(axes), x.ndim))
+    gm, xm = (
+        (_checks.contiguous(g), _checks.contiguous(x))
+        if trailing
+        else (_checks.move_to_end(g, axes), _checks.move_to_end(x, axes))
+    )
+    n = math.prod(norm_shape)
+    rows = x.size // n if n else 0
+    w = None if weight is None else _checks.as_param(weight, norm_shape, compute, "weight").reshape(n)
+    if x.size == 0:  # sums over no rows are 0
+        grad_weight = None if w is None else np.zeros(norm_shape, compute)
+        grad_bias = np.zeros(norm_shape, compute) if kind == _LAYER_NORM else None
+        return np.empty(x.shape, dtype), grad_weight, grad_bias
+    stats = [None if s is None else _checks.contiguous(s).reshape(rows) for s in (mean, rstd)]
+    grad_x = np.empty(xm.shape, xm.dtype)
+    grad_weight = None if w is None else np.empty(n, _FLOAT64)
+    grad_bias = np.empty(n, _FLOAT64) if kind == _LAYER_NORM else None
+    _core.norm_backward(kind, code, rows, n, gm, xm, stats[0], stats[1], w, grad_x, grad_weight,
+                        grad_bias, _checks.num_threads)
+    if not trailing:
+        grad_x = np.ascontiguousarray(_checks.move_back(grad_x, axes))
+    sums = [None if s is None else s.astype(compute).reshape(norm_shape)
+            for s in (grad_weight, grad_bias)]
+    return grad_x.astype(dtype, copy=False), sums[0], sums[1]
 
 
 def layer_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=None):
@@ -91,28 +138,20 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=None):
     normalized dimensions are the trailing ones they lack, or ``axis`` (keyword-only) when
     the forward pass used ``axis=``.  ``grad_weight`` is ``None`` when ``weight`` is.
     """
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        g, xc, dtype, compute = _inputs(grad_y, x)
-        axes, mean = _row_stat(mean, xc, axis, "mean", compute)
-        _axes, rstd = _row_stat(rstd, xc, axis, "rstd", compute)
-        kept = tuple(a for a in range(xc.ndim) if a not in axes)
-        w = _weight(weight, xc, axes, compute)
-        return _centred_backward(g, xc, mean, rstd, w, axes, kept, dtype, compute)
+    g, x, dtype, code, compute = _inputs(grad_y, x)
+    axes, mean = _row_stat(mean, x, axis, "mean", compute)
+    _axes, rstd = _row_stat(rstd, x, axis, "rstd", compute)
+    return _rows_backward(_LAYER_NORM, g, x, dtype, code, compute, mean, rstd, weight, axes)
 
 
 def rms_norm_backward(grad_y, x, rstd, weight=None, *, axis=None):
     """Gradients of rms_norm: ``(grad_x, grad_weight)``; ``grad_weight`` is ``None``
     when ``weight`` is.  ``rstd`` and ``axis`` as for layer_norm_backward."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        g, xc, dtype, compute = _inputs(grad_y, x)
-        axes, rstd = _row_stat(rstd, xc, axis, "rstd", compute)
-        kept = tuple(a for a in range(xc.ndim) if a not in axes)
-        w = _weight(weight, xc, axes, compute)
-        xhat = xc * rstd
-        gw = g if w is None else g * w
-        grad_x = rstd * (gw - xhat * _mean(gw * xhat, axes))
-        grad_weight = None if w is None else _sum(g * xhat, kept, compute)
-        return grad_x.astype(dtype, copy=False), grad_weight
+    g, x, dtype, code, compute = _inputs(grad_y, x)
+    axes, rstd = _row_stat(rstd, x, axis, "rstd", compute)
+    grad_x, grad_weight, _ = _rows_backward(_RMS_NORM, g, x, dtype, code, compute, None, rstd,
+                                            weight, axes)
+    return grad_x, grad_weight
 
 
 def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
@@ -122,23 +161,35 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
     ``batch_norm(..., training=True, return_stats=True)`` returned them; ``axis`` is the
     channel axis.  ``grad_weight`` is ``None`` when ``weight`` is.
     """
+    g, x, dtype, code, compute = _inputs(grad_y, x)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm_backward needs x with at least 2 dimensions, got shape {x.shape}")
+    if isinstance(axis, (tuple, list)):
+        raise ValueError(f"axis is the single channel axis, got {axis!r}")
+    (channel_axis,) = _checks.resolve_axes(x.ndim, axis)
+    outer, channels, inner = _checks.channel_block(x.shape, channel_axis)
+    stats = []
+    for stat, name in ((mean, "mean"), (rstd, "rstd")):
+        stat = _checks.as_array(stat)
+        if stat.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
+        stats.append(_checks.contiguous(stat.astype(compute, copy=False)))
+    if x.size and inner >= _BN_ROW_MIN:
+        w = None if weight is None else _checks.as_param(weight, (channels,), compute, "weight")
+        grad_x = np.empty(x.shape, x.dtype)
+        grad_weight = None if w is None else np.empty(channels, _FLOAT64)
+        grad_bias = np.empty(channels, _FLOAT64)
+        _core.batch_norm_backward(code, outer, channels, inner, _checks.contiguous(g),
+                                  _checks.contiguous(x), stats[0], stats[1], w, grad_x,
+                                  grad_weight, grad_bias, _checks.num_threads)
+        return (grad_x.astype(dtype, copy=False),
+                None if grad_weight is None else grad_weight.astype(compute),
+                grad_bias.astype(compute))
+    reduced = tuple(a for a in range(x.ndim) if a != channel_axis)
+    shape = [1] * x.ndim
+    shape[channel_axis] = channels
+    w = _weight(weight, x, (channel_axis,), compute)
+    # Statistics and the weight / bias gradients both run over the non-channel axes.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        g, xc, dtype, compute = _inputs(grad_y, x)
-        if xc.ndim < 2:
-            raise ValueError(f"batch_norm_backward needs x with at least 2 dimensions, got shape {xc.shape}")
-        if isinstance(axis, (tuple, list)):
-            raise ValueError(f"axis is the single channel axis, got {axis!r}")
-        (channel_axis,) = _checks.resolve_axes(xc.ndim, axis)
-        channels = xc.shape[channel_axis]
-        reduced = tuple(a for a in range(xc.ndim) if a != channel_axis)
-        shape = [1] * xc.ndim
-        shape[channel_axis] = channels
-        stats = []
-        for stat, name in ((mean, "mean"), (rstd, "rstd")):
-            stat = _checks.as_array(stat)
-            if stat.shape != (channels,):
-                raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
-            stats.append(stat.astype(compute, copy=False).reshape(shape))
-        w = _weight(weight, xc, (channel_axis,), compute)
-        # Statistics and the weight / bias gradients both run over the non-channel axes.
-        return _centred_backward(g, xc, stats[0], stats[1], w, reduced, reduced, dtype, compute)
+        return _centred_backward(g, x, stats[0].reshape(shape), stats[1].reshape(shape), w,
+                                 reduced, reduced, dtype, compute)

@@ -63,6 +63,18 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         const void *x, void *y, const void *weight, const void *bias, double eps,
         int n_threads)
 
+    fastnorm_status_t fastnorm_norm_backward(
+        fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t rows, size_t n,
+        const void *grad_y, const void *x, const void *mean, const void *rstd,
+        const void *weight, void *grad_x, double *grad_weight, double *grad_bias,
+        int n_threads)
+
+    fastnorm_status_t fastnorm_batch_norm_backward(
+        fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+        const void *grad_y, const void *x, const void *mean, const void *rstd,
+        const void *weight, void *grad_x, double *grad_weight, double *grad_bias,
+        int n_threads)
+
     int fastnorm_isa_compiled(fastnorm_isa_t isa)
     int fastnorm_isa_supported(fastnorm_isa_t isa)
     fastnorm_isa_t fastnorm_best_isa()

@@ -94,6 +94,36 @@ def update_running(
     count: int,
     momentum: float,
 ) -> None: ...
+def norm_backward(
+    kind: int,
+    dtype: int,
+    rows: int,
+    n: int,
+    grad_y: _Array,
+    x: _Array,
+    mean: Optional[_Array],
+    rstd: _Array,
+    weight: Optional[_Array],
+    grad_x: _Array,
+    grad_weight: Optional[_Array],
+    grad_bias: Optional[_Array],
+    n_threads: int,
+) -> None: ...
+def batch_norm_backward(
+    dtype: int,
+    outer: int,
+    channels: int,
+    inner: int,
+    grad_y: _Array,
+    x: _Array,
+    mean: _Array,
+    rstd: _Array,
+    weight: Optional[_Array],
+    grad_x: _Array,
+    grad_weight: Optional[_Array],
+    grad_bias: Optional[_Array],
+    n_threads: int,
+) -> None: ...
 def batch_norm(
     x: object,
     running_mean: object,

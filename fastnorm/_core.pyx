@@ -2,7 +2,8 @@
 
 Design:
 - One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
-  update_running) plus the ISA/thread queries.  No math and no layout policy here:
+  update_running, norm_backward, batch_norm_backward) plus the ISA/thread queries.  No
+  math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
   before calling in.  The exceptions are the three
   one-step paths of the common calls, rows() (LayerNorm/RMSNorm), batch_norm() and
@@ -494,6 +495,69 @@ def batch_norm_train(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_batch_norm_train", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
+
+
+def norm_backward(int kind, int dtype, Py_ssize_t rows, Py_ssize_t n, grad_y, x, mean, rstd,
+                  weight, grad_x, grad_weight, grad_bias, int n_threads):
+    """Gradients of LayerNorm/RMSNorm over the rows of (rows, n) data (fastnorm.h).
+
+    grad_y, x (IN), grad_x (OUT): storage dtype, rows*n items.  mean (IN, None for RMSNorm),
+    rstd (IN): compute dtype, rows items.  weight (IN, may be None): compute dtype, n items.
+    grad_weight, grad_bias (OUT, may be None): float64, n items.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
+    cdef Py_ssize_t data = _count(rows, n, 1)
+    cdef _Array v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], grad_y, "grad_y", data, item, False)
+    _acquire(&v[1], x, "x", data, item, False)
+    _acquire(&v[2], mean, "mean", rows, compute, False)
+    _acquire(&v[3], rstd, "rstd", rows, compute, False)
+    _acquire(&v[4], weight, "weight", n, compute, False)
+    _acquire(&v[5], grad_x, "grad_x", data, item, True)
+    _acquire(&v[6], grad_weight, "grad_weight", n, 8, True)
+    _acquire(&v[7], grad_bias, "grad_bias", n, 8, True)
+    with nogil:
+        status = fastnorm_norm_backward(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, rows,
+                                        n, v[0].data, v[1].data, v[2].data, v[3].data, v[4].data,
+                                        v[5].data, <double *>v[6].data, <double *>v[7].data,
+                                        n_threads)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_norm_backward", f"kind={kind}, "
+               f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, rows={rows}, n={n}")
+
+
+def batch_norm_backward(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+                        grad_y, x, mean, rstd, weight, grad_x, grad_weight, grad_bias,
+                        int n_threads):
+    """Training-mode gradients of BatchNorm of (outer, channels, inner) data (fastnorm.h).
+
+    grad_y, x (IN), grad_x (OUT): storage dtype, outer*channels*inner items.  mean, rstd
+    (IN): compute dtype, channels items.  weight (IN, may be None): compute dtype, channels
+    items.  grad_weight, grad_bias (OUT, may be None): float64, channels items.
+    """
+    cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
+    cdef Py_ssize_t data = _count(outer, channels, inner)
+    cdef _Array v[MAX_ARRAYS]
+    cdef fastnorm_status_t status
+    memset(v, 0, sizeof(v))
+    _acquire(&v[0], grad_y, "grad_y", data, item, False)
+    _acquire(&v[1], x, "x", data, item, False)
+    _acquire(&v[2], mean, "mean", channels, compute, False)
+    _acquire(&v[3], rstd, "rstd", channels, compute, False)
+    _acquire(&v[4], weight, "weight", channels, compute, False)
+    _acquire(&v[5], grad_x, "grad_x", data, item, True)
+    _acquire(&v[6], grad_weight, "grad_weight", channels, 8, True)
+    _acquire(&v[7], grad_bias, "grad_bias", channels, 8, True)
+    with nogil:
+        status = fastnorm_batch_norm_backward(<fastnorm_dtype_t>dtype, outer, channels, inner,
+                                              v[0].data, v[1].data, v[2].data, v[3].data,
+                                              v[4].data, v[5].data, <double *>v[6].data,
+                                              <double *>v[7].data, n_threads)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_batch_norm_backward", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
+               f"outer={outer}, channels={channels}, inner={inner}")
 
 
 def update_running(int running_dtype, running_mean, running_var, mean, var, Py_ssize_t count,

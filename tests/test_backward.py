@@ -1,10 +1,11 @@
-"""Backward functions against finite differences of the float64 reference and torch autograd."""
+"""Backward functions against finite differences of the float64 reference, torch autograd,
+and the float64 reference from the same inputs (every kernel family and dtype)."""
 import numpy as np
 import pytest
 
 import fastnorm
 from fastnorm import reference
-from fn_testutil import F32, import_torch, random_data
+from fn_testutil import BF16, F32, as_f64, assert_same_bits, compute_dtype, import_torch, random_data
 
 # float64 gradients: analytic formulas in float64 agree to ~1e-13; central differences
 # with h = 1e-6 are accurate to ~1e-9 relative on these unit-scale problems.
@@ -164,3 +165,156 @@ def test_float32_backward_matches_reference(isa, rng):
     assert got[0].dtype == F32
     for got_i, want_i in zip(got, want):
         np.testing.assert_allclose(got_i, want_i, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------- the C kernels against the float64 reference ---
+
+# Error of a gradient over the largest magnitude of its reference: the kernels compute each
+# element in the compute dtype (a few roundings of terms as large as rstd * |grad_y *
+# weight|) and sum in float64 over compute-dtype blocks; half outputs add their own
+# rounding (float16 2^-11, bfloat16 2^-8 relative).
+BACKWARD_TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13,
+                np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
+ALL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), BF16)
+
+
+def _scaled_error(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300))
+
+
+def _row_backward(op, g, x, w, axis=None):
+    """(fastnorm's gradients, the reference's from the same inputs) of a row norm."""
+    kw = {} if axis is None else {"axis": axis}
+    if op == "layer_norm":
+        _, mean, rstd = fastnorm.layer_norm(x, None, w, return_stats=True, **kw)
+        return (fastnorm.layer_norm_backward(g, x, mean, rstd, w, **kw),
+                reference.layer_norm_backward(g, x, mean, rstd, w, **kw))
+    _, rstd = fastnorm.rms_norm(x, None, w, return_stats=True, **kw)
+    return (fastnorm.rms_norm_backward(g, x, rstd, w, **kw),
+            reference.rms_norm_backward(g, x, rstd, w, **kw))
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 1), (4, 17), (5, 33), (2, 100), (3, 1000), (2, 4100),
+                                   (40, 64)])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_row_backward_kernels(op, dtype, shape, with_weight, isa, rng, accuracy_log):
+    """Every kernel family, dtype and a width straddling each vector size: grad_x, grad_weight
+    and grad_bias within BACKWARD_TOL of the float64 reference, on offset data."""
+    x = random_data(rng, shape, dtype, offset=3.0, scale=2.0)
+    g = random_data(rng, shape, dtype)
+    w = random_data(rng, shape[-1], dtype, offset=1.0) if with_weight else None
+    got, want = _row_backward(op, g, x, w)
+    assert got[0].dtype == dtype and got[0].shape == shape
+    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        if want_i is None:
+            assert got_i is None, name
+            continue
+        assert got_i.dtype == (dtype if name == "grad_x" else compute_dtype(dtype)), name
+        error = _scaled_error(got_i, want_i)
+        accuracy_log(f"{name} {dtype} {shape}", error)
+        if shape[-1] == 1 and op == "rms_norm" and name == "grad_x":
+            # one value: xhat = +-1 to rounding, so grad_x is the rounding noise of
+            # rstd * (gw - gw * xhat^2); the reference's float64 noise is smaller still
+            assert np.max(np.abs(as_f64(got_i))) < 1e-3 * np.max(np.abs(as_f64(g))) + 1e-30
+            continue
+        assert error <= BACKWARD_TOL[dtype], (name, error)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_row_backward_threads_same_bits(op, num_threads, rng):
+    """Work items follow the shape, column sums merge in item order: 1 and 2 threads give
+    the same bits (300 x 700 is several items)."""
+    x, g = random_data(rng, (300, 700), F32, offset=1.0), random_data(rng, (300, 700), F32)
+    w = random_data(rng, 700, F32, offset=1.0)
+    num_threads(1)
+    one, _ = _row_backward(op, g, x, w)
+    num_threads(2)
+    two, want = _row_backward(op, g, x, w)
+    for a, b, c in zip(one, two, want):
+        assert_same_bits(a, b)
+        assert _scaled_error(a, c) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("axis", [1, (1, 3), (0,)])
+def test_row_backward_other_axes(op, axis, isa, rng):
+    """Normalized axes that are not the trailing ones (moved last for the kernels)."""
+    x = random_data(rng, (3, 6, 4, 5), F32, offset=2.0)
+    g = random_data(rng, (3, 6, 4, 5), F32)
+    norm_shape = tuple(x.shape[a] for a in ((axis,) if isinstance(axis, int) else axis))
+    w = random_data(rng, norm_shape, F32, offset=1.0)
+    got, want = _row_backward(op, g, x, w, axis=axis)
+    assert got[0].flags.c_contiguous
+    for got_i, want_i in zip(got, want):
+        assert got_i.shape == want_i.shape
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+def test_row_backward_mixed_dtypes_and_layouts(rng):
+    """grad_y of another dtype than x (both taken in the compute dtype), and views."""
+    x = random_data(rng, (8, 50), np.float16, offset=1.0)
+    g = random_data(rng, (8, 50), np.float64)
+    _, mean, rstd = fastnorm.layer_norm(x, return_stats=True)
+    got = fastnorm.layer_norm_backward(g, x, mean, rstd)
+    want = reference.layer_norm_backward(g.astype(F32), x, mean, rstd)
+    assert got[0].dtype == np.float16
+    assert _scaled_error(got[0], want[0]) <= BACKWARD_TOL[np.dtype(np.float16)]
+    xt = random_data(rng, (50, 8), F32).T  # a Fortran-order view
+    gt = random_data(rng, (50, 8), F32)[::-1].T
+    _, mean, rstd = fastnorm.layer_norm(xt, return_stats=True)
+    got = fastnorm.layer_norm_backward(gt, xt, mean, rstd)
+    want = reference.layer_norm_backward(gt, xt, mean, rstd)
+    assert got[1] is None and want[1] is None
+    for got_i, want_i in (got[0], want[0]), (got[2], want[2]):
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_row_backward_nan_stays_in_its_row(op, isa, rng):
+    """A NaN in one row makes that row's grad_x NaN; the other rows are the ones computed
+    without it (rows are independent), as the NumPy formulas give."""
+    x, g = random_data(rng, (6, 40), F32, offset=1.0), random_data(rng, (6, 40), F32)
+    clean, _ = _row_backward(op, g, x, None)
+    x[2, 7] = np.nan
+    got, _ = _row_backward(op, g, x, None)
+    assert np.isnan(got[0][2]).all()
+    rows = [0, 1, 3, 4, 5]
+    assert_same_bits(got[0][rows], clean[0][rows])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 16), (3, 5, 7, 7), (2, 4, 100), (1, 3, 1000),
+                                   (4, 3, 2), (16, 5)])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_batch_norm_backward_kernels(dtype, shape, with_weight, isa, rng, accuracy_log):
+    """NCHW channel rows of 16 values or more take the kernels, shorter ones NumPy: both
+    within BACKWARD_TOL of the float64 reference."""
+    x = random_data(rng, shape, dtype, offset=3.0, scale=2.0)
+    g = random_data(rng, shape, dtype)
+    w = random_data(rng, shape[1], dtype, offset=1.0) if with_weight else None
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, return_stats=True)
+    got = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
+    want = reference.batch_norm_backward(g, x, mean, rstd, w)
+    assert got[0].dtype == dtype
+    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        if want_i is None:
+            assert got_i is None
+            continue
+        error = _scaled_error(got_i, want_i)
+        accuracy_log(f"{name} {dtype} {shape}", error)
+        assert error <= BACKWARD_TOL[dtype], (name, error)
+
+
+def test_batch_norm_backward_threads_same_bits(num_threads, rng):
+    x, g = random_data(rng, (8, 16, 30, 30), F32, offset=1.0), random_data(rng, (8, 16, 30, 30), F32)
+    w = random_data(rng, 16, F32, offset=1.0)
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, return_stats=True)
+    num_threads(1)
+    one = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
+    num_threads(2)
+    two = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
+    for a, b in zip(one, two):
+        assert_same_bits(a, b)

@@ -1,7 +1,7 @@
 /*
  * fastnorm.h - the public C API of fastnorm.
  *
- * Six entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
+ * Eight entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
  * policy) lives in Python.  Every array is C-contiguous and described as a 3-D block
  * (outer, middle, inner):
  *
@@ -19,6 +19,8 @@
  *   fastnorm_group_norm_channels_last  the same of (n, spatial, channels) data (a
  *                     channels-last NHWC array): column statistics, then a column affine.
  *   fastnorm_update_running  BatchNorm's running statistics after a training step.
+ *   fastnorm_norm_backward, fastnorm_batch_norm_backward  the gradients of LayerNorm /
+ *                     RMSNorm over rows and of BatchNorm training over NCHW channel rows.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
  * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an
@@ -155,6 +157,32 @@ FASTNORM_API fastnorm_status_t fastnorm_group_norm(
 FASTNORM_API fastnorm_status_t fastnorm_group_norm_channels_last(
     fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
     const void *x, void *y, const void *weight, const void *bias, double eps, int n_threads);
+
+/* Backward of fastnorm_norm over rows (inner == 1): grad_y and x are (rows, n) of `dtype`,
+ * mean (LayerNorm only; NULL for RMSNorm) and rstd the forward pass's `rows` statistics in
+ * the compute dtype, weight NULL or n compute-dtype values.  With xhat = (x - mean) * rstd
+ * (RMSNorm: x * rstd) and gw = grad_y * weight, each row's
+ *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))    (RMSNorm: no mean(gw))
+ * is written to grad_x (rows * n of `dtype`; it may be grad_y or x), and over the rows
+ * grad_bias[j] = sum(grad_y[:, j]) and grad_weight[j] = sum((grad_y * xhat)[:, j]) in
+ * float64 (each NULL or n values; grad_weight needs a weight).  Sums are taken in the
+ * compute dtype a few values at a time, then in float64. */
+FASTNORM_API fastnorm_status_t fastnorm_norm_backward(
+    fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t rows, size_t n,
+    const void *grad_y, const void *x, const void *mean, const void *rstd,
+    const void *weight, void *grad_x, double *grad_weight, double *grad_bias, int n_threads);
+
+/* Training-mode backward of BatchNorm of x viewed as (outer, channels, inner): mean and rstd
+ * the `channels` batch statistics in the compute dtype, weight NULL or `channels`
+ * compute-dtype values; with n = outer * inner values a channel,
+ *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))
+ * over each channel's values, and grad_bias[c] = sum(grad_y), grad_weight[c] =
+ * sum(grad_y * xhat) over the channel, in float64 (each NULL or `channels` values).
+ * grad_x may be grad_y or x. */
+FASTNORM_API fastnorm_status_t fastnorm_batch_norm_backward(
+    fastnorm_dtype_t dtype, size_t outer, size_t channels, size_t inner,
+    const void *grad_y, const void *x, const void *mean, const void *rstd,
+    const void *weight, void *grad_x, double *grad_weight, double *grad_bias, int n_threads);
 
 /* Kernel family selection.  fastnorm_set_isa fails with FASTNORM_ERR_ISA_UNAVAILABLE
  * when the family was not compiled in or the CPU lacks it. */

@@ -2,7 +2,8 @@
  * kernel_body.h - the kernels of kernels.h, written once and instantiated by each
  * kernel-family translation unit for each storage dtype.  This file holds what they share
  * (the KB_* names, the Welford step tables, Chan's merges) and includes the kernels:
- * kernel_row_stats.h, kernel_row_normalize.h and kernel_columns.h.  No include guard: it
+ * kernel_row_stats.h, kernel_row_normalize.h, kernel_columns.h, kernel_rows_short.h and
+ * kernel_backward.h.  No include guard: it
  * is included once per dtype, after the includer defined
  *   KB_ISA  the family prefix of its simd_<family>.h primitives (scalar, avx2, avx512)
  *   KB_DT   the storage dtype tag (f32, f64, f16, bf16)
@@ -159,6 +160,7 @@ KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b,
 #include "kernel_row_normalize.h"
 #include "kernel_columns.h"
 #include "kernel_rows_short.h"
+#include "kernel_backward.h"
 
 #undef KB_NAME
 #undef KB_T

@@ -110,6 +110,24 @@ typedef int (*fastnorm_channel_params_fn)(size_t channels, const double *mean,
                                           const void *bias, int params_f64, double eps,
                                           double *scale, double *shift, double *centre);
 
+/* The backward passes' sums over one span of n elements (kernel_backward.h): with
+ * xhat = (x - mean) * rstd and gw = grad_y * weight (weight: NULL, meaning 1, or n
+ * compute-dtype values in natural order), *sum_gw = sum(gw) and *sum_gw_xhat =
+ * sum(gw * xhat), in float64 over compute-dtype blocks.  col_g, col_g_xhat: NULL, or
+ * compute-dtype column sums to which grad_y and grad_y * xhat are added element by
+ * element; they are written up to n rounded up to a multiple of 16 (the lanes past n
+ * get 0 or NaN: padding the caller allocates and never reads). */
+typedef void (*fastnorm_row_grad_sums_fn)(const void *grad_y, const void *x, size_t n,
+                                          double mean, double rstd, const void *weight,
+                                          double *sum_gw, double *sum_gw_xhat, void *col_g,
+                                          void *col_g_xhat);
+
+/* grad_x = scale * ((gw - a) - xhat * b) over one span of n elements, xhat and gw as for
+ * row_grad_sums; scale, a and b rounded to the compute dtype. */
+typedef void (*fastnorm_row_grad_apply_fn)(const void *grad_y, const void *x, size_t n,
+                                           double mean, double rstd, const void *weight,
+                                           double scale, double a, double b, void *grad_x);
+
 /* How the row normalize kernel may write y. */
 enum {
     /* non-temporal stores (for outputs far larger than the caches, where they save the
@@ -177,6 +195,8 @@ typedef struct {
      * pass with streaming stores too (FN_STORE_STREAM; otherwise it runs the two kernels):
      * api_norm.c then takes it for rows a row ahead in large inputs. */
     unsigned char stream_fused[FASTNORM_DTYPE_COUNT];
+    fastnorm_row_grad_sums_fn row_grad_sums[FASTNORM_DTYPE_COUNT];
+    fastnorm_row_grad_apply_fn row_grad_apply[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;

@@ -30,6 +30,7 @@ typedef double scalar_vec_c64;
     static inline C scalar_param_##ct(const C *p) { return *p; }                               \
     static inline C scalar_param_n_##ct(const C *p, size_t n) { (void)n; return *p; }          \
     static inline void scalar_to_double_##ct(C a, double *out) { out[0] = (double)a; }         \
+    static inline void scalar_store_##ct(C *p, C a) { *p = a; }                                \
     static inline double scalar_sum_##ct(C a) { return (double)a; }                            \
     static inline C scalar_first_##ct(C a) { return a; }                                       \
     static inline C scalar_mask_n_##ct(C a, size_t n) { return n ? a : 0; }                    \

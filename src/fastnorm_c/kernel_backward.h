@@ -1,0 +1,93 @@
+/*
+ * kernel_backward.h - the backward passes' row kernels, row_grad_sums and row_grad_apply
+ * (kernels.h), included by kernel_body.h for each storage dtype.  With
+ * xhat = (x - mean) * rstd and gw = grad_y * weight over a span, LayerNorm's and BatchNorm's
+ *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))
+ * and RMSNorm's the same without mean(gw) (mean 0): the first kernel takes the two sums,
+ * the second writes grad_x, each element computed in the order of fastnorm/_backward.py's
+ * NumPy formulas (no fused multiply-add), so float32 and float64 results differ from those
+ * only by how the sums were added up.
+ */
+
+/* Vector pairs a lane sums in the compute dtype before the float64 total takes them: 32
+ * values, about 2e-6 relative at worst in float32 against the float64 sum of the same
+ * products. */
+#define KB_GRAD_BLOCK 16
+
+/* One vector of the sums: its gw added to *a, gw * xhat to *b, and grad_y and grad_y * xhat
+ * to the column sums at i when given. */
+KB_INLINE void KB_NAME(kb_grad_step)(KB_V g, KB_V xv, KB_V w, KB_V m, KB_V r, KB_V *a, KB_V *b,
+                                     KB_C *col_g, KB_C *col_g_xhat, size_t i) {
+    KB_V xhat = kb_mul(kb_sub(xv, m), r), gxhat = kb_mul(g, xhat);
+    *a = kb_fma(g, w, *a);
+    *b = kb_fma(gxhat, w, *b);
+    if (col_g) kb_store_c(col_g + i, kb_add(kb_param(col_g + i), g));
+    if (col_g_xhat) kb_store_c(col_g_xhat + i, kb_add(kb_param(col_g_xhat + i), gxhat));
+}
+
+static void KB_NAME(row_grad_sums)(const void *grad_y, const void *x, size_t n, double mean,
+                                   double rstd, const void *weight, double *sum_gw,
+                                   double *sum_gw_xhat, void *col_g, void *col_g_xhat) {
+    const KB_T *g = (const KB_T *)grad_y, *xs = (const KB_T *)x;
+    const KB_C *w = (const KB_C *)weight;
+    KB_C *cg = (KB_C *)col_g, *cgx = (KB_C *)col_g_xhat;
+    const KB_V m = kb_set1((KB_C)mean), r = kb_set1((KB_C)rstd), one = kb_set1((KB_C)1);
+    double total_a = 0, total_b = 0;
+    size_t i = 0;
+    while (i + 2 * KB_LANES <= n) { /* blocks of pairs, two accumulators against the latency */
+        KB_V a0 = kb_set1(0), b0 = kb_set1(0), a1 = a0, b1 = b0;
+        size_t stop = n - i >= 2 * KB_LANES * KB_GRAD_BLOCK ? i + 2 * KB_LANES * KB_GRAD_BLOCK
+                                                              : n - (n - i) % (2 * KB_LANES);
+        for (; i < stop; i += 2 * KB_LANES) {
+            KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), w ? kb_param(w + i) : one, m, r,
+                                  &a0, &b0, cg, cgx, i);
+            KB_NAME(kb_grad_step)(kb_load(g + i + KB_LANES), kb_load(xs + i + KB_LANES),
+                                  w ? kb_param(w + i + KB_LANES) : one, m, r, &a1, &b1, cg, cgx,
+                                  i + KB_LANES);
+        }
+        total_a += kb_sum(kb_add(a0, a1));
+        total_b += kb_sum(kb_add(b0, b1));
+    }
+    /* the last vector and part-vector: the missing lanes load as 0, so add 0 to the sums
+     * (the column sums are padded to whole vectors, kernels.h) */
+    for (; i < n; i += KB_LANES) {
+        size_t count = n - i < KB_LANES ? n - i : KB_LANES;
+        KB_V a = kb_set1(0), b = a;
+        KB_NAME(kb_grad_step)(kb_load_n(g + i, count), kb_load_n(xs + i, count),
+                              w ? kb_param_n(w + i, count) : one, m, r, &a, &b, cg, cgx, i);
+        total_a += kb_sum(a);
+        total_b += kb_sum(b);
+    }
+    *sum_gw = total_a;
+    *sum_gw_xhat = total_b;
+}
+
+/* grad_x = scale * ((gw - a) - xhat * b) of one vector */
+KB_INLINE KB_V KB_NAME(kb_grad_value)(KB_V g, KB_V xv, KB_V w, KB_V m, KB_V r, KB_V scale, KB_V a,
+                                      KB_V b) {
+    KB_V xhat = kb_mul(kb_sub(xv, m), r);
+    return kb_mul(scale, kb_sub(kb_sub(kb_mul(g, w), a), kb_mul(xhat, b)));
+}
+
+static void KB_NAME(row_grad_apply)(const void *grad_y, const void *x, size_t n, double mean,
+                                    double rstd, const void *weight, double scale, double a,
+                                    double b, void *grad_x) {
+    const KB_T *g = (const KB_T *)grad_y, *xs = (const KB_T *)x;
+    const KB_C *w = (const KB_C *)weight;
+    KB_T *gx = (KB_T *)grad_x;
+    const KB_V m = kb_set1((KB_C)mean), r = kb_set1((KB_C)rstd), one = kb_set1((KB_C)1);
+    const KB_V s = kb_set1((KB_C)scale), av = kb_set1((KB_C)a), bv = kb_set1((KB_C)b);
+    size_t i = 0;
+    for (; i + KB_LANES <= n; i += KB_LANES)
+        kb_store(gx + i, KB_NAME(kb_grad_value)(kb_load(g + i), kb_load(xs + i),
+                                                w ? kb_param(w + i) : one, m, r, s, av, bv));
+    if (i < n) {
+        size_t count = n - i;
+        kb_store_n(gx + i, KB_NAME(kb_grad_value)(kb_load_n(g + i, count), kb_load_n(xs + i, count),
+                                                  w ? kb_param_n(w + i, count) : one, m, r, s,
+                                                  av, bv),
+                   count);
+    }
+}
+
+#undef KB_GRAD_BLOCK
