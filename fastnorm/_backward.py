@@ -1,12 +1,11 @@
 """Backward passes of layer_norm, rms_norm and batch_norm, for training loops on NumPy.
 
-The C kernels (fastnorm_norm_backward, fastnorm_batch_norm_backward) compute the row norms
-over any normalized axes (moved last by a copy when they are not the trailing ones) and
-BatchNorm over channel rows of at least _BN_ROW_MIN values; BatchNorm's shorter rows and
-channels-last data take the NumPy formulas below.  Both compute elementwise in the
-computation dtype (float32 for float32 and half inputs, float64 for float64) in the same
-order, and accumulate every reduction in float64 (the kernels from compute-dtype blocks of
-a few values).  grad_y and x in one dtype run in it; otherwise both are converted to the
+Policy only: the C kernels compute (fastnorm_norm_backward over rows, the normalized axes
+moved last by a copy when they are not the trailing ones; fastnorm_batch_norm_backward over
+(outer, channels, inner)).  Elementwise work is in the computation dtype (float32 for
+float32 and half inputs, float64 for float64) in the order of the formulas below, and
+every reduction is summed in the computation dtype a few values at a time, then in
+float64.  grad_y and x of one dtype run in it; otherwise both are converted to the
 computation dtype first.  Each function takes the statistics the forward pass returned with
 ``return_stats=True`` and returns the gradient of every differentiable input: ``grad_x``
 in ``x``'s dtype, ``grad_weight`` (``None`` without ``weight``) and ``grad_bias`` in the
@@ -14,7 +13,7 @@ computation dtype.  With a fused residual, pass ``h = x + residual`` (``residual
 ``x``: ``grad_x`` is then the gradient of ``x`` and of ``residual`` alike.
 
 With ``xhat = (x - mean) * rstd`` and ``g = grad_y * weight``, over the normalized values:
-    LayerNorm / BatchNorm   grad_x = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    LayerNorm / BatchNorm   grad_x = rstd * ((g - mean(g)) - xhat * mean(g * xhat))
     RMSNorm (xhat = x*rstd) grad_x = rstd * (g - xhat * mean(g * xhat))
     grad_weight = sum(grad_y * xhat), grad_bias = sum(grad_y) over the other dimensions.
 """
@@ -30,9 +29,6 @@ __all__ = ["layer_norm_backward", "rms_norm_backward", "batch_norm_backward"]
 _FLOAT64 = _checks.FLOAT64
 # fastnorm_norm_kind_t of fastnorm.h
 _LAYER_NORM, _RMS_NORM = 0, 1
-# BatchNorm channel rows (the values of one channel in one sample) shorter than this take
-# the NumPy formulas: the kernels run a call per row.
-_BN_ROW_MIN = 16
 
 
 def _inputs(grad_y, x):
@@ -69,37 +65,6 @@ def _row_stat(stat, x, axis, name, compute):
         if stat.shape != kept:
             raise ValueError(f"{name} must have shape {kept} for axis={axis!r}, got {stat.shape}")
     return axes, stat.astype(compute, copy=False)
-
-
-def _weight(weight, x, axes, compute):
-    """weight in the compute dtype shaped to broadcast along `axes` of x (or None)."""
-    if weight is None:
-        return None
-    norm_shape = tuple(x.shape[a] for a in axes)
-    w = _checks.as_param(weight, norm_shape, compute, "weight").reshape(norm_shape)
-    shape = [1] * x.ndim
-    for a, n in zip(axes, norm_shape):
-        shape[a] = n
-    return w.reshape(shape)
-
-
-def _mean(a, axes):
-    """Mean over axes, accumulated in float64, returned in a's dtype (keepdims)."""
-    return np.mean(a, axis=axes, dtype=_FLOAT64, keepdims=True).astype(a.dtype, copy=False)
-
-
-def _sum(a, axes, compute):
-    return np.sum(a, axis=axes, dtype=_FLOAT64).astype(compute, copy=False)
-
-
-def _centred_backward(g, x, mean, rstd, w, axes, kept, dtype, compute):
-    """The LayerNorm / BatchNorm gradient with statistics over `axes`, by NumPy."""
-    g, x = g.astype(compute, copy=False), x.astype(compute, copy=False)
-    xhat = (x - mean) * rstd
-    gw = g if w is None else g * w
-    grad_x = rstd * (gw - _mean(gw, axes) - xhat * _mean(gw * xhat, axes))
-    grad_weight = None if w is None else _sum(g * xhat, kept, compute)
-    return grad_x.astype(dtype, copy=False), grad_weight, _sum(g, kept, compute)
 
 
 def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):
@@ -174,22 +139,16 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
         if stat.shape != (channels,):
             raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
         stats.append(_checks.contiguous(stat.astype(compute, copy=False)))
-    if x.size and inner >= _BN_ROW_MIN:
-        w = None if weight is None else _checks.as_param(weight, (channels,), compute, "weight")
-        grad_x = np.empty(x.shape, x.dtype)
-        grad_weight = None if w is None else np.empty(channels, _FLOAT64)
-        grad_bias = np.empty(channels, _FLOAT64)
-        _core.batch_norm_backward(code, outer, channels, inner, _checks.contiguous(g),
-                                  _checks.contiguous(x), stats[0], stats[1], w, grad_x,
-                                  grad_weight, grad_bias, _checks.num_threads)
-        return (grad_x.astype(dtype, copy=False),
-                None if grad_weight is None else grad_weight.astype(compute),
-                grad_bias.astype(compute))
-    reduced = tuple(a for a in range(x.ndim) if a != channel_axis)
-    shape = [1] * x.ndim
-    shape[channel_axis] = channels
-    w = _weight(weight, x, (channel_axis,), compute)
-    # Statistics and the weight / bias gradients both run over the non-channel axes.
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return _centred_backward(g, x, stats[0].reshape(shape), stats[1].reshape(shape), w,
-                                 reduced, reduced, dtype, compute)
+    w = None if weight is None else _checks.as_param(weight, (channels,), compute, "weight")
+    if x.size == 0:  # sums over no values are 0
+        grad_weight = None if w is None else np.zeros(channels, compute)
+        return np.empty(x.shape, dtype), grad_weight, np.zeros(channels, compute)
+    grad_x = np.empty(x.shape, x.dtype)
+    grad_weight = None if w is None else np.empty(channels, _FLOAT64)
+    grad_bias = np.empty(channels, _FLOAT64)
+    _core.batch_norm_backward(code, outer, channels, inner, _checks.contiguous(g),
+                              _checks.contiguous(x), stats[0], stats[1], w, grad_x, grad_weight,
+                              grad_bias, _checks.num_threads)
+    return (grad_x.astype(dtype, copy=False),
+            None if grad_weight is None else grad_weight.astype(compute),
+            grad_bias.astype(compute))

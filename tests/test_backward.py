@@ -286,18 +286,22 @@ def test_row_backward_nan_stays_in_its_row(op, isa, rng):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(2, 3, 16), (3, 5, 7, 7), (2, 4, 100), (1, 3, 1000),
-                                   (4, 3, 2), (16, 5)])
+@pytest.mark.parametrize("shape, axis", [
+    ((2, 3, 16), 1), ((3, 5, 7, 7), 1), ((2, 4, 100), 1), ((1, 3, 1000), 1),  # channel rows
+    ((4, 3, 2), 1), ((16, 5), 1), ((40, 37), 1), ((3, 6, 3, 3), 1),  # columns: short rows
+    ((2, 5, 5, 24), -1), ((3, 4, 19), -1), ((50, 3, 2), 0)])  # columns: channels last
 @pytest.mark.parametrize("with_weight", [False, True])
-def test_batch_norm_backward_kernels(dtype, shape, with_weight, isa, rng, accuracy_log):
-    """NCHW channel rows of 16 values or more take the kernels, shorter ones NumPy: both
-    within BACKWARD_TOL of the float64 reference."""
+def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, accuracy_log):
+    """Channel rows of 16 values or more take the row kernels, shorter rows and
+    channels-last data the column ones: both within BACKWARD_TOL of the float64
+    reference."""
     x = random_data(rng, shape, dtype, offset=3.0, scale=2.0)
     g = random_data(rng, shape, dtype)
-    w = random_data(rng, shape[1], dtype, offset=1.0) if with_weight else None
-    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, return_stats=True)
-    got = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
-    want = reference.batch_norm_backward(g, x, mean, rstd, w)
+    w = random_data(rng, shape[axis], dtype, offset=1.0) if with_weight else None
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, axis=axis,
+                                        return_stats=True)
+    got = fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
+    want = reference.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
     assert got[0].dtype == dtype
     for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
         if want_i is None:
@@ -308,13 +312,19 @@ def test_batch_norm_backward_kernels(dtype, shape, with_weight, isa, rng, accura
         assert error <= BACKWARD_TOL[dtype], (name, error)
 
 
-def test_batch_norm_backward_threads_same_bits(num_threads, rng):
-    x, g = random_data(rng, (8, 16, 30, 30), F32, offset=1.0), random_data(rng, (8, 16, 30, 30), F32)
-    w = random_data(rng, 16, F32, offset=1.0)
-    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, return_stats=True)
+@pytest.mark.parametrize("shape, axis", [((8, 16, 30, 30), 1), ((2000, 40), 1),
+                                         ((4, 30, 30, 16), -1)])
+def test_batch_norm_backward_threads_same_bits(shape, axis, num_threads, rng):
+    """Rows and columns (several work items here): 1 and 2 threads give the same bits."""
+    x, g = random_data(rng, shape, F32, offset=1.0), random_data(rng, shape, F32)
+    w = random_data(rng, shape[axis], F32, offset=1.0)
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, axis=axis,
+                                        return_stats=True)
     num_threads(1)
-    one = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
+    one = fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
     num_threads(2)
-    two = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
-    for a, b in zip(one, two):
+    two = fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
+    want = reference.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
+    for a, b, c in zip(one, two, want):
         assert_same_bits(a, b)
+        assert _scaled_error(a, c) <= BACKWARD_TOL[F32]

@@ -20,7 +20,7 @@
  *                     channels-last NHWC array): column statistics, then a column affine.
  *   fastnorm_update_running  BatchNorm's running statistics after a training step.
  *   fastnorm_norm_backward, fastnorm_batch_norm_backward  the gradients of LayerNorm /
- *                     RMSNorm over rows and of BatchNorm training over NCHW channel rows.
+ *                     RMSNorm over rows and of BatchNorm training.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
  * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an

@@ -1,6 +1,7 @@
 /*
- * kernel_backward.h - the backward passes' row kernels, row_grad_sums and row_grad_apply
- * (kernels.h), included by kernel_body.h for each storage dtype.  With
+ * kernel_backward.h - the backward passes' kernels (kernels.h): row_grad_sums and
+ * row_grad_apply over rows, col_grad_sums and col_grad_apply over columns, included by
+ * kernel_body.h for each storage dtype.  With
  * xhat = (x - mean) * rstd and gw = grad_y * weight over a span, LayerNorm's and BatchNorm's
  *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))
  * and RMSNorm's the same without mean(gw) (mean 0): the first kernel takes the two sums,
@@ -87,6 +88,88 @@ static void KB_NAME(row_grad_apply)(const void *grad_y, const void *x, size_t n,
                                                   w ? kb_param_n(w + i, count) : one, m, r, s,
                                                   av, bv),
                    count);
+    }
+}
+
+/* ---- columns: BatchNorm of short channel rows and channels-last data ------------------ */
+
+/* Column j's sums over `rows` rows (row_stride elements apart), down the rows a group of
+ * columns at a time, the sums in registers: block_g[j] = sum(grad_y), block_g_xhat[j] =
+ * sum(grad_y * xhat), xhat = (x - mean[j]) * rstd[j].  Groups of KB_GRAD_GROUP vectors give
+ * the adders independent chains; the last vectors of a row go one at a time. */
+#define KB_GRAD_GROUP 4
+static void KB_NAME(col_grad_sums)(const void *grad_y, const void *x, size_t rows, size_t cols,
+                                   size_t row_stride, const void *mean, const void *rstd,
+                                   void *block_g, void *block_g_xhat) {
+    const KB_T *g = (const KB_T *)grad_y, *xs = (const KB_T *)x;
+    const KB_C *ms = (const KB_C *)mean, *rs = (const KB_C *)rstd;
+    KB_C *bg = (KB_C *)block_g, *bgx = (KB_C *)block_g_xhat;
+    size_t j = 0;
+    for (; j + KB_GRAD_GROUP * KB_LANES <= cols; j += KB_GRAD_GROUP * KB_LANES) {
+        KB_V m[KB_GRAD_GROUP], r[KB_GRAD_GROUP], sum_g[KB_GRAD_GROUP], sum_gx[KB_GRAD_GROUP];
+        for (int k = 0; k < KB_GRAD_GROUP; ++k) {
+            m[k] = kb_param(ms + j + k * KB_LANES);
+            r[k] = kb_param(rs + j + k * KB_LANES);
+            sum_g[k] = sum_gx[k] = kb_set1(0);
+        }
+        for (size_t row = 0; row < rows; ++row)
+            for (int k = 0; k < KB_GRAD_GROUP; ++k) {
+                size_t at = row * row_stride + j + k * KB_LANES;
+                KB_V gv = kb_load(g + at);
+                sum_g[k] = kb_add(sum_g[k], gv);
+                sum_gx[k] = kb_fma(gv, kb_mul(kb_sub(kb_load(xs + at), m[k]), r[k]), sum_gx[k]);
+            }
+        for (int k = 0; k < KB_GRAD_GROUP; ++k) {
+            kb_store_c(bg + j + k * KB_LANES, sum_g[k]);
+            kb_store_c(bgx + j + k * KB_LANES, sum_gx[k]);
+        }
+    }
+    for (; j < cols; j += KB_LANES) {
+        size_t count = cols - j < KB_LANES ? cols - j : KB_LANES;
+        KB_V m = kb_param_n(ms + j, count), r = kb_param_n(rs + j, count);
+        KB_V sum_g = kb_set1(0), sum_gx = sum_g;
+        for (size_t row = 0; row < rows; ++row) {
+            size_t at = row * row_stride + j;
+            KB_V gv = count == KB_LANES ? kb_load(g + at) : kb_load_n(g + at, count);
+            KB_V xv = count == KB_LANES ? kb_load(xs + at) : kb_load_n(xs + at, count);
+            sum_g = kb_add(sum_g, gv);
+            sum_gx = kb_fma(gv, kb_mul(kb_sub(xv, m), r), sum_gx);
+        }
+        kb_store_c(bg + j, sum_g);
+        kb_store_c(bgx + j, sum_gx);
+    }
+}
+#undef KB_GRAD_GROUP
+
+/* grad_x[row, j] = scale[j] * ((grad_y - a[j]) - xhat * b[j]), xhat as above, row by row
+ * (the parameters reloaded from L1 each row: down the columns, each store 4 KB from the
+ * last stalled the next rows' loads, (256, 1024) float32 taking 2x the time). */
+static void KB_NAME(col_grad_apply)(const void *grad_y, const void *x, size_t rows, size_t cols,
+                                    size_t row_stride, const void *mean, const void *rstd,
+                                    const void *scale, const void *a, const void *b,
+                                    void *grad_x) {
+    const KB_C *ms = (const KB_C *)mean, *rs = (const KB_C *)rstd, *ss = (const KB_C *)scale;
+    const KB_C *as = (const KB_C *)a, *bs = (const KB_C *)b;
+    const KB_V one = kb_set1((KB_C)1);
+    for (size_t row = 0; row < rows; ++row) {
+        const KB_T *g = (const KB_T *)grad_y + row * row_stride, *xs = (const KB_T *)x + row * row_stride;
+        KB_T *gx = (KB_T *)grad_x + row * row_stride;
+        size_t j = 0;
+        for (; j + KB_LANES <= cols; j += KB_LANES)
+            kb_store(gx + j, KB_NAME(kb_grad_value)(kb_load(g + j), kb_load(xs + j), one,
+                                                    kb_param(ms + j), kb_param(rs + j),
+                                                    kb_param(ss + j), kb_param(as + j),
+                                                    kb_param(bs + j)));
+        if (j < cols) {
+            size_t count = cols - j;
+            kb_store_n(gx + j, KB_NAME(kb_grad_value)(kb_load_n(g + j, count), kb_load_n(xs + j, count),
+                                                      one, kb_param_n(ms + j, count),
+                                                      kb_param_n(rs + j, count),
+                                                      kb_param_n(ss + j, count),
+                                                      kb_param_n(as + j, count),
+                                                      kb_param_n(bs + j, count)),
+                       count);
+        }
     }
 }
 

@@ -128,6 +128,23 @@ typedef void (*fastnorm_row_grad_apply_fn)(const void *grad_y, const void *x, si
                                            double mean, double rstd, const void *weight,
                                            double scale, double a, double b, void *grad_x);
 
+/* BatchNorm's backward over columns (channels-last data, short channel rows): for each
+ * column j < cols of `rows` rows row_stride elements apart, with xhat = (x - mean[j]) *
+ * rstd[j], block_g[j] = sum(grad_y) and block_g_xhat[j] = sum(grad_y * xhat) over the
+ * rows, in the compute dtype (the caller passes a few rows at a time and adds the sums up
+ * in float64).  mean, rstd: cols compute-dtype values; block_g, block_g_xhat: cols
+ * rounded up to a multiple of 16 (written past cols, as row_grad_sums's column sums). */
+typedef void (*fastnorm_col_grad_sums_fn)(const void *grad_y, const void *x, size_t rows,
+                                          size_t cols, size_t row_stride, const void *mean,
+                                          const void *rstd, void *block_g, void *block_g_xhat);
+
+/* grad_x[r, j] = scale[j] * ((grad_y - a[j]) - xhat * b[j]) over the block, xhat as for
+ * col_grad_sums; every parameter cols compute-dtype values.  grad_x has x's row_stride. */
+typedef void (*fastnorm_col_grad_apply_fn)(const void *grad_y, const void *x, size_t rows,
+                                           size_t cols, size_t row_stride, const void *mean,
+                                           const void *rstd, const void *scale, const void *a,
+                                           const void *b, void *grad_x);
+
 /* How the row normalize kernel may write y. */
 enum {
     /* non-temporal stores (for outputs far larger than the caches, where they save the
@@ -197,6 +214,8 @@ typedef struct {
     unsigned char stream_fused[FASTNORM_DTYPE_COUNT];
     fastnorm_row_grad_sums_fn row_grad_sums[FASTNORM_DTYPE_COUNT];
     fastnorm_row_grad_apply_fn row_grad_apply[FASTNORM_DTYPE_COUNT];
+    fastnorm_col_grad_sums_fn col_grad_sums[FASTNORM_DTYPE_COUNT];
+    fastnorm_col_grad_apply_fn col_grad_apply[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;
