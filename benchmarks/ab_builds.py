@@ -20,8 +20,10 @@ A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics o
 last axis, with a weight, and a bias for layer_norm; layer_norm_bare and rms_norm_bare
 without either), batch_norm_eval, batch_norm_train, moments, group_norm, group_norm_cl,
 instance_norm (SHAPE N x C x ...; GroupNorm with 32 groups, or gcd(C, 32), group_norm_cl
-on channels-last data, instance_norm with C groups); DTYPE float32, float64, float16 or
-bfloat16.
+on channels-last data, instance_norm with C groups), and the backward passes
+layer_norm_backward, rms_norm_backward (over the last axis, with a weight) and
+batch_norm_backward (SHAPE N x C x ...; channels-last: N*H*W x C x 1); DTYPE float32,
+float64, float16 or bfloat16.
 """
 import argparse
 import hashlib
@@ -40,8 +42,9 @@ from fastnorm._bench_contenders import PAGE, compute_dtype, empty_apart, numpy_d
 
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare")
-OPS = ROW_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
-       "group_norm_cl", "instance_norm")
+BACKWARD_ROW_OPS = ("layer_norm_backward", "rms_norm_backward")
+OPS = ROW_OPS + BACKWARD_ROW_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
+                                    "group_norm_cl", "instance_norm", "batch_norm_backward")
 
 
 def load_core(path, directory):
@@ -66,7 +69,7 @@ def parse_case(text):
         raise argparse.ArgumentTypeError(
             f"bad case {text!r}: OP:DTYPE:SHAPE[:THREADS], OP in {OPS}, DTYPE in {tuple(DTYPES)}")
     shape = tuple(int(v) for v in parts[2].split("x"))
-    if parts[0] not in ROW_OPS and len(shape) < 3:
+    if parts[0] not in ROW_OPS + BACKWARD_ROW_OPS and len(shape) < 3:
         raise argparse.ArgumentTypeError(f"bad case {text!r}: {parts[0]} takes N x C x ...")
     return parts[0], parts[1], shape, int(parts[3]) if len(parts) == 4 else 1
 
@@ -86,7 +89,30 @@ def case_call(op, dtype, shape, threads):
                       1e-5, None, None, threads)
             return (y,)
         return call, x, 2 * x.nbytes
+    if op in BACKWARD_ROW_OPS:  # grad_y and statistics of the forward pass's scale
+        n, rows = shape[-1], x.size // shape[-1]
+        g = rng.standard_normal(shape).astype(x.dtype)
+        w = rng.standard_normal(n).astype(compute)
+        mean, rstd = np.full(rows, 1.0, compute), np.full(rows, 0.5, compute)
+        sums = np.empty(n), np.empty(n)
+
+        def call(core, y):
+            layer = op == "layer_norm_backward"
+            core.norm_backward(0 if layer else 1, code, rows, n, g, x, mean if layer else None,
+                               rstd, w, y, sums[0], sums[1] if layer else None, threads)
+            return (y, sums[0])
+        return call, x, 3 * x.nbytes
     n, c, inner = shape[0], shape[1], x.size // (shape[0] * shape[1])
+    if op == "batch_norm_backward":
+        g = rng.standard_normal(shape).astype(x.dtype)
+        w, mean, rstd = (np.full(c, v, compute) for v in (1.5, 1.0, 0.5))
+        sums = np.empty(c), np.empty(c)
+
+        def call(core, y):
+            core.batch_norm_backward(code, n, c, inner, g, x, mean, rstd, w, y, sums[0], sums[1],
+                                     threads)
+            return (y,) + sums
+        return call, x, 3 * x.nbytes
     w, b = rng.standard_normal(c).astype(compute), rng.standard_normal(c).astype(compute)
     mean, var = rng.standard_normal(c), rng.random(c) + 0.5
 

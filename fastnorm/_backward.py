@@ -91,7 +91,7 @@ def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):
                         grad_bias, _checks.num_threads)
     if not trailing:
         grad_x = np.ascontiguousarray(_checks.move_back(grad_x, axes))
-    sums = [None if s is None else s.astype(compute).reshape(norm_shape)
+    sums = [None if s is None else s.astype(compute, copy=False).reshape(norm_shape)
             for s in (grad_weight, grad_bias)]
     return grad_x.astype(dtype, copy=False), sums[0], sums[1]
 
@@ -150,5 +150,5 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
                               _checks.contiguous(x), stats[0], stats[1], w, grad_x, grad_weight,
                               grad_bias, _checks.num_threads)
     return (grad_x.astype(dtype, copy=False),
-            None if grad_weight is None else grad_weight.astype(compute),
-            grad_bias.astype(compute))
+            None if grad_weight is None else grad_weight.astype(compute, copy=False),
+            grad_bias.astype(compute, copy=False))

@@ -328,3 +328,22 @@ def test_batch_norm_backward_threads_same_bits(shape, axis, num_threads, rng):
     for a, b, c in zip(one, two, want):
         assert_same_bits(a, b)
         assert _scaled_error(a, c) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "batch_norm"])
+def test_backward_streamed_output(op, isa, rng):
+    """Outputs past 8 MB in rows of 4 KB or more are streamed, from the first vector boundary
+    of each row (NumPy's arrays start 16 bytes past a cache line): still the reference's."""
+    shape = (2, 64, 130, 130) if op == "batch_norm" else (520, 4100)
+    x = random_data(rng, shape, F32, offset=2.0)
+    g = random_data(rng, shape, F32)
+    if op == "batch_norm":
+        w = random_data(rng, shape[1], F32, offset=1.0)
+        _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, return_stats=True)
+        got = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
+        want = reference.batch_norm_backward(g, x, mean, rstd, w)
+    else:
+        got, want = _row_backward(op, g, x, random_data(rng, shape[-1], F32, offset=1.0))
+    assert got[0].nbytes >= 8 << 20
+    for got_i, want_i in zip(got, want):
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]

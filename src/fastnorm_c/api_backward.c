@@ -17,20 +17,21 @@
  * float64 additions and kernel call cost as much as its rows' work at 64 columns). */
 #define FN_GRAD_COLUMN_BLOCK 16
 
+/* Whether row_grad_apply streams grad_x: past the caches (api_internal.h's thresholds) and
+ * in rows of at least FN_GRAD_STREAM_ROW_BYTES, unless grad_x overwrites an input, whose
+ * lines are owned already.  Zen 5, in-process A/B, float32 LayerNorm backward, 1 thread,
+ * time streamed over plain: 512x4096 0.83-0.87, 2048x4096 0.87, 2048x1536 0.87, BatchNorm
+ * (32, 64, 56, 56) 0.87-0.89; but rows of 768 values went either way, 4096x768 0.95-1.27,
+ * 8192x768 1.06, 32768x768 0.88-1.06, and 6144x512 took 1.09. */
+#define FN_GRAD_STREAM_ROW_BYTES 4096
+static int fn_grad_stream(const void *grad_y, const void *x, const void *grad_x, size_t bytes,
+                          size_t row_bytes, size_t min_bytes) {
+    if (grad_x == grad_y || row_bytes < FN_GRAD_STREAM_ROW_BYTES) return 0;
+    return fn_stream(x, grad_x, bytes, min_bytes);
+}
+
 /* n rounded up to whole 16-lane vectors (kernels.h, row_grad_sums's column padding) */
 static size_t fn_padded(size_t n) { return (n + 15) / 16 * 16; }
-
-/* Add compute-dtype column sums to float64 ones and clear them. */
-static void fn_flush_columns(fastnorm_dtype_t dtype, void *block, double *total, size_t n) {
-    if (dtype == FASTNORM_F64) {
-        double *b = (double *)block;
-        for (size_t j = 0; j < n; ++j) total[j] += b[j];
-    } else {
-        float *b = (float *)block;
-        for (size_t j = 0; j < n; ++j) total[j] += (double)b[j];
-    }
-    memset(block, 0, fn_padded(n) * fn_compute_size(dtype));
-}
 
 fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype,
                                          size_t rows, size_t n, const void *grad_y,
@@ -60,6 +61,7 @@ fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dty
     const char *gs = (const char *)grad_y, *xs = (const char *)x;
     char *ys = (char *)grad_x;
     int center = kind == FASTNORM_LAYER_NORM, threads = fn_threads(n_threads, total);
+    int stream = fn_grad_stream(grad_y, x, grad_x, total * size, n * size, FN_STREAM_MIN_BYTES);
     FN_PARALLEL_FOR(item, items, {
         size_t first = rows * (size_t)item / items, last = rows * (size_t)(item + 1) / items;
         double *sum_g = (double *)(scratch + (size_t)item * item_bytes), *sum_g_xhat = sum_g + n;
@@ -73,10 +75,10 @@ fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dty
                                           grad_weight ? block_g_xhat : NULL);
             kernels->row_grad_apply[dtype](gs + offset, xs + offset, n, m, s, weight, s,
                                            center ? a / (double)n : 0.0, b / (double)n,
-                                           ys + offset);
+                                           ys + offset, stream);
             if (columns && ((r - first + 1) % FN_GRAD_COLUMN_BLOCK == 0 || r + 1 == last)) {
-                if (grad_bias) fn_flush_columns(dtype, block_g, sum_g, n);
-                if (grad_weight) fn_flush_columns(dtype, block_g_xhat, sum_g_xhat, n);
+                if (grad_bias) kernels->grad_flush[dtype](block_g, sum_g, n);
+                if (grad_weight) kernels->grad_flush[dtype](block_g_xhat, sum_g_xhat, n);
             }
         }
     });
@@ -124,6 +126,8 @@ static void fn_bn_backward_rows(const fastnorm_kernels_t *kernels, fastnorm_dtyp
         channel_g_xhat[c] = gx;
     }
     double count = (double)outer * (double)inner;
+    int stream = fn_grad_stream(gs, xs, ys, rows * inner * size, inner * size,
+                                threads > 1 ? FN_STREAM_MIN_BYTES_OTHERS : FN_STREAM_MIN_BYTES);
     FN_PARALLEL_FOR(r, rows, {
         size_t c = (size_t)r % channels, offset = (size_t)r * inner * size;
         double s = fn_param(dtype, rstd, c, 0.0);
@@ -132,7 +136,7 @@ static void fn_bn_backward_rows(const fastnorm_kernels_t *kernels, fastnorm_dtyp
         kernels->row_grad_apply[dtype](gs + offset, xs + offset, inner, fn_param(dtype, mean, c, 0.0),
                                        s, NULL, s * fn_param(dtype, weight, c, 1.0),
                                        channel_g[c] / count, channel_g_xhat[c] / count,
-                                       ys + offset);
+                                       ys + offset, stream);
     });
 }
 
@@ -177,8 +181,8 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
             size_t offset = r * cols * size;
             kernels->col_grad_sums[dtype](gs + offset, xs + offset, rows, cols, cols, col_mean,
                                           col_rstd, block_g, block_g_xhat);
-            fn_flush_columns(dtype, block_g, sum_g, cols);
-            fn_flush_columns(dtype, block_g_xhat, sum_g_xhat, cols);
+            kernels->grad_flush[dtype](block_g, sum_g, cols);
+            kernels->grad_flush[dtype](block_g_xhat, sum_g_xhat, cols);
         }
     });
     double count = (double)outer * (double)inner;

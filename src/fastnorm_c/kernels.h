@@ -123,10 +123,16 @@ typedef void (*fastnorm_row_grad_sums_fn)(const void *grad_y, const void *x, siz
                                           void *col_g_xhat);
 
 /* grad_x = scale * ((gw - a) - xhat * b) over one span of n elements, xhat and gw as for
- * row_grad_sums; scale, a and b rounded to the compute dtype. */
+ * row_grad_sums; scale, a and b rounded to the compute dtype.  store: FN_STORE_STREAM or 0,
+ * as for row_normalize. */
 typedef void (*fastnorm_row_grad_apply_fn)(const void *grad_y, const void *x, size_t n,
                                            double mean, double rstd, const void *weight,
-                                           double scale, double a, double b, void *grad_x);
+                                           double scale, double a, double b, void *grad_x,
+                                           int store);
+
+/* total[j] += block[j] for j < n, then the block (n rounded up to a multiple of 16
+ * compute-dtype values) cleared: the column sums' float64 step. */
+typedef void (*fastnorm_grad_flush_fn)(void *block, double *total, size_t n);
 
 /* BatchNorm's backward over columns (channels-last data, short channel rows): for each
  * column j < cols of `rows` rows row_stride elements apart, with xhat = (x - mean[j]) *
@@ -216,6 +222,7 @@ typedef struct {
     fastnorm_row_grad_apply_fn row_grad_apply[FASTNORM_DTYPE_COUNT];
     fastnorm_col_grad_sums_fn col_grad_sums[FASTNORM_DTYPE_COUNT];
     fastnorm_col_grad_apply_fn col_grad_apply[FASTNORM_DTYPE_COUNT];
+    fastnorm_grad_flush_fn grad_flush[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;
