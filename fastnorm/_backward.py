@@ -1,7 +1,8 @@
 """Backward passes of layer_norm, rms_norm and batch_norm, for training loops on NumPy.
 
 Policy only: the C kernels compute (fastnorm_norm_backward over rows, the normalized axes
-moved last by a copy when they are not the trailing ones; fastnorm_batch_norm_backward over
+moved last by a copy when they are not the trailing ones, the common call through
+_core.rows_backward in one step; fastnorm_batch_norm_backward over
 (outer, channels, inner)).  Elementwise work is in the computation dtype (float32 for
 float32 and half inputs, float64 for float64) in the order of the formulas below, and
 every reduction is summed in the computation dtype a few values at a time, then in
@@ -27,8 +28,10 @@ from . import _checks, _core
 __all__ = ["layer_norm_backward", "rms_norm_backward", "batch_norm_backward"]
 
 _FLOAT64 = _checks.FLOAT64
-# fastnorm_norm_kind_t of fastnorm.h
-_LAYER_NORM, _RMS_NORM = 0, 1
+_LAYER_NORM, _RMS_NORM = _core.LAYER_NORM, _core.RMS_NORM
+# the common call (arrays as they are, the last axis normalized) in one step, declined
+# (None, nothing written) to the general path below otherwise
+_core_rows_backward = _core.rows_backward
 
 
 def _inputs(grad_y, x):
@@ -103,6 +106,11 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=None):
     normalized dimensions are the trailing ones they lack, or ``axis`` (keyword-only) when
     the forward pass used ``axis=``.  ``grad_weight`` is ``None`` when ``weight`` is.
     """
+    if axis is None:
+        result = _core_rows_backward(_LAYER_NORM, grad_y, x, mean, rstd, weight,
+                                     _checks.num_threads)
+        if result is not None:
+            return result
     g, x, dtype, code, compute = _inputs(grad_y, x)
     axes, mean = _row_stat(mean, x, axis, "mean", compute)
     _axes, rstd = _row_stat(rstd, x, axis, "rstd", compute)
@@ -112,6 +120,11 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=None):
 def rms_norm_backward(grad_y, x, rstd, weight=None, *, axis=None):
     """Gradients of rms_norm: ``(grad_x, grad_weight)``; ``grad_weight`` is ``None``
     when ``weight`` is.  ``rstd`` and ``axis`` as for layer_norm_backward."""
+    if axis is None:
+        result = _core_rows_backward(_RMS_NORM, grad_y, x, None, rstd, weight,
+                                     _checks.num_threads)
+        if result is not None:
+            return result[:2]
     g, x, dtype, code, compute = _inputs(grad_y, x)
     axes, rstd = _row_stat(rstd, x, axis, "rstd", compute)
     grad_x, grad_weight, _ = _rows_backward(_RMS_NORM, g, x, dtype, code, compute, None, rstd,

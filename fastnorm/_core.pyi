@@ -109,6 +109,15 @@ def norm_backward(
     grad_bias: Optional[_Array],
     n_threads: int,
 ) -> None: ...
+def rows_backward(
+    kind: int,
+    grad_y: object,
+    x: object,
+    mean: object,
+    rstd: object,
+    weight: object,
+    n_threads: int,
+) -> Optional[tuple[_Array, Optional[_Array], Optional[_Array]]]: ...
 def batch_norm_backward(
     dtype: int,
     outer: int,

@@ -5,10 +5,11 @@ Design:
   update_running, norm_backward, batch_norm_backward) plus the ISA/thread queries.  No
   math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
-  before calling in.  The exceptions are the three
-  one-step paths of the common calls, rows() (LayerNorm/RMSNorm), batch_norm() and
-  group_norm_common() (GroupNorm/InstanceNorm), which check the NumPy arrays themselves
-  (C-contiguous, or for the last two the channels-last view of an (N, C, ...) shape,
+  before calling in.  The exceptions are the four
+  one-step paths of the common calls, rows() (LayerNorm/RMSNorm), rows_backward() (their
+  gradients), batch_norm() and group_norm_common() (GroupNorm/InstanceNorm), which check
+  the NumPy arrays themselves (C-contiguous, or for the last two the channels-last view of
+  an (N, C, ...) shape,
   _channels_last_view) and decline anything else, unwritten, to that Python path;
   batch_norm() widens float32 running statistics to the float64 that fastnorm_affine
   reads, as NumPy's astype would.
@@ -526,6 +527,72 @@ def norm_backward(int kind, int dtype, Py_ssize_t rows, Py_ssize_t n, grad_y, x,
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_norm_backward", f"kind={kind}, "
                f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, rows={rows}, n={n}")
+
+
+cdef inline bint _stat_taken(_Array *a, object stat, _Array *x, int compute) noexcept:
+    """`stat` is a row statistic of x over its last axis: an exact ndarray of the compute
+    dtype with x's shape without the last dimension."""
+    if not _take(a, stat, False) or a.dtype != compute or a.ndim != x.ndim - 1:
+        return False
+    for i in range(a.ndim):
+        if a.shape[i] != x.shape[i]:
+            return False
+    return True
+
+
+def rows_backward(int kind, grad_y, x, mean, rstd, weight, int n_threads):
+    """The common layer_norm_backward / rms_norm_backward call in one step: x's last axis
+    normalized.
+
+    Takes only what needs no conversion: NumPy arrays, x C-contiguous of a fastnorm dtype
+    and aligned, grad_y like it, mean (LayerNorm; None for RMSNorm) and rstd of the compute
+    dtype shaped like x without its last dimension, weight None or 1-D of the compute
+    dtype.  Returns (grad_x, grad_weight or None, grad_bias or None for RMSNorm), the sums
+    in the compute dtype, or None without writing anything when an argument is outside
+    that (the caller's general path then converts or raises).
+    """
+    cdef _Array v[5]  # grad_y, x, mean, rstd, weight
+    cdef _Array out
+    cdef fastnorm_status_t status
+    cdef int compute
+    cdef Py_ssize_t n, rows
+    cdef double *grad_weight = NULL
+    cdef double *grad_bias = NULL
+    memset(v, 0, sizeof(v))
+    memset(&out, 0, sizeof(out))
+    if not _take(&v[1], x, False) or v[1].ndim == 0 or v[1].nbytes == 0:
+        return None
+    if not _like(&v[0], grad_y, &v[1], False):
+        return None
+    compute = FASTNORM_F64 if v[1].dtype == FASTNORM_F64 else FASTNORM_F32
+    if (kind == FASTNORM_LAYER_NORM) != (mean is not None):
+        return None
+    if mean is not None and not _stat_taken(&v[2], mean, &v[1], compute):
+        return None
+    if not _stat_taken(&v[3], rstd, &v[1], compute):
+        return None
+    n = v[1].shape[v[1].ndim - 1]
+    rows = v[1].nbytes // v[1].itemsize // n
+    if not _param_taken(&v[4], weight, n, compute):
+        return None
+    grad_x = _new_like(x)
+    _read(&out, <cnp.ndarray>grad_x)
+    sums = [numpy.empty(n) if weight is not None else None,
+            numpy.empty(n) if kind == FASTNORM_LAYER_NORM else None]
+    if sums[0] is not None:
+        grad_weight = <double *>cnp.PyArray_DATA(<cnp.ndarray>sums[0])
+    if sums[1] is not None:
+        grad_bias = <double *>cnp.PyArray_DATA(<cnp.ndarray>sums[1])
+    with nogil:
+        status = fastnorm_norm_backward(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>v[1].dtype,
+                                        rows, n, v[0].data, v[1].data, v[2].data, v[3].data,
+                                        v[4].data, out.data, grad_weight, grad_bias, n_threads)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_norm_backward", f"kind={kind}, "
+               f"dtype={_DTYPE_NAMES.get(v[1].dtype, v[1].dtype)}, rows={rows}, n={n}")
+    if compute == FASTNORM_F32:
+        sums = [None if s is None else s.astype(numpy.float32) for s in sums]
+    return grad_x, sums[0], sums[1]
 
 
 def batch_norm_backward(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,

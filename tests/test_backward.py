@@ -347,3 +347,37 @@ def test_backward_streamed_output(op, isa, rng):
     assert got[0].nbytes >= 8 << 20
     for got_i, want_i in zip(got, want):
         assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_row_backward_one_step_path_matches_general(op, rng):
+    """The one-step call (arrays as they are) and the general path (statistics converted
+    from float64, a strided grad_y copied) give the same bits."""
+    x = random_data(rng, (12, 130), F32, offset=1.0)
+    g = random_data(rng, (12, 260), F32)[:, ::2]
+    w = random_data(rng, 130, F32, offset=1.0)
+    if op == "layer_norm":
+        _, mean, rstd = fastnorm.layer_norm(x, None, w, return_stats=True)
+        direct = fastnorm.layer_norm_backward(np.ascontiguousarray(g), x, mean, rstd, w)
+        general = fastnorm.layer_norm_backward(g, x, mean.astype(np.float64),
+                                               rstd.astype(np.float64), w)
+    else:
+        _, rstd = fastnorm.rms_norm(x, None, w, return_stats=True)
+        direct = fastnorm.rms_norm_backward(np.ascontiguousarray(g), x, rstd, w)
+        general = fastnorm.rms_norm_backward(g, x, rstd.astype(np.float64), w)
+    assert len(direct) == len(general) == (3 if op == "layer_norm" else 2)
+    for a, b in zip(direct, general):
+        assert_same_bits(a, b)
+
+
+def test_row_backward_one_step_path_declines_bad_statistics(rng):
+    """A statistic of the wrong shape or a missing mean goes to the general path, which
+    raises ValueError naming it; nothing is computed."""
+    x, g = random_data(rng, (4, 8), F32), random_data(rng, (4, 8), F32)
+    _, mean, rstd = fastnorm.layer_norm(x, return_stats=True)
+    with pytest.raises(ValueError, match="rstd"):
+        fastnorm.layer_norm_backward(g, x, mean, rstd[:3])
+    with pytest.raises(ValueError, match="weight"):
+        fastnorm.rms_norm_backward(g, x, rstd, np.ones(7, F32))
+    with pytest.raises(ValueError, match="grad_y"):
+        fastnorm.layer_norm_backward(g[:, :7], x, mean, rstd)
