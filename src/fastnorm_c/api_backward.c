@@ -157,16 +157,16 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
     most = most < FN_GRAD_ITEMS ? most : FN_GRAD_ITEMS;
     items = items > most ? most : items;
     items = items < 1 ? 1 : items;
-    /* five parameter rows (mean, rstd, scale, a, b), then each item's float64 sums and
-     * compute-dtype block sums */
+    /* five parameter rows (mean, rstd, scale, slope, offset), then each item's float64 sums
+     * and compute-dtype block sums */
     size_t params_bytes = 5 * padded * csize, item_bytes = 2 * cols * sizeof(double) + 2 * padded * csize;
     void *block;
     char *scratch = fn_malloc_aligned(params_bytes + items * item_bytes, &block);
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
     memset(scratch, 0, params_bytes + items * item_bytes);
     char *col_mean = scratch, *col_rstd = col_mean + padded * csize;
-    char *col_scale = col_rstd + padded * csize, *col_a = col_scale + padded * csize;
-    char *col_b = col_a + padded * csize, *items_base = col_b + padded * csize;
+    char *col_scale = col_rstd + padded * csize, *col_slope = col_scale + padded * csize;
+    char *col_offset = col_slope + padded * csize, *items_base = col_offset + padded * csize;
     size_t block_rows = FN_GRAD_COLUMN_BLOCK * 256 / (cols < 64 ? 64 : cols < 256 ? cols : 256);
     for (size_t j = 0; j < cols; ++j) {
         fn_put(dtype, col_mean, j, fn_param(dtype, mean, j / inner, 0.0));
@@ -196,11 +196,11 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
             }
         channel_g[c] = g;
         channel_g_xhat[c] = gx;
-        double s = fn_param(dtype, rstd, c, 0.0) * fn_param(dtype, weight, c, 1.0);
+        double r = fn_param(dtype, rstd, c, 0.0), s = r * fn_param(dtype, weight, c, 1.0);
         for (size_t j = c * inner; j < (c + 1) * inner; ++j) {
             fn_put(dtype, col_scale, j, s);
-            fn_put(dtype, col_a, j, g / count);
-            fn_put(dtype, col_b, j, gx / count);
+            fn_put(dtype, col_slope, j, s * r * (gx / count));
+            fn_put(dtype, col_offset, j, s * (g / count));
         }
     }
     size_t blocks = (outer + block_rows - 1) / block_rows;
@@ -208,7 +208,7 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
         size_t r = (size_t)k * block_rows, offset = r * cols * size;
         size_t rows = outer - r < block_rows ? outer - r : block_rows;
         kernels->col_grad_apply[dtype](gs + offset, xs + offset, rows, cols, cols, col_mean,
-                                       col_rstd, col_scale, col_a, col_b, ys + offset);
+                                       col_scale, col_slope, col_offset, ys + offset);
     });
     free(block);
     return FASTNORM_OK;

@@ -156,36 +156,33 @@ static void KB_NAME(col_grad_sums)(const void *grad_y, const void *x, size_t row
 }
 #undef KB_GRAD_GROUP
 
-/* grad_x[row, j] = scale[j] * ((grad_y - a[j]) - xhat * b[j]), xhat as above, row by row
- * (the parameters reloaded from L1 each row: down the columns, each store 4 KB from the
- * last stalled the next rows' loads, (256, 1024) float32 taking 2x the time). */
+/* grad_x[row, j] = scale[j] * grad_y - (slope[j] * (x - mean[j]) + offset[j]), row by row
+ * (the parameters reloaded from L1 or L2 each row: down the columns, each store 4 KB from
+ * the last stalled the next rows' loads, (256, 1024) float32 taking 2x the time).  Four
+ * parameters, not five: scale * xhat * b is slope * (x - mean) with slope = scale * rstd *
+ * b, and scale * a is the offset. */
 static void KB_NAME(col_grad_apply)(const void *grad_y, const void *x, size_t rows, size_t cols,
-                                    size_t row_stride, const void *mean, const void *rstd,
-                                    const void *scale, const void *a, const void *b,
-                                    void *grad_x) {
-    const KB_C *ms = (const KB_C *)mean, *rs = (const KB_C *)rstd, *ss = (const KB_C *)scale;
-    const KB_C *as = (const KB_C *)a, *bs = (const KB_C *)b;
-    const KB_V one = kb_set1((KB_C)1);
+                                    size_t row_stride, const void *mean, const void *scale,
+                                    const void *slope, const void *offset, void *grad_x) {
+    const KB_C *ms = (const KB_C *)mean, *ss = (const KB_C *)scale;
+    const KB_C *ks = (const KB_C *)slope, *os = (const KB_C *)offset;
+#define KB_GRAD_COL(g, xv, m, s, k, o) kb_sub(kb_mul(s, g), kb_fma(k, kb_sub(xv, m), o))
     for (size_t row = 0; row < rows; ++row) {
         const KB_T *g = (const KB_T *)grad_y + row * row_stride, *xs = (const KB_T *)x + row * row_stride;
         KB_T *gx = (KB_T *)grad_x + row * row_stride;
         size_t j = 0;
         for (; j + KB_LANES <= cols; j += KB_LANES)
-            kb_store(gx + j, KB_NAME(kb_grad_value)(kb_load(g + j), kb_load(xs + j), one,
-                                                    kb_param(ms + j), kb_param(rs + j),
-                                                    kb_param(ss + j), kb_param(as + j),
-                                                    kb_param(bs + j)));
+            kb_store(gx + j, KB_GRAD_COL(kb_load(g + j), kb_load(xs + j), kb_param(ms + j),
+                                         kb_param(ss + j), kb_param(ks + j), kb_param(os + j)));
         if (j < cols) {
             size_t count = cols - j;
-            kb_store_n(gx + j, KB_NAME(kb_grad_value)(kb_load_n(g + j, count), kb_load_n(xs + j, count),
-                                                      one, kb_param_n(ms + j, count),
-                                                      kb_param_n(rs + j, count),
-                                                      kb_param_n(ss + j, count),
-                                                      kb_param_n(as + j, count),
-                                                      kb_param_n(bs + j, count)),
+            kb_store_n(gx + j, KB_GRAD_COL(kb_load_n(g + j, count), kb_load_n(xs + j, count),
+                                           kb_param_n(ms + j, count), kb_param_n(ss + j, count),
+                                           kb_param_n(ks + j, count), kb_param_n(os + j, count)),
                        count);
         }
     }
+#undef KB_GRAD_COL
 }
 
 #undef KB_GRAD_BLOCK

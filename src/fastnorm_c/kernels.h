@@ -144,12 +144,14 @@ typedef void (*fastnorm_col_grad_sums_fn)(const void *grad_y, const void *x, siz
                                           size_t cols, size_t row_stride, const void *mean,
                                           const void *rstd, void *block_g, void *block_g_xhat);
 
-/* grad_x[r, j] = scale[j] * ((grad_y - a[j]) - xhat * b[j]) over the block, xhat as for
- * col_grad_sums; every parameter cols compute-dtype values.  grad_x has x's row_stride. */
+/* grad_x[r, j] = scale[j] * grad_y - (slope[j] * (x - mean[j]) + offset[j]) over the
+ * block: BatchNorm's scale * ((grad_y - a) - xhat * b) with slope = scale * rstd * b and
+ * offset = scale * a; every parameter cols compute-dtype values.  grad_x has x's
+ * row_stride. */
 typedef void (*fastnorm_col_grad_apply_fn)(const void *grad_y, const void *x, size_t rows,
                                            size_t cols, size_t row_stride, const void *mean,
-                                           const void *rstd, const void *scale, const void *a,
-                                           const void *b, void *grad_x);
+                                           const void *scale, const void *slope,
+                                           const void *offset, void *grad_x);
 
 /* How the row normalize kernel may write y. */
 enum {
