@@ -381,3 +381,19 @@ def test_row_backward_one_step_path_declines_bad_statistics(rng):
         fastnorm.rms_norm_backward(g, x, rstd, np.ones(7, F32))
     with pytest.raises(ValueError, match="grad_y"):
         fastnorm.layer_norm_backward(g[:, :7], x, mean, rstd)
+
+
+def test_row_backward_constant_rows_of_huge_values(isa, rng):
+    """Constant rows of 17 values at 1e37: xhat is 0, but the last part-vector's missing
+    lanes (x read as 0) give (0 - mean) * rstd = -1e37 * 316 = -inf, and their 0 * inf
+    would be a NaN in the sums unless the kernel drops those lanes."""
+    x = np.full((3, 17), 1e37, F32)
+    g = random_data(rng, (3, 17), F32)
+    w = random_data(rng, 17, F32, offset=1.0)
+    _, mean, rstd = fastnorm.layer_norm(x, None, w, return_stats=True)
+    assert 1e37 * float(rstd[0]) > float(np.finfo(F32).max)
+    got = fastnorm.layer_norm_backward(g, x, mean, rstd, w)
+    want = reference.layer_norm_backward(g, x, mean, rstd, w)
+    for got_i, want_i in zip(got, want):
+        assert np.isfinite(got_i).all()
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]

@@ -97,9 +97,9 @@ fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dty
 }
 
 /* BatchNorm's channel rows of fewer values than this take the column path, which sums a
- * block of rows down the columns; a kernel call per row of 16 values had cost more than
- * its values: float32 (64, 256, 4, 4) 1.28x the column path's time, 1 thread, (8, 512, 7,
- * 7) 0.30x. */
+ * block of rows down the columns, where two kernel calls per row of 16 values cost more
+ * than the values: the row path against the column path, float32, 1 thread, (64, 256, 4,
+ * 4) 1.28x the time, but (8, 512, 7, 7) 0.30x. */
 #define FN_GRAD_ROW_MIN 32
 
 /* Each channel's sums of grad_y and grad_y * xhat over its rows (channel_g, channel_g_xhat)

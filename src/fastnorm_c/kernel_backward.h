@@ -16,10 +16,14 @@
 #define KB_GRAD_BLOCK 16
 
 /* One vector of the sums: its gw added to *a, gw * xhat to *b, and grad_y and grad_y * xhat
- * to the column sums at i when given. */
+ * to the column sums at i when given.  A part-vector (count < lanes) has its missing lanes'
+ * xhat zeroed: they load x as 0, and (0 - mean) * rstd may overflow where the row's own
+ * values do not, which would turn their 0 * xhat into NaN. */
 KB_INLINE void KB_NAME(kb_grad_step)(KB_V g, KB_V xv, KB_V w, KB_V m, KB_V r, KB_V *a, KB_V *b,
-                                     KB_C *col_g, KB_C *col_g_xhat, size_t i) {
-    KB_V xhat = kb_mul(kb_sub(xv, m), r), gxhat = kb_mul(g, xhat);
+                                     KB_C *col_g, KB_C *col_g_xhat, size_t i, size_t count) {
+    KB_V xhat = kb_mul(kb_sub(xv, m), r);
+    if (count < KB_LANES) xhat = kb_mask_n(xhat, count);
+    KB_V gxhat = kb_mul(g, xhat);
     *a = kb_fma(g, w, *a);
     *b = kb_fma(gxhat, w, *b);
     if (col_g) kb_store_c(col_g + i, kb_add(kb_param(col_g + i), g));
@@ -38,10 +42,10 @@ static void KB_NAME(row_grad_sums)(const void *grad_y, const void *x, size_t n, 
     size_t i = 0, pairs = 0;
     for (; i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
         KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), w ? kb_param(w + i) : one, m, r,
-                              &a0, &b0, cg, cgx, i);
+                              &a0, &b0, cg, cgx, i, KB_LANES);
         KB_NAME(kb_grad_step)(kb_load(g + i + KB_LANES), kb_load(xs + i + KB_LANES),
                               w ? kb_param(w + i + KB_LANES) : one, m, r, &a1, &b1, cg, cgx,
-                              i + KB_LANES);
+                              i + KB_LANES, KB_LANES);
         if (++pairs == KB_GRAD_BLOCK) { /* the block's float64 step */
             total_a += kb_sum(kb_add(a0, a1));
             total_b += kb_sum(kb_add(b0, b1));
@@ -50,15 +54,16 @@ static void KB_NAME(row_grad_sums)(const void *grad_y, const void *x, size_t n, 
         }
     }
     /* the last vector and part-vector, into the last block: the missing lanes load as 0,
-     * so add 0 to the sums (the column sums are padded to whole vectors, kernels.h) */
+     * so add 0 to the sums (and the column sums are padded to whole vectors, kernels.h) */
     if (i + KB_LANES <= n) {
         KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), w ? kb_param(w + i) : one, m, r,
-                              &a0, &b0, cg, cgx, i);
+                              &a0, &b0, cg, cgx, i, KB_LANES);
         i += KB_LANES;
     }
     if (i < n)
         KB_NAME(kb_grad_step)(kb_load_n(g + i, n - i), kb_load_n(xs + i, n - i),
-                              w ? kb_param_n(w + i, n - i) : one, m, r, &a1, &b1, cg, cgx, i);
+                              w ? kb_param_n(w + i, n - i) : one, m, r, &a1, &b1, cg, cgx, i,
+                              n - i);
     total_a += kb_sum(kb_add(a0, a1));
     total_b += kb_sum(kb_add(b0, b1));
     *sum_gw = total_a;
