@@ -78,8 +78,14 @@ def test_batch_norm_random_shapes_axes_layouts(isa, tol, sa, dtype, layout, seed
     got = fastnorm.batch_norm(as_layout(x, layout), rm.copy(), rv.copy(), training=training,
                               axis=axis, return_stats=True)
     want, _, _ = ref_batch_norm(x, rm, rv, training=training, axis=axis, return_stats=True)
+    # The reference's float64 mean is rounded to half a step of the data's magnitude, and
+    # rstd (up to 1 / sqrt(eps) = 316) magnifies that in its output: (53, 2) at offset 100,
+    # channels spread 0.005, was off by 1.8e-12 where the kernels' result was exact.
+    reference_error = float(np.spacing(np.abs(x.astype(np.float64)).max())) * float(
+        np.max(want[2]))
+    loose = {key: t._replace(atol=t.atol + reference_error) for key, t in tol.items()}
     for g, w in zip(got, want):
-        assert_close(g, w, tol, dtype=dtype if g is got[0] else None)
+        assert_close(g, w, loose, dtype=dtype if g is got[0] else None)
 
 
 @given(sa=shapes_and_axes(), dtype=dtypes, seed=seeds,
