@@ -4,10 +4,10 @@
  * kernel_body.h for each storage dtype.  With
  * xhat = (x - mean) * rstd and gw = grad_y * weight over a span, LayerNorm's and BatchNorm's
  *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))
- * and RMSNorm's the same without mean(gw) (mean 0): the first kernel takes the two sums,
- * the second writes grad_x, each element computed in the order of fastnorm/_backward.py's
- * NumPy formulas (no fused multiply-add), so float32 and float64 results differ from those
- * only by how the sums were added up.
+ * and RMSNorm's the same without mean(gw) (mean 0): row_grad_sums takes the two sums (in
+ * the compute dtype over blocks of KB_GRAD_BLOCK vector pairs, then in float64),
+ * row_grad_apply writes grad_x in that formula's order, without fused multiply-adds.  The
+ * column kernels do the same down columns, col_grad_apply in an order of its own.
  */
 
 /* Vector pairs a lane sums in the compute dtype before the float64 total takes them: 32
@@ -101,9 +101,9 @@ static void KB_NAME(row_grad_apply)(const void *grad_y, const void *x, size_t n,
 }
 
 /* total[j] += block[j] and block[j] = 0 for j < n (and the block's padding to a multiple
- * of 16): a plain loop the family's flags vectorize (in the baseline entry points, two
- * float64 lanes a step, flushing 768 columns every 16 rows of 768 took a fifth of the
- * call). */
+ * of 16): a plain loop the family's flags vectorize.  In the baseline entry points it took
+ * two float64 lanes a step: the C call of LayerNorm backward 64x768 float32 took 11.3 us
+ * there, 10.1 us here. */
 static void KB_NAME(grad_flush)(void *block, double *total, size_t n) {
     KB_C *restrict b = (KB_C *)block;
     double *restrict t = total;
