@@ -11,7 +11,9 @@ machine, tight enough for what a regression does to it:
   the residual add done apart): +1x a copy per extra pass;
 - threads that stopped working: 2 threads no faster than 1 on a compute-bound shape;
 - per-call overhead (checks done in slow Python, a needless copy): the 1x768 LayerNorm
-  call and a tiny BatchNorm call against a trivial NumPy call of the same size.
+  call (and its backward) and a tiny BatchNorm call against a trivial NumPy call of the
+  same size;
+- backward functions that lost their kernels (LayerNorm's and BatchNorm's against a copy).
 
 A check that fails is measured again (up to ATTEMPTS times in all, a few seconds apart)
 before it counts, so a burst of load from another process, or from the host of this VM,
@@ -20,12 +22,16 @@ when other processes left both cores free while it ran (see bench.OtherLoad).
 """
 
 import dataclasses
+import functools
 import sys
 import time
+from typing import Tuple
+
+import numpy as np
 
 import fastnorm
 
-from ._bench_contenders import Case, build_contenders
+from ._bench_contenders import PAGE, Case, Contender, build_contenders, empty_apart
 from .bench import OtherLoad, measure, usable_cores
 
 # Five: the 2-thread check was measured again in three of the last six CI runs on the Zen 4
@@ -56,6 +62,39 @@ def _row(op, shape, dtype="float32", residual=False):
 
 def _bn(op, layout):
     return Case(op, (32, 64, 56, 56), "float32", layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardCase:
+    """A float32 backward call on 1 thread beside np.copyto of x, for the gate alone (the
+    bench's contenders time the forward passes): op is "layer_norm_backward" (over the last
+    axis, with a weight) or "batch_norm_backward" (NCHW, with a weight)."""
+
+    op: str
+    shape: Tuple[int, ...]
+    dtype: str = "float32"
+
+    label = property(lambda self: self.op)
+    shape_text = property(lambda self: "x".join(map(str, self.shape)))
+
+    def contenders(self, use_out):
+        """fastnorm's call from the forward pass's statistics, and a copy of x: np.copyto
+        into an array apart from x (use_out), else x.copy()."""
+        rng = np.random.default_rng(0)
+        x, g = (rng.standard_normal(self.shape, dtype=np.float32) for _ in range(2))
+        channels = self.shape[-1] if self.op == "layer_norm_backward" else self.shape[1]
+        w = 1.0 + 0.1 * rng.standard_normal(channels, dtype=np.float32)
+        if self.op == "layer_norm_backward":
+            _, mean, rstd = fastnorm.layer_norm(x, None, w, return_stats=True)
+            call = functools.partial(fastnorm.layer_norm_backward, g, x, mean, rstd, w)
+        else:
+            _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True,
+                                                return_stats=True)
+            call = functools.partial(fastnorm.batch_norm_backward, g, x, mean, rstd, w)
+        copy = (functools.partial(np.copyto, empty_apart(x, PAGE // 2), x) if use_out
+                else x.copy)
+        one_thread = functools.partial(fastnorm.set_num_threads, 1)
+        return [Contender("fastnorm", 1, call, one_thread), Contender("copy", 1, copy)]
 
 
 # On the Zen 4 development machine since 2026-12-01 (AVX-512 with AVX512-BF16), three gate
@@ -109,6 +148,19 @@ CHECKS = (
     Check("batch_norm_eval f32 1x16x4x4 call / x.copy() call",
           Case("batch_norm_eval", (1, 16, 4, 4), "float32", "nchw"), False,
           "fastnorm@1", "copy@1", bound=9.0, typical=3.4),
+    # The backward functions (Zen 5, AVX-512, three gate-style runs): 2.88 with the
+    # kernels, 14.3 with the scalar family; the NumPy formulas they replaced took ~8x
+    # PyTorch's time, 30x and more.
+    Check("layer_norm_backward f32 512x768 / copy", BackwardCase("layer_norm_backward", (512, 768)),
+          True, "fastnorm@1", "copy@1", bound=7.0, typical=2.9),
+    # 10.2-10.7 in one step; 29.7 through the general Python path (statistics converted)
+    Check("layer_norm_backward f32 1x768 call / x.copy() call",
+          BackwardCase("layer_norm_backward", (1, 768)), False, "fastnorm@1", "copy@1",
+          bound=20.0, typical=10.3),
+    # 2.88-2.92; the scalar family 10.8
+    Check("batch_norm_backward nchw f32 8x64x28x28 / copy",
+          BackwardCase("batch_norm_backward", (8, 64, 28, 28)), True, "fastnorm@1", "copy@1",
+          bound=6.0, typical=2.9),
     # 512x768 float32 stays in cache and is compute-bound, split by rows: 1.58-1.86x in
     # seven measurements on Zen 4 (512: 2.0-2.1x).  The check used 4096x768 until its 12 MB
     # output began to stream (api_internal.h, FN_STREAM_MIN_BYTES), which made it memory-bound:
@@ -121,7 +173,8 @@ CHECKS = (
 
 def _measure_case(case, use_out, threads):
     """Medians of copy and fastnorm at `threads`, and the cores others used meanwhile."""
-    contenders = build_contenders(case, threads, ("copy",), use_out)
+    contenders = (case.contenders(use_out) if isinstance(case, BackwardCase)
+                  else build_contenders(case, threads, ("copy",), use_out))
     load = OtherLoad()
     times = measure(contenders, MIN_ROUNDS, MIN_TIME)
     return {key: seconds for key, (seconds, _) in times.items()}, load.cores()
