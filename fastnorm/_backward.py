@@ -145,7 +145,15 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
     if isinstance(axis, (tuple, list)):
         raise ValueError(f"axis is the single channel axis, got {axis!r}")
     (channel_axis,) = _checks.resolve_axes(x.ndim, axis)
-    outer, channels, inner = _checks.channel_block(x.shape, channel_axis)
+    channels = x.shape[channel_axis]
+    # a channels-last view (of an NCHW shape, say), grad_y laid out alike: computed as the
+    # channels-last arrays they are, without copies, grad_x given the same layout
+    order = _checks.memory_order(x) if x.size else None
+    if order is None or order[-1] != channel_axis or _checks.memory_order(g) != order:
+        order = None
+    else:
+        x, g, channel_axis = x.transpose(order), g.transpose(order), x.ndim - 1
+    outer, _channels, inner = _checks.channel_block(x.shape, channel_axis)
     stats = []
     for stat, name in ((mean, "mean"), (rstd, "rstd")):
         stat = _checks.as_array(stat)
@@ -162,6 +170,8 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
     _core.batch_norm_backward(code, outer, channels, inner, _checks.contiguous(g),
                               _checks.contiguous(x), stats[0], stats[1], w, grad_x, grad_weight,
                               grad_bias, _checks.num_threads)
+    if order is not None:
+        grad_x = grad_x.transpose(_checks.inverse_order(order))
     return (grad_x.astype(dtype, copy=False),
             None if grad_weight is None else grad_weight.astype(compute, copy=False),
             grad_bias.astype(compute, copy=False))

@@ -397,3 +397,23 @@ def test_row_backward_constant_rows_of_huge_values(isa, rng):
     for got_i, want_i in zip(got, want):
         assert np.isfinite(got_i).all()
         assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (2, 40, 3, 7)])
+def test_batch_norm_backward_channels_last_view(shape, isa, rng):
+    """The (N, C, H, W) view of NHWC memory (a PyTorch channels_last tensor's layout) with
+    grad_y alike: computed in place as channels-last data, grad_x in the same layout, the
+    values those of the C-order copies (within rounding: the sums run in another order)."""
+    n, c, h, w_ = shape
+    x = np.moveaxis(random_data(rng, (n, h, w_, c), F32, offset=2.0), -1, 1)
+    g = np.moveaxis(random_data(rng, (n, h, w_, c), F32), -1, 1)
+    weight = random_data(rng, c, F32, offset=1.0)
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, weight, training=True, return_stats=True)
+    got = fastnorm.batch_norm_backward(g, x, mean, rstd, weight)
+    assert got[0].strides == x.strides
+    want = fastnorm.batch_norm_backward(np.ascontiguousarray(g), np.ascontiguousarray(x), mean,
+                                        rstd, weight)
+    for got_i, want_i in zip(got, want):
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+    for got_i, want_i in zip(got, reference.batch_norm_backward(g, x, mean, rstd, weight)):
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
