@@ -141,8 +141,9 @@ static void fn_bn_backward_rows(const fastnorm_kernels_t *kernels, fastnorm_dtyp
 }
 
 /* The same over (outer, channels * inner) columns: each column's parameters spread from
- * its channel's, the column sums of FN_GRAD_COLUMN_BLOCK rows at a time added up in
- * float64 per work item (items fixed by the shape, merged in order), then per channel. */
+ * its channel's, the column sums of a block of rows at a time (FN_GRAD_COLUMN_BLOCK, more
+ * where the columns are few) added up in float64 per work item (items fixed by the shape,
+ * merged in order), then per channel. */
 static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernels,
                                                 fastnorm_dtype_t dtype, size_t outer,
                                                 size_t channels, size_t inner, const char *gs,
@@ -160,8 +161,8 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
     /* five parameter rows (mean, rstd, scale, slope, offset), then each item's float64 sums
      * and compute-dtype block sums */
     size_t params_bytes = 5 * padded * csize, item_bytes = 2 * cols * sizeof(double) + 2 * padded * csize;
-    void *block;
-    char *scratch = fn_malloc_aligned(params_bytes + items * item_bytes, &block);
+    void *scratch_block;
+    char *scratch = fn_malloc_aligned(params_bytes + items * item_bytes, &scratch_block);
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
     memset(scratch, 0, params_bytes + items * item_bytes);
     char *col_mean = scratch, *col_rstd = col_mean + padded * csize;
@@ -210,7 +211,7 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
         kernels->col_grad_apply[dtype](gs + offset, xs + offset, rows, cols, cols, col_mean,
                                        col_scale, col_slope, col_offset, ys + offset);
     });
-    free(block);
+    free(scratch_block);
     return FASTNORM_OK;
 }
 
