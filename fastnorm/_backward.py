@@ -70,15 +70,32 @@ def _row_stat(stat, x, axis, name, compute):
     return axes, stat.astype(compute, copy=False)
 
 
+def _rows_layout(g, x, axes):
+    """(grad_y, x as C-contiguous arrays with the normalized axes last, the order the kept
+    axes have there, and the function that gives grad_x computed that way x's shape).
+
+    Trailing axes: the arrays themselves (copied only if not C-contiguous).  x and grad_y
+    both a transpose of a C-contiguous array in which the normalized axes come last, in
+    order (the (N, C, H, W) view of NHWC memory with axis=1, say): those C-contiguous
+    views, grad_x given x's layout, as the forward's result has it.  Otherwise copies with
+    the axes moved last, and grad_x copied back to C order."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
+        return _checks.contiguous(g), _checks.contiguous(x), kept, lambda y: y
+    order = _checks.memory_order(x) if x.size else None
+    if order is not None and order[len(kept):] == axes and _checks.memory_order(g) == order:
+        back = _checks.inverse_order(order)
+        return g.transpose(order), x.transpose(order), list(order[: len(kept)]), \
+            lambda y: y.transpose(back)
+    return (_checks.move_to_end(g, axes), _checks.move_to_end(x, axes), kept,
+            lambda y: np.ascontiguousarray(_checks.move_back(y, axes)))
+
+
 def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):
     """(grad_x, grad_weight or None, grad_bias) of a row norm over `axes` by the kernels."""
     norm_shape = tuple(x.shape[a] for a in axes)
-    trailing = axes == tuple(range(x.ndim - len(axes), x.ndim))
-    gm, xm = (
-        (_checks.contiguous(g), _checks.contiguous(x))
-        if trailing
-        else (_checks.move_to_end(g, axes), _checks.move_to_end(x, axes))
-    )
+    gm, xm, kept_order, restore = _rows_layout(g, x, axes)
+    kept = [a for a in range(x.ndim) if a not in axes]
     n = math.prod(norm_shape)
     rows = x.size // n if n else 0
     w = None if weight is None else _checks.as_param(weight, norm_shape, compute, "weight").reshape(n)
@@ -86,17 +103,19 @@ def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):
         grad_weight = None if w is None else np.zeros(norm_shape, compute)
         grad_bias = np.zeros(norm_shape, compute) if kind == _LAYER_NORM else None
         return np.empty(x.shape, dtype), grad_weight, grad_bias
-    stats = [None if s is None else _checks.contiguous(s).reshape(rows) for s in (mean, rstd)]
+    # the statistics' axes in the order of the rows the kernels see
+    stat_order = [kept.index(a) for a in kept_order]
+    stats = [None if s is None else _checks.contiguous(s.transpose(stat_order)).reshape(rows)
+             for s in (mean, rstd)]
     grad_x = np.empty(xm.shape, xm.dtype)
     grad_weight = None if w is None else np.empty(n, _FLOAT64)
     grad_bias = np.empty(n, _FLOAT64) if kind == _LAYER_NORM else None
-    _core.norm_backward(kind, code, rows, n, gm, xm, stats[0], stats[1], w, grad_x, grad_weight,
-                        grad_bias, _checks.num_threads)
-    if not trailing:
-        grad_x = np.ascontiguousarray(_checks.move_back(grad_x, axes))
+    _core.norm_backward(kind, code, rows, n, _checks.contiguous(gm), _checks.contiguous(xm),
+                        stats[0], stats[1], w, grad_x, grad_weight, grad_bias,
+                        _checks.num_threads)
     sums = [None if s is None else s.astype(compute, copy=False).reshape(norm_shape)
             for s in (grad_weight, grad_bias)]
-    return grad_x.astype(dtype, copy=False), sums[0], sums[1]
+    return restore(grad_x).astype(dtype, copy=False), sums[0], sums[1]
 
 
 def layer_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=None):

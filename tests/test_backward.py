@@ -417,3 +417,25 @@ def test_batch_norm_backward_channels_last_view(shape, isa, rng):
         assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
     for got_i, want_i in zip(got, reference.batch_norm_backward(g, x, mean, rstd, weight)):
         assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("case", ["channels_last_axis1", "fortran_axis0"])
+def test_row_backward_in_memory_order(op, case, isa, rng):
+    """Normalized axes last in memory (axis=1 of the (N, C, H, W) view of NHWC memory, as a
+    ConvNeXt block on a channels_last tensor has it; axis=0 of a Fortran array), grad_y laid
+    out alike: computed where they lie, grad_x in x's layout, the reference's values."""
+    if case == "channels_last_axis1":
+        x = np.moveaxis(random_data(rng, (2, 5, 3, 40), F32, offset=2.0), -1, 1)
+        g = np.moveaxis(random_data(rng, (2, 5, 3, 40), F32), -1, 1)
+        axis = 1
+    else:
+        x = np.asfortranarray(random_data(rng, (37, 6), F32, offset=2.0))
+        g = np.asfortranarray(random_data(rng, (37, 6), F32))
+        axis = 0
+    w = random_data(rng, x.shape[axis], F32, offset=1.0)
+    got, want = _row_backward(op, g, x, w, axis=axis)
+    assert got[0].strides == x.strides
+    for got_i, want_i in zip(got, want):
+        assert got_i.shape == want_i.shape
+        assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
