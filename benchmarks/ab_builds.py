@@ -98,8 +98,9 @@ def case_call(op, dtype, shape, threads):
 
         def call(core, y):
             layer = op == "layer_norm_backward"
-            core.norm_backward(0 if layer else 1, code, rows, n, g, x, mean if layer else None,
-                               rstd, w, y, sums[0], sums[1] if layer else None, threads)
+            core.norm_backward(0 if layer else 1, code, rows, n, 1, g, x,
+                               mean if layer else None, rstd, w, y, sums[0],
+                               sums[1] if layer else None, threads)
             return (y, sums[0])
         return call, x, 3 * x.nbytes
     n, c, inner = shape[0], shape[1], x.size // (shape[0] * shape[1])

@@ -1,7 +1,7 @@
 """Backward passes of layer_norm, rms_norm and batch_norm, for training loops on NumPy.
 
-Policy only: the C kernels compute (fastnorm_norm_backward over rows, the normalized axes
-moved last by a copy when they are not the trailing ones, the common call through
+Policy only: the C kernels compute (fastnorm_norm_backward over an (outer, middle, inner)
+block, _layout says how each layout maps to one, the common call through
 _core.rows_backward in one step; fastnorm_batch_norm_backward over
 (outer, channels, inner)).  Elementwise work is in the computation dtype (float32 for
 float32 and half inputs, float64 for float64) in the order of the formulas below, and
@@ -70,49 +70,59 @@ def _row_stat(stat, x, axis, name, compute):
     return axes, stat.astype(compute, copy=False)
 
 
-def _rows_layout(g, x, axes):
-    """(grad_y, x as C-contiguous arrays with the normalized axes last, the order the kept
-    axes have there, and the function that gives grad_x computed that way x's shape).
+def _layout(g, x, axes):
+    """How the kernels see a row norm over `axes`: (grad_y, x as C-contiguous arrays, their
+    (outer, middle, inner) block normalized over middle, the order the kept axes have there,
+    and the function that gives grad_x computed that way x's shape and layout).
 
-    Trailing axes: the arrays themselves (copied only if not C-contiguous).  x and grad_y
-    both a transpose of a C-contiguous array in which the normalized axes come last, in
-    order (the (N, C, H, W) view of NHWC memory with axis=1, say): those C-contiguous
-    views, grad_x given x's layout, as the forward's result has it.  Otherwise copies with
-    the axes moved last, and grad_x copied back to C order."""
-    kept = [a for a in range(x.ndim) if a not in axes]
-    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
-        return _checks.contiguous(g), _checks.contiguous(x), kept, lambda y: y
-    order = _checks.memory_order(x) if x.size else None
+    - Trailing axes: the arrays themselves (copied only if not C-contiguous); inner 1.
+    - x and grad_y both a transpose of a C-contiguous array in which the normalized axes
+      come last, in order (axis=1 of the (N, C, H, W) view of NHWC memory, say): those
+      C-contiguous views, inner 1, grad_x given x's layout, as the forward's result has it.
+    - One run of adjacent axes (axis=1 of C-order NCHW data): the arrays in C order, the
+      axes after the run the inner positions, each with its own statistics.
+    - Otherwise copies with the axes moved last, and grad_x copied back to C order."""
+    ndim, k = x.ndim, len(axes)
+    kept = [a for a in range(ndim) if a not in axes]
+    middle = math.prod(x.shape[a] for a in axes)
+    if axes == tuple(range(ndim - k, ndim)):
+        return (_checks.contiguous(g), _checks.contiguous(x), (x.size // middle, middle, 1),
+                kept, lambda y: y)
+    order = _checks.memory_order(x)
     if order is not None and order[len(kept):] == axes and _checks.memory_order(g) == order:
         back = _checks.inverse_order(order)
-        return g.transpose(order), x.transpose(order), list(order[: len(kept)]), \
-            lambda y: y.transpose(back)
-    return (_checks.move_to_end(g, axes), _checks.move_to_end(x, axes), kept,
+        return (g.transpose(order), x.transpose(order), (x.size // middle, middle, 1),
+                list(order[: len(kept)]), lambda y: y.transpose(back))
+    if axes == tuple(range(axes[0], axes[0] + k)):
+        outer = math.prod(x.shape[: axes[0]])
+        return (_checks.contiguous(g), _checks.contiguous(x),
+                (outer, middle, x.size // (outer * middle)), kept, lambda y: y)
+    return (_checks.move_to_end(g, axes), _checks.move_to_end(x, axes),
+            (x.size // middle, middle, 1), kept,
             lambda y: np.ascontiguousarray(_checks.move_back(y, axes)))
 
 
 def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):
     """(grad_x, grad_weight or None, grad_bias) of a row norm over `axes` by the kernels."""
     norm_shape = tuple(x.shape[a] for a in axes)
-    gm, xm, kept_order, restore = _rows_layout(g, x, axes)
-    kept = [a for a in range(x.ndim) if a not in axes]
     n = math.prod(norm_shape)
-    rows = x.size // n if n else 0
     w = None if weight is None else _checks.as_param(weight, norm_shape, compute, "weight").reshape(n)
     if x.size == 0:  # sums over no rows are 0
         grad_weight = None if w is None else np.zeros(norm_shape, compute)
         grad_bias = np.zeros(norm_shape, compute) if kind == _LAYER_NORM else None
         return np.empty(x.shape, dtype), grad_weight, grad_bias
-    # the statistics' axes in the order of the rows the kernels see
+    gm, xm, (outer, middle, inner), kept_order, restore = _layout(g, x, axes)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    # the statistics' axes in the order of the positions the kernels see
     stat_order = [kept.index(a) for a in kept_order]
-    stats = [None if s is None else _checks.contiguous(s.transpose(stat_order)).reshape(rows)
+    stats = [None if s is None else _checks.contiguous(s.transpose(stat_order)).reshape(-1)
              for s in (mean, rstd)]
     grad_x = np.empty(xm.shape, xm.dtype)
     grad_weight = None if w is None else np.empty(n, _FLOAT64)
     grad_bias = np.empty(n, _FLOAT64) if kind == _LAYER_NORM else None
-    _core.norm_backward(kind, code, rows, n, _checks.contiguous(gm), _checks.contiguous(xm),
-                        stats[0], stats[1], w, grad_x, grad_weight, grad_bias,
-                        _checks.num_threads)
+    _core.norm_backward(kind, code, outer, middle, inner, _checks.contiguous(gm),
+                        _checks.contiguous(xm), stats[0], stats[1], w, grad_x, grad_weight,
+                        grad_bias, _checks.num_threads)
     sums = [None if s is None else s.astype(compute, copy=False).reshape(norm_shape)
             for s in (grad_weight, grad_bias)]
     return restore(grad_x).astype(dtype, copy=False), sums[0], sums[1]

@@ -64,8 +64,8 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         int n_threads)
 
     fastnorm_status_t fastnorm_norm_backward(
-        fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t rows, size_t n,
-        const void *grad_y, const void *x, const void *mean, const void *rstd,
+        fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer, size_t middle,
+        size_t inner, const void *grad_y, const void *x, const void *mean, const void *rstd,
         const void *weight, void *grad_x, double *grad_weight, double *grad_bias,
         int n_threads)
 

@@ -97,8 +97,9 @@ def update_running(
 def norm_backward(
     kind: int,
     dtype: int,
-    rows: int,
-    n: int,
+    outer: int,
+    middle: int,
+    inner: int,
     grad_y: _Array,
     x: _Array,
     mean: Optional[_Array],

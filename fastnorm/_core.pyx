@@ -498,35 +498,38 @@ def batch_norm_train(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_
                f"outer={outer}, channels={channels}, inner={inner}, eps={eps!r}")
 
 
-def norm_backward(int kind, int dtype, Py_ssize_t rows, Py_ssize_t n, grad_y, x, mean, rstd,
-                  weight, grad_x, grad_weight, grad_bias, int n_threads):
-    """Gradients of LayerNorm/RMSNorm over the rows of (rows, n) data (fastnorm.h).
+def norm_backward(int kind, int dtype, Py_ssize_t outer, Py_ssize_t middle, Py_ssize_t inner,
+                  grad_y, x, mean, rstd, weight, grad_x, grad_weight, grad_bias, int n_threads):
+    """Gradients of LayerNorm/RMSNorm of (outer, middle, inner) data normalized over middle
+    (fastnorm.h).
 
-    grad_y, x (IN), grad_x (OUT): storage dtype, rows*n items.  mean (IN, None for RMSNorm),
-    rstd (IN): compute dtype, rows items.  weight (IN, may be None): compute dtype, n items.
-    grad_weight, grad_bias (OUT, may be None): float64, n items.
+    grad_y, x (IN), grad_x (OUT): storage dtype, outer*middle*inner items.  mean (IN, None
+    for RMSNorm), rstd (IN): compute dtype, outer*inner items.  weight (IN, may be None):
+    compute dtype, middle items.  grad_weight, grad_bias (OUT, may be None): float64,
+    middle items.
     """
     cdef Py_ssize_t item = _storage_size(dtype), compute = _compute_size(dtype)
-    cdef Py_ssize_t data = _count(rows, n, 1)
+    cdef Py_ssize_t data = _count(outer, middle, inner), stats = _count(outer, 1, inner)
     cdef _Array v[MAX_ARRAYS]
     cdef fastnorm_status_t status
     memset(v, 0, sizeof(v))
     _acquire(&v[0], grad_y, "grad_y", data, item, False)
     _acquire(&v[1], x, "x", data, item, False)
-    _acquire(&v[2], mean, "mean", rows, compute, False)
-    _acquire(&v[3], rstd, "rstd", rows, compute, False)
-    _acquire(&v[4], weight, "weight", n, compute, False)
+    _acquire(&v[2], mean, "mean", stats, compute, False)
+    _acquire(&v[3], rstd, "rstd", stats, compute, False)
+    _acquire(&v[4], weight, "weight", middle, compute, False)
     _acquire(&v[5], grad_x, "grad_x", data, item, True)
-    _acquire(&v[6], grad_weight, "grad_weight", n, 8, True)
-    _acquire(&v[7], grad_bias, "grad_bias", n, 8, True)
+    _acquire(&v[6], grad_weight, "grad_weight", middle, 8, True)
+    _acquire(&v[7], grad_bias, "grad_bias", middle, 8, True)
     with nogil:
-        status = fastnorm_norm_backward(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, rows,
-                                        n, v[0].data, v[1].data, v[2].data, v[3].data, v[4].data,
-                                        v[5].data, <double *>v[6].data, <double *>v[7].data,
-                                        n_threads)
+        status = fastnorm_norm_backward(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>dtype, outer,
+                                        middle, inner, v[0].data, v[1].data, v[2].data,
+                                        v[3].data, v[4].data, v[5].data, <double *>v[6].data,
+                                        <double *>v[7].data, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_norm_backward", f"kind={kind}, "
-               f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, rows={rows}, n={n}")
+               f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, outer={outer}, middle={middle}, "
+               f"inner={inner}")
 
 
 cdef inline bint _stat_taken(_Array *a, object stat, _Array *x, int compute) noexcept:
@@ -585,7 +588,7 @@ def rows_backward(int kind, grad_y, x, mean, rstd, weight, int n_threads):
         grad_bias = <double *>cnp.PyArray_DATA(<cnp.ndarray>sums[1])
     with nogil:
         status = fastnorm_norm_backward(<fastnorm_norm_kind_t>kind, <fastnorm_dtype_t>v[1].dtype,
-                                        rows, n, v[0].data, v[1].data, v[2].data, v[3].data,
+                                        rows, n, 1, v[0].data, v[1].data, v[2].data, v[3].data,
                                         v[4].data, out.data, grad_weight, grad_bias, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_norm_backward", f"kind={kind}, "

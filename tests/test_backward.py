@@ -439,3 +439,37 @@ def test_row_backward_in_memory_order(op, case, isa, rng):
     for got_i, want_i in zip(got, want):
         assert got_i.shape == want_i.shape
         assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_row_backward_axis1_of_nchw(op, dtype, with_weight, isa, rng, accuracy_log):
+    """axis=1 of C-order NCHW data (ConvNeXt's channels-first LayerNorm): each position a
+    column of the kernels, 40 channels (several blocks of rows), 7x5 positions (a part-vector
+    in every family), against the float64 reference."""
+    x = random_data(rng, (3, 40, 7, 5), dtype, offset=3.0, scale=2.0)
+    g = random_data(rng, (3, 40, 7, 5), dtype)
+    w = random_data(rng, 40, dtype, offset=1.0) if with_weight else None
+    got, want = _row_backward(op, g, x, w, axis=1)
+    assert got[0].dtype == dtype and got[0].flags.c_contiguous
+    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        if want_i is None:
+            assert got_i is None
+            continue
+        error = _scaled_error(got_i, want_i)
+        accuracy_log(f"{name} {dtype}", error)
+        assert error <= BACKWARD_TOL[dtype], (name, error)
+
+
+def test_row_backward_axis1_threads_same_bits(num_threads, rng):
+    """The column path's work items are runs of samples fixed by the shape: 1 and 2
+    threads give the same bits."""
+    x, g = random_data(rng, (20, 64, 30, 30), F32, offset=1.0), random_data(rng, (20, 64, 30, 30), F32)
+    w = random_data(rng, 64, F32, offset=1.0)
+    num_threads(1)
+    one, _ = _row_backward("layer_norm", g, x, w, axis=1)
+    num_threads(2)
+    two, _ = _row_backward("layer_norm", g, x, w, axis=1)
+    for a, b in zip(one, two):
+        assert_same_bits(a, b)

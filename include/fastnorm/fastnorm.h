@@ -20,7 +20,7 @@
  *                     channels-last NHWC array): column statistics, then a column affine.
  *   fastnorm_update_running  BatchNorm's running statistics after a training step.
  *   fastnorm_norm_backward, fastnorm_batch_norm_backward  the gradients of LayerNorm /
- *                     RMSNorm over rows and of BatchNorm training.
+ *                     RMSNorm and of BatchNorm training.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
  * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an
@@ -158,18 +158,19 @@ FASTNORM_API fastnorm_status_t fastnorm_group_norm_channels_last(
     fastnorm_dtype_t dtype, size_t n, size_t channels, size_t groups, size_t spatial,
     const void *x, void *y, const void *weight, const void *bias, double eps, int n_threads);
 
-/* Backward of fastnorm_norm over rows (inner == 1): grad_y and x are (rows, n) of `dtype`,
- * mean (LayerNorm only; NULL for RMSNorm) and rstd the forward pass's `rows` statistics in
- * the compute dtype, weight NULL or n compute-dtype values.  With xhat = (x - mean) * rstd
- * (RMSNorm: x * rstd) and gw = grad_y * weight, each row's
+/* Backward of fastnorm_norm: grad_y and x viewed as (outer, middle, inner) of `dtype`,
+ * normalized over `middle` at every (outer, inner) position; mean (LayerNorm only; NULL
+ * for RMSNorm) and rstd the forward pass's outer * inner statistics in the compute dtype,
+ * weight NULL or `middle` compute-dtype values.  With xhat = (x - mean) * rstd (RMSNorm:
+ * x * rstd) and gw = grad_y * weight, each position's
  *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))    (RMSNorm: no mean(gw))
- * is written to grad_x (rows * n of `dtype`; it may be grad_y or x), and over the rows
- * grad_bias[j] = sum(grad_y[:, j]) and grad_weight[j] = sum((grad_y * xhat)[:, j]) in
- * float64 (each NULL or n values; grad_weight needs a weight).  Sums are taken in the
- * compute dtype a few values at a time, then in float64. */
+ * is written to grad_x (like x; it may be grad_y or x), and over the positions
+ * grad_bias[j] = sum(grad_y[.., j, ..]) and grad_weight[j] = sum((grad_y * xhat)[.., j, ..])
+ * in float64 (each NULL or `middle` values; grad_weight needs a weight).  Sums are taken
+ * in the compute dtype a few values at a time, then in float64. */
 FASTNORM_API fastnorm_status_t fastnorm_norm_backward(
-    fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t rows, size_t n,
-    const void *grad_y, const void *x, const void *mean, const void *rstd,
+    fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype, size_t outer, size_t middle,
+    size_t inner, const void *grad_y, const void *x, const void *mean, const void *rstd,
     const void *weight, void *grad_x, double *grad_weight, double *grad_bias, int n_threads);
 
 /* Training-mode backward of BatchNorm of x viewed as (outer, channels, inner): mean and rstd

@@ -33,20 +33,98 @@ static int fn_grad_stream(const void *grad_y, const void *x, const void *grad_x,
 /* n rounded up to whole 16-lane vectors (kernels.h, row_grad_sums's column padding) */
 static size_t fn_padded(size_t n) { return (n + 15) / 16 * 16; }
 
+/* fastnorm_norm_backward of inner > 1: per sample, a block of `middle` rows (the normalized
+ * values of each position) and `inner` columns (the positions, each with its statistics):
+ * the columns' sums down the rows (col_grad_sums, FN_GRAD_COLUMN_BLOCK rows at a time,
+ * then float64), then grad_x and the rows' sums (col_grad_rows).  Work items are runs of
+ * samples fixed by the shape, each with its rows' float64 sums, added in item order; the
+ * column scratch is each thread's own. */
+static fastnorm_status_t fn_norm_backward_columns(const fastnorm_kernels_t *kernels,
+                                                  fastnorm_norm_kind_t kind,
+                                                  fastnorm_dtype_t dtype, size_t outer,
+                                                  size_t middle, size_t inner, const char *gs,
+                                                  const char *xs, const char *mean,
+                                                  const char *rstd, const char *weight,
+                                                  char *ys, double *grad_weight,
+                                                  double *grad_bias, int threads) {
+    size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
+    size_t padded = fn_padded(inner), items = outer < FN_GRAD_ITEMS ? outer : FN_GRAD_ITEMS;
+    /* a thread's: the columns' float64 sums, their compute-dtype blocks, a, b and zeros
+     * (RMSNorm's mean) */
+    size_t thread_bytes = 2 * inner * sizeof(double) + 5 * padded * csize;
+    size_t item_bytes = 2 * middle * sizeof(double); /* an item's rows' sums */
+    void *scratch_block;
+    char *scratch = fn_malloc_aligned((size_t)threads * thread_bytes + items * item_bytes,
+                                      &scratch_block);
+    if (!scratch) return FASTNORM_ERR_NO_MEMORY;
+    memset(scratch, 0, (size_t)threads * thread_bytes + items * item_bytes);
+    char *items_base = scratch + (size_t)threads * thread_bytes;
+    int center = kind == FASTNORM_LAYER_NORM;
+    FN_PARALLEL_FOR(item, items, {
+        char *own = scratch + (size_t)fn_thread_index() * thread_bytes;
+        double *sum_gw = (double *)own, *sum_gw_xhat = sum_gw + inner;
+        char *block_g = (char *)(sum_gw_xhat + inner), *block_g_xhat = block_g + padded * csize;
+        char *a = block_g_xhat + padded * csize, *b = a + padded * csize, *zeros = b + padded * csize;
+        double *row_g = (double *)(items_base + (size_t)item * item_bytes), *row_g_xhat = row_g + middle;
+        size_t first = outer * (size_t)item / items, last = outer * (size_t)(item + 1) / items;
+        for (size_t s = first; s < last; ++s) {
+            const char *g = gs + s * middle * inner * size, *xv = xs + s * middle * inner * size;
+            const char *m = center ? mean + s * inner * csize : zeros, *r = rstd + s * inner * csize;
+            memset(sum_gw, 0, 2 * inner * sizeof(double));
+            for (size_t row = 0; row < middle; row += FN_GRAD_COLUMN_BLOCK) {
+                size_t rows = middle - row < FN_GRAD_COLUMN_BLOCK ? middle - row : FN_GRAD_COLUMN_BLOCK;
+                size_t offset = row * inner * size;
+                kernels->col_grad_sums[dtype](g + offset, xv + offset, rows, inner, inner, m, r,
+                                              weight ? weight + row * csize : NULL, block_g,
+                                              block_g_xhat);
+                kernels->grad_flush[dtype](block_g, sum_gw, inner);
+                kernels->grad_flush[dtype](block_g_xhat, sum_gw_xhat, inner);
+            }
+            for (size_t j = 0; j < inner; ++j) {
+                fn_put(dtype, a, j, center ? sum_gw[j] / (double)middle : 0.0);
+                fn_put(dtype, b, j, sum_gw_xhat[j] / (double)middle);
+            }
+            kernels->col_grad_rows[dtype](g, xv, middle, inner, inner, center ? m : NULL, r, weight,
+                                          a, b, ys + s * middle * inner * size, row_g,
+                                          row_g_xhat);
+        }
+    });
+    for (size_t c = 0; c < middle; ++c) {
+        double g = 0, gx = 0;
+        for (size_t item = 0; item < items; ++item) {
+            const double *sums = (const double *)(items_base + item * item_bytes);
+            g += sums[c];
+            gx += sums[middle + c];
+        }
+        if (grad_bias) grad_bias[c] = g;
+        if (grad_weight) grad_weight[c] = gx;
+    }
+    free(scratch_block);
+    return FASTNORM_OK;
+}
+
 fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtype,
-                                         size_t rows, size_t n, const void *grad_y,
-                                         const void *x, const void *mean, const void *rstd,
-                                         const void *weight, void *grad_x, double *grad_weight,
-                                         double *grad_bias, int n_threads) {
+                                         size_t outer, size_t middle, size_t inner,
+                                         const void *grad_y, const void *x, const void *mean,
+                                         const void *rstd, const void *weight, void *grad_x,
+                                         double *grad_weight, double *grad_bias,
+                                         int n_threads) {
     int overflow = 0;
     if ((unsigned)dtype >= FASTNORM_DTYPE_COUNT) return FASTNORM_ERR_BAD_DTYPE;
     if (kind != FASTNORM_LAYER_NORM && kind != FASTNORM_RMS_NORM) return FASTNORM_ERR_BAD_VALUE;
     if (!grad_y || !x || !rstd || !grad_x || (kind == FASTNORM_LAYER_NORM && !mean))
         return FASTNORM_ERR_NULL_POINTER;
     if (grad_weight && !weight) return FASTNORM_ERR_NULL_POINTER;
-    size_t total = fn_product(rows, n, 1, &overflow);
+    size_t total = fn_product(outer, middle, inner, &overflow);
     if (overflow || total == 0) return FASTNORM_ERR_BAD_SHAPE;
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
+    if (inner > 1)
+        return fn_norm_backward_columns(kernels, kind, dtype, outer, middle, inner,
+                                        (const char *)grad_y, (const char *)x,
+                                        (const char *)mean, (const char *)rstd,
+                                        (const char *)weight, (char *)grad_x, grad_weight,
+                                        grad_bias, fn_threads(n_threads, total));
+    size_t rows = outer, n = middle;
     size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
     size_t items = total / FN_GRAD_ITEM_ELEMENTS;
     size_t most = rows < FN_GRAD_ITEMS ? rows : FN_GRAD_ITEMS;
@@ -181,7 +259,7 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
             size_t rows = last - r < block_rows ? last - r : block_rows;
             size_t offset = r * cols * size;
             kernels->col_grad_sums[dtype](gs + offset, xs + offset, rows, cols, cols, col_mean,
-                                          col_rstd, block_g, block_g_xhat);
+                                          col_rstd, NULL, block_g, block_g_xhat);
             kernels->grad_flush[dtype](block_g, sum_g, cols);
             kernels->grad_flush[dtype](block_g_xhat, sum_g_xhat, cols);
         }

@@ -114,15 +114,16 @@ static void KB_NAME(grad_flush)(void *block, double *total, size_t n) {
 /* ---- columns: BatchNorm of short channel rows and channels-last data ------------------ */
 
 /* Column j's sums over `rows` rows (row_stride elements apart), down the rows a group of
- * columns at a time, the sums in registers: block_g[j] = sum(grad_y), block_g_xhat[j] =
- * sum(grad_y * xhat), xhat = (x - mean[j]) * rstd[j].  Groups of KB_GRAD_GROUP vectors give
- * the adders independent chains; the last vectors of a row go one at a time. */
+ * columns at a time, the sums in registers: block_g[j] = sum(gw), block_g_xhat[j] =
+ * sum(gw * xhat), xhat = (x - mean[j]) * rstd[j], gw = grad_y * row_weight[row] (grad_y
+ * without a row weight).  Groups of KB_GRAD_GROUP vectors give the adders independent
+ * chains; the last vectors of a row go one at a time. */
 #define KB_GRAD_GROUP 4
 static void KB_NAME(col_grad_sums)(const void *grad_y, const void *x, size_t rows, size_t cols,
                                    size_t row_stride, const void *mean, const void *rstd,
-                                   void *block_g, void *block_g_xhat) {
+                                   const void *row_weight, void *block_g, void *block_g_xhat) {
     const KB_T *g = (const KB_T *)grad_y, *xs = (const KB_T *)x;
-    const KB_C *ms = (const KB_C *)mean, *rs = (const KB_C *)rstd;
+    const KB_C *ms = (const KB_C *)mean, *rs = (const KB_C *)rstd, *rw = (const KB_C *)row_weight;
     KB_C *bg = (KB_C *)block_g, *bgx = (KB_C *)block_g_xhat;
     size_t j = 0;
     for (; j + KB_GRAD_GROUP * KB_LANES <= cols; j += KB_GRAD_GROUP * KB_LANES) {
@@ -132,13 +133,15 @@ static void KB_NAME(col_grad_sums)(const void *grad_y, const void *x, size_t row
             r[k] = kb_param(rs + j + k * KB_LANES);
             sum_g[k] = sum_gx[k] = kb_set1(0);
         }
-        for (size_t row = 0; row < rows; ++row)
+        for (size_t row = 0; row < rows; ++row) {
+            const KB_V w = kb_set1(rw ? rw[row] : (KB_C)1);
             for (int k = 0; k < KB_GRAD_GROUP; ++k) {
                 size_t at = row * row_stride + j + k * KB_LANES;
-                KB_V gv = kb_load(g + at);
+                KB_V gv = rw ? kb_mul(kb_load(g + at), w) : kb_load(g + at);
                 sum_g[k] = kb_add(sum_g[k], gv);
                 sum_gx[k] = kb_fma(gv, kb_mul(kb_sub(kb_load(xs + at), m[k]), r[k]), sum_gx[k]);
             }
+        }
         for (int k = 0; k < KB_GRAD_GROUP; ++k) {
             kb_store_c(bg + j + k * KB_LANES, sum_g[k]);
             kb_store_c(bgx + j + k * KB_LANES, sum_gx[k]);
@@ -152,6 +155,7 @@ static void KB_NAME(col_grad_sums)(const void *grad_y, const void *x, size_t row
             size_t at = row * row_stride + j;
             KB_V gv = count == KB_LANES ? kb_load(g + at) : kb_load_n(g + at, count);
             KB_V xv = count == KB_LANES ? kb_load(xs + at) : kb_load_n(xs + at, count);
+            if (rw) gv = kb_mul(gv, kb_set1(rw[row]));
             sum_g = kb_add(sum_g, gv);
             sum_gx = kb_fma(gv, kb_mul(kb_sub(xv, m), r), sum_gx);
         }
@@ -188,6 +192,52 @@ static void KB_NAME(col_grad_apply)(const void *grad_y, const void *x, size_t ro
         }
     }
 #undef KB_GRAD_COL
+}
+
+/* LayerNorm over the rows of a block of columns (a normalized axis that is not the last:
+ * `axis=1` of NCHW data, each position a column): with xhat = (x - mean[j]) * rstd[j] and
+ * gw = grad_y * weight[row],
+ *   grad_x[row, j] = rstd[j] * ((gw - a[j]) - xhat * b[j])
+ * in row_grad_apply's order, and each row's sum(grad_y) and sum(grad_y * xhat) added to
+ * row_g[row] and row_g_xhat[row] (float64, over compute-dtype blocks as row_grad_sums
+ * takes them).  weight: NULL or `rows` compute-dtype values; the other parameters cols
+ * compute-dtype values, a NULL mean meaning 0 (RMSNorm). */
+static void KB_NAME(col_grad_rows)(const void *grad_y, const void *x, size_t rows, size_t cols,
+                                   size_t row_stride, const void *mean, const void *rstd,
+                                   const void *weight, const void *a, const void *b,
+                                   void *grad_x, double *row_g, double *row_g_xhat) {
+    const KB_C *ms = (const KB_C *)mean, *rs = (const KB_C *)rstd, *ws = (const KB_C *)weight;
+    const KB_C *as = (const KB_C *)a, *bs = (const KB_C *)b;
+    for (size_t row = 0; row < rows; ++row) {
+        const KB_T *g = (const KB_T *)grad_y + row * row_stride, *xs = (const KB_T *)x + row * row_stride;
+        KB_T *gx = (KB_T *)grad_x + row * row_stride;
+        const KB_V w = kb_set1(ws ? ws[row] : (KB_C)1);
+        KB_V sum_g = kb_set1(0), sum_gx = sum_g;
+        double total_g = 0, total_gx = 0;
+        for (size_t j = 0, step = 0; j < cols; j += KB_LANES) {
+            size_t count = cols - j < KB_LANES ? cols - j : KB_LANES;
+            KB_V gv = count == KB_LANES ? kb_load(g + j) : kb_load_n(g + j, count);
+            KB_V xv = count == KB_LANES ? kb_load(xs + j) : kb_load_n(xs + j, count);
+            KB_V m = ms ? kb_param_n(ms + j, count) : kb_set1(0), r = kb_param_n(rs + j, count);
+            KB_V xhat = kb_mul(kb_sub(xv, m), r);
+            KB_V value = kb_mul(r, kb_sub(kb_sub(kb_mul(gv, w), kb_param_n(as + j, count)),
+                                          kb_mul(xhat, kb_param_n(bs + j, count))));
+            if (count == KB_LANES)
+                kb_store(gx + j, value);
+            else
+                kb_store_n(gx + j, value, count);
+            sum_g = kb_add(sum_g, gv);
+            sum_gx = kb_fma(gv, xhat, sum_gx); /* gv is 0 in the lanes past cols */
+            if (++step == 2 * KB_GRAD_BLOCK || j + KB_LANES >= cols) {
+                total_g += kb_sum(sum_g);
+                total_gx += kb_sum(sum_gx);
+                sum_g = sum_gx = kb_set1(0);
+                step = 0;
+            }
+        }
+        row_g[row] += total_g;
+        row_g_xhat[row] += total_gx;
+    }
 }
 
 #undef KB_GRAD_BLOCK

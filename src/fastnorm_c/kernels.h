@@ -130,19 +130,33 @@ typedef void (*fastnorm_row_grad_apply_fn)(const void *grad_y, const void *x, si
                                            double scale, double a, double b, void *grad_x,
                                            int store);
 
+/* LayerNorm / RMSNorm backward over the rows of a block of columns (kernel_backward.h):
+ * grad_x[r, j] = rstd[j] * ((grad_y * weight[r] - a[j]) - xhat * b[j]), xhat = (x -
+ * mean[j]) * rstd[j] (mean NULL: 0), and each row's sum(grad_y) and sum(grad_y * xhat)
+ * added to row_g[r] and row_g_xhat[r] in float64.  weight: NULL or rows compute-dtype
+ * values; mean, rstd, a, b: cols.  grad_x has x's row_stride. */
+typedef void (*fastnorm_col_grad_rows_fn)(const void *grad_y, const void *x, size_t rows,
+                                          size_t cols, size_t row_stride, const void *mean,
+                                          const void *rstd, const void *weight, const void *a,
+                                          const void *b, void *grad_x, double *row_g,
+                                          double *row_g_xhat);
+
 /* total[j] += block[j] for j < n, then the block (n rounded up to a multiple of 16
  * compute-dtype values) cleared: the column sums' float64 step. */
 typedef void (*fastnorm_grad_flush_fn)(void *block, double *total, size_t n);
 
-/* BatchNorm's backward over columns (channels-last data, short channel rows): for each
- * column j < cols of `rows` rows row_stride elements apart, with xhat = (x - mean[j]) *
- * rstd[j], block_g[j] = sum(grad_y) and block_g_xhat[j] = sum(grad_y * xhat) over the
- * rows, in the compute dtype (the caller passes a few rows at a time and adds the sums up
- * in float64).  mean, rstd: cols compute-dtype values; block_g, block_g_xhat: cols
- * rounded up to a multiple of 16 (written past cols, as row_grad_sums's column sums). */
+/* The backward over columns (BatchNorm of channels-last data and short channel rows,
+ * LayerNorm over an axis that is not the last): for each column j < cols of `rows` rows
+ * row_stride elements apart, with xhat = (x - mean[j]) * rstd[j] and gw = grad_y *
+ * row_weight[r] (NULL: grad_y), block_g[j] = sum(gw) and block_g_xhat[j] = sum(gw * xhat)
+ * over the rows, in the compute dtype (the caller passes a few rows at a time and adds the
+ * sums up in float64).  mean, rstd: cols compute-dtype values; row_weight: NULL or rows;
+ * block_g, block_g_xhat: cols rounded up to a multiple of 16 (written past cols, as
+ * row_grad_sums's column sums). */
 typedef void (*fastnorm_col_grad_sums_fn)(const void *grad_y, const void *x, size_t rows,
                                           size_t cols, size_t row_stride, const void *mean,
-                                          const void *rstd, void *block_g, void *block_g_xhat);
+                                          const void *rstd, const void *row_weight,
+                                          void *block_g, void *block_g_xhat);
 
 /* grad_x[r, j] = scale[j] * grad_y - (slope[j] * (x - mean[j]) + offset[j]) over the
  * block: BatchNorm's scale * ((grad_y - a) - xhat * b) with slope = scale * rstd * b and
@@ -225,6 +239,7 @@ typedef struct {
     fastnorm_col_grad_sums_fn col_grad_sums[FASTNORM_DTYPE_COUNT];
     fastnorm_col_grad_apply_fn col_grad_apply[FASTNORM_DTYPE_COUNT];
     fastnorm_grad_flush_fn grad_flush[FASTNORM_DTYPE_COUNT];
+    fastnorm_col_grad_rows_fn col_grad_rows[FASTNORM_DTYPE_COUNT];
 } fastnorm_kernels_t;
 
 extern const fastnorm_kernels_t fastnorm_kernels_scalar;
