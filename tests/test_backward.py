@@ -183,6 +183,21 @@ def _scaled_error(got, want):
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300))
 
 
+def _assert_gradients(got, want, dtype, accuracy_log, label):
+    """grad_x in x's dtype, the sums in the compute dtype (None where the reference has
+    None), each within BACKWARD_TOL[dtype] of the reference's; the errors logged."""
+    assert got[0].dtype == dtype
+    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        if want_i is None:
+            assert got_i is None, name
+            continue
+        if name != "grad_x":
+            assert got_i.dtype == compute_dtype(dtype), name
+        error = _scaled_error(got_i, want_i)
+        accuracy_log(f"{name} {dtype} {label}", error)
+        assert error <= BACKWARD_TOL[dtype], (name, error)
+
+
 def _row_backward(op, g, x, w, axis=None):
     """(fastnorm's gradients, the reference's from the same inputs) of a row norm."""
     kw = {} if axis is None else {"axis": axis}
@@ -207,20 +222,13 @@ def test_row_backward_kernels(op, dtype, shape, with_weight, isa, rng, accuracy_
     g = random_data(rng, shape, dtype)
     w = random_data(rng, shape[-1], dtype, offset=1.0) if with_weight else None
     got, want = _row_backward(op, g, x, w)
-    assert got[0].dtype == dtype and got[0].shape == shape
-    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
-        if want_i is None:
-            assert got_i is None, name
-            continue
-        assert got_i.dtype == (dtype if name == "grad_x" else compute_dtype(dtype)), name
-        error = _scaled_error(got_i, want_i)
-        accuracy_log(f"{name} {dtype} {shape}", error)
-        if shape[-1] == 1 and op == "rms_norm" and name == "grad_x":
-            # one value: xhat = +-1 to rounding, so grad_x is the rounding noise of
-            # rstd * (gw - gw * xhat^2); the reference's float64 noise is smaller still
-            assert np.max(np.abs(as_f64(got_i))) < 1e-3 * np.max(np.abs(as_f64(g))) + 1e-30
-            continue
-        assert error <= BACKWARD_TOL[dtype], (name, error)
+    assert got[0].shape == shape
+    if shape[-1] == 1 and op == "rms_norm":
+        # one value: xhat = +-1 to rounding, so grad_x is the rounding noise of
+        # rstd * (gw - gw * xhat^2), against the reference's smaller float64 noise
+        assert np.max(np.abs(as_f64(got[0]))) < 1e-3 * np.max(np.abs(as_f64(g))) + 1e-30
+        want = (got[0],) + tuple(want[1:])
+    _assert_gradients(got, want, dtype, accuracy_log, shape)
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
@@ -302,14 +310,7 @@ def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, 
                                         return_stats=True)
     got = fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
     want = reference.batch_norm_backward(g, x, mean, rstd, w, axis=axis)
-    assert got[0].dtype == dtype
-    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
-        if want_i is None:
-            assert got_i is None
-            continue
-        error = _scaled_error(got_i, want_i)
-        accuracy_log(f"{name} {dtype} {shape}", error)
-        assert error <= BACKWARD_TOL[dtype], (name, error)
+    _assert_gradients(got, want, dtype, accuracy_log, shape)
 
 
 @pytest.mark.parametrize("shape, axis", [((8, 16, 30, 30), 1), ((2000, 40), 1),
@@ -452,14 +453,8 @@ def test_row_backward_axis1_of_nchw(op, dtype, with_weight, isa, rng, accuracy_l
     g = random_data(rng, (3, 40, 7, 5), dtype)
     w = random_data(rng, 40, dtype, offset=1.0) if with_weight else None
     got, want = _row_backward(op, g, x, w, axis=1)
-    assert got[0].dtype == dtype and got[0].flags.c_contiguous
-    for name, got_i, want_i in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
-        if want_i is None:
-            assert got_i is None
-            continue
-        error = _scaled_error(got_i, want_i)
-        accuracy_log(f"{name} {dtype}", error)
-        assert error <= BACKWARD_TOL[dtype], (name, error)
+    assert got[0].flags.c_contiguous
+    _assert_gradients(got, want, dtype, accuracy_log, "axis=1")
 
 
 def test_row_backward_axis1_threads_same_bits(num_threads, rng):

@@ -30,6 +30,23 @@ static int fn_grad_stream(const void *grad_y, const void *x, const void *grad_x,
     return fn_stream(x, grad_x, bytes, min_bytes);
 }
 
+/* grad_bias[j] and grad_weight[j] (each NULL or n values) from the work items' float64
+ * sums, item k's n sums of grad_y and then n of grad_y * xhat at base + k * item_bytes,
+ * added in item order. */
+static void fn_merge_items(const char *base, size_t items, size_t item_bytes, size_t n,
+                           double *grad_weight, double *grad_bias) {
+    for (size_t j = 0; j < n; ++j) {
+        double g = 0, gx = 0;
+        for (size_t item = 0; item < items; ++item) {
+            const double *sums = (const double *)(base + item * item_bytes);
+            g += sums[j];
+            gx += sums[n + j];
+        }
+        if (grad_bias) grad_bias[j] = g;
+        if (grad_weight) grad_weight[j] = gx;
+    }
+}
+
 /* n rounded up to whole 16-lane vectors (kernels.h, row_grad_sums's column padding) */
 static size_t fn_padded(size_t n) { return (n + 15) / 16 * 16; }
 
@@ -89,16 +106,7 @@ static fastnorm_status_t fn_norm_backward_columns(const fastnorm_kernels_t *kern
                                           row_g_xhat);
         }
     });
-    for (size_t c = 0; c < middle; ++c) {
-        double g = 0, gx = 0;
-        for (size_t item = 0; item < items; ++item) {
-            const double *sums = (const double *)(items_base + item * item_bytes);
-            g += sums[c];
-            gx += sums[middle + c];
-        }
-        if (grad_bias) grad_bias[c] = g;
-        if (grad_weight) grad_weight[c] = gx;
-    }
+    fn_merge_items(items_base, items, item_bytes, middle, grad_weight, grad_bias);
     free(scratch_block);
     return FASTNORM_OK;
 }
@@ -160,16 +168,7 @@ fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dty
             }
         }
     });
-    for (size_t j = 0; columns && j < n; ++j) {
-        double g = 0, gx = 0;
-        for (size_t item = 0; item < items; ++item) {
-            const double *sums = (const double *)(scratch + item * item_bytes);
-            g += sums[j];
-            gx += sums[n + j];
-        }
-        if (grad_bias) grad_bias[j] = g;
-        if (grad_weight) grad_weight[j] = gx;
-    }
+    if (columns) fn_merge_items(scratch, items, item_bytes, n, grad_weight, grad_bias);
     free(scratch_block);
     return FASTNORM_OK;
 }
