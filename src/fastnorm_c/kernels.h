@@ -116,7 +116,8 @@ typedef int (*fastnorm_channel_params_fn)(size_t channels, const double *mean,
  * sum(gw * xhat), in float64 over compute-dtype blocks.  col_g, col_g_xhat: NULL, or
  * compute-dtype column sums to which grad_y and grad_y * xhat are added element by
  * element; they are written up to n rounded up to a multiple of 16 (the lanes past n
- * get 0 or NaN: padding the caller allocates and never reads). */
+ * get 0, the part-vector's missing lanes masked: padding the caller allocates and never
+ * reads). */
 typedef void (*fastnorm_row_grad_sums_fn)(const void *grad_y, const void *x, size_t n,
                                           double mean, double rstd, const void *weight,
                                           double *sum_gw, double *sum_gw_xhat, void *col_g,
