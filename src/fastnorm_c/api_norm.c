@@ -55,7 +55,15 @@
  * 1024x4096 0.84 / 1.05, 8192x4096 0.98 / 0.84.  Under the bound it lost: float32 rows of
  * 2048 values (24 KB) 1.07-1.09, of 1536 1.21.  Groups of 4 gained less; blocks of 2048
  * columns less in float32.  With one parameter the row's second read costs as much as the
- * parameter's (RMSNorm with a weight: 1.03-1.08x), so such calls keep the row order. */
+ * parameter's (RMSNorm with a weight: 1.03-1.08x), so such calls keep the row order.
+ * Not where the output is streamed (FN_STREAM_MIN_BYTES): the row order overlaps a row's
+ * normalize pass with reading the next (fn_row_normalize's prefetch), the group's passes
+ * do not.  On a Xeon (Emerald Rapids, 48 KB L1, 2-vCPU VM), groups against rows, time per
+ * call: streamed float32 8192x4096 1.31, 2048x3072 1.32, 1024x5120 1.27, bfloat16
+ * 8192x4096 1.56, float64 1024x4096 1.11, 2 threads 8192x4096 1.30; in cache 256x4096
+ * 0.99, 256x5120 0.94, 2 threads 128x4096 1.01.  (Prefetching the next group's rows in the
+ * normalize pass won back a fifth of that.)  The Zen figures above for streamed shapes
+ * (1024x4096, 8192x4096) were not measured again with streaming. */
 #define FN_GROUP_MIN_BYTES 32768
 #define FN_GROUP_ROWS 8
 #define FN_PARAM_BLOCK 1024
@@ -555,7 +563,8 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     size_t group = (job->outer + (size_t)threads - 1) / (size_t)threads;
     if (group > FN_GROUP_ROWS) group = FN_GROUP_ROWS;
     size_t row_and_params = job->middle * (job->item_size + 2 * fn_compute_size(job->dtype));
-    if (job->weight && job->bias && row_and_params > FN_GROUP_MIN_BYTES && group > 1) {
+    if (job->weight && job->bias && row_and_params > FN_GROUP_MIN_BYTES && group > 1 &&
+        !(job->row_store & FN_STORE_STREAM)) {
         FN_PARALLEL_FOR(g, (job->outer + group - 1) / group, {
             size_t first = (size_t)g * group;
             fn_norm_row_group(job, first, first + group < job->outer ? first + group : job->outer);
