@@ -5,7 +5,7 @@ How it measures (``measure``): every contender of a case (see ``_bench_contender
 timed in rounds, round robin, so that machine noise hits all of them alike; a sample is
 a batch of calls lasting about SAMPLE_SECONDS, timed with ``time.perf_counter_ns``; the
 figure reported is the median sample.  Before a sample the contender's thread count is
-set (untimed), a cheap call warms the caches, and after a multi-threaded contender the
+set (untimed), two untimed calls warm the caches, and after a multi-threaded contender the
 runner pauses briefly so that OpenMP workers still spinning do not steal the next
 contender's cores.  Ratios, not absolute times, are the figures to compare across runs.
 
@@ -44,7 +44,13 @@ QUICK_BATCH_NORM_SHAPES = ((32, 64, 56, 56),)
 LAYOUTS = ("nchw", "nhwc", "channels_last")
 
 SAMPLE_SECONDS = 0.002  # one sample: enough calls to last this long (at least one call)
-WARM_CALL_SECONDS = 0.001  # calls cheaper than this get an untimed warm-up call per sample
+# Untimed calls before every sample, so that no contender's time depends on what the one
+# before it left in the caches.  One was not enough on an Emerald Rapids VM (300 MB L3):
+# after NumPy's BatchNorm formula on (32, 64, 56, 56) float32 (1 thread), the call after
+# one warm call took 3.1-3.2 ms, after two 1.7-2.0 ms, 1.6-1.7 ms without NumPy before it;
+# the copy of the same bytes 2.6-3.0, 2.0 and 1.5-1.6 ms.  (It makes the bench take about
+# 57 s instead of 43 s here.)
+WARM_CALLS = 2
 SETTLE_SECONDS = 0.001  # pause after a multi-threaded sample (libgomp spins about 1 ms)
 SLOW_CALL_SECONDS = 0.05  # contenders slower than this (NumPy on large shapes) ...
 SLOW_SAMPLES = 3  # ... are sampled this many times only, to keep the run short
@@ -132,7 +138,7 @@ def measure(contenders, min_rounds=5, min_time=0.2):
                 c.prepare()
             if previous_threads > 1:
                 time.sleep(SETTLE_SECONDS)
-            if per_call[c.key] < WARM_CALL_SECONDS:
+            for _ in range(WARM_CALLS):
                 c.call()
             samples[c.key].append(_time_per_call(c.call, calls[c.key]))
             previous_threads = c.threads
