@@ -297,7 +297,8 @@ def test_row_backward_nan_stays_in_its_row(op, isa, rng):
 @pytest.mark.parametrize("shape, axis", [
     ((2, 3, 16), 1), ((3, 5, 7, 7), 1), ((2, 4, 100), 1), ((1, 3, 1000), 1),  # channel rows
     ((4, 3, 2), 1), ((16, 5), 1), ((40, 37), 1), ((3, 6, 3, 3), 1),  # columns: short rows
-    ((2, 5, 5, 24), -1), ((3, 4, 19), -1), ((50, 3, 2), 0)])  # columns: channels last
+    ((2, 5, 5, 24), -1), ((3, 4, 19), -1), ((50, 3, 2), 0),  # columns: channels last
+    ((8, 100, 25, 25), 1)])  # channel rows in blocks of channels (float32, float64)
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, accuracy_log):
     """Channel rows of 16 values or more take the row kernels, shorter rows and
@@ -314,9 +315,11 @@ def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, 
 
 
 @pytest.mark.parametrize("shape, axis", [((8, 16, 30, 30), 1), ((2000, 40), 1),
-                                         ((4, 30, 30, 16), -1)])
+                                         ((4, 30, 30, 16), -1), ((8, 100, 25, 25), 1)])
 def test_batch_norm_backward_threads_same_bits(shape, axis, num_threads, rng):
-    """Rows and columns (several work items here): 1 and 2 threads give the same bits."""
+    """Rows and columns (several work items here): 1 and 2 threads give the same bits.
+    (8, 100, 25, 25) takes blocks of 6 channels on 1 thread (4 MB of input) and the sample
+    order on 2 (2 MB a thread, api_backward.c's FN_GRAD_BLOCK_MIN_SHARE)."""
     x, g = random_data(rng, shape, F32, offset=1.0), random_data(rng, shape, F32)
     w = random_data(rng, shape[axis], F32, offset=1.0)
     _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, axis=axis,
