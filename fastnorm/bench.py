@@ -46,10 +46,10 @@ LAYOUTS = ("nchw", "nhwc", "channels_last")
 SAMPLE_SECONDS = 0.002  # one sample: enough calls to last this long (at least one call)
 # Untimed calls before every sample, so that no contender's time depends on what the one
 # before it left in the caches.  One was not enough on an Emerald Rapids VM (300 MB L3):
-# after NumPy's BatchNorm formula on (32, 64, 56, 56) float32 (1 thread), the call after
-# one warm call took 3.1-3.2 ms, after two 1.7-2.0 ms, 1.6-1.7 ms without NumPy before it;
-# the copy of the same bytes 2.6-3.0, 2.0 and 1.5-1.6 ms.  (It makes the bench take about
-# 57 s instead of 43 s here.)
+# after NumPy's BatchNorm formula on (32, 64, 56, 56) float32 (1 thread), fastnorm's call
+# after one warm call took 2.4 ms, after two 1.6 ms, 1.4 ms without NumPy before it; the
+# copy of the same bytes 3.7, 2.9 and 2.7-2.8 ms.  (It makes the bench take about 57 s
+# instead of 43 s here.)
 WARM_CALLS = 2
 SETTLE_SECONDS = 0.001  # pause after a multi-threaded sample (libgomp spins about 1 ms)
 SLOW_CALL_SECONDS = 0.05  # contenders slower than this (NumPy on large shapes) ...
