@@ -399,7 +399,7 @@ def add_arguments(parser):
     parser.add_argument("--min-time", type=float, default=0.2,
                         help="minimum seconds per case (default: 0.2)")
     parser.add_argument("--quick", action="store_true",
-                        help="few shapes and samples, under 20 s (--shapes quick --repeat 3 --min-time 0.05)")
+                        help="few shapes and samples, about 20-25 s (--shapes quick --repeat 3 --min-time 0.05)")
     parser.add_argument("--isa", default=None, help="kernel family to run (default: the best available; "
                         "avx512_nobf16: avx512 without its AVX512-BF16 conversions)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
