@@ -14,7 +14,7 @@ them with -v):
   FASTNORM_DISABLE_AVX512=1  leave the AVX-512 kernels out
   FASTNORM_DISABLE_AVX512BF16=1  leave out their AVX512-BF16 build
   FASTNORM_CYTHON_DEBUG=1    Cython bounds/wraparound/initialization checks on
-  FASTNORM_SANITIZE=1        -fsanitize=address,undefined on every source (CI's ASan run;
+  FASTNORM_SANITIZE=1        -fsanitize=address,undefined at -O1 on every source (CI's ASan run;
                              load with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
   FASTNORM_BUILD_JOBS=N      compile N sources at a time (default: the usable cores)
 """
