@@ -133,10 +133,20 @@ _Static_assert(KB_BLOCK == 64, "the kb_inverse / kb_rest tables list k = 1..64")
 #undef KB_INV4
 #define KB_INLINE static inline __attribute__((always_inline))
 
+/* GCC unrolls a loop of a few constant iterations before its loop vectorizer runs, and the
+ * kernels build without the basic-block one (setup.py), so such a loop stays scalar: the
+ * column statistics' float64 merges of 16 lanes took a quarter of their time so. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KB_LOOP_NOT_UNROLLED _Pragma("GCC unroll 1")
+#else
+#define KB_LOOP_NOT_UNROLLED
+#endif
+
 /* Merge a block partial (mean, m2, count nb) into float64 lane accumulators (count na). */
 KB_INLINE void kb_merge_lanes(double *acc_mean, double *acc_m2, double na,
                               const double *mean, const double *m2, double nb, int lanes) {
     double total = na + nb, weight_b = nb / total, cross = na * nb / total;
+    KB_LOOP_NOT_UNROLLED
     for (int lane = 0; lane < lanes; ++lane) {
         double delta = mean[lane] - acc_mean[lane];
         acc_mean[lane] += delta * weight_b;

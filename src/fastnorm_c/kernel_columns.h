@@ -19,6 +19,7 @@ KB_INLINE void KB_NAME(kb_merge_partial)(double *acc_mean, double *acc_m2, doubl
         kb_merge_lanes(acc_mean, acc_m2, acc_count, lane_mean, lane_m2, count, KB_LANES);
     } else {
         kb_to_double(m2, lane_m2);
+        KB_LOOP_NOT_UNROLLED
         for (int lane = 0; lane < KB_LANES; ++lane) acc_m2[lane] += lane_m2[lane];
     }
 }
