@@ -56,6 +56,25 @@ def test_long_rows_in_batches_equal_each_row_alone(op, dtype, isa, rng, tol):
             np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_rows_with_parameters_past_1mb_in_one_batch_equal_each_row_alone(op, dtype, isa, rng,
+                                                                        tol):
+    # A weight or bias of 1 MB or more puts up to 256 MB of rows in one batch, normalized
+    # a segment (16384 values) at a time across the batch's rows: here 3 rows of 262144
+    # values, 16 segments each, in one batch.  Each row's result is the same, bit for bit,
+    # as that row normalized on its own (a batch of one).
+    n = 1 << 18
+    x = random_data(rng, (3, n), dtype, offset=2.0)
+    w, b = _affine(op, rng, (n,), dtype, True, True)
+    y, *stats = row_norm(op, x, None, w, b, return_stats=True)  # (mean,) rstd
+    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
+    for row in range(3):
+        alone, *stats_alone = row_norm(op, x[row:row + 1], None, w, b, return_stats=True)
+        np.testing.assert_array_equal(y[row:row + 1], alone, err_msg=f"row {row}")
+        for stat, stat_alone in zip(stats, stats_alone):
+            np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
+
+
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
 def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
     # Under 8 MB, rows of at most the family's ahead_row_max (AVX2 16 KB: 4096 float32
