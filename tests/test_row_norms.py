@@ -39,6 +39,18 @@ def test_one_row_of_2_to_the_20(op, dtype, isa, rng, tol):
     assert_close(row_norm(op, x, None, w, b), ref_row_norm(op, x, None, w, b), tol)
 
 
+def _assert_rows_equal_each_alone(op, x, w, b, rows, tol):
+    """x's rows normalized in one call: close to the reference, and each of `rows` (with its
+    mean and rstd) the same bits as that row normalized alone."""
+    y, *stats = row_norm(op, x, None, w, b, return_stats=True)  # (mean,) rstd
+    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
+    for row in rows:
+        alone, *stats_alone = row_norm(op, x[row:row + 1], None, w, b, return_stats=True)
+        np.testing.assert_array_equal(y[row:row + 1], alone, err_msg=f"row {row}")
+        for stat, stat_alone in zip(stats, stats_alone):
+            np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_long_rows_in_batches_equal_each_row_alone(op, dtype, isa, rng, tol):
     # Rows longer than a segment go through both passes about 1 MB of rows at a time:
@@ -47,13 +59,7 @@ def test_long_rows_in_batches_equal_each_row_alone(op, dtype, isa, rng, tol):
     n = 40000
     x = random_data(rng, (11, n), dtype, offset=2.0)
     w, b = _affine(op, rng, (n,), dtype, True, True)
-    y, *stats = row_norm(op, x, None, w, b, return_stats=True)  # (mean,) rstd
-    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
-    for row in (0, 5, 6, 10):
-        alone, *stats_alone = row_norm(op, x[row:row + 1], None, w, b, return_stats=True)
-        np.testing.assert_array_equal(y[row:row + 1], alone, err_msg=f"row {row}")
-        for stat, stat_alone in zip(stats, stats_alone):
-            np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
+    _assert_rows_equal_each_alone(op, x, w, b, (0, 5, 6, 10), tol)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -66,13 +72,7 @@ def test_rows_with_parameters_past_1mb_in_one_batch_equal_each_row_alone(op, dty
     n = 1 << 18
     x = random_data(rng, (3, n), dtype, offset=2.0)
     w, b = _affine(op, rng, (n,), dtype, True, True)
-    y, *stats = row_norm(op, x, None, w, b, return_stats=True)  # (mean,) rstd
-    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
-    for row in range(3):
-        alone, *stats_alone = row_norm(op, x[row:row + 1], None, w, b, return_stats=True)
-        np.testing.assert_array_equal(y[row:row + 1], alone, err_msg=f"row {row}")
-        for stat, stat_alone in zip(stats, stats_alone):
-            np.testing.assert_array_equal(stat[row], stat_alone[0], err_msg=f"row {row}")
+    _assert_rows_equal_each_alone(op, x, w, b, range(3), tol)
 
 
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
