@@ -63,7 +63,7 @@ int main(void) {
                 for (int row = 0; row < ROWS; ++row) {
                     for (size_t i = 0; i < n; ++i) x[i] = (float)(offsets[b] + gaussian(&state));
                     double shift = x[0], mean_shifted, m2;
-                    families[f]->row_stats[FASTNORM_F32](x, NULL, NULL, n, shift, 1, &mean_shifted, &m2);
+                    families[f]->row_stats[FASTNORM_F32](x, NULL, NULL, n, shift, 1, 0, &mean_shifted, &m2);
                     long double mean = 0, sum = 0;
                     for (size_t i = 0; i < n; ++i) mean += x[i];
                     mean /= n;
