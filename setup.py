@@ -17,6 +17,9 @@ them with -v):
   FASTNORM_SANITIZE=1        -fsanitize=address,undefined at -O1 on every source (CI's ASan run;
                              load with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
   FASTNORM_BUILD_JOBS=N      compile N sources at a time (default: the usable cores)
+
+A build of an unchanged tree with the same configuration compiles nothing
+(build_ext._up_to_date).
 """
 import contextlib
 import os
@@ -257,8 +260,11 @@ class build_ext(_build_ext):
             Cython.__version__)) + "\n"
 
     def _up_to_date(self, ext, config):
-        """Whether the built extension is newer than every input and was built with `config`.
-        The .c that cythonize regenerates on every run stands for its .pyx (a dependency)."""
+        """Whether the built extension is newer than every project file it is built from and
+        was built with `config`.  The .c that cythonize regenerates on every run stands for
+        its .pyx (a dependency); the NumPy headers cythonize adds to the dependencies lie in
+        pip's fresh build environment, newer on every run, and stand in the configuration
+        as NumPy's version."""
         target = self.get_ext_fullpath(ext.name)
         if self.force or not os.path.exists(target) or not os.path.exists(self._config_path()):
             return False
@@ -267,7 +273,8 @@ class build_ext(_build_ext):
                 return False
         inputs = [source for source in ext.sources
                   if not os.path.exists(os.path.splitext(source)[0] + ".pyx")]
-        inputs += list(ext.depends) + [os.path.abspath(__file__)]
+        inputs += [path for path in ext.depends if not os.path.isabs(path)]
+        inputs.append(os.path.abspath(__file__))
         built = os.path.getmtime(target)
         return all(os.path.getmtime(path) < built for path in inputs)
 
