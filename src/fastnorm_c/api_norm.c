@@ -374,8 +374,8 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
             next.shift = fn_row_shift(job, r + 1);
             job->kernels->row_stats_normalize[job->dtype](
                 x + bytes, n, next.shift, center, &next.mean_shifted, &next.m2, x, m.shift,
-                center ? m.mean_shifted : 0.0, rstd, job->weight, job->bias, job->y + r * bytes,
-                job->row_store);
+                center ? m.mean_shifted : 0.0, rstd, 0.0, job->weight, job->bias,
+                job->y + r * bytes, job->row_store);
             continue;
         }
         if (r + 1 < end) fn_row_stats(job, r + 1, &next, prefetch);

@@ -483,13 +483,13 @@ enum { KB_NAME(stream_fused) = 0 };
 KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n, double shift,
                                                     int center, double *mean_shifted, double *m2,
                                                     const void *x, double mean, double mean_lo,
-                                                    double scale, const void *weight,
-                                                    const void *bias, void *y, int store,
-                                                    int has_weight) {
+                                                    double scale, double beta,
+                                                    const void *weight, const void *bias, void *y,
+                                                    int store, int has_weight) {
     const KB_T *xs = (const KB_T *)x, *next = (const KB_T *)x_next;
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
-    KB_C hi, lo, sc = (KB_C)scale, be = 0;
+    KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
     KB_NAME(kb_mean_pair)(mean, mean_lo, &hi, &lo);
     int normalize_center = mean != 0.0 || mean_lo != 0.0;
     int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL);
@@ -504,7 +504,7 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
     int fits = (!(store & FN_STORE_STREAM) || (stream && head + 3 * KB_LANES <= n)) &&
                normalize_center == !!center && (center || !bs);
     if (!fits) {
-        KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, 0.0, weight, bias, y, NULL,
+        KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, beta, weight, bias, y, NULL,
                                store);
         KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, 0, mean_shifted, m2);
         return;
@@ -581,10 +581,10 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
  * (RMSNorm float32 512x768, 256x1024; the compiler kept a loop counter on the stack). */
 static __attribute__((noinline)) void KB_NAME(kb_row_stats_normalize_bare)(
     const void *x_next, size_t n, double shift, int center, double *mean_shifted, double *m2,
-    const void *x, double mean, double mean_lo, double scale, const void *bias, void *y,
-    int store) {
+    const void *x, double mean, double mean_lo, double scale, double beta, const void *bias,
+    void *y, int store) {
     KB_NAME(kb_row_stats_normalize_impl)(x_next, n, shift, center, mean_shifted, m2, x, mean,
-                                         mean_lo, scale, NULL, bias, y, store, 0);
+                                         mean_lo, scale, beta, NULL, bias, y, store, 0);
 }
 
 /* row_normalize of x (no residual, no next) and row_stats of x_next (no residual), n
@@ -592,12 +592,12 @@ static __attribute__((noinline)) void KB_NAME(kb_row_stats_normalize_bare)(
 static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double shift, int center,
                                          double *mean_shifted, double *m2, const void *x,
                                          double mean, double mean_lo, double scale,
-                                         const void *weight, const void *bias, void *y,
-                                         int store) {
+                                         double beta, const void *weight, const void *bias,
+                                         void *y, int store) {
     if (!weight)
         KB_NAME(kb_row_stats_normalize_bare)(x_next, n, shift, center, mean_shifted, m2, x, mean,
-                                             mean_lo, scale, bias, y, store);
+                                             mean_lo, scale, beta, bias, y, store);
     else
         KB_NAME(kb_row_stats_normalize_impl)(x_next, n, shift, center, mean_shifted, m2, x, mean,
-                                             mean_lo, scale, weight, bias, y, store, 1);
+                                             mean_lo, scale, beta, weight, bias, y, store, 1);
 }

@@ -48,8 +48,8 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
                                           const void *weight, const void *bias, void *y,
                                           const void *next, int store);
 
-/* row_normalize of x (no residual, no next span) and row_stats of x_next (no residual),
- * with the same results as those two calls, in one loop where the pair fits one: the
+/* row_normalize of x (no residual, no next span; beta as there) and row_stats of x_next (no
+ * residual), with the same results as those two calls, in one loop where the pair fits one: the
  * statistics load the adders, the normalize pass the load ports and FMA pipes, and the
  * next row's reads overlap the pass (api_norm.c's row-ahead order).  The pair fits for
  * LayerNorm (both passes centred) and RMSNorm (neither centred, no bias), with or without
@@ -58,8 +58,9 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
 typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
                                                 int center, double *mean_shifted, double *m2,
                                                 const void *x, double mean, double mean_lo,
-                                                double scale, const void *weight,
-                                                const void *bias, void *y, int store);
+                                                double scale, double beta,
+                                                const void *weight, const void *bias, void *y,
+                                                int store);
 
 /* Rows r < rows of n elements each, one after another from x (and y): row r normalized
  * as row_normalize does with the mean pair (mean[c], mean_lo[c]) (0 for a NULL array),
