@@ -365,6 +365,35 @@ def test_one_sample_of_small_maps(shape, dtype, params, isa, rng, tol, num_threa
     assert_same_bits(in_place, y)
 
 
+# One sample of longer maps: each channel's statistics in one loop with the previous
+# channel's normalize pass (row_stats_normalize), each thread's share of the channels in
+# turn; 6400-value float32 and float64 channels (past FN_BN_AHEAD_MAX_BYTES) take the two
+# kernels in turn.  Channel 1 holds an inf (its statistics are taken again exactly, and are NaN),
+# channel 2 is zeros (a mean pair of zeros, which the fused loop leaves to the two
+# kernels), the others offset data.
+@pytest.mark.parametrize("shape", [(1, 7, 1100), (1, 5, 30, 37), (1, 4, 80, 80)], ids=str)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_one_sample_channels_equal_each_channel_alone(shape, dtype, isa, rng, num_threads):
+    x = random_data(rng, shape, dtype, offset=100.0, scale=3.0)
+    flat = x.reshape(shape[0], shape[1], -1)
+    flat[0, 1, 17] = np.inf
+    flat[0, 2] = 0.0
+    w, b, _, _ = _params(rng, shape[1], dtype)
+    alone = [fastnorm.batch_norm(np.ascontiguousarray(x[:, c:c + 1]), None, None, w[c:c + 1],
+                                 b[c:c + 1], training=True, return_stats=True)
+             for c in range(shape[1])]
+    want = [np.concatenate([one[i] for one in alone], axis=1 if i == 0 else 0) for i in range(3)]
+    for threads in (1, 2):
+        num_threads(threads)
+        got = fastnorm.batch_norm(x, None, None, w, b, training=True, return_stats=True)
+        for i, name in enumerate(["output", "mean", "rstd"]):
+            assert_same_bits(got[i], want[i], err_msg=f"{name}, {threads} thread(s)")
+    assert np.isnan(want[2][1]) and want[1][2] == 0
+    in_place = x.copy()
+    fastnorm.batch_norm(in_place, None, None, w, b, training=True, out=in_place)
+    assert_same_bits(in_place, want[0])
+
+
 @pytest.mark.parametrize("dtype", FULL_DTYPES)
 def test_one_sample_of_small_maps_with_nan_and_inf(dtype, isa, rng, tol):
     x = random_data(rng, (1, 6, 7, 7), dtype)
