@@ -19,6 +19,9 @@ Remove -mavx*/-march from CFLAGS, or define FASTNORM_ALLOW_AVX_BASELINE if every
 #endif
 
 #include <stddef.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h> /* sysconf */
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -108,6 +111,23 @@ fastnorm_isa_t fastnorm_best_isa(void) {
     for (int isa = FASTNORM_ISA_COUNT - 1; isa > 0; --isa)
         if (mask >> isa & 1) return (fastnorm_isa_t)isa;
     return FASTNORM_ISA_SCALAR;
+}
+
+/* The last-level cache's size in KB as the C library reports it (glibc's sysconf), 0 where
+ * it does not; asked once, as a CPUID in a VM can cost a microsecond. */
+static fn_int_slot llc_kb_ = -1;
+
+size_t fastnorm_llc_bytes(void) {
+    int kb = FN_LOAD(llc_kb_);
+    if (kb < 0) {
+        long bytes = 0;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+        bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+        kb = bytes > 0 ? (int)(bytes / 1024) : 0;
+        FN_STORE(llc_kb_, kb);
+    }
+    return (size_t)kb * 1024;
 }
 
 const fastnorm_kernels_t *fastnorm_active_kernels(void) {

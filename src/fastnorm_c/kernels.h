@@ -257,6 +257,8 @@ extern const fastnorm_kernels_t fastnorm_kernels_avx512bf16;
 
 /* The table chosen by dispatch.c (best supported family, or fastnorm_set_isa's). */
 const fastnorm_kernels_t *fastnorm_active_kernels(void);
+/* dispatch.c: the last-level cache's size in bytes, 0 where the C library does not say. */
+size_t fastnorm_llc_bytes(void);
 /* dispatch.c: the threads a call starts its team with, given the `threads` it asks for,
  * at most fastnorm_thread_limit() (1 in a child forked after a team ran). */
 int fastnorm_team_threads(int threads);
