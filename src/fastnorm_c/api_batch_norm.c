@@ -429,31 +429,34 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
         fn_spread_columns(cols[k], per_channel[k], channels, inner, c.width, lead, csize);
     free(channel_block);
     const char *mean_hi = cols[0], *col_scale = cols[1], *col_shift = cols[2];
-    FN_PARALLEL_FOR(chunk, c.chunks + 1, {
+    /* One item per chunk, as the statistics split them (fn_moments_columns), so that with
+     * BatchNorm training each thread normalizes the rows it has just read; the first
+     * `lead` elements go with the first chunk, the narrow leftover rows with the last. */
+    size_t items = c.chunks ? c.chunks : 1;
+    FN_PARALLEL_FOR(chunk, items, {
         size_t first = (size_t)chunk * c.chunk_rows;
-        if ((size_t)chunk == c.chunks) { /* the narrow leftover rows, or the first `lead` */
-            if (c.leftover) {
-                size_t offset = c.super_rows * c.width * size;
-                kernels->col_normalize[dtype](xs + offset, c.leftover, c.narrow_width, c.narrow_width,
-                                              mean ? mean_hi : NULL, NULL, col_scale,
-                                              NULL, NULL, col_shift, ys + offset, stream);
-            } else if (lead) {
-                size_t at = (c.width - lead) * csize;
-                kernels->col_normalize[dtype](xs, 1, lead, lead, mean ? mean_hi + at : NULL, NULL,
-                                              col_scale + at, NULL, NULL, col_shift + at, ys,
-                                              stream);
+        if (chunk == 0 && lead)
+            kernels->col_normalize[dtype](xs, 1, lead, lead,
+                                          mean ? mean_hi + (c.width - lead) * csize : NULL, NULL,
+                                          col_scale + (c.width - lead) * csize, NULL, NULL,
+                                          col_shift + (c.width - lead) * csize, ys, stream);
+        if (first < c.super_rows) {
+            size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
+            size_t offset = (first * c.width + lead) * size;
+            int last = lead && first + rows == c.super_rows; /* its last super-row is short */
+            kernels->col_normalize[dtype](xs + offset, rows - last, c.width, c.width,
+                                          mean ? mean_hi : NULL, NULL, col_scale, NULL, NULL,
+                                          col_shift, ys + offset, stream);
+            if (last) {
+                offset += (rows - 1) * c.width * size;
+                kernels->col_normalize[dtype](xs + offset, 1, c.width - lead, c.width,
+                                              mean ? mean_hi : NULL, NULL, col_scale, NULL, NULL,
+                                              col_shift, ys + offset, stream);
             }
-            continue;
         }
-        size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
-        size_t offset = (first * c.width + lead) * size;
-        int last = lead && first + rows == c.super_rows; /* its last super-row is short */
-        kernels->col_normalize[dtype](xs + offset, rows - last, c.width, c.width,
-                                      mean ? mean_hi : NULL, NULL, col_scale, NULL, NULL,
-                                      col_shift, ys + offset, stream);
-        if (last) {
-            offset += (rows - 1) * c.width * size;
-            kernels->col_normalize[dtype](xs + offset, 1, c.width - lead, c.width,
+        if ((size_t)chunk + 1 == items && c.leftover) {
+            size_t offset = c.super_rows * c.width * size;
+            kernels->col_normalize[dtype](xs + offset, c.leftover, c.narrow_width, c.narrow_width,
                                           mean ? mean_hi : NULL, NULL, col_scale, NULL, NULL,
                                           col_shift, ys + offset, stream);
         }
