@@ -368,9 +368,9 @@ def test_one_sample_of_small_maps(shape, dtype, params, isa, rng, tol, num_threa
 # One sample of longer maps: each channel's statistics in one loop with the previous
 # channel's normalize pass (row_stats_normalize), each thread's share of the channels in
 # turn; 6400-value float32 and float64 channels (past FN_BN_AHEAD_MAX_BYTES) take the two
-# kernels in turn.  Channel 1 holds an inf (its statistics are taken again exactly, and are NaN),
-# channel 2 is zeros (a mean pair of zeros, which the fused loop leaves to the two
-# kernels), the others offset data.
+# kernels in turn.  Channel 1 holds an inf (its statistics are taken again exactly, and
+# are NaN), channel 2 is zeros (a mean pair of zeros, which the fused loop leaves to the
+# two kernels), the others offset data.
 @pytest.mark.parametrize("shape", [(1, 7, 1100), (1, 5, 30, 37), (1, 4, 80, 80)], ids=str)
 @pytest.mark.parametrize("dtype", FULL_DTYPES)
 def test_one_sample_channels_equal_each_channel_alone(shape, dtype, isa, rng, num_threads):
