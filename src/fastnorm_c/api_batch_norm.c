@@ -23,8 +23,19 @@
 /* Elements per work item on the column path of moments / affine, and at least
  * FN_COLUMN_MIN_ROWS rows where that leaves four items: the statistics read each row a
  * strip (128 bytes) at a time, and a longer strided stream keeps the hardware prefetcher
- * ahead (fastnorm_moments (1568, 256) 0.81-0.85x the time, (784, 512) 0.71-0.77x). */
-#define FN_COLUMN_ITEM_ELEMENTS 16384
+ * ahead (fastnorm_moments (1568, 256) 0.81-0.85x the time, (784, 512) 0.71-0.77x).
+ * 65536 elements rather than 16384, so rows of fewer than 256 columns make fewer, longer
+ * chunks ((3136, 64): 4 of 784 rows, not 14 of 224), each with a part-filled Welford
+ * block and a merge of its own (a C loop of `fastnorm_moments` (3136, 64) with 2 chunks
+ * against 14 took 0.95x the time on 1 thread, 0.75x on 2).  Emerald
+ * Rapids Xeon, in-process A/B, time per call, each order of the builds: channels-last
+ * BatchNorm training (3136, 64) 0.93 / 0.93 (another pair 1.03 / 0.88), 2 threads 0.91 /
+ * 1.00 (0.91 / 0.84); `moments` 0.93 / 0.96, 2 threads 0.77 / 0.90; GroupNorm
+ * channels-last (1, 64, 56, 56) 0.94 / 0.96, 2 threads 0.91 / 0.92; bfloat16 training
+ * 0.97 / 0.97, float16 0.97 / 0.94, float64 1.00 / 0.99, (100352, 64) 0.98 / 0.98,
+ * (12544, 128) 0.99 / 0.99.  32768 was level (0.97-1.03).  Rows of 256 columns or more
+ * keep their chunks, which FN_COLUMN_MIN_ROWS sets. */
+#define FN_COLUMN_ITEM_ELEMENTS 65536
 #define FN_COLUMN_MIN_ROWS 256
 
 /* Inputs of fewer than FN_COLUMN_FEW_ROWS (super-)rows of at least 2 * FN_COLUMN_PART
