@@ -27,13 +27,13 @@
  * 65536 elements rather than 16384, so rows of fewer than 256 columns make fewer, longer
  * chunks ((3136, 64): 4 of 784 rows, not 14 of 224), each with a part-filled Welford
  * block and a merge of its own (a C loop of `fastnorm_moments` (3136, 64) with 2 chunks
- * against 14 took 0.95x the time on 1 thread, 0.75x on 2).  Emerald
- * Rapids Xeon, in-process A/B, time per call, each order of the builds: channels-last
- * BatchNorm training (3136, 64) 0.93 / 0.93 (another pair 1.03 / 0.88), 2 threads 0.91 /
- * 1.00 (0.91 / 0.84); `moments` 0.93 / 0.96, 2 threads 0.77 / 0.90; GroupNorm
- * channels-last (1, 64, 56, 56) 0.94 / 0.96, 2 threads 0.91 / 0.92; bfloat16 training
- * 0.97 / 0.97, float16 0.97 / 0.94, float64 1.00 / 0.99, (100352, 64) 0.98 / 0.98,
- * (12544, 128) 0.99 / 0.99.  32768 was level (0.97-1.03).  Rows of 256 columns or more
+ * against 14 took 0.95x the time on 1 thread, 0.75x on 2).  Emerald Rapids Xeon,
+ * in-process A/B, time per call, each order of the builds: channels-last BatchNorm
+ * training (3136, 64) 0.93 / 0.93 (another pair 1.03 / 0.88), 2 threads 0.91 / 1.00 (0.91
+ * / 0.84); `moments` 0.93 / 0.96, 2 threads 0.77 / 0.90; GroupNorm channels-last (1, 64,
+ * 56, 56) 0.94 / 0.96, 2 threads 0.91 / 0.92; bfloat16 training 0.97 / 0.97, float16 0.97
+ * / 0.94, float64 1.00 / 0.99, (100352, 64) 0.98 / 0.98, (12544, 128) 0.99 / 0.99.  32768
+ * elements gained in neither order (training 0.97 / 1.03).  Rows of 256 columns or more
  * keep their chunks, which FN_COLUMN_MIN_ROWS sets. */
 #define FN_COLUMN_ITEM_ELEMENTS 65536
 #define FN_COLUMN_MIN_ROWS 256
@@ -446,11 +446,11 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     size_t items = c.chunks ? c.chunks : 1;
     FN_PARALLEL_FOR(chunk, items, {
         size_t first = (size_t)chunk * c.chunk_rows;
-        if (chunk == 0 && lead)
-            kernels->col_normalize[dtype](xs, 1, lead, lead,
-                                          mean ? mean_hi + (c.width - lead) * csize : NULL, NULL,
-                                          col_scale + (c.width - lead) * csize, NULL, NULL,
-                                          col_shift + (c.width - lead) * csize, ys, stream);
+        if (chunk == 0 && lead) { /* the lead elements' parameters: the rotated last ones */
+            size_t at = (c.width - lead) * csize;
+            kernels->col_normalize[dtype](xs, 1, lead, lead, mean ? mean_hi + at : NULL, NULL,
+                                          col_scale + at, NULL, NULL, col_shift + at, ys, stream);
+        }
         if (first < c.super_rows) {
             size_t rows = c.super_rows - first < c.chunk_rows ? c.super_rows - first : c.chunk_rows;
             size_t offset = (first * c.width + lead) * size;
