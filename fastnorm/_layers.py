@@ -114,7 +114,8 @@ class NormLayer:
     # -- calling ----------------------------------------------------------------------
 
     def __call__(self, x, **kwargs):
-        return self.forward(x, **kwargs)
+        # without keywords, no dict to unpack: 0.1 us of a 0.8 us LayerNorm call on 1x768
+        return self.forward(x, **kwargs) if kwargs else self.forward(x)
 
     def forward(self, x):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
@@ -297,18 +298,11 @@ def _check_torch_class(cls, module):
 
 
 class _RowNorm(NormLayer):
-    """What LayerNorm and RMSNorm share: normalized_shape, weight, the fast call path."""
+    """What LayerNorm and RMSNorm share: normalized_shape (passed as it is: the one-step
+    path takes a 1-tuple equal to the last dimension, 0.2 us sooner than a check here)."""
 
     def _state_shape(self, name):
         return self.normalized_shape
-
-    def _shape_argument(self, x):
-        """normalized_shape for the functional call: None (its fastest path) when it is
-        exactly x's last dimension, which the functional form then checks no further."""
-        shape = self.normalized_shape
-        if len(shape) == 1 and type(x) is np.ndarray and x.ndim and x.shape[-1] == shape[0]:
-            return None
-        return shape
 
     @classmethod
     def _torch_extra_arguments(cls, module):
@@ -344,7 +338,7 @@ class LayerNorm(_RowNorm):
             self.bias[...] = 0
 
     def forward(self, x, *, residual=None, residual_out=None, out=None, return_stats=False):
-        return layer_norm(x, self._shape_argument(x), self.weight, self.bias, self.eps,
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
                           residual=residual, residual_out=residual_out, out=out,
                           return_stats=return_stats)
 
@@ -373,7 +367,7 @@ class RMSNorm(_RowNorm):
             self.weight[...] = 1
 
     def forward(self, x, *, residual=None, residual_out=None, out=None, return_stats=False):
-        return rms_norm(x, self._shape_argument(x), self.weight, self.eps,
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps,
                         residual=residual, residual_out=residual_out, out=out,
                         return_stats=return_stats)
 
