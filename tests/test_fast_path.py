@@ -66,6 +66,22 @@ def test_common_call_skips_the_general_path(op, dtype, normalized_shape, with_ou
 
 
 @pytest.mark.parametrize("op", ROW_OPS)
+def test_last_axis_alone_skips_the_general_path(op, rng, tol, general_calls):
+    # axis=-1 says what normalized_shape=None does; other spellings go the general way
+    x = (rng.standard_normal((5, 3, N)) + 4).astype(np.float32)
+    w, b = _params(op, N, np.float32, rng)
+    y = row_norm(op, x, None, w, b, axis=-1)
+    assert general_calls == []
+    assert_close(y, ref_row_norm(op, x, None, w, b), tol)
+    np.testing.assert_array_equal(y, row_norm(op, x, None, w, b, axis=2))
+    assert len(general_calls) == 1
+    np.testing.assert_array_equal(y, row_norm(op, x, None, w, b, axis=np.int64(-1)))
+    assert len(general_calls) == 2
+    with pytest.raises(ValueError, match="not both"):
+        row_norm(op, x, N, w, b, axis=-1)
+
+
+@pytest.mark.parametrize("op", ROW_OPS)
 def test_in_place(op, rng, tol, general_calls):
     x = rng.standard_normal((4, N)).astype(np.float32)
     want = ref_row_norm(op, x)
