@@ -48,7 +48,8 @@ def moments(x, axis=None):
         _core.moments(code, outer, channels, inner, x, mean, m2,
                       _checks.num_threads)
 
-    counts = np.full(kept_shape, count, dtype=np.int64)
+    counts = np.empty(kept_shape, np.int64)  # filled in place: np.full takes 0.6 us more
+    counts.fill(count)
     mean = mean.reshape(kept_shape)
     m2 = m2.reshape(kept_shape)
     if not kept_shape:
