@@ -81,6 +81,19 @@ def test_last_axis_alone_skips_the_general_path(op, rng, tol, general_calls):
         row_norm(op, x, N, w, b, axis=-1)
 
 
+@pytest.mark.parametrize("layer", [fastnorm.LayerNorm, fastnorm.RMSNorm])
+def test_row_layers_take_the_one_step_path(layer, rng, general_calls):
+    # a layer passes its normalized_shape, a 1-tuple, which the one-step path takes
+    x = (rng.standard_normal((5, 3, N)) + 4).astype(np.float32)
+    norm = layer(N)
+    norm.weight[...] = rng.standard_normal(N)
+    y = norm(x)
+    assert general_calls == []
+    op = fastnorm.layer_norm if layer is fastnorm.LayerNorm else fastnorm.rms_norm
+    params = (norm.weight, norm.bias) if layer is fastnorm.LayerNorm else (norm.weight,)
+    np.testing.assert_array_equal(y, op(x, None, *params, norm.eps))
+
+
 @pytest.mark.parametrize("op", ROW_OPS)
 def test_in_place(op, rng, tol, general_calls):
     x = rng.standard_normal((4, N)).astype(np.float32)
