@@ -10,15 +10,9 @@ wrong and what was expected.  Nothing here imports the C extension.
 import math
 import numbers
 import operator
+import sys
 
 import numpy as np
-
-try:
-    import ml_dtypes
-
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    BFLOAT16 = None
 
 FLOAT16 = np.dtype(np.float16)
 FLOAT32 = np.dtype(np.float32)
@@ -33,9 +27,10 @@ DTYPES = {
     FLOAT32: (CODE_F32, FLOAT32),
     FLOAT64: (CODE_F64, FLOAT64),
     FLOAT16: (CODE_F16, FLOAT32),
-}
-if BFLOAT16 is not None:
-    DTYPES[BFLOAT16] = (CODE_BF16, FLOAT32)
+}  # and ml_dtypes' bfloat16: (CODE_BF16, FLOAT32), from bfloat16()
+
+# np.dtype(ml_dtypes.bfloat16) once bfloat16() has found it, else None
+BFLOAT16 = None
 
 # Threads passed to _core: 0 means OpenMP's default, so OMP_NUM_THREADS and threadpoolctl
 # apply; fastnorm._config.set_num_threads stores an explicit count here.
@@ -45,6 +40,43 @@ num_threads = 0
 # ---- arrays and dtypes --------------------------------------------------------------
 
 
+def bfloat16(load=False):
+    """ml_dtypes' bfloat16 dtype, added to DTYPES when first found; None while nothing has
+    imported ml_dtypes (unless load: then it is imported here).
+
+    Importing ml_dtypes took 0.73 s of `import fastnorm`'s 1.2 s on the bench machine, and
+    no array or dtype of bfloat16 exists before something imports it: so fastnorm looks
+    for the module in sys.modules, and imports it only where a user names bfloat16 without
+    one (dtype="bfloat16", a torch bfloat16 tensor)."""
+    global BFLOAT16
+    if BFLOAT16 is None:
+        module = sys.modules.get("ml_dtypes")
+        if module is None and load:
+            try:
+                import ml_dtypes as module
+            except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+                return None
+        dtype = getattr(module, "bfloat16", None)  # None, or a module still importing
+        if dtype is not None:
+            BFLOAT16 = np.dtype(dtype)
+            DTYPES[BFLOAT16] = (CODE_BF16, FLOAT32)
+    return BFLOAT16
+
+
+def known_rule(dtype):
+    """DTYPES' (core code, compute dtype) for dtype, else None."""
+    rule = DTYPES.get(dtype)
+    if rule is None and BFLOAT16 is None and bfloat16() is not None:
+        rule = DTYPES.get(dtype)
+    return rule
+
+
+def is_bfloat16(dtype):
+    """Whether dtype is ml_dtypes' bfloat16 (never compared with None: np.dtype(None) is
+    float64)."""
+    return bfloat16() is not None and dtype == BFLOAT16
+
+
 def as_array(x):
     """x itself when it is an ndarray (no call at all), else numpy.asarray(x), and a CPU
     torch bfloat16 tensor as an ml_dtypes bfloat16 array, which numpy.asarray refuses (NumPy
@@ -52,14 +84,14 @@ def as_array(x):
     importing torch."""
     if type(x) is np.ndarray:
         return x
-    if BFLOAT16 is not None and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+    if str(getattr(x, "dtype", "")) == "torch.bfloat16" and bfloat16(load=True) is not None:
         return np.asarray(x.float()).astype(BFLOAT16)
     return np.asarray(x)
 
 
 def dtype_rule(dtype, name="x"):
     """(core code, compute dtype) of a supported dtype, else TypeError."""
-    rule = DTYPES.get(dtype)
+    rule = known_rule(dtype)
     if rule is None:
         raise TypeError(
             f"{name} has dtype {dtype}, which fastnorm does not support; "
@@ -71,7 +103,7 @@ def dtype_rule(dtype, name="x"):
 def input_rule(x, name="x"):
     """(x, dtype rule) for an input array: a byte-swapped float array is converted to
     native order; any other unsupported dtype raises TypeError naming it."""
-    rule = DTYPES.get(x.dtype)
+    rule = known_rule(x.dtype)
     if rule is None:
         native = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else None
         if native is not None and native in DTYPES:
@@ -334,7 +366,7 @@ def as_param(p, shape, compute, name):
         return p  # the common case, no copy
     a = as_array(p)
     if a.dtype != compute:
-        if a.dtype.kind not in "fiu" and a.dtype != BFLOAT16:
+        if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
             raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
         a = a.astype(compute)
     if a.shape != shape:

@@ -37,6 +37,8 @@ from libc.string cimport memset
 from fastnorm._cfastnorm cimport *
 
 cimport numpy as cnp
+import sys
+
 import numpy
 
 cnp.import_array()
@@ -56,13 +58,10 @@ cdef extern from "_output_cache.h":
     void fn_output_cache_set_limit(size_t limit)
     void fn_output_cache_state(size_t *count, size_t *held)
 
-# ml_dtypes' bfloat16 is a user dtype: NumPy gives it a type number when it registers.
+# ml_dtypes' bfloat16 is a user dtype: NumPy gives it a type number when it registers,
+# which is looked up when a user dtype is first met (_user_dtype), not at import: importing
+# ml_dtypes takes most of a second, and no array has its dtype before something imports it.
 cdef int _bfloat16_num = -1
-try:
-    import ml_dtypes
-    _bfloat16_num = numpy.dtype(ml_dtypes.bfloat16).num
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    pass
 
 # Outputs of FN_CACHE_MIN_BYTES or more come from _output_cache.h's handler while the
 # cache may hold something (fastnorm._config sets the limit).
@@ -196,9 +195,19 @@ cdef inline int _numpy_dtype(cnp.ndarray arr) noexcept:
         return FASTNORM_F64
     if type_num == cnp.NPY_FLOAT16:
         return FASTNORM_F16
-    if type_num == _bfloat16_num:
-        return FASTNORM_BF16
+    if cnp.PyTypeNum_ISUSERDEF(type_num):
+        return _user_dtype(type_num)
     return -1
+
+
+cdef int _user_dtype(int type_num) noexcept:
+    """FASTNORM_BF16 if type_num is ml_dtypes' bfloat16, else -1."""
+    global _bfloat16_num
+    if _bfloat16_num < 0:
+        bfloat16 = getattr(sys.modules.get("ml_dtypes"), "bfloat16", None)
+        if bfloat16 is not None:
+            _bfloat16_num = numpy.dtype(bfloat16).num
+    return FASTNORM_BF16 if type_num == _bfloat16_num else -1
 
 
 cdef inline void _read(_Array *a, cnp.ndarray arr) noexcept:

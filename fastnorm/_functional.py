@@ -43,7 +43,7 @@ _core_batch_norm = _core.batch_norm
 _core_group_norm = _core.group_norm
 _core_group_norm_common = _core.group_norm_common
 # rms_norm's default eps: the machine epsilon of the computation dtype.
-_RMS_EPS = {dtype: float(np.finfo(rule[1]).eps) for dtype, rule in _DTYPES.items()}
+_RMS_EPS = {dtype: float(np.finfo(dtype).eps) for dtype in (_checks.FLOAT32, _checks.FLOAT64)}
 
 __all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm"]
 
@@ -112,7 +112,7 @@ def _row_norm(kind, x, normalized_shape, weight, bias, eps, axis, residual, resi
         x, rule = _checks.input_rule(x)
     code, compute = rule
     if eps is None:
-        eps = _RMS_EPS[x.dtype]
+        eps = _RMS_EPS[compute]
 
     plan = _checks.norm_plan(x.shape, normalized_shape, axis)
     norm_shape = plan[3]

@@ -34,10 +34,11 @@ __all__ = [
 # What load_state_dict(strict=False) returns, with torch's field names.
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys", "missing_keys unexpected_keys")
 
-_ALL_DTYPES = tuple(_checks.DTYPES)  # float32, float64, float16, bfloat16
-# BatchNorm/InstanceNorm running statistics are updated in place by batch_norm, which
-# takes float32/float64 statistics only.
-_STAT_DTYPES = (_checks.FLOAT32, _checks.FLOAT64)
+# The dtypes a layer may hold, by name (bfloat16 is ml_dtypes', imported only when needed:
+# _checks.bfloat16).  BatchNorm/InstanceNorm running statistics are updated in place by
+# batch_norm, which takes float32/float64 statistics only.
+_ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
+_STAT_DTYPES = ("float32", "float64")
 _INT64 = np.dtype(np.int64)
 
 
@@ -56,10 +57,17 @@ def _to_numpy(value):
     return _checks.as_array(value)
 
 
+def _dtype_in(dt, names):
+    """Whether dt is one of fastnorm's dtypes (native order) named in names."""
+    return dt.name in names and _checks.known_rule(dt) is not None
+
+
 def _layer_dtype(dtype, allowed, layer):
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        _checks.bfloat16(load=True)  # NumPy knows the name once ml_dtypes is imported
     dt = np.dtype(dtype)
-    if dt not in allowed:
-        names = ", ".join(str(d) for d in allowed)
+    if not _dtype_in(dt, allowed):
+        names = ", ".join(allowed)
         raise TypeError(f"{layer} does not support dtype {dt}; expected one of {names}")
     return dt
 
@@ -222,10 +230,10 @@ class NormLayer:
             return None, (f"size mismatch: copying an array of shape {array.shape} from the "
                           f"state dict, the shape in this layer is {want_shape}")
         kinds = "iu" if name == "num_batches_tracked" else "biuf"
-        if array.dtype.kind not in kinds and array.dtype != _checks.BFLOAT16:
+        if array.dtype.kind not in kinds and not _checks.is_bfloat16(array.dtype):
             expected = "an integer" if kinds == "iu" else "a numeric"
             return None, f"has dtype {array.dtype}, expected {expected} array"
-        if name == "num_batches_tracked" and array.dtype == _checks.BFLOAT16:
+        if name == "num_batches_tracked" and _checks.is_bfloat16(array.dtype):
             return None, f"has dtype {array.dtype}, expected an integer array"
         return array, None
 
@@ -256,8 +264,8 @@ class NormLayer:
                 state[name] = _to_numpy(tensor)
         if dtype is None:
             dtype = _checks.FLOAT32
-            floats = [a.dtype for a in state.values() if a.dtype in _ALL_DTYPES]
-            if floats and floats[0] in cls._allowed_dtypes():
+            floats = [a.dtype for a in state.values() if _dtype_in(a.dtype, _ALL_DTYPES)]
+            if floats and _dtype_in(floats[0], cls._allowed_dtypes()):
                 dtype = floats[0]
         layer = cls(**kwargs, dtype=dtype, **options)
         layer.load_state_dict(state)

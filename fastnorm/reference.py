@@ -14,15 +14,9 @@ extension and shares no shape logic with the fast path, so it is an independent 
 
 import functools
 import numbers
+import sys
 
 import numpy as np
-
-try:
-    import ml_dtypes
-
-    _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    _BFLOAT16 = None
 
 __all__ = [
     "layer_norm",
@@ -39,7 +33,14 @@ __all__ = [
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
-_SUPPORTED = [_F32, _F64, np.dtype(np.float16)] + ([_BFLOAT16] if _BFLOAT16 is not None else [])
+_SUPPORTED = (_F32, _F64, np.dtype(np.float16))  # and ml_dtypes' bfloat16 (_is_bfloat16)
+
+
+def _is_bfloat16(dtype):
+    """Whether dtype is ml_dtypes' bfloat16, looked up, not imported (which takes most of a
+    second): no array has that dtype before something imported ml_dtypes."""
+    bfloat16 = getattr(sys.modules.get("ml_dtypes"), "bfloat16", None)
+    return bfloat16 is not None and dtype == bfloat16
 
 
 def _quiet(function):
@@ -62,7 +63,7 @@ def _input(x, name="x"):
     x = np.asarray(x)
     if x.dtype.kind == "f" and not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
-    if x.dtype not in _SUPPORTED:
+    if x.dtype not in _SUPPORTED and not _is_bfloat16(x.dtype):
         raise TypeError(
             f"{name} has dtype {x.dtype}; fastnorm supports float32, float64, float16 and bfloat16"
         )
@@ -134,7 +135,7 @@ def _param(p, shape, compute, name):
     if p is None:
         return None
     p = np.asarray(p)
-    if p.dtype != _BFLOAT16 and p.dtype.kind not in "fiu":
+    if p.dtype.kind not in "fiu" and not _is_bfloat16(p.dtype):
         raise TypeError(f"{name} must be a floating-point array, got dtype {p.dtype}")
     if p.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
