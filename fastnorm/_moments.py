@@ -34,7 +34,17 @@ def moments(x, axis=None):
 
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
+    # the kept axes in the order the statistics come out (x's memory order, below)
+    kept_out = kept
     if count and channels:
+        order = _checks.memory_order(x)
+        if order is not None:
+            # a transpose of a C-contiguous array (a channels-last view): reduced as that
+            # array, not copied to C order (245 us -> 18 us for (1, 64, 56, 56) float32)
+            x = x.transpose(order)
+            kept_out = [a for a in order if a in kept]
+            kept = [p for p, a in enumerate(order) if a in kept]
+            shape = x.shape
         # _core reduces over the outer and inner parts of an (outer, channels, inner)
         # block: the kept axes must be one contiguous group, else they are moved first.
         if not kept:
@@ -50,11 +60,21 @@ def moments(x, axis=None):
 
     counts = np.empty(kept_shape, np.int64)  # filled in place: np.full takes 0.6 us more
     counts.fill(count)
-    mean = mean.reshape(kept_shape)
-    m2 = m2.reshape(kept_shape)
+    mean = _in_logical_order(mean, kept_out, kept_shape)
+    m2 = _in_logical_order(m2, kept_out, kept_shape)
     if not kept_shape:
         return counts[()], mean[()], m2[()]
     return counts, mean, m2
+
+
+def _in_logical_order(stats, kept_out, kept_shape):
+    """Statistics that came out over the kept axes kept_out (x's axis numbers, in memory
+    order), shaped kept_shape, their order in x (a C-contiguous array)."""
+    if kept_out == sorted(kept_out):
+        return stats.reshape(kept_shape)
+    out_shape = tuple(kept_shape[sorted(kept_out).index(a)] for a in kept_out)
+    ascending = sorted(range(len(kept_out)), key=kept_out.__getitem__)
+    return np.ascontiguousarray(stats.reshape(out_shape).transpose(ascending))
 
 
 def _partial(p, name):

@@ -1,4 +1,6 @@
 """moments / merge_moments: Welford partials against NumPy, and Chan's merge."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -136,6 +138,35 @@ def test_moments_any_layout(layout, isa, rng):
     want = fastnorm.moments(x, axis=(0, 2))
     got = fastnorm.moments(as_layout(x, layout), axis=(0, 2))
     _check_partials(got, want, RTOL[F32], _scale(x, (0, 2)))
+
+
+def _in_memory_order(x, order):
+    """The values of x in an array whose axes lie in memory in `order` (outermost first)."""
+    return np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))), ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_moments_of_any_memory_order(order, dtype, isa, rng):
+    # a transpose of a C-contiguous array (channels-last, Fortran) is reduced in its memory
+    # order: every set of axes, kept axes coming back in x's order
+    x = _in_memory_order(random_data(rng, (3, 4, 5, 6), dtype, offset=3.0), order)
+    for r in range(5):
+        for axis in itertools.combinations(range(4), r):
+            _check_partials(fastnorm.moments(x, axis=axis), _np_moments(x, axis), RTOL[dtype],
+                            _scale(x, axis), err_msg=f"axis {axis}")
+
+
+def test_channels_last_moments_read_x_where_it_is(rng, monkeypatch):
+    # (N, C, H, W) stored as NHWC goes to the kernel as that memory, not as a C-order copy
+    x = _in_memory_order(random_data(rng, (2, 8, 5, 6), F32), (0, 2, 3, 1))
+    read = []
+    kernel = fastnorm._core.moments
+    monkeypatch.setattr(fastnorm._core, "moments",
+                        lambda *a: read.append(np.shares_memory(a[4], x)) or kernel(*a))
+    got = fastnorm.moments(x, axis=(0, 2, 3))
+    assert read == [True]
+    _check_partials(got, _np_moments(x, (0, 2, 3)), RTOL[F32], _scale(x, (0, 2, 3)))
 
 
 @pytest.mark.parametrize("shape, axis, split_axis", [
