@@ -148,13 +148,22 @@ def _in_memory_order(x, order):
 @pytest.mark.parametrize("order", list(itertools.permutations(range(4))), ids=str)
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_moments_of_any_memory_order(order, dtype, isa, rng):
-    # a transpose of a C-contiguous array (channels-last, Fortran) is reduced in its memory
-    # order: every set of axes, kept axes coming back in x's order
+    # every set of axes of every transpose of a C-contiguous array, kept axes coming back
+    # in x's order (reduced in memory order where they are fastest, else in C order)
     x = _in_memory_order(random_data(rng, (3, 4, 5, 6), dtype, offset=3.0), order)
     for r in range(5):
         for axis in itertools.combinations(range(4), r):
             _check_partials(fastnorm.moments(x, axis=axis), _np_moments(x, axis), RTOL[dtype],
                             _scale(x, axis), err_msg=f"axis {axis}")
+
+
+@pytest.mark.parametrize("order", [(3, 2, 1, 0), (1, 0, 2, 3), (0, 3, 1, 2)], ids=str)
+def test_moments_of_other_transposes_give_the_c_order_bits(order, isa, rng):
+    # the kept axis not fastest in memory (Fortran order among them): a C-order copy
+    x = random_data(rng, (4, 6, 5, 7), np.float32, offset=3.0)
+    got = fastnorm.moments(_in_memory_order(x, order), axis=(0, 2, 3))
+    for g, w in zip(got, fastnorm.moments(x, axis=(0, 2, 3))):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_channels_last_moments_read_x_where_it_is(rng, monkeypatch):
