@@ -75,6 +75,11 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         const void *weight, void *grad_x, double *grad_weight, double *grad_bias,
         int n_threads)
 
+    enum: FASTNORM_MAX_DIMS
+    fastnorm_status_t fastnorm_copy_to_c_order(
+        size_t item_size, size_t ndim, const size_t *shape, const ptrdiff_t *src_strides,
+        const void *src, void *dst)
+
     int fastnorm_isa_compiled(fastnorm_isa_t isa)
     int fastnorm_isa_supported(fastnorm_isa_t isa)
     fastnorm_isa_t fastnorm_best_isa()

@@ -2,7 +2,8 @@
 
 Design:
 - One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
-  update_running, norm_backward, batch_norm_backward) plus the ISA/thread queries.  No
+  update_running, norm_backward, batch_norm_backward, copy_to_c_order) plus the ISA/thread
+  queries.  No
   math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
   before calling in.  The exceptions are the four
@@ -640,6 +641,32 @@ def batch_norm_backward(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssi
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_batch_norm_backward", f"dtype={_DTYPE_NAMES.get(dtype, dtype)}, "
                f"outer={outer}, channels={channels}, inner={inner}")
+
+
+def copy_to_c_order(a):
+    """A new C-contiguous array equal to `a`, of any strides and an item size of 2, 4 or 8,
+    copied by fastnorm_copy_to_c_order (tiled: for transposes such as Fortran order)."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"copy_to_c_order: expected a NumPy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef size_t shape[FASTNORM_MAX_DIMS]
+    cdef ptrdiff_t strides[FASTNORM_MAX_DIMS]
+    cdef size_t ndim = arr.ndim, k, item = arr.itemsize
+    cdef fastnorm_status_t status
+    if ndim < 1 or ndim > FASTNORM_MAX_DIMS:
+        raise ValueError(f"copy_to_c_order takes 1 to {FASTNORM_MAX_DIMS} dimensions, got {ndim}")
+    for k in range(ndim):
+        shape[k] = arr.shape[k]
+        strides[k] = arr.strides[k]
+    cdef cnp.ndarray y = numpy.empty(a.shape, a.dtype)
+    cdef const void *src = cnp.PyArray_DATA(arr)
+    cdef void *dst = cnp.PyArray_DATA(y)
+    with nogil:
+        status = fastnorm_copy_to_c_order(item, ndim, shape, strides, src, dst)
+    if status != FASTNORM_OK:
+        _raise(status, "fastnorm_copy_to_c_order", f"item_size={item}, shape={a.shape}, "
+               f"strides={a.strides}")
+    return y
 
 
 def update_running(int running_dtype, running_mean, running_var, mean, var, Py_ssize_t count,

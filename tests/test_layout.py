@@ -415,3 +415,96 @@ def test_byte_swapped_out_and_in_place(op, isa, rng):
         y = getattr(fastnorm, op)(x.astype(swap), residual=r.astype(swap), residual_out=h)
         assert_same_bits(y, getattr(fastnorm, op)(x, residual=r))
         assert_same_bits(h.astype(np.float32), (x + r).astype(np.float32))
+
+
+# ---- the tiled C-order copy of transposed inputs (_core.copy_to_c_order) ---------------
+
+
+def _copy_cases(rng, dtype):
+    """Views of every kind the copy must take: each transpose of a 3-D array whose sizes
+    are no multiple of a tile, sliced and reversed transposes, a broadcast axis, size-1
+    axes, and the 4-D layouts users pass (Fortran order, channels-last)."""
+    base = random_data(rng, (5, 19, 37), dtype)
+    for order in itertools.permutations(range(3)):
+        yield f"transpose {order}", in_memory_order(base, order)
+    big = np.asfortranarray(random_data(rng, (40, 70), dtype))
+    yield "fortran sliced", big[3:37:2, 1:]
+    yield "fortran reversed", big[::-1, ::-3]
+    yield "broadcast rows", np.broadcast_to(base[0, 0], (33, 37))
+    yield "size-1 axes", np.asfortranarray(random_data(rng, (1, 30, 1, 20), dtype))
+    yield "fortran 4-D", np.asfortranarray(random_data(rng, (3, 4, 17, 18), dtype))
+    yield "channels-last", in_memory_order(random_data(rng, (2, 20, 5, 18), dtype), (0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_copy_to_c_order_gives_numpys_copy(dtype, rng):
+    for name, view in _copy_cases(rng, dtype):
+        got = fastnorm._core.copy_to_c_order(view)
+        assert got.flags.c_contiguous and got.dtype == view.dtype, name
+        assert_same_bits(got, np.ascontiguousarray(view), err_msg=name)
+
+
+def test_copy_to_c_order_refuses_what_it_cannot_copy():
+    with pytest.raises(TypeError, match="fastnorm_copy_to_c_order: unsupported dtype"):
+        fastnorm._core.copy_to_c_order(np.zeros((4, 3), np.int8).T)
+    with pytest.raises(ValueError, match="1 to 64 dimensions"):
+        fastnorm._core.copy_to_c_order(np.zeros((), np.float32))
+    with pytest.raises(TypeError, match="expected a NumPy array"):
+        fastnorm._core.copy_to_c_order([1.0, 2.0])
+
+
+@pytest.fixture
+def tiled_copies(monkeypatch):
+    """The inputs that went through _core.copy_to_c_order."""
+    copies = []
+    copy = fastnorm._core.copy_to_c_order
+    monkeypatch.setattr(fastnorm._core, "copy_to_c_order",
+                        lambda a: copies.append(a.shape) or copy(a))
+    return copies
+
+
+def _fortran(x):
+    return np.asfortranarray(x)
+
+
+def _channels_last(x):
+    return in_memory_order(x, (0, 2, 3, 1))
+
+
+# (call, input shape, layout) where the input is copied to C order; batch_norm, group_norm
+# and moments take channels-last views as they are (test_batch_norm_channels_last_...)
+_TILED_CASES = {
+    "layer_norm fortran": (lambda v: fastnorm.layer_norm(v, return_stats=True), (40, 48), _fortran),
+    "rms_norm fortran": (lambda v: fastnorm.rms_norm(v, return_stats=True), (40, 48), _fortran),
+    "batch_norm fortran": (lambda v: fastnorm.batch_norm(v, None, None, training=True,
+                                                         return_stats=True), (40, 48), _fortran),
+    "moments fortran": (lambda v: fastnorm.moments(v, axis=0), (40, 48), _fortran),
+    "group_norm fortran": (lambda v: fastnorm.group_norm(v, 4), (16, 8, 5, 20), _fortran),
+    "layer_norm channels-last": (lambda v: fastnorm.layer_norm(v), (3, 16, 5, 20), _channels_last),
+    "rms_norm channels-last": (lambda v: fastnorm.rms_norm(v, axis=(1, 2, 3)), (3, 16, 5, 20),
+                               _channels_last),
+}
+
+
+@pytest.mark.parametrize("case", list(_TILED_CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_inputs_are_copied_in_tiles_with_the_c_order_bits(case, dtype, isa, rng,
+                                                                      tiled_copies):
+    call, shape, layout = _TILED_CASES[case]
+    x = random_data(rng, shape, dtype)
+    want = call(x)
+    assert tiled_copies == []
+    view = layout(x)
+    got = call(view)
+    assert tiled_copies == [view.shape]
+    for g, w in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):
+        assert_same_bits(np.asarray(g), np.asarray(w))
+
+
+def test_short_axes_stay_with_numpys_copy(rng, tiled_copies):
+    # 3 channels: the tiles would be shorter than a cache line, and NumPy's copy was faster
+    x = random_data(rng, (2, 3, 8, 40), np.float32)
+    got = fastnorm.rms_norm(in_memory_order(x, (0, 2, 3, 1)), axis=(1, 2, 3))
+    assert tiled_copies == []
+    assert_same_bits(got, fastnorm.rms_norm(x, axis=(1, 2, 3)))
