@@ -99,7 +99,7 @@ def _layout(g, x, axes):
                 (outer, middle, x.size // (outer * middle)), kept, lambda y: y)
     return (_checks.move_to_end(g, axes), _checks.move_to_end(x, axes),
             (x.size // middle, middle, 1), kept,
-            lambda y: np.ascontiguousarray(_checks.move_back(y, axes)))
+            lambda y: _checks.contiguous(_checks.move_back(y, axes)))
 
 
 def _rows_backward(kind, g, x, dtype, code, compute, mean, rstd, weight, axes):

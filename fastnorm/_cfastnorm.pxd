@@ -76,9 +76,9 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
         int n_threads)
 
     enum: FASTNORM_MAX_DIMS
-    fastnorm_status_t fastnorm_copy_to_c_order(
-        size_t item_size, size_t ndim, const size_t *shape, const ptrdiff_t *src_strides,
-        const void *src, void *dst)
+    fastnorm_status_t fastnorm_copy_strided(
+        size_t item_size, size_t ndim, const size_t *shape, const void *src,
+        const ptrdiff_t *src_strides, void *dst, const ptrdiff_t *dst_strides)
 
     int fastnorm_isa_compiled(fastnorm_isa_t isa)
     int fastnorm_isa_supported(fastnorm_isa_t isa)

@@ -124,24 +124,45 @@ def is_direct(a):
 
 def contiguous(a):
     """a when the kernels can read it directly, else a copy they can (any layout is accepted):
-    a transpose by the C extension's tiled copy (_transposed_copy), the rest by NumPy."""
+    a transpose by the C extension's tiles (_tiles_pay), the rest by NumPy."""
     if is_direct(a):
         return a
-    if _transposed_copy(a):
-        return _core.copy_to_c_order(a)
+    if a.ndim > 1 and _tiles_pay(a.ndim - 1, a):
+        y = np.empty(a.shape, a.dtype)
+        _core.copy(a, y)
+        return y
     return np.require(a, requirements="CA")
 
 
-def _transposed_copy(a):
-    """Whether a is a transpose of a C-contiguous array (memory_order) whose fastest axis
-    in memory is not its last, with both axes a cache line long or more: then
-    _core.copy_to_c_order moves it in tiles of the two (NumPy's copy, an item at a time:
-    15 ms for a Fortran-order 4096x768 float32 array, the tiles 3.6 ms; a channels-last
-    (32, 64, 56, 56) view 9.8 against 6.3 ms; with 3 channels NumPy's is faster)."""
+def assign(dst, src):
+    """dst[...] = src: a result into the caller's out= or residual_out= (same shape and
+    dtype, apart in memory), by the C extension's tiles where they pay (_tiles_pay)."""
+    if (dst.dtype == src.dtype and src.ndim > 1 and _tiles_pay(_fast_axis(src), dst)
+            and not np.may_share_memory(dst, src)):
+        _core.copy(src, dst)
+    else:
+        dst[...] = src
+
+
+def _fast_axis(a):
+    """The axis along which a is contiguous in memory, if a is C-contiguous or a transpose
+    of a C-contiguous array (memory_order), else None."""
+    if a.flags.c_contiguous:
+        return a.ndim - 1
     order = memory_order(a)
-    if order is None or order[-1] == a.ndim - 1 or a.itemsize not in (2, 4, 8):
+    return None if order is None else order[-1]
+
+
+def _tiles_pay(axis, a):
+    """Whether copying between a and an array contiguous along `axis` should go through
+    _core.copy's tiles: a is a transpose contiguous along another axis, and both axes
+    are a cache line long or more.  NumPy's copy moves an item at a time: 15 ms for a
+    Fortran-order 4096x768 float32 array to C order, the tiles 3.6 ms; a channels-last
+    (32, 64, 56, 56) view 9.8 against 6.3 ms; with 3 channels NumPy's was faster."""
+    fast = _fast_axis(a)
+    if axis is None or fast is None or fast == axis or a.itemsize not in (2, 4, 8):
         return False
-    return min(a.shape[order[-1]], a.shape[-1]) * a.itemsize >= 64
+    return min(a.shape[fast], a.shape[axis]) * a.itemsize >= 64
 
 
 def memory_order(a):

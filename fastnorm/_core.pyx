@@ -2,7 +2,7 @@
 
 Design:
 - One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
-  update_running, norm_backward, batch_norm_backward, copy_to_c_order) plus the ISA/thread
+  update_running, norm_backward, batch_norm_backward, copy) plus the ISA/thread
   queries.  No
   math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
@@ -643,30 +643,38 @@ def batch_norm_backward(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssi
                f"outer={outer}, channels={channels}, inner={inner}")
 
 
-def copy_to_c_order(a):
-    """A new C-contiguous array equal to `a`, of any strides and an item size of 2, 4 or 8,
-    copied by fastnorm_copy_to_c_order (tiled: for transposes such as Fortran order)."""
-    if not isinstance(a, cnp.ndarray):
-        raise TypeError(f"copy_to_c_order: expected a NumPy array, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
+def copy(src, dst):
+    """dst[...] = src by fastnorm_copy_strided (tiled, for transposes such as Fortran
+    order): NumPy arrays of one shape and item size (2, 4 or 8), any strides, dst
+    writeable and apart from src; the bits are copied."""
+    if not isinstance(src, cnp.ndarray) or not isinstance(dst, cnp.ndarray):
+        raise TypeError(f"copy: expected NumPy arrays, got {type(src).__name__} and "
+                        f"{type(dst).__name__}")
+    cdef cnp.ndarray s = <cnp.ndarray>src, d = <cnp.ndarray>dst
+    cdef size_t ndim = s.ndim, k, item = s.itemsize
     cdef size_t shape[FASTNORM_MAX_DIMS]
-    cdef ptrdiff_t strides[FASTNORM_MAX_DIMS]
-    cdef size_t ndim = arr.ndim, k, item = arr.itemsize
+    cdef ptrdiff_t src_strides[FASTNORM_MAX_DIMS]
+    cdef ptrdiff_t dst_strides[FASTNORM_MAX_DIMS]
     cdef fastnorm_status_t status
+    if src.shape != dst.shape or s.itemsize != d.itemsize:
+        raise ValueError(f"copy: src {src.shape} {src.dtype} and dst {dst.shape} {dst.dtype} "
+                         "differ in shape or item size")
+    if not d.flags.writeable:
+        raise ValueError("copy: dst is read-only")
     if ndim < 1 or ndim > FASTNORM_MAX_DIMS:
-        raise ValueError(f"copy_to_c_order takes 1 to {FASTNORM_MAX_DIMS} dimensions, got {ndim}")
+        raise ValueError(f"copy takes 1 to {FASTNORM_MAX_DIMS} dimensions, got {ndim}")
     for k in range(ndim):
-        shape[k] = arr.shape[k]
-        strides[k] = arr.strides[k]
-    cdef cnp.ndarray y = numpy.empty(a.shape, a.dtype)
-    cdef const void *src = cnp.PyArray_DATA(arr)
-    cdef void *dst = cnp.PyArray_DATA(y)
+        shape[k] = s.shape[k]
+        src_strides[k] = s.strides[k]
+        dst_strides[k] = d.strides[k]
+    cdef const void *src_data = cnp.PyArray_DATA(s)
+    cdef void *dst_data = cnp.PyArray_DATA(d)
     with nogil:
-        status = fastnorm_copy_to_c_order(item, ndim, shape, strides, src, dst)
+        status = fastnorm_copy_strided(item, ndim, shape, src_data, src_strides, dst_data,
+                                       dst_strides)
     if status != FASTNORM_OK:
-        _raise(status, "fastnorm_copy_to_c_order", f"item_size={item}, shape={a.shape}, "
-               f"strides={a.strides}")
-    return y
+        _raise(status, "fastnorm_copy_strided", f"item_size={item}, shape={src.shape}, "
+               f"strides {src.strides} -> {dst.strides}")
 
 
 def update_running(int running_dtype, running_mean, running_var, mean, var, Py_ssize_t count,

@@ -207,9 +207,9 @@ def _norm_block(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd
                _checks.num_threads)
 
     if h_target is not residual_out:
-        residual_out[...] = h_target
+        _checks.assign(residual_out, h_target)
     if out is not None and y is not out:
-        out[...] = y
+        _checks.assign(out, y)
         return out
     return y
 
@@ -225,9 +225,9 @@ def _norm_moved(kind, plan, code, x, r, residual_out, out, w, b, eps, mean, rstd
     _core_norm(kind, code, outer, middle, 1, xm, rm, hm, ym, w, b, eps, mean, rstd,
                _checks.num_threads)
     if hm is not None:
-        residual_out[...] = _checks.move_back(hm, axes)
+        _checks.assign(residual_out, _checks.move_back(hm, axes))
     y = _empty(x.shape, x.dtype) if out is None else out
-    y[...] = _checks.move_back(ym, axes)
+    _checks.assign(y, _checks.move_back(ym, axes))
     return y
 
 
@@ -385,7 +385,7 @@ def _affine(code, outer, channels, inner, x, out, mean, var, w, b, eps, training
         _core_affine(code, outer, channels, inner, x, y,
                      mean, var, w, b, eps, _checks.num_threads)
     if out is not None and y is not out:
-        out[...] = y
+        _checks.assign(out, y)
         return out
     return y
 

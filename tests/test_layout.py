@@ -417,7 +417,7 @@ def test_byte_swapped_out_and_in_place(op, isa, rng):
         assert_same_bits(h.astype(np.float32), (x + r).astype(np.float32))
 
 
-# ---- the tiled C-order copy of transposed inputs (_core.copy_to_c_order) ---------------
+# ---- the tiled copy between layouts (_core.copy) -----------------------------------
 
 
 def _copy_cases(rng, dtype):
@@ -437,29 +437,42 @@ def _copy_cases(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_copy_to_c_order_gives_numpys_copy(dtype, rng):
+def test_copy_between_layouts_gives_numpys_copy(dtype, rng):
     for name, view in _copy_cases(rng, dtype):
-        got = fastnorm._core.copy_to_c_order(view)
-        assert got.flags.c_contiguous and got.dtype == view.dtype, name
-        assert_same_bits(got, np.ascontiguousarray(view), err_msg=name)
+        want = np.ascontiguousarray(view)
+        into_c = np.empty(view.shape, view.dtype)
+        fastnorm._core.copy(view, into_c)
+        assert_same_bits(into_c, want, err_msg=f"{name} into C order")
+        for order in [tuple(reversed(range(view.ndim))), (1, 0) + tuple(range(2, view.ndim))]:
+            back = in_memory_order(np.zeros(view.shape, view.dtype), order)
+            fastnorm._core.copy(view, back)  # and into other transposes
+            assert_same_bits(np.ascontiguousarray(back), want, err_msg=f"{name} into {order}")
 
 
-def test_copy_to_c_order_refuses_what_it_cannot_copy():
-    with pytest.raises(TypeError, match="fastnorm_copy_to_c_order: unsupported dtype"):
-        fastnorm._core.copy_to_c_order(np.zeros((4, 3), np.int8).T)
+def test_copy_refuses_what_it_cannot_copy():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(TypeError, match="fastnorm_copy_strided: unsupported dtype"):
+        fastnorm._core.copy(x.astype(np.int8).T, np.zeros((3, 4), np.int8))
+    with pytest.raises(ValueError, match="differ in shape or item size"):
+        fastnorm._core.copy(x, np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="differ in shape or item size"):
+        fastnorm._core.copy(x, np.zeros((4, 3), np.float64))
+    with pytest.raises(ValueError, match="read-only"):
+        fastnorm._core.copy(x, np.broadcast_to(np.float32(1), (4, 3)))
+    with pytest.raises(ValueError, match="bad stride"):
+        fastnorm._core.copy(x, np.lib.stride_tricks.as_strided(np.zeros(3, np.float32), (4, 3), (0, 4)))
     with pytest.raises(ValueError, match="1 to 64 dimensions"):
-        fastnorm._core.copy_to_c_order(np.zeros((), np.float32))
-    with pytest.raises(TypeError, match="expected a NumPy array"):
-        fastnorm._core.copy_to_c_order([1.0, 2.0])
+        fastnorm._core.copy(np.zeros((), np.float32), np.zeros((), np.float32))
+    with pytest.raises(TypeError, match="expected NumPy arrays"):
+        fastnorm._core.copy([1.0, 2.0], np.zeros(2))
 
 
 @pytest.fixture
 def tiled_copies(monkeypatch):
-    """The inputs that went through _core.copy_to_c_order."""
+    """The shapes of the copies that went through _core.copy."""
     copies = []
-    copy = fastnorm._core.copy_to_c_order
-    monkeypatch.setattr(fastnorm._core, "copy_to_c_order",
-                        lambda a: copies.append(a.shape) or copy(a))
+    copy = fastnorm._core.copy
+    monkeypatch.setattr(fastnorm._core, "copy", lambda s, d: copies.append(s.shape) or copy(s, d))
     return copies
 
 
@@ -483,6 +496,9 @@ _TILED_CASES = {
     "layer_norm channels-last": (lambda v: fastnorm.layer_norm(v), (3, 16, 5, 20), _channels_last),
     "rms_norm channels-last": (lambda v: fastnorm.rms_norm(v, axis=(1, 2, 3)), (3, 16, 5, 20),
                                _channels_last),
+    "layer_norm_backward fortran": (
+        lambda v: fastnorm.layer_norm_backward(v, v, np.zeros(40, v.dtype), np.ones(40, v.dtype)),
+        (40, 48), _fortran),
 }
 
 
@@ -496,10 +512,29 @@ def test_transposed_inputs_are_copied_in_tiles_with_the_c_order_bits(case, dtype
     assert tiled_copies == []
     view = layout(x)
     got = call(view)
-    assert tiled_copies == [view.shape]
+    assert tiled_copies and set(tiled_copies) == {view.shape}
     for g, w in zip(got if isinstance(got, tuple) else (got,),
                     want if isinstance(want, tuple) else (want,)):
-        assert_same_bits(np.asarray(g), np.asarray(w))
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert_same_bits(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "batch_norm"])
+def test_transposed_out_is_written_in_tiles(op, isa, rng, tiled_copies):
+    # a Fortran-order x into a Fortran-order out (and in place): copied in and out in tiles
+    x = random_data(rng, (40, 48), np.float32)
+    call = {"layer_norm": lambda v, **k: fastnorm.layer_norm(v, **k),
+            "rms_norm": lambda v, **k: fastnorm.rms_norm(v, **k),
+            "batch_norm": lambda v, **k: fastnorm.batch_norm(v, None, None, training=True, **k)}[op]
+    want = call(x)
+    out = np.asfortranarray(np.zeros_like(x))
+    assert call(np.asfortranarray(x), out=out) is out
+    assert tiled_copies == [x.shape, x.shape]
+    assert_same_bits(out, want)
+    same = np.asfortranarray(x)
+    assert call(same, out=same) is same
+    assert_same_bits(same, want)
 
 
 def test_short_axes_stay_with_numpys_copy(rng, tiled_copies):

@@ -22,9 +22,9 @@
  *   fastnorm_norm_backward, fastnorm_batch_norm_backward  the gradients of LayerNorm /
  *                     RMSNorm and of BatchNorm training.
  *
- * One more entry point moves data without arithmetic: fastnorm_copy_to_c_order, the
- * C-order copy of a transposed input (a Fortran-order array, a channels-last view) that
- * the others need.
+ * One more entry point moves data without arithmetic: fastnorm_copy_strided, the copy
+ * of a transposed input (a Fortran-order array, a channels-last view) to C order, and of
+ * a result back into such an out=.
  *
  * Numerics: data of float32/float16/bfloat16 are computed in float32 lanes with block
  * results merged in float64; float64 data in float64 lanes.  Means are subtracted as an
@@ -189,21 +189,22 @@ FASTNORM_API fastnorm_status_t fastnorm_batch_norm_backward(
     const void *grad_y, const void *x, const void *mean, const void *rstd,
     const void *weight, void *grad_x, double *grad_weight, double *grad_bias, int n_threads);
 
-/* The C-order copy of a strided array whose smallest stride is not on its last axis (a
- * transpose of a C-contiguous array, such as a Fortran-order array or the (N, C, H, W)
- * view of NHWC memory): dst, C-contiguous, gets the item at
- * src + i_0 * src_strides[0] + ... + i_{ndim-1} * src_strides[ndim-1] (bytes, any sign)
- * at [i_0, ..., i_{ndim-1}].  The items move in tiles of the plane of the last axis and
- * the axis of the smallest stride, a cache line long each way, so that both arrays are
- * read and written a line at a time (NumPy's element loop takes 4-5 times as long on a
- * Fortran-order 4096x768 array).  item_size 2, 4 or 8 (the bits are copied, whatever
- * the dtype); 1 <= ndim <= FASTNORM_MAX_DIMS; src and dst do not overlap.  Any other
- * layout is copied too, item by item. */
+/* A copy between two layouts of one shape: the item at
+ * dst + i_0 * dst_strides[0] + ... + i_{ndim-1} * dst_strides[ndim-1] gets the one at
+ * src + i_0 * src_strides[0] + ... (strides in bytes, any sign; 0 in src broadcasts).
+ * Made for a transpose, such as a Fortran-order array or the (N, C, H, W) view of NHWC
+ * memory to or from C order: the items move in tiles of the plane of dst's and src's
+ * axes of smallest stride, a cache line long each way, so that both arrays are read and
+ * written a line at a time (NumPy's item loop takes 4-5 times as long on a Fortran-order
+ * 4096x768 float32 array).  Any other layout is copied too, item by item.
+ * item_size 2, 4 or 8 (the bits are copied, whatever the dtype); 1 <= ndim <=
+ * FASTNORM_MAX_DIMS; dst writes each item once (FASTNORM_ERR_BAD_STRIDE for a 0 stride
+ * on an axis longer than 1) and does not overlap src. */
 #define FASTNORM_MAX_DIMS 64
-FASTNORM_API fastnorm_status_t fastnorm_copy_to_c_order(size_t item_size, size_t ndim,
-                                                        const size_t *shape,
-                                                        const ptrdiff_t *src_strides,
-                                                        const void *src, void *dst);
+FASTNORM_API fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim,
+                                                     const size_t *shape, const void *src,
+                                                     const ptrdiff_t *src_strides, void *dst,
+                                                     const ptrdiff_t *dst_strides);
 
 /* Kernel family selection.  fastnorm_set_isa fails with FASTNORM_ERR_ISA_UNAVAILABLE
  * when the family was not compiled in or the CPU lacks it. */

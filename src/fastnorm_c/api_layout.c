@@ -1,10 +1,11 @@
 /*
- * api_layout.c - fastnorm_copy_to_c_order: the C-order copy of a transposed input, tiled.
+ * api_layout.c - fastnorm_copy_strided: a copy between two layouts of one shape, tiled.
  *
- * Why: the entry points read C-contiguous arrays, so a Fortran-order or channels-last
- * input is copied to C order first.  NumPy's copy of such a transpose moves one item at
- * a time along the destination's rows, each from a different cache line of the source:
- * 14 ms for a Fortran-order 4096x768 float32 array, against 3.1 ms for these tiles and
+ * Why: the entry points read and write C-contiguous arrays, so a Fortran-order or
+ * channels-last input is copied to C order first, and a result goes back into such an
+ * out= after.  NumPy's copy between those layouts moves one item at a time along one
+ * array's rows, each from or to a different cache line of the other: 14 ms for a
+ * Fortran-order 4096x768 float32 array to C order, against 3.1 ms for these tiles and
  * 14.4 ms for layer_norm of it in all (ctypes probe, this machine, 1 thread).  Tiles a
  * cache line long each way did best: 16x16 float32 items (32x32: 3.6 ms, 64x64: 8.7
  * ms), 8x8 float64 (3.8 ms; 16x16: 4.3 ms).
@@ -15,81 +16,99 @@
 
 enum { FN_LINE_BYTES = 64 };
 
-/* The nf x nl plane at src (item strides sf, sl in bytes) into dst, whose rows are df
- * items apart, in tiles of `tile` x `tile` items; the source's lines are read down the
- * tile's columns.  size: the item size, a constant where this is inlined. */
+/* The na x nb plane of items (strides in bytes: sa, sb in src; da, db in dst), in tiles
+ * of `tile` x `tile` items, each tile's inner loop along b.  size: the item size, a
+ * constant where this is inlined. */
 static inline __attribute__((always_inline)) void fn_copy_plane(
-    const char *src, char *dst, size_t nf, size_t nl, ptrdiff_t sf, ptrdiff_t sl, size_t df,
-    size_t size) {
+    const char *src, char *dst, size_t na, size_t nb, ptrdiff_t sa, ptrdiff_t sb, ptrdiff_t da,
+    ptrdiff_t db, size_t size) {
     const size_t tile = FN_LINE_BYTES / size;
-    for (size_t f0 = 0; f0 < nf; f0 += tile) {
-        size_t f_end = nf - f0 < tile ? nf : f0 + tile;
-        for (size_t l0 = 0; l0 < nl; l0 += tile) {
-            size_t l_end = nl - l0 < tile ? nl : l0 + tile;
-            for (size_t l = l0; l < l_end; ++l)
-                for (size_t f = f0; f < f_end; ++f)
-                    memcpy(dst + (f * df + l) * size, src + (ptrdiff_t)f * sf + (ptrdiff_t)l * sl,
-                           size);
+    for (size_t a0 = 0; a0 < na; a0 += tile) {
+        size_t a_end = na - a0 < tile ? na : a0 + tile;
+        for (size_t b0 = 0; b0 < nb; b0 += tile) {
+            size_t b_end = nb - b0 < tile ? nb : b0 + tile;
+            for (size_t a = a0; a < a_end; ++a)
+                for (size_t b = b0; b < b_end; ++b)
+                    memcpy(dst + (ptrdiff_t)a * da + (ptrdiff_t)b * db,
+                           src + (ptrdiff_t)a * sa + (ptrdiff_t)b * sb, size);
         }
     }
 }
 
-static void fn_copy_plane_sized(const char *src, char *dst, size_t nf, size_t nl, ptrdiff_t sf,
-                                ptrdiff_t sl, size_t df, size_t size) {
+static void fn_copy_plane_sized(const char *src, char *dst, size_t na, size_t nb, ptrdiff_t sa,
+                                ptrdiff_t sb, ptrdiff_t da, ptrdiff_t db, size_t size) {
     switch (size) { /* a constant size each, so that memcpy becomes one load and store */
-    case 2: fn_copy_plane(src, dst, nf, nl, sf, sl, df, 2); break;
-    case 4: fn_copy_plane(src, dst, nf, nl, sf, sl, df, 4); break;
-    default: fn_copy_plane(src, dst, nf, nl, sf, sl, df, 8); break;
+    case 2: fn_copy_plane(src, dst, na, nb, sa, sb, da, db, 2); break;
+    case 4: fn_copy_plane(src, dst, na, nb, sa, sb, da, db, 4); break;
+    default: fn_copy_plane(src, dst, na, nb, sa, sb, da, db, 8); break;
     }
 }
 
-/* A stride's size for choosing the plane's source axis; a broadcast axis (stride 0) reads
- * one item, so never that axis. */
 static size_t fn_magnitude(ptrdiff_t stride) {
-    return stride == 0 ? SIZE_MAX : stride < 0 ? (size_t)-stride : (size_t)stride;
+    return stride < 0 ? (size_t)-stride : (size_t)stride;
 }
 
-fastnorm_status_t fastnorm_copy_to_c_order(size_t item_size, size_t ndim, const size_t *shape,
-                                           const ptrdiff_t *src_strides, const void *src,
-                                           void *dst) {
+/* The axis of the smallest stride among those longer than one item; a broadcast axis
+ * (stride 0, a source's only) reads one item, so never that one.  ndim if none. */
+static size_t fn_fastest_axis(size_t ndim, const size_t *shape, const ptrdiff_t *strides) {
+    size_t best = ndim;
+    for (size_t k = 0; k < ndim; ++k)
+        if (shape[k] > 1 && strides[k] &&
+            (best == ndim || fn_magnitude(strides[k]) < fn_magnitude(strides[best])))
+            best = k;
+    return best;
+}
+
+fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const size_t *shape,
+                                        const void *src, const ptrdiff_t *src_strides,
+                                        void *dst, const ptrdiff_t *dst_strides) {
     if (item_size != 2 && item_size != 4 && item_size != 8) return FASTNORM_ERR_BAD_DTYPE;
     if (ndim < 1 || ndim > FASTNORM_MAX_DIMS) return FASTNORM_ERR_BAD_SHAPE;
-    if (!shape || !src_strides) return FASTNORM_ERR_NULL_POINTER;
-    size_t dst_stride[FASTNORM_MAX_DIMS], total = 1; /* dst's strides in items */
-    for (size_t k = ndim; k-- > 0;) {
-        dst_stride[k] = total;
+    if (!shape || !src_strides || !dst_strides) return FASTNORM_ERR_NULL_POINTER;
+    size_t total = 1;
+    for (size_t k = 0; k < ndim; ++k) {
         if (shape[k] && total > (size_t)PTRDIFF_MAX / item_size / shape[k])
             return FASTNORM_ERR_BAD_SHAPE;
         total *= shape[k];
     }
     if (total == 0) return FASTNORM_OK;
     if (!src || !dst) return FASTNORM_ERR_NULL_POINTER;
+    for (size_t k = 0; k < ndim; ++k) /* each item of dst written once */
+        if (shape[k] > 1 && dst_strides[k] == 0) return FASTNORM_ERR_BAD_STRIDE;
 
-    /* the plane: the last axis (dst's rows) and the axis of the smallest stride (the
-     * source's); when that is the last axis too, rows of one item across */
-    size_t last = ndim - 1, fast = last;
-    for (size_t k = 0; k < ndim; ++k)
-        if (shape[k] > 1 && (shape[fast] == 1 ||
-                             fn_magnitude(src_strides[k]) < fn_magnitude(src_strides[fast])))
-            fast = k;
-    size_t nf = fast == last ? 1 : shape[fast];
-    ptrdiff_t sf = fast == last ? 0 : src_strides[fast];
+    /* the plane: dst's fast axis (a) and src's (b); one axis alone when they agree, or
+     * when every axis has one item (a single item) */
+    size_t b = fn_fastest_axis(ndim, shape, src_strides);
+    size_t a = fn_fastest_axis(ndim, shape, dst_strides);
+    if (a == ndim) a = b = ndim - 1;
+    if (b == ndim) b = a; /* every long axis broadcast: read along dst's */
+    size_t na = a == b ? 1 : shape[a];
+    ptrdiff_t sa = a == b ? 0 : src_strides[a], da = a == b ? 0 : dst_strides[a];
+    /* A tile's inner loop runs along one array's lines and strides across the other's;
+     * it strides the shorter way.  Lines a multiple of 4 KB apart share an L1 set, and a
+     * tile's 16 of them in 12 ways thrashed: C order into a Fortran-order 4096x768 float32
+     * array (16 KB across) took 17 ms along src's lines, as long as NumPy's copy. */
+    int along_dst = fn_magnitude(src_strides[a]) < fn_magnitude(dst_strides[b]);
 
-    size_t index[FASTNORM_MAX_DIMS] = {0}; /* over the other axes, in C order */
+    size_t index[FASTNORM_MAX_DIMS] = {0}; /* over the other axes */
     for (;;) {
         const char *s = src;
         char *d = dst;
-        for (size_t k = 0; k < last; ++k) {
-            if (k == fast) continue;
+        for (size_t k = 0; k < ndim; ++k) {
+            if (k == a || k == b) continue;
             s += (ptrdiff_t)index[k] * src_strides[k];
-            d += index[k] * dst_stride[k] * item_size;
+            d += (ptrdiff_t)index[k] * dst_strides[k];
         }
-        fn_copy_plane_sized(s, d, nf, shape[last], sf, src_strides[last], dst_stride[fast],
-                            item_size);
-        size_t k = last;
+        if (along_dst)
+            fn_copy_plane_sized(s, d, shape[b], na, src_strides[b], sa, dst_strides[b], da,
+                                item_size);
+        else
+            fn_copy_plane_sized(s, d, na, shape[b], sa, src_strides[b], da, dst_strides[b],
+                                item_size);
+        size_t k = ndim;
         do {
             if (k == 0) return FASTNORM_OK;
             --k;
-        } while (k == fast || (++index[k] == shape[k] ? (index[k] = 0, 1) : 0));
+        } while (k == a || k == b || (++index[k] == shape[k] ? (index[k] = 0, 1) : 0));
     }
 }
