@@ -3,8 +3,7 @@
 Design:
 - One def per C entry point (norm, moments, affine, batch_norm_train, group_norm,
   update_running, norm_backward, batch_norm_backward, copy) plus the ISA/thread
-  queries.  No
-  math and no layout policy here:
+  queries.  No math and no layout policy here:
   fastnorm/_checks.py turns user input into C-contiguous arrays of the right dtype
   before calling in.  The exceptions are the four
   one-step paths of the common calls, rows() (LayerNorm/RMSNorm), rows_backward() (their
@@ -20,7 +19,8 @@ Design:
   given the dtype code and check only an array's item size, so bfloat16 (a user dtype)
   and float16 arrays arrive as they are.
 - Backstop checks before C runs: every array is C-contiguous, or a channels-last view
-  that covers one contiguous block all the same (and writeable when C writes it), its item size and byte length exactly what the call will touch (C never
+  that covers one contiguous block all the same, or for copy() any strides NumPy gives
+  it (and writeable when C writes it), its item size and byte length exactly what the call will touch (C never
   reads or writes past an array), and its data aligned to its items (typed loads of
   misaligned data are undefined behaviour); None is NULL.
 - The GIL is released around the C call.  The arguments' references keep the arrays
