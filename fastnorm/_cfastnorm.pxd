@@ -95,3 +95,9 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
     int fastnorm_thread_limit()
 
     const char *fastnorm_status_string(fastnorm_status_t status)
+
+
+# The library's private side, for the tests: the output size from which rows without a
+# residual and layout copies stream (8 MiB, or a sixteenth of the last-level cache).
+cdef extern from "api_internal.h" nogil:
+    size_t fn_llc_stream_min_bytes()

@@ -886,6 +886,13 @@ def group_norm_common(x, num_groups, weight, bias, eps, int n_threads):
     return y
 
 
+def stream_min_bytes():
+    """Bytes of output from which rows without a residual and copies between layouts are
+    written with streaming stores: 8 MiB, or a sixteenth of the last-level cache where that
+    is more (api_internal.h, fn_llc_stream_min_bytes).  The tests size their arrays by it."""
+    return fn_llc_stream_min_bytes()
+
+
 def isa_compiled():
     """Kernel families built into this extension, e.g. ["scalar", "avx2", "avx512"]."""
     return [name for i, name in enumerate(_ISA_NAMES) if fastnorm_isa_compiled(<fastnorm_isa_t>i)]
