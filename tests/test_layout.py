@@ -449,6 +449,43 @@ def test_copy_between_layouts_gives_numpys_copy(dtype, rng):
             assert_same_bits(np.ascontiguousarray(back), want, err_msg=f"{name} into {order}")
 
 
+def _placed(shape, dtype, order, offset_items):
+    """A zeroed array of `shape` in `order` ("C" or "F"), starting `offset_items` items into
+    its buffer, so that it sits elsewhere than NumPy puts it relative to a cache line."""
+    size = int(np.prod(shape))
+    flat = np.zeros(size + 32, dtype)[offset_items:offset_items + size]
+    return flat.reshape(shape) if order == "C" else flat.reshape(shape[::-1]).T
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("direction", ["fortran into C", "C into fortran"])
+def test_copy_of_a_large_transpose_at_every_place_on_a_line(dtype, direction, rng):
+    # From _core.stream_min_bytes(), with rows of dst a whole number of lines, the tiles
+    # stream from dst's first cache line on, the items before it and the partial tiles at
+    # the edges apart: every offset of dst on a line, sizes that are no multiple of a tile.
+    itemsize = np.dtype(dtype).itemsize
+    line_items = 4160 // itemsize  # 65 lines: dst's rows each a whole number of them
+    long = fastnorm._core.stream_min_bytes() // (line_items * itemsize) + 3
+    shape = (long, line_items) if direction == "fortran into C" else (line_items, long)
+    x = random_data(rng, shape, dtype)
+    src = np.asfortranarray(x) if direction == "fortran into C" else x
+    for offset in range(0, 64 // itemsize, 3):
+        dst = _placed(x.shape, dtype, "C" if direction == "fortran into C" else "F", offset)
+        fastnorm._core.copy(src, dst)
+        assert_same_bits(dst, x, err_msg=f"dst {offset} items into its buffer")
+
+
+def test_copy_into_and_from_misaligned_items(rng):
+    # float32 items 2 bytes off their alignment: the blocks' unaligned loads and stores
+    buf = np.zeros(40 * 70 * 4 * 2 + 8, np.uint8)
+    x = random_data(rng, (40, 70), np.float32)
+    src = np.frombuffer(buf.data, np.float32, x.size, offset=2).reshape(70, 40).T
+    src[...] = x
+    dst = np.frombuffer(buf.data, np.float32, x.size, offset=2 + x.nbytes + 4).reshape(40, 70)
+    fastnorm._core.copy(src, dst)
+    assert_same_bits(dst, x)
+
+
 def test_copy_refuses_what_it_cannot_copy():
     x = np.zeros((4, 3), np.float32)
     with pytest.raises(TypeError, match="fastnorm_copy_strided: unsupported dtype"):

@@ -4,18 +4,31 @@
  * Why: the entry points read and write C-contiguous arrays, so a Fortran-order or
  * channels-last input is copied to C order first, and a result goes back into such an
  * out= after.  NumPy's copy between those layouts moves one item at a time along one
- * array's rows, each from or to a different cache line of the other: 14 ms for a
- * Fortran-order 4096x768 float32 array to C order, against 3.1 ms for these tiles item
- * by item (about half that in the float32 blocks below) and 14.4 ms for layer_norm of it
- * in all (ctypes probe, this machine, 1 thread).  Tiles a
- * cache line long each way did best: 16x16 float32 items (32x32: 3.6 ms, 64x64: 8.7
- * ms), 8x8 float64 (3.8 ms; 16x16: 4.3 ms).
+ * array's rows, each from or to a different cache line of the other: 12-15 ms for a
+ * Fortran-order 4096x768 float32 array to C order, 220-260 ms for 8192x4096, against 1
+ * and 10 ms for a plain copy of the same bytes.  Here the copy moves tiles a cache line
+ * long each way (16x16 float32 items, 8x8 float64; 32x32 and 64x64 were slower), 4-byte
+ * items in 4x4 blocks of SSE2 shuffles (x86-64's baseline), and past the caches 4- and
+ * 8-byte items in blocks written as whole lines by streaming stores.  In-process A/B,
+ * this machine, time per copy: the blocks 0.51x the items one by one (Fortran 4096x768
+ * to C order), streaming 0.12-0.21x plain stores (8192x4096 and 4096x4096, either way,
+ * 13-18 and 6-8 ms; float64 4096x4096 0.14, 12 ms).  Transposes of whole tiles in AVX2
+ * and AVX-512 registers timed the same as these blocks (AVX2's 1.65x in L2), so the copy
+ * has no kernel family of its own.
  */
-#include <string.h>
-
-#include "fastnorm/fastnorm.h"
+#include "api_internal.h"
 
 enum { FN_LINE_BYTES = 64 };
+/* Copies of at least fn_llc_stream_min_bytes() (api_internal.h: 8 MB, or a sixteenth of
+ * the last-level cache where that is more), with rows of dst of at least
+ * FN_STREAM_ROW_BYTES in a plane (so that most of a row is whole lines), write their whole
+ * tiles with streaming stores.  In-process A/B against plain stores on the Xeon (300 MB
+ * L3), float32, layer_norm's copy of a Fortran-order input to C order then its rows, and
+ * its rows then the copy into a Fortran-order out=, time per call: 2048x1024 (8 MB)
+ * 0.92 / 0.77, 4096x768 1.01 / 0.76, 4096x2048 0.79 / 0.49, 8192x2048 0.47 / 0.42.
+ * Through the API, whose input copy is a new array each call, streaming 4096x768 took
+ * 1.1-1.4x the time: the rows then read their input from memory, not from the L3. */
+#define FN_STREAM_ROW_BYTES 1024
 
 /* The na x nb plane of items (strides in bytes: sa, sb in src; da, db in dst), in tiles
  * of `tile` x `tile` items, each tile's inner loop along b.  size: the item size, a
@@ -47,42 +60,112 @@ static void fn_copy_plane_sized(const char *src, char *dst, size_t na, size_t nb
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
-/* fn_copy_plane for 4-byte items whose source lines run along b and destination lines
- * along a (both a cache line of items apart in the other array): 4x4 blocks moved by
- * SSE shuffles (x86-64's baseline, so every build has them), the tile's edges item by
- * item.  b_outer: the blocks of a tile column by column (the inner loop striding across
- * src's lines), else row by row (across dst's).  In-process A/B against the item-by-item
- * tiles, time per copy: a Fortran-order 4096x768 float32 array to C order 0.51, C order
- * into Fortran 0.76, a channels-last (32, 64, 56, 56) view to C order 0.49. */
-static void fn_copy_plane_4x4(const char *src, char *dst, size_t na, size_t nb, ptrdiff_t sa,
-                              ptrdiff_t db, int b_outer) {
-    const size_t tile = FN_LINE_BYTES / 4;
-    for (size_t a0 = 0; a0 < na; a0 += tile) {
-        size_t a_end = na - a0 < tile ? na : a0 + tile, a4 = a0 + (a_end - a0) / 4 * 4;
-        for (size_t b0 = 0; b0 < nb; b0 += tile) {
-            size_t b_end = nb - b0 < tile ? nb : b0 + tile, b4 = b0 + (b_end - b0) / 4 * 4;
-            size_t blocks_a = (a4 - a0) / 4, blocks_b = (b4 - b0) / 4;
-            for (size_t k = 0; k < blocks_a * blocks_b; ++k) {
-                size_t a = a0 + 4 * (b_outer ? k % blocks_a : k / blocks_b);
-                size_t b = b0 + 4 * (b_outer ? k / blocks_a : k % blocks_b);
-                const char *s = src + (ptrdiff_t)a * sa + (ptrdiff_t)b * 4;
-                __m128 r0 = _mm_loadu_ps((const float *)s);
-                __m128 r1 = _mm_loadu_ps((const float *)(s + sa));
-                __m128 r2 = _mm_loadu_ps((const float *)(s + 2 * sa));
-                __m128 r3 = _mm_loadu_ps((const float *)(s + 3 * sa));
-                _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-                char *d = dst + (ptrdiff_t)b * db + (ptrdiff_t)a * 4;
-                _mm_storeu_ps((float *)d, r0);
-                _mm_storeu_ps((float *)(d + db), r1);
-                _mm_storeu_ps((float *)(d + 2 * db), r2);
-                _mm_storeu_ps((float *)(d + 3 * db), r3);
-            }
-            for (size_t a = a0; a < a_end; ++a) /* the edges: b past b4, and a past a4 */
-                for (size_t b = a < a4 ? b4 : b0; b < b_end; ++b)
-                    memcpy(dst + (ptrdiff_t)b * db + (ptrdiff_t)a * 4,
-                           src + (ptrdiff_t)a * sa + (ptrdiff_t)b * 4, 4);
+#define FN_HAVE_TILES 1
+/* The block at s (rows sa bytes apart) transposed: q[j] holds item j of its rows, 4x4
+ * items of 4 bytes or 2x2 of 8.  Integer shuffles: the bits move, whatever they hold. */
+static inline __attribute__((always_inline)) void fn_block(const char *s, ptrdiff_t sa,
+                                                           __m128i q[4], size_t size) {
+    if (size == 8) {
+        __m128i r0 = _mm_loadu_si128((const __m128i *)s);
+        __m128i r1 = _mm_loadu_si128((const __m128i *)(s + sa));
+        q[0] = _mm_unpacklo_epi64(r0, r1);
+        q[1] = _mm_unpackhi_epi64(r0, r1);
+        return;
+    }
+    __m128i r0 = _mm_loadu_si128((const __m128i *)s);
+    __m128i r1 = _mm_loadu_si128((const __m128i *)(s + sa));
+    __m128i r2 = _mm_loadu_si128((const __m128i *)(s + 2 * sa));
+    __m128i r3 = _mm_loadu_si128((const __m128i *)(s + 3 * sa));
+    __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpackhi_epi32(r0, r1);
+    __m128i t2 = _mm_unpacklo_epi32(r2, r3), t3 = _mm_unpackhi_epi32(r2, r3);
+    q[0] = _mm_unpacklo_epi64(t0, t2);
+    q[1] = _mm_unpackhi_epi64(t0, t2);
+    q[2] = _mm_unpacklo_epi64(t1, t3);
+    q[3] = _mm_unpackhi_epi64(t1, t3);
+}
+
+/* A whole tile: dst[j * db + i * size] = src[i * sa + j * size], i, j < 64 / size.
+ * Plain stores block by block, the blocks along dst's lines (a first) where along_dst,
+ * else along src's (fastnorm_copy_strided says why).  Streamed, a band of a block's rows
+ * of dst at a time, the four blocks along a line of dst kept and each line written by its
+ * four quarters one after the other (whole lines for write-combining). */
+static inline __attribute__((always_inline)) void fn_tile(const char *s, ptrdiff_t sa, char *d,
+                                                          ptrdiff_t db, int along_dst,
+                                                          int stream, size_t size) {
+    const size_t side = 16 / size; /* a block's items each way */
+    if (!stream) {
+        for (size_t k = 0; k < 16; ++k) {
+            size_t a = side * (along_dst ? k % 4 : k / 4), b = side * (along_dst ? k / 4 : k % 4);
+            __m128i q[4];
+            fn_block(s + (ptrdiff_t)a * sa + (ptrdiff_t)(b * size), sa, q, size);
+            for (size_t j = 0; j < side; ++j)
+                _mm_storeu_si128((__m128i *)(d + (ptrdiff_t)(b + j) * db + (ptrdiff_t)(a * size)),
+                                 q[j]);
+        }
+        return;
+    }
+    for (size_t b = 0; b < FN_LINE_BYTES / size; b += side) {
+        __m128i q[4][4];
+        for (size_t k = 0; k < 4; ++k)
+            fn_block(s + (ptrdiff_t)(k * side) * sa + (ptrdiff_t)(b * size), sa, q[k], size);
+        for (size_t j = 0; j < side; ++j)
+            for (size_t k = 0; k < 4; ++k)
+                _mm_stream_si128((__m128i *)(d + (ptrdiff_t)(b + j) * db + 16 * k), q[k][j]);
+    }
+}
+
+/* A tile cut short by the plane's edges or the streamed first line: wa rows of src, wb
+ * items of each; the blocks that fit, the rest item by item, plain stores. */
+static inline __attribute__((always_inline)) void fn_tile_part(const char *s, ptrdiff_t sa,
+                                                               char *d, ptrdiff_t db, size_t wa,
+                                                               size_t wb, size_t size) {
+    const size_t side = 16 / size, whole_a = wa / side * side, whole_b = wb / side * side;
+    for (size_t b = 0; b < whole_b; b += side)
+        for (size_t a = 0; a < whole_a; a += side) {
+            __m128i q[4];
+            fn_block(s + (ptrdiff_t)a * sa + (ptrdiff_t)(b * size), sa, q, size);
+            for (size_t j = 0; j < side; ++j)
+                _mm_storeu_si128((__m128i *)(d + (ptrdiff_t)(b + j) * db + (ptrdiff_t)(a * size)),
+                                 q[j]);
+        }
+    fn_copy_plane(s + (ptrdiff_t)whole_a * sa, d + (ptrdiff_t)(whole_a * size), wa - whole_a,
+                  wb, sa, (ptrdiff_t)size, (ptrdiff_t)size, db, size);
+    fn_copy_plane(s + (ptrdiff_t)(whole_b * size), d + (ptrdiff_t)whole_b * db, whole_a,
+                  wb - whole_b, sa, (ptrdiff_t)size, (ptrdiff_t)size, db, size);
+}
+
+/* The na x nb plane of items of `size` bytes (4 or 8) whose src lines run along b and dst
+ * lines along a: dst[b * db + a * size] = src[a * sa + b * size], tile by tile along src's
+ * lines (b first).  stream: dst's rows share their place on a line (db a multiple of it),
+ * and the whole tiles start at dst's first line, the items before it in a tile apart. */
+static inline __attribute__((always_inline)) void fn_copy_plane_tiled(
+    const char *src, char *dst, size_t na, size_t nb, ptrdiff_t sa, ptrdiff_t db, int along_dst,
+    int stream, size_t size) {
+    const size_t tile = FN_LINE_BYTES / size;
+    size_t head = stream ? (FN_LINE_BYTES - (uintptr_t)dst % FN_LINE_BYTES) % FN_LINE_BYTES / size
+                         : 0;
+    if (head > na) head = na;
+    for (size_t a = 0, wa; a < na; a += wa) {
+        wa = a == 0 && head ? head : (na - a < tile ? na - a : tile);
+        for (size_t b = 0, wb; b < nb; b += wb) {
+            wb = nb - b < tile ? nb - b : tile;
+            const char *s = src + (ptrdiff_t)a * sa + (ptrdiff_t)(b * size);
+            char *d = dst + (ptrdiff_t)b * db + (ptrdiff_t)(a * size);
+            if (wa == tile && wb == tile)
+                fn_tile(s, sa, d, db, along_dst, stream, size);
+            else
+                fn_tile_part(s, sa, d, db, wa, wb, size);
         }
     }
+}
+
+static void fn_copy_plane_tiled_sized(const char *src, char *dst, size_t na, size_t nb,
+                                      ptrdiff_t sa, ptrdiff_t db, int along_dst, int stream,
+                                      size_t size) {
+    if (size == 4)
+        fn_copy_plane_tiled(src, dst, na, nb, sa, db, along_dst, stream, 4);
+    else
+        fn_copy_plane_tiled(src, dst, na, nb, sa, db, along_dst, stream, 8);
 }
 #endif
 
@@ -126,11 +209,21 @@ fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const siz
     if (b == ndim) b = a; /* every long axis broadcast: read along dst's */
     size_t na = a == b ? 1 : shape[a];
     ptrdiff_t sa = a == b ? 0 : src_strides[a], da = a == b ? 0 : dst_strides[a];
-    /* A tile's inner loop runs along one array's lines and strides across the other's;
-     * it strides the shorter way.  Lines a multiple of 4 KB apart share an L1 set, and a
-     * tile's 16 of them in 12 ways thrashed: C order into a Fortran-order 4096x768 float32
-     * array (16 KB across) took 17 ms along src's lines, as long as NumPy's copy. */
+    /* A tile's inner loop (its blocks, in plain stores) runs along one array's lines and
+     * strides across the other's; it strides the shorter way.  Lines a multiple of 4 KB
+     * apart share an L1 set, and a tile's 16 of them in 12 ways thrashed: C order into a
+     * Fortran-order 4096x768 float32 array (16 KB across) took 17 ms along src's lines item
+     * by item, as long as NumPy's copy, and 1.43x the time in blocks. */
     int along_dst = fn_magnitude(src_strides[a]) < fn_magnitude(dst_strides[b]);
+    /* Transposes of 4-byte items in SSE2 blocks (fn_copy_plane_tiled), and of 8-byte ones
+     * where streamed: in the caches their 2x2 blocks took 1.05-1.1x the time of the items
+     * one by one (512x768 float64, a C loop), 4-byte items' 4x4 blocks 0.75x. */
+    int transpose = a != b && src_strides[b] == (ptrdiff_t)item_size &&
+                    dst_strides[a] == (ptrdiff_t)item_size;
+    int stream = transpose && (item_size == 4 || item_size == 8) &&
+                 total * item_size >= fn_llc_stream_min_bytes() &&
+                 dst_strides[b] % FN_LINE_BYTES == 0 && na * item_size >= FN_STREAM_ROW_BYTES;
+    int tiled = transpose && (item_size == 4 || stream);
 
     size_t index[FASTNORM_MAX_DIMS] = {0}; /* over the other axes */
     for (;;) {
@@ -141,9 +234,10 @@ fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const siz
             s += (ptrdiff_t)index[k] * src_strides[k];
             d += (ptrdiff_t)index[k] * dst_strides[k];
         }
-#if defined(__SSE2__)
-        if (item_size == 4 && a != b && src_strides[b] == 4 && dst_strides[a] == 4)
-            fn_copy_plane_4x4(s, d, na, shape[b], sa, dst_strides[b], along_dst);
+#ifdef FN_HAVE_TILES
+        if (tiled)
+            fn_copy_plane_tiled_sized(s, d, na, shape[b], sa, dst_strides[b], along_dst,
+                                      stream && (uintptr_t)d % item_size == 0, item_size);
         else
 #endif
         if (along_dst)
@@ -154,7 +248,10 @@ fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const siz
                                 item_size);
         size_t k = ndim;
         do {
-            if (k == 0) return FASTNORM_OK;
+            if (k == 0) {
+                if (stream) FN_STREAM_FENCE();
+                return FASTNORM_OK;
+            }
             --k;
         } while (k == a || k == b || (++index[k] == shape[k] ? (index[k] = 0, 1) : 0));
     }
