@@ -10,11 +10,11 @@
  * long each way (16x16 float32 items, 8x8 float64; 32x32 and 64x64 were slower), 4-byte
  * items in 4x4 blocks of SSE2 shuffles (x86-64's baseline), and past the caches 4- and
  * 8-byte items in blocks written as whole lines by streaming stores.  In-process A/B,
- * this machine, time per copy: the blocks 0.51x the items one by one (Fortran 4096x768
- * to C order), streaming 0.12-0.21x plain stores (8192x4096 and 4096x4096, either way,
- * 13-18 and 6-8 ms; float64 4096x4096 0.14, 12 ms).  Transposes of whole tiles in AVX2
- * and AVX-512 registers timed the same as these blocks (AVX2's 1.65x in L2), so the copy
- * has no kernel family of its own.
+ * this machine, time per copy: the 4x4 blocks 0.51x the items one by one (Fortran
+ * 4096x768 to C order), the streamed tiles 0.12-0.21x the blocks' plain stores (8192x4096
+ * and 4096x4096, either way: 13-18 and 6-8 ms; float64 4096x4096 0.14, 12 ms).  Transposes of whole tiles in
+ * AVX-512 registers timed the same as these blocks, AVX2's 1.6-1.9x in L2, so the copy
+ * has no kernel family of its own (docs/performance-log.md).
  */
 #include "api_internal.h"
 
@@ -27,7 +27,7 @@ enum { FN_LINE_BYTES = 64 };
  * its rows then the copy into a Fortran-order out=, time per call: 2048x1024 (8 MB)
  * 0.92 / 0.77, 4096x768 1.01 / 0.76, 4096x2048 0.79 / 0.49, 8192x2048 0.47 / 0.42.
  * Through the API, whose input copy is a new array each call, streaming 4096x768 took
- * 1.1-1.4x the time: the rows then read their input from memory, not from the L3. */
+ * 1.1-1.4x the time (presumably its rows then read the copy from memory, not the L3). */
 #define FN_STREAM_ROW_BYTES 1024
 
 /* The na x nb plane of items (strides in bytes: sa, sb in src; da, db in dst), in tiles
