@@ -177,3 +177,17 @@ def test_empty_takes_what_numpy_empty_takes(cache_limit):
     with pytest.raises(ValueError):
         _core.empty((-1, 4), np.float32)
     assert _core.output_cache_state() == (1, MIN)
+
+
+def test_the_c_order_copy_of_a_large_transposed_input_comes_from_the_cache(x, cache_limit):
+    # layer_norm copies a Fortran-order input to C order first (_checks.contiguous): that
+    # temporary is taken from the cache and goes back to it when the call returns
+    cache_limit(256 << 20)
+    xf = np.asfortranarray(x.reshape(ROWS * 64, COLS // 64))  # both axes long: tiles
+    out = np.empty(xf.shape, np.float32)
+    fastnorm.layer_norm(xf, out=out)
+    assert _core.output_cache_state() == (1, MIN)
+    fastnorm.layer_norm(xf, out=out)  # the next call's copy takes that block and returns it
+    assert _core.output_cache_state() == (1, MIN)
+    np.testing.assert_allclose(out, reference.layer_norm(np.ascontiguousarray(xf)), rtol=1e-5,
+                               atol=1e-5)
