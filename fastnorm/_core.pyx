@@ -108,7 +108,8 @@ cdef object _new_like(object x, bint keep_layout=False):
 
 
 def empty(shape, dtype):
-    """numpy.empty(shape, dtype) for an output: from the output cache when large."""
+    """numpy.empty(shape, dtype) for an output, or for the C-order copy of a transposed
+    input (_checks.contiguous): from the output cache when large."""
     cdef Py_ssize_t nbytes = numpy.dtype(dtype).itemsize
     for n in (shape if isinstance(shape, (tuple, list)) else (shape,)):
         nbytes *= n
