@@ -56,16 +56,16 @@
  * 1.55-1.60x), and, not measured again, LayerNorm over columns. */
 #define FN_STREAM_MIN_BYTES_OTHERS (16u << 20)
 
-/* Rows without a residual (api_norm.c) and the layout copies (api_layout.c) stream an
- * output of at least FN_STREAM_MIN_BYTES, or of a sixteenth of the last-level cache where that is more, as a cache that large
- * keeps the output between calls.  Emerald Rapids Xeon (300 MB L3, shared with the VM's
- * neighbours), in-process A/B, time per call, each order of the builds: a 16 MB bound
- * against 8 MB (the 12 MB outputs stored plainly), float32 LayerNorm 4096x768 0.95 / 0.93
- * (2 threads 0.95 / 0.90), RMSNorm 0.99 / 1.00 (2 threads 0.97 / 0.95), bfloat16 LayerNorm
- * 8192x768 0.93 / 0.85; plain stores at every size against 8 MB, 8192x768 (24 MB) 1.08 /
- * 1.00, 16384x768 1.35 / 1.49.  BatchNorm eval of 12.8 MB lost there with plain stores
- * (1.16 / 1.29) and keeps the fixed bound.  The 32 MB L3 of the Zen 4 VM that measured
- * 8 MB keeps it. */
+/* Rows without a residual (api_norm.c) and the layout copies (api_layout.c) stream an output
+ * of at least FN_STREAM_MIN_BYTES, or of a sixteenth of the last-level cache where that is
+ * more, as a cache that large keeps the output between calls.  Emerald Rapids Xeon (300 MB
+ * L3, shared with the VM's neighbours), in-process A/B, time per call, each order of the
+ * builds: a 16 MB bound against 8 MB (the 12 MB outputs stored plainly), float32 LayerNorm
+ * 4096x768 0.95 / 0.93 (2 threads 0.95 / 0.90), RMSNorm 0.99 / 1.00 (2 threads 0.97 / 0.95),
+ * bfloat16 LayerNorm 8192x768 0.93 / 0.85; plain stores at every size against 8 MB, 8192x768
+ * (24 MB) 1.08 / 1.00, 16384x768 1.35 / 1.49.  BatchNorm eval of 12.8 MB lost there with
+ * plain stores (1.16 / 1.29) and keeps the fixed bound.  The 32 MB L3 of the Zen 4 VM that
+ * measured 8 MB keeps it. */
 static inline size_t fn_llc_stream_min_bytes(void) {
     size_t share = fastnorm_llc_bytes() / 16;
     return share > FN_STREAM_MIN_BYTES ? share : FN_STREAM_MIN_BYTES;

@@ -12,9 +12,9 @@
  * 8-byte items in blocks written as whole lines by streaming stores.  In-process A/B,
  * this machine, time per copy: the 4x4 blocks 0.51x the items one by one (Fortran
  * 4096x768 to C order), the streamed tiles 0.12-0.21x the blocks' plain stores (8192x4096
- * and 4096x4096, either way: 13-18 and 6-8 ms; float64 4096x4096 0.14, 12 ms).  Transposes of whole tiles in
- * AVX-512 registers timed the same as these blocks, AVX2's 1.6-1.9x in L2, so the copy
- * has no kernel family of its own (docs/performance-log.md).
+ * and 4096x4096, either way: 13-18 and 6-8 ms; float64 4096x4096 0.14, 12 ms).
+ * Transposes of whole tiles in AVX-512 registers timed the same as these blocks, AVX2's
+ * 1.6-1.9x in L2, so the copy has no kernel family of its own (docs/performance-log.md).
  */
 #include "api_internal.h"
 
