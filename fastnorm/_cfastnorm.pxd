@@ -78,7 +78,8 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
     enum: FASTNORM_MAX_DIMS
     fastnorm_status_t fastnorm_copy_strided(
         size_t item_size, size_t ndim, const size_t *shape, const void *src,
-        const ptrdiff_t *src_strides, void *dst, const ptrdiff_t *dst_strides)
+        const ptrdiff_t *src_strides, void *dst, const ptrdiff_t *dst_strides,
+        int n_threads)
 
     int fastnorm_isa_compiled(fastnorm_isa_t isa)
     int fastnorm_isa_supported(fastnorm_isa_t isa)

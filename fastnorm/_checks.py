@@ -131,7 +131,7 @@ def contiguous(a):
         # large copies from the output cache, as the outputs are: a Fortran-order 8192x4096
         # float32 layer_norm took 45-49 ms with numpy.empty's fresh pages, 26-28 ms so
         y = _core.empty(a.shape, a.dtype)
-        _core.copy(a, y)
+        _core.copy(a, y, num_threads)
         return y
     return np.require(a, requirements="CA")
 
@@ -141,7 +141,7 @@ def assign(dst, src):
     dtype, apart in memory), by the C extension's tiles where they pay (_tiles_pay)."""
     if (dst.dtype == src.dtype and src.ndim > 1 and _tiles_pay(_fast_axis(src), dst)
             and not np.may_share_memory(dst, src)):
-        _core.copy(src, dst)
+        _core.copy(src, dst, num_threads)
     else:
         dst[...] = src
 

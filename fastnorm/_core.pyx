@@ -644,10 +644,10 @@ def batch_norm_backward(int dtype, Py_ssize_t outer, Py_ssize_t channels, Py_ssi
                f"outer={outer}, channels={channels}, inner={inner}")
 
 
-def copy(src, dst):
+def copy(src, dst, int n_threads):
     """dst[...] = src by fastnorm_copy_strided (tiled, for transposes such as Fortran
-    order): NumPy arrays of one shape and item size (2, 4 or 8), any strides, dst
-    writeable and apart from src; the bits are copied."""
+    order) on up to n_threads threads: NumPy arrays of one shape and item size (2, 4 or
+    8), any strides, dst writeable and apart from src; the bits are copied."""
     if not isinstance(src, cnp.ndarray) or not isinstance(dst, cnp.ndarray):
         raise TypeError(f"copy: expected NumPy arrays, got {type(src).__name__} and "
                         f"{type(dst).__name__}")
@@ -672,7 +672,7 @@ def copy(src, dst):
     cdef void *dst_data = cnp.PyArray_DATA(d)
     with nogil:
         status = fastnorm_copy_strided(item, ndim, shape, src_data, src_strides, dst_data,
-                                       dst_strides)
+                                       dst_strides, n_threads)
     if status != FASTNORM_OK:
         _raise(status, "fastnorm_copy_strided", f"item_size={item}, shape={src.shape}, "
                f"strides {src.strides} -> {dst.strides}")

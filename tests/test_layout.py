@@ -420,32 +420,36 @@ def test_byte_swapped_out_and_in_place(op, isa, rng):
 # ---- the tiled copy between layouts (_core.copy) -----------------------------------
 
 
-def _copy_cases(rng, dtype):
+def _copy_cases(rng, dtype, scale):
     """Views of every kind the copy must take: each transpose of a 3-D array whose sizes
     are no multiple of a tile, sliced and reversed transposes, a broadcast axis, size-1
-    axes, and the 4-D layouts users pass (Fortran order, channels-last)."""
-    base = random_data(rng, (5, 19, 37), dtype)
+    axes, and the 4-D layouts users pass (Fortran order, channels-last).  scale > 1 makes
+    most of them large enough for two threads (FN_PARALLEL_MIN_ELEMENTS, 32768 items),
+    which share out the planes, or cut a lone plane or an odd number of them in two."""
+    base = random_data(rng, (5, 19 * scale, 37), dtype)
     for order in itertools.permutations(range(3)):
         yield f"transpose {order}", in_memory_order(base, order)
-    big = np.asfortranarray(random_data(rng, (40, 70), dtype))
-    yield "fortran sliced", big[3:37:2, 1:]
+    big = np.asfortranarray(random_data(rng, (40 * scale, 70 * scale), dtype))
+    yield "fortran sliced", big[3:37 * scale:2, 1:]
     yield "fortran reversed", big[::-1, ::-3]
-    yield "broadcast rows", np.broadcast_to(base[0, 0], (33, 37))
-    yield "size-1 axes", np.asfortranarray(random_data(rng, (1, 30, 1, 20), dtype))
-    yield "fortran 4-D", np.asfortranarray(random_data(rng, (3, 4, 17, 18), dtype))
-    yield "channels-last", in_memory_order(random_data(rng, (2, 20, 5, 18), dtype), (0, 2, 3, 1))
+    yield "broadcast rows", np.broadcast_to(base[0, 0], (33 * scale, 37))
+    yield "size-1 axes", np.asfortranarray(random_data(rng, (1, 30 * scale, 1, 20 * scale), dtype))
+    yield "fortran 4-D", np.asfortranarray(random_data(rng, (3, 4, 17 * scale, 18), dtype))
+    yield "channels-last", in_memory_order(random_data(rng, (2, 20 * scale, 5, 18), dtype),
+                                           (0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_copy_between_layouts_gives_numpys_copy(dtype, rng):
-    for name, view in _copy_cases(rng, dtype):
+@pytest.mark.parametrize("n_threads, scale", [(1, 1), (2, 10)])
+def test_copy_between_layouts_gives_numpys_copy(dtype, n_threads, scale, rng):
+    for name, view in _copy_cases(rng, dtype, scale):
         want = np.ascontiguousarray(view)
         into_c = np.empty(view.shape, view.dtype)
-        fastnorm._core.copy(view, into_c)
+        fastnorm._core.copy(view, into_c, n_threads)
         assert_same_bits(into_c, want, err_msg=f"{name} into C order")
         for order in [tuple(reversed(range(view.ndim))), (1, 0) + tuple(range(2, view.ndim))]:
             back = in_memory_order(np.zeros(view.shape, view.dtype), order)
-            fastnorm._core.copy(view, back)  # and into other transposes
+            fastnorm._core.copy(view, back, n_threads)  # and into other transposes
             assert_same_bits(np.ascontiguousarray(back), want, err_msg=f"{name} into {order}")
 
 
@@ -459,7 +463,8 @@ def _placed(shape, dtype, order, offset_items):
 
 @pytest.mark.parametrize("dtype", FULL_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("direction", ["fortran into C", "C into fortran"])
-def test_copy_of_a_large_transpose_at_every_place_on_a_line(dtype, direction, rng):
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_copy_of_a_large_transpose_at_every_place_on_a_line(dtype, direction, n_threads, rng):
     # From _core.stream_min_bytes(), with rows of dst a whole number of lines, the tiles
     # stream from dst's first cache line on, the items before it and the partial tiles at
     # the edges apart: every offset of dst on a line, sizes that are no multiple of a tile.
@@ -471,7 +476,7 @@ def test_copy_of_a_large_transpose_at_every_place_on_a_line(dtype, direction, rn
     src = np.asfortranarray(x) if direction == "fortran into C" else x
     for offset in range(0, 64 // itemsize, 3):
         dst = _placed(x.shape, dtype, "C" if direction == "fortran into C" else "F", offset)
-        fastnorm._core.copy(src, dst)
+        fastnorm._core.copy(src, dst, n_threads)
         assert_same_bits(dst, x, err_msg=f"dst {offset} items into its buffer")
 
 
@@ -482,26 +487,27 @@ def test_copy_into_and_from_misaligned_items(rng):
     src = np.frombuffer(buf.data, np.float32, x.size, offset=2).reshape(70, 40).T
     src[...] = x
     dst = np.frombuffer(buf.data, np.float32, x.size, offset=2 + x.nbytes + 4).reshape(40, 70)
-    fastnorm._core.copy(src, dst)
+    fastnorm._core.copy(src, dst, 1)
     assert_same_bits(dst, x)
 
 
 def test_copy_refuses_what_it_cannot_copy():
     x = np.zeros((4, 3), np.float32)
     with pytest.raises(TypeError, match="fastnorm_copy_strided: unsupported dtype"):
-        fastnorm._core.copy(x.astype(np.int8).T, np.zeros((3, 4), np.int8))
+        fastnorm._core.copy(x.astype(np.int8).T, np.zeros((3, 4), np.int8), 1)
     with pytest.raises(ValueError, match="differ in shape or item size"):
-        fastnorm._core.copy(x, np.zeros((3, 4), np.float32))
+        fastnorm._core.copy(x, np.zeros((3, 4), np.float32), 1)
     with pytest.raises(ValueError, match="differ in shape or item size"):
-        fastnorm._core.copy(x, np.zeros((4, 3), np.float64))
+        fastnorm._core.copy(x, np.zeros((4, 3), np.float64), 1)
     with pytest.raises(ValueError, match="read-only"):
-        fastnorm._core.copy(x, np.broadcast_to(np.float32(1), (4, 3)))
+        fastnorm._core.copy(x, np.broadcast_to(np.float32(1), (4, 3)), 1)
     with pytest.raises(ValueError, match="bad stride"):
-        fastnorm._core.copy(x, np.lib.stride_tricks.as_strided(np.zeros(3, np.float32), (4, 3), (0, 4)))
+        fastnorm._core.copy(
+            x, np.lib.stride_tricks.as_strided(np.zeros(3, np.float32), (4, 3), (0, 4)), 1)
     with pytest.raises(ValueError, match="1 to 64 dimensions"):
-        fastnorm._core.copy(np.zeros((), np.float32), np.zeros((), np.float32))
+        fastnorm._core.copy(np.zeros((), np.float32), np.zeros((), np.float32), 1)
     with pytest.raises(TypeError, match="expected NumPy arrays"):
-        fastnorm._core.copy([1.0, 2.0], np.zeros(2))
+        fastnorm._core.copy([1.0, 2.0], np.zeros(2), 1)
 
 
 @pytest.fixture
@@ -509,7 +515,8 @@ def tiled_copies(monkeypatch):
     """The shapes of the copies that went through _core.copy."""
     copies = []
     copy = fastnorm._core.copy
-    monkeypatch.setattr(fastnorm._core, "copy", lambda s, d: copies.append(s.shape) or copy(s, d))
+    monkeypatch.setattr(fastnorm._core, "copy",
+                        lambda s, d, n: copies.append(s.shape) or copy(s, d, n))
     return copies
 
 

@@ -199,7 +199,8 @@ FASTNORM_API fastnorm_status_t fastnorm_batch_norm_backward(
  * 4096x768 float32 array).  Past the caches (from 8 MB, or a sixteenth of the last-level
  * cache where that is more) the tiles of 4- and 8-byte items write dst's whole lines with
  * streaming stores, fenced before the call returns (NumPy's loop takes 12-20 times as
- * long on an 8192x4096 one).  Any other layout is copied too, item by item.
+ * long on an 8192x4096 one).  Any other layout is copied too, item by item.  Copies of
+ * 32768 items or more run on n_threads threads, in shares of whole tiles.
  * item_size 2, 4 or 8 (the bits are copied, whatever the dtype); 1 <= ndim <=
  * FASTNORM_MAX_DIMS; dst writes each item once (FASTNORM_ERR_BAD_STRIDE for a 0 stride
  * on an axis longer than 1) and does not overlap src. */
@@ -207,7 +208,8 @@ FASTNORM_API fastnorm_status_t fastnorm_batch_norm_backward(
 FASTNORM_API fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim,
                                                      const size_t *shape, const void *src,
                                                      const ptrdiff_t *src_strides, void *dst,
-                                                     const ptrdiff_t *dst_strides);
+                                                     const ptrdiff_t *dst_strides,
+                                                     int n_threads);
 
 /* Kernel family selection.  fastnorm_set_isa fails with FASTNORM_ERR_ISA_UNAVAILABLE
  * when the family was not compiled in or the CPU lacks it. */

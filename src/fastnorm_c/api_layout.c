@@ -15,6 +15,9 @@
  * and 4096x4096, either way: 13-18 and 6-8 ms; float64 4096x4096 0.14, 12 ms).
  * Transposes of whole tiles in AVX-512 registers timed the same as these blocks, AVX2's
  * 1.6-1.9x in L2, so the copy has no kernel family of its own (docs/performance-log.md).
+ * Copies of FN_PARALLEL_MIN_ELEMENTS items or more share their tiles out among the
+ * threads, as the kernels share rows: on 2 threads 0.39-0.67x the time of 1 (64x768 to
+ * 8192x4096, either way, and channels-last views).
  */
 #include "api_internal.h"
 
@@ -184,9 +187,49 @@ static size_t fn_fastest_axis(size_t ndim, const size_t *shape, const ptrdiff_t 
     return best;
 }
 
+/* One copy's plane and its split: the planes of the other axes (in C order), each cut
+ * into runs of `step` items of b, a whole number of tiles. */
+typedef struct {
+    const char *src;
+    char *dst;
+    size_t ndim, a, b, na, item_size, step;
+    const size_t *shape;
+    const ptrdiff_t *src_strides, *dst_strides;
+    ptrdiff_t sa, da;
+    int along_dst, tiled, stream;
+} fn_copy_plan;
+
+/* Items b0 .. b0 + step - 1 (or to the end) of b in plane `plane`. */
+static void fn_copy_run(const fn_copy_plan *p, size_t plane, size_t b0) {
+    const char *s = p->src;
+    char *d = p->dst;
+    for (size_t k = p->ndim; k-- > 0;) {
+        if (k == p->a || k == p->b) continue;
+        size_t i = plane % p->shape[k];
+        plane /= p->shape[k];
+        s += (ptrdiff_t)i * p->src_strides[k];
+        d += (ptrdiff_t)i * p->dst_strides[k];
+    }
+    size_t nb = p->shape[p->b] - b0 < p->step ? p->shape[p->b] - b0 : p->step;
+    ptrdiff_t sb = p->src_strides[p->b], db = p->dst_strides[p->b];
+    s += (ptrdiff_t)b0 * sb;
+    d += (ptrdiff_t)b0 * db;
+#ifdef FN_HAVE_TILES
+    if (p->tiled)
+        fn_copy_plane_tiled_sized(s, d, p->na, nb, p->sa, db, p->along_dst,
+                                  p->stream && (uintptr_t)d % p->item_size == 0, p->item_size);
+    else
+#endif
+    if (p->along_dst)
+        fn_copy_plane_sized(s, d, nb, p->na, sb, p->sa, db, p->da, p->item_size);
+    else
+        fn_copy_plane_sized(s, d, p->na, nb, p->sa, sb, p->da, db, p->item_size);
+}
+
 fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const size_t *shape,
                                         const void *src, const ptrdiff_t *src_strides,
-                                        void *dst, const ptrdiff_t *dst_strides) {
+                                        void *dst, const ptrdiff_t *dst_strides,
+                                        int n_threads) {
     if (item_size != 2 && item_size != 4 && item_size != 8) return FASTNORM_ERR_BAD_DTYPE;
     if (ndim < 1 || ndim > FASTNORM_MAX_DIMS) return FASTNORM_ERR_BAD_SHAPE;
     if (!shape || !src_strides || !dst_strides) return FASTNORM_ERR_NULL_POINTER;
@@ -201,58 +244,44 @@ fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const siz
     for (size_t k = 0; k < ndim; ++k) /* each item of dst written once */
         if (shape[k] > 1 && dst_strides[k] == 0) return FASTNORM_ERR_BAD_STRIDE;
 
+    fn_copy_plan p = {.src = src, .dst = dst, .ndim = ndim, .item_size = item_size,
+                      .shape = shape, .src_strides = src_strides, .dst_strides = dst_strides};
     /* the plane: dst's fast axis (a) and src's (b); one axis alone when they agree, or
      * when every axis has one item (a single item) */
-    size_t b = fn_fastest_axis(ndim, shape, src_strides);
-    size_t a = fn_fastest_axis(ndim, shape, dst_strides);
-    if (a == ndim) a = b = ndim - 1;
-    if (b == ndim) b = a; /* every long axis broadcast: read along dst's */
-    size_t na = a == b ? 1 : shape[a];
-    ptrdiff_t sa = a == b ? 0 : src_strides[a], da = a == b ? 0 : dst_strides[a];
+    p.b = fn_fastest_axis(ndim, shape, src_strides);
+    p.a = fn_fastest_axis(ndim, shape, dst_strides);
+    if (p.a == ndim) p.a = p.b = ndim - 1;
+    if (p.b == ndim) p.b = p.a; /* every long axis broadcast: read along dst's */
+    size_t a = p.a, b = p.b;
+    p.na = a == b ? 1 : shape[a];
+    p.sa = a == b ? 0 : src_strides[a];
+    p.da = a == b ? 0 : dst_strides[a];
     /* A tile's inner loop (its blocks, in plain stores) runs along one array's lines and
      * strides across the other's; it strides the shorter way.  Lines a multiple of 4 KB
      * apart share an L1 set, and a tile's 16 of them in 12 ways thrashed: C order into a
      * Fortran-order 4096x768 float32 array (16 KB across) took 17 ms along src's lines item
      * by item, as long as NumPy's copy, and 1.43x the time in blocks. */
-    int along_dst = fn_magnitude(src_strides[a]) < fn_magnitude(dst_strides[b]);
+    p.along_dst = fn_magnitude(src_strides[a]) < fn_magnitude(dst_strides[b]);
     /* Transposes of 4-byte items in SSE2 blocks (fn_copy_plane_tiled), and of 8-byte ones
      * where streamed: in the caches their 2x2 blocks took 1.05-1.1x the time of the items
      * one by one (512x768 float64, a C loop), 4-byte items' 4x4 blocks 0.75x. */
     int transpose = a != b && src_strides[b] == (ptrdiff_t)item_size &&
                     dst_strides[a] == (ptrdiff_t)item_size;
-    int stream = transpose && (item_size == 4 || item_size == 8) &&
-                 total * item_size >= fn_llc_stream_min_bytes() &&
-                 dst_strides[b] % FN_LINE_BYTES == 0 && na * item_size >= FN_STREAM_ROW_BYTES;
-    int tiled = transpose && (item_size == 4 || stream);
+    p.stream = transpose && (item_size == 4 || item_size == 8) &&
+               total * item_size >= fn_llc_stream_min_bytes() &&
+               dst_strides[b] % FN_LINE_BYTES == 0 && p.na * item_size >= FN_STREAM_ROW_BYTES;
+    p.tiled = transpose && (item_size == 4 || p.stream);
 
-    size_t index[FASTNORM_MAX_DIMS] = {0}; /* over the other axes */
-    for (;;) {
-        const char *s = src;
-        char *d = dst;
-        for (size_t k = 0; k < ndim; ++k) {
-            if (k == a || k == b) continue;
-            s += (ptrdiff_t)index[k] * src_strides[k];
-            d += (ptrdiff_t)index[k] * dst_strides[k];
-        }
-#ifdef FN_HAVE_TILES
-        if (tiled)
-            fn_copy_plane_tiled_sized(s, d, na, shape[b], sa, dst_strides[b], along_dst,
-                                      stream && (uintptr_t)d % item_size == 0, item_size);
-        else
-#endif
-        if (along_dst)
-            fn_copy_plane_sized(s, d, shape[b], na, src_strides[b], sa, dst_strides[b], da,
-                                item_size);
-        else
-            fn_copy_plane_sized(s, d, na, shape[b], sa, src_strides[b], da, dst_strides[b],
-                                item_size);
-        size_t k = ndim;
-        do {
-            if (k == 0) {
-                if (stream) FN_STREAM_FENCE();
-                return FASTNORM_OK;
-            }
-            --k;
-        } while (k == a || k == b || (++index[k] == shape[k] ? (index[k] = 0, 1) : 0));
-    }
+    /* The threads share out the planes.  Fewer than 16 a thread that do not share out
+     * evenly (a lone plane, 5 on 2 threads) are each cut along b into as many runs of whole
+     * tiles as there are threads, so that the threads get about as many items. */
+    int threads = fn_threads(n_threads, total);
+    size_t nb = shape[b], planes = total / (p.na * nb), tile = FN_LINE_BYTES / item_size;
+    size_t pieces = planes % (size_t)threads && planes < 16 * (size_t)threads ? (size_t)threads : 1;
+    p.step = (nb / pieces + tile - 1) / tile * tile;
+    if (p.step < tile) p.step = tile;
+    pieces = (nb + p.step - 1) / p.step;
+    FN_PARALLEL_FOR(w, planes * pieces,
+                    fn_copy_run(&p, (size_t)w / pieces, (size_t)w % pieces * p.step););
+    return FASTNORM_OK;
 }
