@@ -432,6 +432,8 @@ def _copy_cases(rng, dtype, scale):
     big = np.asfortranarray(random_data(rng, (40 * scale, 70 * scale), dtype))
     yield "fortran sliced", big[3:37 * scale:2, 1:]
     yield "fortran reversed", big[::-1, ::-3]
+    # rows of 4 KB: in Fortran order its columns' lines share cache sets (walk_dst)
+    yield "4 KB rows", random_data(rng, (4096 // np.dtype(dtype).itemsize, 37 * scale), dtype)
     yield "broadcast rows", np.broadcast_to(base[0, 0], (33 * scale, 37))
     yield "size-1 axes", np.asfortranarray(random_data(rng, (1, 30 * scale, 1, 20 * scale), dtype))
     yield "fortran 4-D", np.asfortranarray(random_data(rng, (3, 4, 17 * scale, 18), dtype))
