@@ -32,6 +32,7 @@ enum { FN_LINE_BYTES = 64 };
  * Through the API, whose input copy is a new array each call, streaming 4096x768 took
  * 1.1-1.4x the time (presumably its rows then read the copy from memory, not the L3). */
 #define FN_STREAM_ROW_BYTES 1024
+#define FN_WALK_DST_MIN_BYTES ((size_t)256 << 10) /* fn_copy_plan's walk_dst */
 
 /* The na x nb plane of items (strides in bytes: sa, sb in src; da, db in dst), in tiles
  * of `tile` x `tile` items, each tile's inner loop along b.  size: the item size, a
@@ -290,14 +291,19 @@ fastnorm_status_t fastnorm_copy_strided(size_t item_size, size_t ndim, const siz
                dst_strides[b] % FN_LINE_BYTES == 0 && p.na * item_size >= FN_STREAM_ROW_BYTES;
     p.tiled = transpose && (item_size == 4 || p.stream);
     /* Tile after tile along src's lines writes dst a line of each row at a time, |db|
-     * apart.  Where that is a multiple of 4 KB (the lines share L1 and L2 sets) and src's
-     * |sa| is not, the tiles go along dst's lines instead: C order into a Fortran-order
-     * 1024x512 to 4096x768 float32 array, or Fortran 768x1024 into C order, took 0.66-0.87x
-     * the time (in-process A/B, arrays placed anew each round).  Not where streamed
-     * (8192x768 1.49x the time, the tiles' lines no longer written one after the other),
-     * nor where both alias (1024x1024 1.13x) or only src does (Fortran 1024x768 1.04x). */
-    p.walk_dst = !p.stream && fn_magnitude(dst_strides[b]) % 4096 == 0 &&
-                 fn_magnitude(src_strides[a]) % 4096 != 0;
+     * apart, and finishes a line split by a tile's edge only a column of tiles later.  The
+     * tiles go along dst's lines instead where src's |sa| is not a multiple of 4 KB and
+     * either |db| is (dst's lines share L1 and L2 sets) or the plane is FN_WALK_DST_MIN_BYTES
+     * or more.  In-process A/B, float32, arrays placed anew each round, time per copy: C
+     * order into a Fortran-order 1024x512 to 4096x768 array, or Fortran 768x1024 into C
+     * order, 0.66-0.87; planes of 768 KB to 12 MB without 4 KB strides (512x512 to
+     * 3000x1000, either way) 0.68-0.93.  Not where streamed (8192x768 1.49x the time, the
+     * tiles' lines no longer written one after the other), nor where src aliases
+     * (1024x1024 1.13, Fortran 1024x768 into C order 1.04-1.23), nor in smaller planes
+     * (channels-last (1, 64, 56, 56) and (4, 64, 56, 56) views, 1.02-1.06; 200x200 1.05). */
+    p.walk_dst = !p.stream && fn_magnitude(src_strides[a]) % 4096 != 0 &&
+                 (fn_magnitude(dst_strides[b]) % 4096 == 0 ||
+                  p.na * shape[b] * item_size >= FN_WALK_DST_MIN_BYTES);
 
     /* The threads share out the planes.  Fewer than 16 a thread that do not share out
      * evenly (a lone plane, 5 on 2 threads) are each cut along b into as many runs of whole
