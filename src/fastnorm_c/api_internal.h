@@ -47,8 +47,8 @@
  * 16x64x56x56 (12.8 MB) 0.74-0.88 on 1 thread.  Smaller outputs lost: float32 2048x768
  * (6 MB) 1.01-1.07, bfloat16 4096x768 (6 MB) 1.24, 2048x768 (3 MB) 1.38-1.53.  GroupNorm
  * too: (8, 256, 32, 32) float32 (8 MB) 0.63-0.65 on 1 thread, 0.93 on 2.  Rows take a
- * sixteenth of the last-level cache instead where that is more (fn_row_stream_min_bytes,
- * api_norm.c: the Emerald Rapids Xeon's 300 MB L3). */
+ * sixteenth of the last-level cache instead where that is more (fn_llc_stream_min_bytes,
+ * below: the Emerald Rapids Xeon's 300 MB L3). */
 #define FN_STREAM_MIN_BYTES (8u << 20)
 /* The others keep 16 MB: BatchNorm on two or more threads (the 12.8 MB BatchNorm above took
  * 1.11-1.57x the time streamed on 2 threads, eval and training, either layout), the fused
