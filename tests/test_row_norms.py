@@ -65,10 +65,12 @@ def test_long_rows_in_batches_equal_each_row_alone(op, dtype, isa, rng, tol):
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_rows_with_parameters_past_1mb_in_one_batch_equal_each_row_alone(op, dtype, isa, rng,
                                                                         tol):
-    # A weight or bias of 1 MB or more puts up to 256 MB of rows in one batch, normalized
-    # a segment (16384 values) at a time across the batch's rows: here 3 rows of 262144
-    # values, 16 segments each, in one batch.  Each row's result is the same, bit for bit,
-    # as that row normalized on its own (a batch of one).
+    # A weight or bias of 1 MB or more puts up to 256 MB of rows in one batch (with the
+    # parameters, at most a quarter of the last-level cache where that leaves room),
+    # normalized a segment (16384 values) at a time across the batch's rows: here 3 rows
+    # of 262144 values, 16 segments each, in one batch (float64 on a 32 MB L3: a batch of
+    # 2 rows, then 1).  Each row's result is the same, bit for bit, as that row normalized
+    # on its own (a batch of one).
     n = 1 << 18
     x = random_data(rng, (3, n), dtype, offset=2.0)
     w, b = _affine(op, rng, (n,), dtype, True, True)

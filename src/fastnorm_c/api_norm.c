@@ -22,6 +22,20 @@
  * 256 MB, 64 rows of 1048576 values against batches of 16 rows (64 MB), 0.84 / 0.85. */
 #define FN_LONG_PARAM_MIN_BYTES (1u << 20)
 #define FN_LONG_PARAM_BATCH_BYTES (256u << 20)
+/* ... and, with the parameters, at most a quarter of the last-level cache, which must keep
+ * the batch's rows from the statistics to the normalize pass beside the parameters (where
+ * the parameters alone take that much, the batches stay at FN_LONG_PARAM_BATCH_BYTES: one
+ * 8 MB row a batch with its 16 MB weight and bias took 1.31x the time of all of 8x2097152
+ * at once).  On the Zen 3 VM (32 MB L3, shared with the neighbours) batches of 64 MB read
+ * every row twice from memory.  In-process A/B against the 256 MB bound alone, float32,
+ * time per call, two runs: 1 thread, LayerNorm 64x262144 (6 rows a batch) 0.90 / 0.89,
+ * 32x524288 (2 rows) 0.91 / 0.83, RMSNorm 64x262144 0.91 / 0.88, 16x1048576 (1 row) 0.98 /
+ * 0.86; 2 threads LayerNorm 64x262144 0.97 / 0.94; LayerNorm 16x1048576 and 8x2097152,
+ * whose parameters take a quarter or more, 0.98-1.01.  An eighth for the rows alone (4 MB
+ * batches) did as well on 64x262144 (0.80-0.85) but cut 8x2097152 to one row a batch; a
+ * half, the parameters not subtracted, lost (16x1048576 1.14, 64x262144 1.09).  On the
+ * Xeon's 300 MB L3 the benchmark's long rows keep one batch. */
+#define FN_LONG_PARAM_LLC_SHARE 4
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
  * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 16 KB, the others
  * 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
@@ -472,9 +486,12 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
     size_t rows = job->outer, n = job->middle, size = job->item_size;
     size_t segments = (n + FN_ROW_SEGMENT - 1) / FN_ROW_SEGMENT;
     size_t batch = FN_LONG_ROW_BATCH_BYTES / (n * size) ? FN_LONG_ROW_BATCH_BYTES / (n * size) : 1;
-    if ((job->weight || job->bias) && n * fn_compute_size(job->dtype) >= FN_LONG_PARAM_MIN_BYTES &&
-        FN_LONG_PARAM_BATCH_BYTES / (n * size) > batch)
-        batch = FN_LONG_PARAM_BATCH_BYTES / (n * size);
+    size_t params = ((job->weight != NULL) + (job->bias != NULL)) * n * fn_compute_size(job->dtype);
+    size_t share = fastnorm_llc_bytes() / FN_LONG_PARAM_LLC_SHARE, param_batch = FN_LONG_PARAM_BATCH_BYTES;
+    if (share > params && share - params < param_batch) param_batch = share - params;
+    if (params && n * fn_compute_size(job->dtype) >= FN_LONG_PARAM_MIN_BYTES &&
+        param_batch / (n * size) > batch)
+        batch = param_batch / (n * size);
     if (batch > rows) batch = rows;
     size_t per_batch = 2 * batch * segments + 3 * batch;
     double *scratch = malloc(sizeof(double) * 2 * per_batch);
