@@ -20,6 +20,7 @@ Remove -mavx*/-march from CFLAGS, or define FASTNORM_ALLOW_AVX_BASELINE if every
 
 #include <stddef.h>
 #include <stdio.h>  /* sysfs: the cache sizes */
+#include <stdlib.h> /* atoi */
 #include <string.h>
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h> /* sysconf */
@@ -115,43 +116,46 @@ fastnorm_isa_t fastnorm_best_isa(void) {
     return FASTNORM_ISA_SCALAR;
 }
 
+#ifdef __linux__
+/* The first line of cpu0's cache description `name` for cache `index` into buf, or 0. */
+static int sysfs_cache_field_(int index, const char *name, char *buf, int size) {
+    char path[64];
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/%s", index, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int ok = fgets(buf, size, f) != NULL;
+    fclose(f);
+    return ok;
+}
+#endif
+
 /* The size in KB of the highest-level data or unified cache cpu0 has, as Linux describes it
  * in sysfs (the cache these cores share), 0 where it has no such cache or no sysfs. */
 static int llc_kb_sysfs_(void) {
+    int best_kb = 0;
 #ifdef __linux__
-    int best_level = 0, best_kb = 0;
-    for (int index = 0; index < 16; ++index) {
-        char path[64], type[16] = "", unit = 'K';
-        int level = 0, size = 0;
-        FILE *f;
-        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", index);
-        if (!(f = fopen(path, "r"))) break;
-        int ok = fscanf(f, "%d", &level) == 1;
-        fclose(f);
-        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", index);
-        if (ok && (f = fopen(path, "r"))) {
-            ok = fscanf(f, "%15s", type) == 1;
-            fclose(f);
-        }
-        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", index);
-        if (ok && (f = fopen(path, "r"))) {
-            ok = fscanf(f, "%d%c", &size, &unit) >= 1;
-            fclose(f);
-        }
-        if (!ok || strcmp(type, "Instruction") == 0 || size <= 0 || level < best_level) continue;
-        best_level = level;
-        best_kb = unit == 'M' ? size * 1024 : size;
+    int best_level = 0;
+    char level[16], type[32], size[32];
+    for (int index = 0; sysfs_cache_field_(index, "level", level, sizeof level); ++index) {
+        int kb = 0;
+        char unit = 'K';
+        if (!sysfs_cache_field_(index, "type", type, sizeof type) ||
+            !sysfs_cache_field_(index, "size", size, sizeof size) ||
+            strncmp(type, "Instruction", 11) == 0 || sscanf(size, "%d%c", &kb, &unit) < 1 ||
+            kb <= 0 || atoi(level) < best_level)
+            continue;
+        best_level = atoi(level);
+        best_kb = unit == 'M' ? kb * 1024 : kb;
     }
-    return best_kb;
-#else
-    return 0;
 #endif
+    return best_kb;
 }
 
 /* The last-level cache's size in KB, 0 where nothing says; asked once, as a CPUID in a VM
- * can cost a microsecond.  sysfs first: glibc's sysconf reports what CPUID says of the
- * whole package, which on an AMD EPYC Zen 3 VM is 256 MB, eight times the 32 MB L3 its
- * cores share (sysfs and lscpu: 32 MB), and that put the streaming bound at 16 MB there. */
+ * can cost a microsecond and the sysfs reads several.  sysfs first: glibc's sysconf
+ * reports what CPUID says of the whole package, which on an AMD EPYC Zen 3 VM is 256 MB,
+ * eight times the 32 MB L3 its cores share (sysfs and lscpu: 32 MB), and that put the
+ * streaming bound at 16 MB there. */
 static fn_int_slot llc_kb_ = -1;
 
 size_t fastnorm_llc_bytes(void) {
