@@ -10,6 +10,10 @@ processes hits both alike; a case prints the median time per call of each and NE
 OLD's.  It also says whether the two outputs are bit for bit the same: a change meant to
 keep the arithmetic must keep the bits.
 
+The inputs are offset + 2 N(0, 1) with offset 1 unless `--offset` says otherwise: a
+change that treats rows far from zero differently (their mean larger than their spread)
+needs a run with, say, `--offset 10` as well.
+
 On a shared VM a ratio within about 10% of 1 can be noise: pass the same file twice
 (`--allow-same`) to see how far an A/A run strays on the machine at the time.  The two
 files must differ otherwise, so that an extension that was not rebuilt (setup.py's
@@ -74,11 +78,12 @@ def parse_case(text):
     return parts[0], parts[1], shape, int(parts[3]) if len(parts) == 4 else 1
 
 
-def case_call(op, dtype, shape, threads):
-    """(call(core, y) -> the outputs, x, bytes in + out): the same input for every build."""
+def case_call(op, dtype, shape, threads, offset=1.0):
+    """(call(core, y) -> the outputs, x, bytes in + out): the same input for every build,
+    offset + 2 N(0, 1)."""
     code, compute = DTYPES[dtype], compute_dtype(dtype)
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(shape) * 2.0 + 1.0).astype(numpy_dtype(dtype))
+    x = (rng.standard_normal(shape) * 2.0 + offset).astype(numpy_dtype(dtype))
     if op in ROW_OPS:
         n, bare = shape[-1], op.endswith("_bare")
         w = None if bare else rng.standard_normal(n).astype(compute)
@@ -135,10 +140,10 @@ def case_call(op, dtype, shape, threads):
     return call, x, (1 if op == "moments" else 2) * x.nbytes
 
 
-def run_case(cores, case, samples, sample_bytes=2e7):
+def run_case(cores, case, samples, offset=1.0, sample_bytes=2e7):
     """Median seconds per call of each core, and whether their outputs are the same bits."""
     op, dtype, shape, threads = case
-    call, x, traffic = case_call(op, dtype, shape, threads)
+    call, x, traffic = case_call(op, dtype, shape, threads, offset)
     # each build writes its own, both half a page from x (empty_apart: no 4K aliasing
     # that one build's output would pay and the other's not)
     outputs = [empty_apart(x, PAGE // 2) for _ in cores]
@@ -165,6 +170,9 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=21, help="samples per build (default 21)")
     parser.add_argument("--isa", help="kernel family for both builds (default: the best), or "
                         "avx512_nobf16")
+    parser.add_argument("--offset", type=float, default=1.0,
+                        help="the inputs' mean (default 1; their spread is 2): a larger one "
+                        "tries the rows whose mean dominates their spread")
     parser.add_argument("--allow-same", action="store_true",
                         help="accept identical files: an A/A run, the noise floor")
     args = parser.parse_args(argv)
@@ -185,7 +193,7 @@ def main(argv=None):
         print(f"kernels: {kernels}; medians of {args.samples} samples per build")
         print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits")
         for case in args.cases:
-            a, b, same = run_case(cores, case, args.samples)
+            a, b, same = run_case(cores, case, args.samples, args.offset)
             op, dtype, shape, threads = case
             name = f"{op} {dtype} {'x'.join(map(str, shape))} t{threads}"
             print(f"{name:40s} {a * 1e6:8.1f}us {b * 1e6:8.1f}us  {b / a:7.3f}  {'yes' if same else 'no'}",
