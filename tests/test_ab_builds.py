@@ -68,3 +68,10 @@ def test_a_a_run_loads_two_copies_and_gets_the_same_bits(capsys):
     assert lines[0].startswith("kernels: ")
     rows = [line for line in lines if line.startswith(("layer_norm", "batch_norm_train"))]
     assert len(rows) == 2 and all(line.split()[-1] == "yes" for line in rows), lines
+
+
+@pytest.mark.parametrize("offset", [1.0, 10.0])
+def test_offset_sets_the_inputs_mean(offset):
+    _, x, _ = ab.case_call("layer_norm", "float32", (64, 768), 1, offset)
+    assert abs(float(x.mean()) - offset) < 0.05  # 49152 values of spread 2: the mean's sd is 0.009
+    assert 1.9 < float(x.std()) < 2.1
