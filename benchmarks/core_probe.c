@@ -6,7 +6,7 @@
  * it completed.  A core of its own gives about 2 of each on Zen 3; where something
  * outside the VM (a hypervisor's other guest on the sibling hyperthread, say) shares the
  * core, the vector figure drops towards 1 at the same clock.  fastnorm's in-cache kernels
- * are compute-bound and slow down with it; a memory copy hardly does, so xcopy swings.
+ * are compute-bound and slow down with it, a memory copy less, so xcopy swings.
  * From the repository root:
  *
  *   gcc -O2 -mavx2 -mfma benchmarks/core_probe.c -o /tmp/core_probe
