@@ -38,14 +38,19 @@ def _out(shape, dtype, offset):
 
 
 def _sysfs_llc_bytes():
-    """The highest-level data or unified cache of cpu0 as sysfs describes it, or None."""
+    """The highest-level data or unified cache of cpu0 as sysfs describes it, or None.  As
+    dispatch.c reads it: an index whose description is missing or unreadable is passed over."""
     best = None
     for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        read = lambda name: (index / name).read_text().strip()  # noqa: E731
-        size = read("size")
-        size = int(size[:-1]) << (20 if size.endswith("M") else 10)
-        if read("type") != "Instruction" and (best is None or int(read("level")) >= best[0]):
-            best = int(read("level")), size
+        try:
+            level, kind, size = ((index / name).read_text().strip()
+                                 for name in ("level", "type", "size"))
+            kb = int(size.rstrip("KM")) * (1024 if size.endswith("M") else 1)
+            level = int(level)
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and kb > 0 and (best is None or level >= best[0]):
+            best = level, kb * 1024
     return best and best[1]
 
 
