@@ -312,32 +312,6 @@ fastnorm_status_t fastnorm_moments(fastnorm_dtype_t dtype, size_t outer, size_t 
 
 /* ---- fastnorm_affine ---------------------------------------------------------------- */
 
-/* Each channel's parameters in the compute dtype (csize bytes): the mean's high part, the
- * scale, and the shift with the mean's low part folded in (no mean_lo: one load and one
- * subtraction fewer per vector).  Rounded as rows_affine rounds its constants
- * (kb_affine_constants: lo and lo * scale to float, then the float sum), so that a channel
- * gives the same bits on the row and the column path: a channels-last view the same as its
- * C-order copy.  `restrict` lets the compiler vectorize the conversions. */
-static void fn_channel_params(size_t channels, size_t csize, const double *restrict mean,
-                              const double *restrict scale, const double *restrict shift,
-                              char *restrict hi_out, char *restrict scale_out, char *restrict shift_out) {
-    if (csize == 8) {
-        for (size_t c = 0; c < channels; ++c) ((double *)hi_out)[c] = mean ? mean[c] : 0.0;
-        memcpy(scale_out, scale, channels * sizeof(double));
-        memcpy(shift_out, shift, channels * sizeof(double));
-        return;
-    }
-    float *restrict hi = (float *)hi_out, *restrict sc = (float *)scale_out, *restrict sh = (float *)shift_out;
-    for (size_t c = 0; c < channels; ++c) {
-        double m = mean ? mean[c] : 0.0;
-        hi[c] = (float)m;
-        sc[c] = (float)scale[c];
-        float lo = (float)(m - (double)hi[c]);
-        float low = (float)(-(double)lo * (double)sc[c]);
-        sh[c] = (float)shift[c] + low;
-    }
-}
-
 /* The parameters of a super-row's `width` columns from each channel's (items of `size`
  * bytes): column j's at position (j - lead) mod width, where column j is channel
  * (j / inner) mod channels.  Written in runs: copies of consecutive channels when inner
@@ -383,12 +357,17 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
     char *ys = (char *)y;
     if (inner >= FN_AFFINE_ROW_MIN && inner <= FN_ROW_SEGMENT) { /* a thread's rows per call */
         size_t rows = outer * channels;
+        char *hi = malloc(3 * channels * csize);
+        if (!hi) return FASTNORM_ERR_NO_MEMORY;
+        char *sc = hi + channels * csize, *beta = sc + channels * csize;
+        fn_affine_params(csize, channels, mean, NULL, scale, shift, hi, sc, beta);
         FN_PARALLEL_FOR(t, threads, {
             size_t first = rows * (size_t)t / (size_t)threads;
             size_t last = rows * (size_t)(t + 1) / (size_t)threads, offset = first * inner * size;
-            kernels->rows_affine[dtype](xs + offset, last - first, inner, first, channels, mean, NULL,
-                                        scale, shift, ys + offset, stream);
+            kernels->rows_affine[dtype](xs + offset, last - first, inner, first, channels, hi, sc,
+                                        beta, ys + offset, stream);
         });
+        free(hi);
         return FASTNORM_OK;
     }
     if (inner >= FN_AFFINE_ROW_MIN) {
@@ -435,7 +414,8 @@ static fastnorm_status_t fn_affine(fastnorm_dtype_t dtype, size_t outer, size_t 
         cols[k] = params + k * c.width * csize;
         per_channel[k] = channel_block + k * channels * csize;
     }
-    fn_channel_params(channels, csize, mean, scale, shift, per_channel[0], per_channel[1], per_channel[2]);
+    fn_affine_params(csize, channels, mean, NULL, scale, shift, per_channel[0], per_channel[1],
+                     per_channel[2]);
     for (int k = 0; k < 3; ++k)
         fn_spread_columns(cols[k], per_channel[k], channels, inner, c.width, lead, csize);
     free(channel_block);

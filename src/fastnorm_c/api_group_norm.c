@@ -91,6 +91,7 @@ static void fn_group_normalize_row(const fn_group_job *job, size_t r, size_t beg
 static void fn_group_affine_rows(const fn_group_job *job, size_t item, size_t first, size_t count,
                                  double shift, double mean_shifted, double rstd) {
     double mean[FN_GROUP_ROWS], mean_lo[FN_GROUP_ROWS], scale[FN_GROUP_ROWS], beta[FN_GROUP_ROWS];
+    double params[3][FN_GROUP_ROWS]; /* hi, scale, beta in the compute dtype */
     size_t channel0 = item % job->groups * job->per_group + first;
     for (size_t k = 0; k < count; ++k) {
         mean[k] = shift;
@@ -98,9 +99,12 @@ static void fn_group_affine_rows(const fn_group_job *job, size_t item, size_t fi
         scale[k] = rstd * fn_param(job->dtype, job->weight, channel0 + k, 1.0);
         beta[k] = fn_param(job->dtype, job->bias, channel0 + k, 0.0);
     }
+    fn_affine_params(fn_compute_size(job->dtype), count, mean, mean_lo, scale, beta, params[0],
+                     params[1], params[2]);
     size_t offset = (item * job->per_group + first) * job->spatial * job->item_size;
-    job->kernels->rows_affine[job->dtype](job->x + offset, count, job->spatial, 0, count, mean,
-                                          mean_lo, scale, beta, job->y + offset, job->stream);
+    job->kernels->rows_affine[job->dtype](job->x + offset, count, job->spatial, 0, count,
+                                          params[0], params[1], params[2], job->y + offset,
+                                          job->stream);
 }
 
 /* Channels of fewer than FN_AFFINE_ROW_MIN values, several a group (4x4 maps with 16
@@ -355,7 +359,7 @@ static size_t fn_group_cl_scratch_bytes(size_t channels, size_t csize) {
 
 /* Group g's channels' parameters for col_normalize, y = (x - hi) * scale + shift, in the
  * compute dtype (T): BatchNorm's column affine (the channel_params kernel and
- * api_batch_norm.c's fn_channel_params) with the group's mean and rstd, the mean folded
+ * api_internal.h's fn_affine_params) with the group's mean and rstd, the mean folded
  * into the shift where |mean| <= sqrt(var + eps) (decided per group: a loop without
  * branches). */
 #define FN_GROUP_CL_PARAMS(T)                                                                  \

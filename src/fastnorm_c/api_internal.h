@@ -242,6 +242,36 @@ static inline double fn_param(fastnorm_dtype_t dtype, const void *p, size_t i, d
     return dtype == FASTNORM_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
 
+/* y = (x - hi[c]) * scale[c] + beta[c], each channel's affine as compute-dtype values
+ * (csize bytes) for rows_affine and col_normalize, from the float64 mean pair (mean[c],
+ * mean_lo[c]) (0 for a NULL array), scale and shift: the mean's high part, the scale, and
+ * the shift with the mean's low part folded in (one load and one subtraction fewer per
+ * vector); hi is +0 where the mean is 0, so that x - hi is x exactly.  Rounded as the row
+ * kernels round (kernel_row_normalize.h, kb_mean_pair and kb_normalize_constants): the
+ * pair's sum split into a float high and low part, low times the scale rounded to float,
+ * then the float sum.  So a channel gives row_normalize's bits on the row and the column
+ * path alike, a channels-last view the same as its C-order copy. */
+static inline void fn_affine_params(size_t csize, size_t channels, const double *mean,
+                                    const double *mean_lo, const double *scale,
+                                    const double *shift, void *hi_out, void *scale_out,
+                                    void *beta_out) {
+    for (size_t c = 0; c < channels; ++c) {
+        double m = mean ? mean[c] : 0.0, m_lo = mean_lo ? mean_lo[c] : 0.0;
+        int center = m != 0.0 || m_lo != 0.0;
+        if (csize == 8) {
+            ((double *)hi_out)[c] = center ? m : 0.0;
+            ((double *)scale_out)[c] = scale[c];
+            ((double *)beta_out)[c] = shift[c] + (center ? -m_lo * scale[c] : 0.0);
+            continue;
+        }
+        double total = m + m_lo;
+        float hi = (float)total, lo = (float)(total - (double)hi), sc = (float)scale[c];
+        ((float *)hi_out)[c] = center ? hi : 0.0f;
+        ((float *)scale_out)[c] = sc;
+        ((float *)beta_out)[c] = (float)shift[c] + (center ? (float)(-(double)lo * (double)sc) : 0.0f);
+    }
+}
+
 /* Chan et al.: merge partial (count_b, mean_b, m2_b) into (count, mean, m2). */
 static inline void fn_merge(double *count, double *mean, double *m2, double count_b, double mean_b, double m2_b) {
     if (count_b == 0) return;

@@ -62,16 +62,16 @@ typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, do
                                                 const void *weight, const void *bias, void *y,
                                                 int store);
 
-/* Rows r < rows of n elements each, one after another from x (and y): row r normalized
- * as row_normalize does with the mean pair (mean[c], mean_lo[c]) (0 for a NULL array),
- * scale[c] and beta shift[c] and no weight or bias, c = (first + r) % channels.  One call
- * for many short rows (BatchNorm over NCHW, a GroupNorm group's channels), where a call
- * per row cost about as many instructions as its loop.  store: as for row_normalize
+/* Rows r < rows of n elements each, one after another from x (and y): row r's
+ * y = (x - hi[c]) * scale[c] + beta[c], c = (first + r) % channels, the channels'
+ * compute-dtype constants as fn_affine_params computes them (api_internal.h), which gives
+ * row_normalize's bits for the mean pair, scale and shift they come from.  One call for
+ * many short rows (BatchNorm over NCHW, a GroupNorm group's channels), where a call per
+ * row cost about as many instructions as its loop.  store: as for row_normalize
  * (FN_STORE_STREAM). */
 typedef void (*fastnorm_rows_affine_fn)(const void *x, size_t rows, size_t n, size_t first,
-                                        size_t channels, const double *mean,
-                                        const double *mean_lo, const double *scale,
-                                        const double *shift, void *y, int store);
+                                        size_t channels, const void *hi, const void *scale,
+                                        const void *beta, void *y, int store);
 
 /* LayerNorm (center) or RMSNorm of rows r < rows of n elements each, one after another,
  * n at most the table's rows_short_max (a few vectors, a block of rows at a time): h = x (+ residual,
