@@ -371,7 +371,7 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
  * float64 again at every row (about 35 instructions a row, each sample's rows again).
  * Zen 3, in-process A/B against those conversions, same bits, time per call, 1 thread:
  * BatchNorm eval NCHW float32 (8, 256, 14, 14) 0.92-0.96 (2 threads 0.94), (16, 512, 7,
- * 7) 0.86, (8, 2048, 7, 7) 0.72-0.88, bfloat16 (8, 256, 14, 14) 0.87-0.95, float64
+ * 7) 0.86, (8, 2048, 7, 7) 0.72-0.88, bfloat16 (8, 256, 14, 14) 0.87-0.92, float64
  * 0.96-0.99; training (8, 2048, 7, 7) 0.96; GroupNorm 0.98-1.02. */
 KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t n, size_t first,
                                               size_t channels, const KB_C *his, const KB_C *scs,
