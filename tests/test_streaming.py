@@ -77,6 +77,24 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
         assert_same_bits(y[pick], row_norm(op, x[pick], *args), err_msg=f"rows {pick}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("offset", OFFSETS[:2])
+def test_streamed_long_rows_alone_equal_their_rows_in_a_batch(dtype, op, offset, isa, rng):
+    # Rows each past the stream bound.  One or two rows in a call take weight and bias as
+    # the caller gave them, where AVX2 bfloat16 reads a reordered copy from three rows on
+    # (api_norm.c, FN_NATURAL_PARAMS_MAX_ROWS): its pass then streams a vector at a time.
+    n = ROW_STREAM_MIN_BYTES // dtype.itemsize + N
+    x = random_data(rng, (3, n), dtype, offset=3.0)
+    w = random_data(rng, n, F32, offset=1.0)
+    args = ((n,), w, random_data(rng, n, F32)) if op == "layer_norm" else ((n,), w)
+    batch = row_norm(op, x, *args)
+    for rows in (1, 2):
+        out = _out((rows, n), dtype, offset)
+        assert_same_bits(row_norm(op, x[:rows], *args, out=out), batch[:rows],
+                         err_msg=f"{rows} rows")
+
+
 # h = x + residual goes to residual_out.  float32/float64: streamed with y by the normalize
 # pass where it sits like y, stored plainly by that pass where it does not, and by the
 # statistics pass where it overwrites residual; bfloat16/float16: by the statistics pass

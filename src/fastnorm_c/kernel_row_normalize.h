@@ -152,7 +152,10 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
                                               KB_C beta, const KB_C *weight, const KB_C *bias,
                                               KB_T *y, const char *next, int has_residual,
                                               int has_h_out, int center, int has_weight,
-                                              int has_bias, int stream, int canonical) {
+                                              int has_bias, int stream, int canonical,
+                                              int blocked) {
+    /* weight and bias in the family's pair order (kernels.h, FN_STORE_PARAMS_NATURAL) */
+    const int block = KB_PAIR_BLOCK && blocked;
     KB_V mean_hi_v, low_v, scale_v, beta_v;
     KB_NAME(kb_normalize_constants)(mean_hi, mean_lo, scale, beta, center, has_weight || has_bias,
                                     &mean_hi_v, &low_v, &scale_v, &beta_v);
@@ -160,7 +163,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     size_t i = 0, head = stream ? KB_NAME(kb_stream_head)(y, n) : 0;
     /* nothing aligned to stream to; or pairs in a family order, which must start at the
      * row's start (where the parameters' blocks start) */
-    if (head == n || (KB_PAIR_BLOCK && head)) stream = head = 0;
+    if (head == n || (block && head)) stream = head = 0;
     /* h streams where it sits like y, from the same element on, unless it overwrites an
      * input, whose lines are in cache and owned already (api_norm.c has the statistics pass
      * store such an h: fn_norm_spans) */
@@ -186,8 +189,9 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
      * 0.88-0.97x the time, 32768x768 0.89-0.96x); the scalar family keeps its one-value
      * loop, which the compiler vectorizes.  The loads of this pass come from cache (the
      * statistics pass just read them), so the load ports have room to fetch the caller's
-     * next span meanwhile. */
-    const int pairs = KB_LANES > 1;
+     * next span meanwhile.  Parameters in natural order where the family's pairs have an
+     * order of their own go a vector at a time. */
+    const int pairs = KB_LANES > 1 && (block || !KB_PAIR_BLOCK);
     _Static_assert(KB_PAIR_BLOCK == 0 || KB_PAIR_BLOCK == 2 * KB_LANES, "a parameter block is a pair");
 #define KB_PAIR(at, first, second)                                                               \
     KB_NAME(kb_row_normalize_pair)(x, residual, at, mean_hi_v, low_v, scale_v, beta_v, weight,   \
@@ -198,7 +202,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     if (stream) {
         /* pairs start where y is aligned for a two-vector streaming store (in a family
          * order: at the row's start, and the store needs one vector's alignment) */
-        if (pairs && !KB_PAIR_BLOCK && (uintptr_t)(y + i) % pair_bytes && i + KB_LANES <= n) {
+        if (pairs && !block && (uintptr_t)(y + i) % pair_bytes && i + KB_LANES <= n) {
             KB_VECTOR(i, KB_LANES, 1);
             i += KB_LANES;
         }
@@ -229,7 +233,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
 #undef KB_PREFETCH2
 #undef KB_PAIR
     /* where the parameters are in natural order again: after the last full pair block */
-    const size_t natural = KB_PAIR_BLOCK ? n / (2 * KB_LANES) * (2 * KB_LANES) : 0;
+    const size_t natural = block ? n / (2 * KB_LANES) * (2 * KB_LANES) : 0;
     for (; i + KB_LANES <= n; i += KB_LANES) {
         if (next) KB_NAME(kb_prefetch_lines)(next, i, KB_LANES);
         KB_VECTOR(i, KB_LANES, 0);
@@ -268,8 +272,8 @@ KB_INLINE size_t KB_NAME(kb_row_edges)(const KB_T *x, const KB_T *residual, size
                                        KB_C mean_hi, KB_C mean_lo, KB_C scale, KB_C beta,
                                        const KB_C *weight, const KB_C *bias, int center,
                                        const KB_T *y, int stream, size_t *body, KB_V *first,
-                                       KB_V *last, KB_V *h_first, KB_V *h_last) {
-    if (KB_LANES == 1 || KB_PAIR_BLOCK || stream) return 0;
+                                       KB_V *last, KB_V *h_first, KB_V *h_last, int blocked) {
+    if (KB_LANES == 1 || (KB_PAIR_BLOCK && blocked) || stream) return 0;
     size_t lead = KB_NAME(kb_stream_head)(y, n);
     if (!lead || lead + 2 * KB_LANES > n) return 0;
     KB_V mean_hi_v, low_v, scale_v, beta_v;
@@ -300,15 +304,19 @@ KB_INLINE void KB_NAME(kb_mean_pair)(double mean, double mean_lo, KB_C *hi, KB_C
     }
 }
 
-static void KB_NAME(row_normalize)(const void *x, const void *residual, void *residual_out,
-                                   size_t n, double mean, double mean_lo, double scale,
-                                   double beta, const void *weight, const void *bias, void *y,
-                                   const void *next, int store) {
+/* row_normalize with weight and bias in the family's pair order (blocked, a constant) or in
+ * natural order */
+KB_INLINE void KB_NAME(kb_row_normalize_any)(const void *x, const void *residual,
+                                             void *residual_out, size_t n, double mean,
+                                             double mean_lo, double scale, double beta,
+                                             const void *weight, const void *bias, void *y,
+                                             const void *next, int store, int blocked) {
     const KB_T *xs = (const KB_T *)x, *rs = (const KB_T *)residual;
     KB_T *hs = (KB_T *)residual_out;
     const char *nx = (const char *)next;
     int stream = store & FN_STORE_STREAM;
-    int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL); /* a variant where it pays */
+    /* a variant where it pays; parameters in natural order come without (fn_row_params) */
+    int canonical = KB_CANONICAL && blocked && (store & FN_STORE_NAN_CANONICAL);
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
@@ -319,7 +327,7 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
     KB_V first = kb_set1(0), last = first, h_first = first, h_last = first;
     size_t lead = KB_NAME(kb_row_edges)(xs, rs, n, hi, lo, sc, be, ws, bs, center, ys, stream,
                                         &body, &first, &last, hs ? &h_first : NULL,
-                                        hs ? &h_last : NULL);
+                                        hs ? &h_last : NULL, blocked);
     if (lead) {
         xs += lead;
         rs = rs ? rs + lead : NULL;
@@ -337,7 +345,7 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
     case f:                                                                                     \
         KB_NAME(kb_row_normalize_impl)(xs, rs, hs, body, hi, lo, sc, be, ws, bs, ys + lead, nx, \
                                        (f) & 8, (f) & 8 && hs, (f) & 4, (f) & 2, (f) & 1, stream, \
-                                       (f) & 16);                                               \
+                                       (f) & 16, blocked);                                      \
         break;
     switch (flags) {
         KB_CASE(0) KB_CASE(1) KB_CASE(2) KB_CASE(3) KB_CASE(4) KB_CASE(5) KB_CASE(6) KB_CASE(7)
@@ -355,6 +363,31 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
             kb_store(hs - lead + n - KB_LANES, h_last);
         }
     }
+}
+
+/* row_normalize with weight and bias in natural order where the family's pairs have an
+ * order of their own (FN_STORE_PARAMS_NATURAL), out of line, so that the paired variants
+ * compile as they would alone: with the order a runtime flag inside row_normalize,
+ * bfloat16 LayerNorm 32768x768 took 1.05-1.07x the time (Zen 3, in-process A/B, both
+ * orders); out of line 0.98-1.02. */
+static __attribute__((noinline)) void KB_NAME(kb_row_normalize_natural)(
+    const void *x, const void *residual, void *residual_out, size_t n, double mean,
+    double mean_lo, double scale, double beta, const void *weight, const void *bias, void *y,
+    const void *next, int store) {
+    KB_NAME(kb_row_normalize_any)(x, residual, residual_out, n, mean, mean_lo, scale, beta,
+                                  weight, bias, y, next, store, 0);
+}
+
+static void KB_NAME(row_normalize)(const void *x, const void *residual, void *residual_out,
+                                   size_t n, double mean, double mean_lo, double scale,
+                                   double beta, const void *weight, const void *bias, void *y,
+                                   const void *next, int store) {
+    if (KB_PAIR_BLOCK && (store & FN_STORE_PARAMS_NATURAL))
+        KB_NAME(kb_row_normalize_natural)(x, residual, residual_out, n, mean, mean_lo, scale,
+                                          beta, weight, bias, y, next, store);
+    else
+        KB_NAME(kb_row_normalize_any)(x, residual, residual_out, n, mean, mean_lo, scale, beta,
+                                      weight, bias, y, next, store, 1);
 }
 
 /* rows_affine's rows joined into one sequence: vectors from y's first vector boundary on,
@@ -491,14 +524,15 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
     int canonical = KB_CANONICAL && (store & FN_STORE_NAN_CANONICAL);
     /* LayerNorm (both passes centred) or RMSNorm (neither, no bias), streamed only with a
      * weight, where stream_fused says so and the row holds its head, a vector up to a pair
-     * boundary and a pair: anything else as the two kernels one after the other (each
-     * variant is a copy of both loops) */
+     * boundary and a pair, and parameters in the family's pair order: anything else as the
+     * two kernels one after the other (each variant is a copy of both loops) */
     int kind = center ? FASTNORM_LAYER_NORM : FASTNORM_RMS_NORM;
     int stream = (store & FN_STORE_STREAM) && (KB_NAME(stream_fused) >> kind & 1) && has_weight;
     size_t head = stream ? KB_NAME(kb_stream_head)(ys, n) : 0;
     const uintptr_t pair_bytes = 2 * KB_LANES * sizeof(KB_T);
     int fits = (!(store & FN_STORE_STREAM) || (stream && head + 3 * KB_LANES <= n)) &&
-               normalize_center == !!center && (center || !bs);
+               normalize_center == !!center && (center || !bs) &&
+               !(KB_PAIR_BLOCK && (store & FN_STORE_PARAMS_NATURAL));
     if (!fits) {
         KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, beta, weight, bias, y, NULL,
                                store);
@@ -508,7 +542,7 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
     size_t body = n;
     KB_V first = kb_set1(0), last = first;
     size_t lead = KB_NAME(kb_row_edges)(xs, NULL, n, hi, lo, sc, be, ws, bs, center, ys, stream,
-                                        &body, &first, &last, NULL, NULL);
+                                        &body, &first, &last, NULL, NULL, 1);
     if (stream) { /* streamed up to y's first pair boundary, as row_normalize streams */
         KB_V mh, lw, scv, bv, h;
         KB_NAME(kb_normalize_constants)(hi, lo, sc, be, center, 1, &mh, &lw, &scv, &bv);
@@ -543,7 +577,7 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
                                        sc, be, cursor.weight ? cursor.weight + cursor.i : NULL,   \
                                        cursor.bias ? cursor.bias + cursor.i : NULL,               \
                                        cursor.y + cursor.i, NULL, 0, 0, (f) & 16, (f) & 2,        \
-                                       (f) & 4, (f) & 32, (f) & 8);                               \
+                                       (f) & 4, (f) & 32, (f) & 8, 1);                            \
         break;
     if (has_weight) switch (KB_CANONICAL ? flags : flags & ~8) {
         KB_CASE(3) KB_CASE(19) KB_CASE(23) KB_CASE(11) KB_CASE(27) KB_CASE(31)

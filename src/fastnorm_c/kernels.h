@@ -38,7 +38,7 @@ typedef void (*fastnorm_rows_stats_fn)(const void *x, size_t rows, size_t n, siz
  * residual; it may be either).  mean + mean_lo is an unevaluated pair (a shift and the
  * mean relative to it, or a mean and 0); both 0 skip the subtraction, otherwise it is
  * subtracted as a high/low pair of compute-dtype values.  weight/bias: compute dtype, in
- * the table's param_block order for the dtype.
+ * the table's param_block order for the dtype (natural with FN_STORE_PARAMS_NATURAL).
  * next: NULL, or the span (n elements of x's dtype) the caller reads next, which the
  * vector families prefetch into the L2 cache meanwhile (the scalar family ignores it).
  * store: FN_STORE_* flags. */
@@ -179,7 +179,11 @@ enum {
      * NaN the pass computes is propagated from a 16-bit input or is a default NaN: its low
      * 16 bits are zero, and rounding it to bfloat16 like a number keeps it the same quiet
      * NaN.  AVX2 then skips the bfloat16 store's NaN test. */
-    FN_STORE_NAN_CANONICAL = 2
+    FN_STORE_NAN_CANONICAL = 2,
+    /* weight and bias are in natural order even where the family's pairs have an order of
+     * their own (param_block): the pass then goes a vector at a time, and the caller
+     * spares a call of few rows the parameters' copy (api_norm.c, fn_row_params) */
+    FN_STORE_PARAMS_NATURAL = 4
 };
 
 /* Column statistics of x[r * row_stride + j], r < rows, j < cols.
@@ -218,7 +222,7 @@ typedef struct {
      * values from the span's start holds the block's 8 even-indexed values, then its 8
      * odd ones; the last n % 16 values keep their place.  A family whose vectors split
      * into even and odd elements for free sets it (AVX2 bfloat16), and the caller
-     * reorders a copy once per call. */
+     * reorders a copy once per call, or for a few rows passes FN_STORE_PARAMS_NATURAL. */
     unsigned char param_block[FASTNORM_DTYPE_COUNT];
     /* The row lengths in bytes, prefetch_row_min ... prefetch_row_max, whose normalize pass
      * in a large input pays for prefetching the next row (api_norm.c, FN_PREFETCH_MIN_BYTES;
