@@ -79,6 +79,24 @@ def test_streamed_rows_equal_rows_of_a_small_call(dtype, op, offset, isa, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("n", [131, 1001, 1002])
+def test_streamed_rows_of_any_length_equal_rows_of_a_small_call(dtype, op, n, isa, rng):
+    # Rows whose length is no multiple of 16 bytes start anywhere in a line.  Where they
+    # start on 4 bytes the kernels stream their partial first and last vectors in 4-byte
+    # pieces too; rows that start elsewhere (float16 rows of 1001 values), or that AVX2
+    # bfloat16 cannot stream from their start, take plain stores (api_norm.c,
+    # fn_rows_stream_whole).  The same bits as rows of a small call.
+    rows = ROW_STREAM_MIN_BYTES // (n * dtype.itemsize) + 3
+    x = random_data(rng, (rows, n), dtype, offset=3.0)
+    w = random_data(rng, n, dtype, offset=1.0)
+    args = ((n,), w, random_data(rng, n, dtype)) if op == "layer_norm" else ((n,), w)
+    y = row_norm(op, x, *args, out=_out(x.shape, dtype, "aligned"))
+    for pick in (slice(0, 3), slice(rows // 2, rows // 2 + 5), slice(rows - 3, rows)):
+        assert_same_bits(y[pick], row_norm(op, x[pick], *args), err_msg=f"rows {pick}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("offset", OFFSETS[:2])
 def test_streamed_long_rows_alone_equal_their_rows_in_a_batch(dtype, op, offset, isa, rng):
     # Rows each past the stream bound.  One or two rows in a call take weight and bias as

@@ -128,12 +128,12 @@ KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *resid
     if (has_h_out) KB_NAME(kb_put)(h_out + i, h, left, stream_h);
 }
 
-/* The first `left` (< KB_LANES) elements of v streamed to y in 16-byte pieces where y is
- * 16-byte aligned (NumPy's large arrays are, 16 bytes past a 64-byte line): a row's
- * partial first or last vector, so that a line shared with the neighbouring row gets
- * streaming stores only, never a plain store that flushes the line's write-combining
- * buffer early and reads it (LayerNorm 32768x768 float32 on NumPy arrays took 1.15x the
- * time before).  A remainder under 16 bytes is stored plainly.  The vector goes to the
+/* The first `left` (< KB_LANES) elements of v streamed to y (kb_stream_bytes: 16-byte
+ * pieces, and 4-byte ones up to and after them): a row's partial first or last vector, so
+ * that a line shared with the neighbouring row gets streaming stores only, never a plain
+ * store that flushes the line's write-combining buffer early and reads it (LayerNorm
+ * 32768x768 float32 on NumPy arrays, 16 bytes past a line, took 1.15x the time before).
+ * A remainder under 4 bytes (a half-precision element) is stored plainly.  The vector goes to the
  * stack whole: the 16-byte loads that follow cannot take their data from a masked store
  * and waited for it to retire (perf, bfloat16 LayerNorm 32768x768: this function 7% of
  * the samples, 2.9% after).  Out of line: it runs at most twice a row, and every kernel
@@ -141,8 +141,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *resid
 static __attribute__((noinline)) void KB_NAME(kb_stream_part)(KB_T *y, KB_V v, size_t left) {
     _Alignas(64) KB_T part[KB_LANES];
     kb_store(part, v);
-    size_t bytes = left * sizeof(KB_T), streamed = (uintptr_t)y % 16 ? 0 : bytes / 16 * 16;
-    kb_stream_bytes(y, part, streamed);
+    size_t bytes = left * sizeof(KB_T), streamed = kb_stream_bytes(y, part, bytes);
     if (bytes > streamed) /* a call of memcpy costs a VZEROUPPER too */
         memcpy((char *)y + streamed, (const char *)part + streamed, bytes - streamed);
 }

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <string.h>
 #include "storage.h"
+#include "stream_bytes.h"
 
 enum { avx2_lanes_c32 = 8, avx2_lanes_c64 = 4 };
 /* which dtypes' store2/stream2 have a faster form under FN_STORE_NAN_CANONICAL */
@@ -340,12 +341,7 @@ static inline void avx2_stream2_bf16(uint16_t *p, __m256 a, __m256 b, int canoni
     _mm_stream_si128((__m128i *)p, _mm256_castsi256_si128(packed));
     _mm_stream_si128((__m128i *)(p + 8), _mm256_extracti128_si256(packed, 1));
 }
-/* `bytes` from src streamed to p in 16-byte pieces (p 16-byte aligned, any remainder under
- * 16 bytes left to the caller): a row's partial first or last vector, so that a cache line
- * it shares with the neighbouring row is written by streaming stores only */
-static inline void avx2_stream_bytes(void *p, const void *src, size_t bytes) {
-    for (size_t b = 0; b + 16 <= bytes; b += 16)
-        _mm_stream_si128((__m128i *)((char *)p + b), _mm_loadu_si128((const __m128i *)((const char *)src + b)));
-}
+/* a row's partial first or last vector streamed (stream_bytes.h) */
+#define avx2_stream_bytes fn_stream_bytes
 
 #endif /* FASTNORM_SIMD_AVX2_H */

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <string.h>
 #include "storage.h"
+#include "stream_bytes.h"
 
 enum { avx512_lanes_c32 = 16, avx512_lanes_c64 = 8 };
 /* no store2/stream2 here has a faster form under FN_STORE_NAN_CANONICAL */
@@ -276,11 +277,8 @@ static inline void avx512_stream_f16(uint16_t *p, __m512 v) {
 static inline void avx512_stream_bf16(uint16_t *p, __m512 v) {
     _mm256_stream_si256((__m256i *)p, fn_avx512_bf16_pack(v));
 }
-/* as avx2_stream_bytes */
-static inline void avx512_stream_bytes(void *p, const void *src, size_t bytes) {
-    for (size_t b = 0; b + 16 <= bytes; b += 16)
-        _mm_stream_si128((__m128i *)((char *)p + b), _mm_loadu_si128((const __m128i *)((const char *)src + b)));
-}
+/* a row's partial first or last vector streamed (stream_bytes.h) */
+#define avx512_stream_bytes fn_stream_bytes
 
 /* ---- two vectors per call (kernel_body.h's paired loops): no packing gains here ---- */
 #define FN_AVX512_TWO(T, V, dt, lanes)                                                       \

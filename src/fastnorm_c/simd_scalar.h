@@ -67,8 +67,9 @@ FN_SCALAR_STORAGE(uint16_t, float, bf16)
 
 /* plain stores stand in for streaming ones: nothing to fence, and stream_bytes only lets
  * kernel_body.h compile (this family's rows never take the streaming path) */
-static inline void scalar_stream_bytes(void *p, const void *src, size_t bytes) {
-    memcpy(p, src, bytes / 16 * 16);
+static inline size_t scalar_stream_bytes(void *p, const void *src, size_t bytes) {
+    memcpy(p, src, bytes);
+    return bytes;
 }
 
 #endif /* FASTNORM_SIMD_SCALAR_H */
