@@ -91,12 +91,12 @@ static void KB_NAME(row_grad_apply)(const void *grad_y, const void *x, size_t n,
 #define KB_GRAD_AT(at, count)                                                                  \
     KB_NAME(kb_grad_value)(kb_load_n(g + (at), count), kb_load_n(xs + (at), count),            \
                            w ? kb_param_n(w + (at), count) : one, m, r, s, av, bv)
-    if (i) kb_store_n(gx, KB_GRAD_AT(0, i), i); /* up to the first vector boundary */
+    if (i) KB_NAME(kb_put)(gx, KB_GRAD_AT(0, i), i, stream); /* up to the first vector boundary */
     for (; i + KB_LANES <= n; i += KB_LANES)
         KB_NAME(kb_put)(gx + i, KB_NAME(kb_grad_value)(kb_load(g + i), kb_load(xs + i),
                                                        w ? kb_param(w + i) : one, m, r, s, av, bv),
                         KB_LANES, stream);
-    if (i < n) kb_store_n(gx + i, KB_GRAD_AT(i, n - i), n - i);
+    if (i < n) KB_NAME(kb_put)(gx + i, KB_GRAD_AT(i, n - i), n - i, stream);
 #undef KB_GRAD_AT
 }
 

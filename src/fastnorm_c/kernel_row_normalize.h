@@ -101,12 +101,32 @@ KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residua
                                       weight, bias, center, has_weight, has_bias);
 }
 
-/* v to p: streamed (stream), stored, or its first `left` (< KB_LANES) elements stored. */
+/* The first `left` (< KB_LANES) elements of v streamed to y (kb_stream_bytes: 16-byte
+ * pieces, and 4-byte ones up to and after them): a row's partial first or last vector, so
+ * that a line shared with the neighbouring row gets streaming stores only, never a plain
+ * store that flushes the line's write-combining buffer early and reads it (LayerNorm
+ * 32768x768 float32 on NumPy arrays, 16 bytes past a line, took 1.15x the time before).
+ * A remainder under 4 bytes (a half-precision element) is stored plainly.  The vector goes to the
+ * stack whole: the 16-byte loads that follow cannot take their data from a masked store
+ * and waited for it to retire (perf, bfloat16 LayerNorm 32768x768: this function 7% of
+ * the samples, 2.9% after).  Out of line: it runs at most twice a row, and every kernel
+ * variant would otherwise carry a copy. */
+static __attribute__((noinline)) void KB_NAME(kb_stream_part)(KB_T *y, KB_V v, size_t left) {
+    _Alignas(64) KB_T part[KB_LANES];
+    kb_store(part, v);
+    size_t bytes = left * sizeof(KB_T), streamed = kb_stream_bytes(y, part, bytes);
+    if (bytes > streamed) /* a call of memcpy costs a VZEROUPPER too */
+        memcpy((char *)y + streamed, (const char *)part + streamed, bytes - streamed);
+}
+
+/* v to p, or its first `left` (< KB_LANES) elements: streamed (stream) or stored. */
 KB_INLINE void KB_NAME(kb_put)(KB_T *p, KB_V v, size_t left, int stream) {
     if (left >= KB_LANES && stream)
         kb_stream(p, v);
     else if (left >= KB_LANES)
         kb_store(p, v);
+    else if (stream)
+        KB_NAME(kb_stream_part)(p, v, left);
     else
         kb_store_n(p, v, left);
 }
@@ -126,24 +146,6 @@ KB_INLINE void KB_NAME(kb_row_normalize_vector)(const KB_T *x, const KB_T *resid
                                                has_bias, &h);
     KB_NAME(kb_put)(y + i, out, left, stream);
     if (has_h_out) KB_NAME(kb_put)(h_out + i, h, left, stream_h);
-}
-
-/* The first `left` (< KB_LANES) elements of v streamed to y (kb_stream_bytes: 16-byte
- * pieces, and 4-byte ones up to and after them): a row's partial first or last vector, so
- * that a line shared with the neighbouring row gets streaming stores only, never a plain
- * store that flushes the line's write-combining buffer early and reads it (LayerNorm
- * 32768x768 float32 on NumPy arrays, 16 bytes past a line, took 1.15x the time before).
- * A remainder under 4 bytes (a half-precision element) is stored plainly.  The vector goes to the
- * stack whole: the 16-byte loads that follow cannot take their data from a masked store
- * and waited for it to retire (perf, bfloat16 LayerNorm 32768x768: this function 7% of
- * the samples, 2.9% after).  Out of line: it runs at most twice a row, and every kernel
- * variant would otherwise carry a copy. */
-static __attribute__((noinline)) void KB_NAME(kb_stream_part)(KB_T *y, KB_V v, size_t left) {
-    _Alignas(64) KB_T part[KB_LANES];
-    kb_store(part, v);
-    size_t bytes = left * sizeof(KB_T), streamed = kb_stream_bytes(y, part, bytes);
-    if (bytes > streamed) /* a call of memcpy costs a VZEROUPPER too */
-        memcpy((char *)y + streamed, (const char *)part + streamed, bytes - streamed);
 }
 
 KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residual, KB_T *h_out,
@@ -415,7 +417,7 @@ KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t
     if (i >= KB_LANES) /* y off its elements' alignment: kb_stream_head gives the whole span */
         i = 0, stream = 0;
     if (i) /* up to y's first vector boundary, inside the first row (n > lanes) */
-        kb_store_n(y, KB_AFFINE(kb_load_n(x, i), hi, sc, beta), i);
+        KB_NAME(kb_put)(y, KB_AFFINE(kb_load_n(x, i), hi, sc, beta), i, stream);
     for (;;) {
         size_t stop = row_end < total ? row_end : total;
         for (; i + KB_LANES <= stop; i += KB_LANES)
@@ -424,7 +426,7 @@ KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t
         size_t count = total - i < KB_LANES ? total - i : KB_LANES;
         KB_V h = count == KB_LANES ? kb_load(x + i) : kb_load_n(x + i, count);
         if (row_end >= total) { /* the last row's tail */
-            kb_store_n(y + i, KB_AFFINE(h, hi, sc, beta), count);
+            KB_NAME(kb_put)(y + i, KB_AFFINE(h, hi, sc, beta), count, stream);
             break;
         }
         /* the vector where the next row starts: its first `own` lanes are this row's */
