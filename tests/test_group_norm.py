@@ -43,6 +43,24 @@ def test_group_norm_matches_reference(shape, groups, dtype, with_affine, isa, rn
     assert_close(y, normed, tol)
 
 
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("affine", ["weight and bias", "weight", "bias", "none"])
+def test_group_norm_groups_one_ahead_equal_each_sample_alone(dtype, affine, isa, rng, tol):
+    # Groups of several channels of 48 values or more, at most 4 KB a group (float32
+    # 13x13 maps, 3 channels a group), go as rows with per-position weight and bias, each
+    # group's normalize pass in one loop with the next group's statistics, a thread's
+    # last group alone (api_group_norm.c, fn_group_rows_ahead): close to the reference,
+    # and each sample the same bits as that sample alone.
+    x = random_data(rng, (10, 96, 13, 13), dtype, offset=1.5, scale=2.0)
+    w = random_data(rng, 96, dtype, offset=1.0) if "weight" in affine else None
+    b = random_data(rng, 96, dtype) if "bias" in affine else None
+    y = fastnorm.group_norm(x, 32, w, b)
+    assert_close(y, ref_group_norm(x, 32, w, b), tol)
+    for i in (0, 4, 9):
+        np.testing.assert_array_equal(fastnorm.group_norm(x[i:i + 1], 32, w, b), y[i:i + 1],
+                                      err_msg=f"sample {i}")
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 10), (3, 8, 4, 4), (2, 4, 3, 3, 3), (1, 5, 70)])
 @pytest.mark.parametrize("dtype", FULL_DTYPES)
 def test_instance_norm_is_group_norm_with_one_channel_per_group(shape, dtype, isa, rng, tol):
