@@ -106,11 +106,11 @@ KB_INLINE void KB_NAME(kb_row_normalize_pair)(const KB_T *x, const KB_T *residua
  * that a line shared with the neighbouring row gets streaming stores only, never a plain
  * store that flushes the line's write-combining buffer early and reads it (LayerNorm
  * 32768x768 float32 on NumPy arrays, 16 bytes past a line, took 1.15x the time before).
- * A remainder under 4 bytes (a half-precision element) is stored plainly.  The vector goes to the
- * stack whole: the 16-byte loads that follow cannot take their data from a masked store
- * and waited for it to retire (perf, bfloat16 LayerNorm 32768x768: this function 7% of
- * the samples, 2.9% after).  Out of line: it runs at most twice a row, and every kernel
- * variant would otherwise carry a copy. */
+ * A remainder under 4 bytes (a half-precision element) is stored plainly.  The vector
+ * goes to the stack whole: the 16-byte loads that follow cannot take their data from a
+ * masked store and waited for it to retire (perf, bfloat16 LayerNorm 32768x768: this
+ * function 7% of the samples, 2.9% after).  Out of line: it runs at most twice a row, and
+ * every kernel variant would otherwise carry a copy. */
 static __attribute__((noinline)) void KB_NAME(kb_stream_part)(KB_T *y, KB_V v, size_t left) {
     _Alignas(64) KB_T part[KB_LANES];
     kb_store(part, v);
