@@ -24,7 +24,9 @@ FULL_DTYPES = (F32, F64)
 HALF_DTYPES = (F16, BF16)
 
 # Row lengths that straddle every vector width (4/8/16 lanes, 2x and 4x unrolled).
-STRADDLE_LENGTHS = tuple(range(1, 71)) + (127, 128, 129, 255, 256, 257, 768, 4096)
+# 80 / 81 and 200 / 201: the ends of AVX2 rows_short in float64 and float32
+STRADDLE_LENGTHS = tuple(range(1, 71)) + (80, 81, 127, 128, 129, 200, 201, 255, 256, 257, 768,
+                                          4096)
 
 LAYOUTS = ("contiguous", "fortran", "strided", "negative", "unaligned")
 

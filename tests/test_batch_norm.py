@@ -329,10 +329,13 @@ def test_training_accuracy_offset_100(big_case, layout, isa, accuracy_log):
 
 # Channel rows of up to the family's rows_short_max values: rows_short_channels, each
 # thread's share of the channels in one call.  700 and 5500 channels (past 32768 values,
-# where a second thread joins) split mid-block between two threads; 256 values is AVX-512's
-# float32 maximum (AVX2 and float64 take the row path).
-ONE_SAMPLE_SHAPES = [(1, 700, 7, 7), (1, 5500, 2, 3), (1, 33, 16, 16), (1, 9, 8, 8),
-                     (1, 5, 1, 2)]
+# where a second thread joins) split mid-block between two threads.  BatchNorm takes
+# rows_short_channels up to rows_short_max (AVX2 200 float32 values, float64 80; AVX-512 256
+# and 128) and InstanceNorm up to rows_short_channels_max (AVX2 256, float64 128): 169
+# values (AVX2 float32: the kernel's second instance), 121 (AVX2 float64 InstanceNorm only)
+# and 256 (AVX-512 and AVX2 float32 InstanceNorm).
+ONE_SAMPLE_SHAPES = [(1, 700, 7, 7), (1, 5500, 2, 3), (1, 40, 13, 13), (1, 24, 11, 11),
+                     (1, 33, 16, 16), (1, 9, 8, 8), (1, 5, 1, 2)]
 
 
 @pytest.mark.parametrize("shape", ONE_SAMPLE_SHAPES)

@@ -12,8 +12,8 @@ GROUP_CASES = [
     ((2, 4, 3, 3, 3), 2), ((2, 32, 17, 9), 8), ((1, 12, 70), 3), ((2, 3, 1), 3),
     # channels of 48 values and more go a group's rows per kernel call, 64 rows at most
     ((4, 16, 7, 7), 4), ((4, 260, 48), 2), ((8, 12, 47), 3),
-    # channels under 48 values, several a group, past rows_short's 256 (AVX2: 128; float64
-    # half that): all groups' statistics, then one column affine
+    # channels under 48 values, several a group, past rows_short's 256 (AVX2: 200; float64
+    # 128 and 80): all groups' statistics, then one column affine
     ((3, 64, 4, 4), 2), ((2, 40, 3, 5), 2),
     # fewer groups than 4 per thread, or groups over 256 KB, take the two-pass path; channels
     # over 16384 values are split into segments there
@@ -76,10 +76,12 @@ def test_instance_norm_is_group_norm_with_one_channel_per_group(shape, dtype, is
 @pytest.mark.parametrize("offset", [1e2, 1e4])
 @pytest.mark.parametrize("shape, groups", [
     ((4, 32, 16, 16), 8),
-    # groups of at most 128 values (AVX-512: 256; float64 half that) take rows_short, a
-    # block of groups at a time: 7x7 maps with one, two or (AVX-512) four channels a group,
-    # 2-D input with 8 channels a group
-    ((6, 16, 7, 7), 16), ((6, 16, 7, 7), 8), ((6, 16, 7, 7), 4), ((5, 64), 8),
+    # groups of at most 200 values (AVX-512: 256; AVX2 float64 80) take rows_short, a block
+    # of groups at a time: 7x7 maps with one, two or (AVX-512) four channels a group, 13x13
+    # maps a group (InstanceNorm: rows_short_channels, AVX2's second instance), 2-D input
+    # with 8 channels a group
+    ((6, 16, 7, 7), 16), ((6, 16, 7, 7), 8), ((6, 16, 7, 7), 4), ((6, 32, 13, 13), 32),
+    ((5, 64), 8),
 ])
 def test_group_norm_float32_shifted_data(offset, shape, groups, isa, rng, tol):
     x = random_data(rng, shape, np.float32, offset=offset)

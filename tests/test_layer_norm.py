@@ -120,12 +120,12 @@ def test_float32_statistics_when_the_first_values_stand_apart(n, lead, isa, rng)
     np.testing.assert_allclose(rstd, ref_rstd, rtol=2.0**-21)
 
 
-@pytest.mark.parametrize("n", [1, 2, 16, 49, 64, 100, 128, 129, 200, 256, 257])
+@pytest.mark.parametrize("n", [1, 2, 16, 49, 64, 100, 128, 129, 200, 201, 256, 257])
 @pytest.mark.parametrize("offset", OFFSETS)
 @pytest.mark.parametrize("lead", [0, 1, 8])
 def test_float32_short_rows_on_shifted_data(n, offset, lead, isa, rng):
-    """Rows of up to 128 values (AVX-512: 256) are normalized a block at a time (rows_short), their mean and
-    variance in two passes over the row.  Offset data, also with the first `lead`
+    """Rows of up to 200 values (AVX2) or 256 (AVX-512) are normalized a block at a time
+    (rows_short), their mean and variance in two passes over the row.  Offset data, also with the first `lead`
     values 1000 spreads above the rest, give y within 8 float32 ulps of float64 (of
     max(|y|, 1); the scalar family's long-row path reaches 5.5 here, rows_short 2.1), mean
     and rstd within 2 ** -21, which a center taken from the first value alone broke (mean
@@ -159,7 +159,7 @@ def test_agrees_with_torch(shape, with_affine, isa, rng, tol):
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
-@pytest.mark.parametrize("n", [2, 4096])
+@pytest.mark.parametrize("n", [2, 80, 4096])  # 80: AVX2 rows_short's longest float64 rows
 def test_float64_accuracy_on_shifted_rows(offset, n, isa, rng, tol, accuracy_log):
     """float64 data keep float64 accuracy on shifted rows, as float32 data keep float32's.
 

@@ -92,7 +92,9 @@ def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
     affines = ((False, False), (True, False), (True, True))
     if op == "layer_norm":
         affines += ((False, True),)
-    for n in (24, 37, 200, 768, 1024, 1025, 2100, 4096, 4100, 8200):
+    # (Rows of up to AVX2's 200 values, float64 80, AVX-512's 256 take rows_short: 72 and
+    # 150 its second instance in AVX2.)
+    for n in (24, 37, 72, 150, 200, 768, 1024, 1025, 2100, 4096, 4100, 8200):
         x = random_data(rng, (9, n), dtype, offset=1.5)
         for with_weight, with_bias in affines:
             w, b = _affine(op, rng, (n,), dtype, with_weight, with_bias)
@@ -186,7 +188,8 @@ def test_rows_at_any_address_give_the_same_bits(op, dtype, isa, rng, tol):
     # The normalize pass starts its loop where y reaches a vector boundary and writes the
     # row's first and last vectors after it; the parameters are copied to y's place in a
     # cache line (fn_param_phase).  x and y anywhere, apart or in place: the same bits.
-    for n in (24, 37, 192, 200):
+    # (24 to 200: rows_short in AVX2 float32, 264 the row kernels in every family.)
+    for n in (24, 37, 192, 200, 264):
         x0 = random_data(rng, (20, n), dtype, offset=1.5)
         w, b = _affine(op, rng, (n,), dtype, True, True)
         expected = row_norm(op, x0, None, w, b)

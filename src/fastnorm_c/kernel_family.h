@@ -58,7 +58,8 @@ const fastnorm_kernels_t KB_TABLE = {
     KB_GLUE(KB_ISA, prefetch_row, min), KB_GLUE(KB_ISA, prefetch_row, max),
     KB_GLUE(KB_ISA, ahead_row, max),
     KB_TABLE_ROW(rows_short), KB_TABLE_ROW(rows_short_max),
-    KB_TABLE_ROW(rows_short_channels), KB_GLUE(channel, params, KB_ISA),
+    KB_TABLE_ROW(rows_short_channels), KB_TABLE_ROW(rows_short_channels_max),
+    KB_GLUE(channel, params, KB_ISA),
     KB_TABLE_ROW(stream_fused), KB_TABLE_ROW(row_grad_sums), KB_TABLE_ROW(row_grad_apply),
     KB_TABLE_ROW(col_grad_sums), KB_TABLE_ROW(col_grad_apply), KB_TABLE_ROW(grad_flush),
     KB_TABLE_ROW(col_grad_rows)};

@@ -22,13 +22,11 @@
 
 #include <math.h>
 
-#ifndef KB_SHORT_VECS
-#define KB_SHORT_VECS 8
-#endif
-
-/* The longest row rows_short takes, in elements (kernels.h rows_short_max): 0 where the
- * family's simd_<family>.h does not define FN_SHORT_ROWS_ACROSS (the scalar family),
- * whose table gets a stub. */
+/* The longest row rows_short takes, in elements (kernels.h rows_short_max): the family's
+ * <family>_short_vecs_<compute type> vectors, and the longest channel rows_short_channels
+ * takes, <family>_short_channel_vecs_<compute type> (both at most KB_SHORT_VECS); or 0
+ * where its simd_<family>.h does not define FN_SHORT_ROWS_ACROSS (the scalar family),
+ * whose table gets stubs. */
 #ifdef FN_SHORT_ROWS_ACROSS
 /* A row's statistics again from its vectors, exactly (float64, two passes, as
  * api_internal.h's fn_exact_moments), where the sums came out non-finite: finite values
@@ -66,8 +64,12 @@ static __attribute__((noinline)) void KB_NAME(kb_short_exact)(
  * Numerics as at the top: sums about the first value, then about c2 = their mean, in
  * float32 (at most KB_SHORT_VECS additions a lane, the lanes' tree also in float32: y
  * within 3 float32 ulps of float64, the mean within 3.3e-7 relative, AVX2 and AVX-512,
- * on test_float32_short_rows_on_shifted_data's data). */
-enum { KB_NAME(rows_short_max) = KB_SHORT_VECS * KB_LANES };
+ * on test_float32_short_rows_on_shifted_data's data; AVX2 rows of 129-200 values there, y
+ * 3.0 ulps, the mean 3.6e-7 relative). */
+enum {
+    KB_NAME(rows_short_max) = KB_GLUE(KB_ISA, short_vecs, KB_CT) * KB_LANES,
+    KB_NAME(rows_short_channels_max) = KB_GLUE(KB_ISA, short_channel_vecs, KB_CT) * KB_LANES
+};
 #define KB_ACROSS (2 * KB_LANES) /* rows a block */
 
 /* h = x (+ residual, rounded): the whole vector at element i, or (kb_across_tail) its
@@ -236,11 +238,11 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
 
 /* An instance for each of LayerNorm / RMSNorm, with or without a residual, LayerNorm's
  * parameters or GroupNorm's (each row's own weight, rounded into rstd) */
-static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
-                                size_t rows, size_t n, int center, double eps,
-                                const void *weight, const void *bias, size_t param_stride,
-                                void *y, void *mean_out, void *rstd_out) {
-    if (n > KB_NAME(rows_short_max)) return; /* never asked */
+KB_INLINE void KB_NAME(kb_rows_short_impl)(const void *x, const void *residual,
+                                          void *residual_out, size_t rows, size_t n, int center,
+                                          double eps, const void *weight, const void *bias,
+                                          size_t param_stride, void *y, void *mean_out,
+                                          void *rstd_out) {
     int grouped = param_stride && weight;
 #define KB_ACROSS_CALL(c, r, g)                                                              \
     KB_NAME(kb_rows_across)((const KB_T *)x, (const KB_T *)residual, (KB_T *)residual_out,   \
@@ -256,20 +258,68 @@ static void KB_NAME(rows_short)(const void *x, const void *residual, void *resid
 #undef KB_ACROSS_CALL
 }
 
+#ifdef KB_SHORT_SPLIT_VECS
+/* Rows of more than KB_SHORT_SPLIT_VECS vectors: the same code, as a function of its own,
+ * so that the shorter rows' instances stay where they were (performance-log.md, 24 vectors
+ * in one instance: 4096x64 1.15x the time) */
+static __attribute__((noinline)) void KB_NAME(kb_rows_short_long)(
+    const void *x, const void *residual, void *residual_out, size_t rows, size_t n, int center,
+    double eps, const void *weight, const void *bias, size_t param_stride, void *y,
+    void *mean_out, void *rstd_out) {
+    KB_NAME(kb_rows_short_impl)(x, residual, residual_out, rows, n, center, eps, weight, bias,
+                                param_stride, y, mean_out, rstd_out);
+}
+#endif
+
+static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
+                                size_t rows, size_t n, int center, double eps,
+                                const void *weight, const void *bias, size_t param_stride,
+                                void *y, void *mean_out, void *rstd_out) {
+    if (n > KB_NAME(rows_short_max)) return; /* never asked */
+#ifdef KB_SHORT_SPLIT_VECS
+    if (n > KB_SHORT_SPLIT_VECS * KB_LANES) {
+        KB_NAME(kb_rows_short_long)(x, residual, residual_out, rows, n, center, eps, weight,
+                                    bias, param_stride, y, mean_out, rstd_out);
+        return;
+    }
+#endif
+    KB_NAME(kb_rows_short_impl)(x, residual, residual_out, rows, n, center, eps, weight, bias,
+                                param_stride, y, mean_out, rstd_out);
+}
+
 /* A sample's channels (BatchNorm training of one sample, InstanceNorm): row r is channel r,
  * normalized with its own statistics and its own weight[r] and bias[r] (kernels.h,
- * rows_short_channels). */
+ * rows_short_channels); channels of more than KB_SHORT_SPLIT_VECS vectors, as rows_short's
+ * rows, in an instance of their own (1x512x7x7 1.11x the time with one instance). */
+#define KB_CHANNELS_CALL                                                                     \
+    KB_NAME(kb_rows_across)((const KB_T *)x, NULL, NULL, rows, n, eps, (const KB_C *)weight, \
+                            (const KB_C *)bias, 0, (KB_T *)y, NULL, NULL, mean_out, var_out, \
+                            1, 0, 0, 1)
+#ifdef KB_SHORT_SPLIT_VECS
+static __attribute__((noinline)) void KB_NAME(kb_rows_short_channels_long)(
+    const void *x, size_t rows, size_t n, double eps, const void *weight, const void *bias,
+    void *y, double *mean_out, double *var_out) {
+    KB_CHANNELS_CALL;
+}
+#endif
+
 static void KB_NAME(rows_short_channels)(const void *x, size_t rows, size_t n, double eps,
                                          const void *weight, const void *bias, void *y,
                                          double *mean_out, double *var_out) {
-    if (n > KB_NAME(rows_short_max)) return; /* never asked */
-    KB_NAME(kb_rows_across)((const KB_T *)x, NULL, NULL, rows, n, eps, (const KB_C *)weight,
-                            (const KB_C *)bias, 0, (KB_T *)y, NULL, NULL, mean_out, var_out, 1,
-                            0, 0, 1);
+    if (n > KB_NAME(rows_short_channels_max)) return; /* never asked */
+#ifdef KB_SHORT_SPLIT_VECS
+    if (n > KB_SHORT_SPLIT_VECS * KB_LANES) {
+        KB_NAME(kb_rows_short_channels_long)(x, rows, n, eps, weight, bias, y, mean_out,
+                                             var_out);
+        return;
+    }
+#endif
+    KB_CHANNELS_CALL;
 }
+#undef KB_CHANNELS_CALL
 #undef KB_ACROSS
 #else
-enum { KB_NAME(rows_short_max) = 0 };
+enum { KB_NAME(rows_short_max) = 0, KB_NAME(rows_short_channels_max) = 0 };
 static void KB_NAME(rows_short)(const void *x, const void *residual, void *residual_out,
                                 size_t rows, size_t n, int center, double eps,
                                 const void *weight, const void *bias, size_t param_stride,

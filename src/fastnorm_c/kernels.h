@@ -231,10 +231,12 @@ typedef struct {
     /* Rows of at most ahead_row_max bytes take their statistics one row ahead in small
      * inputs (api_norm.c, FN_AHEAD_MAX_READ_BYTES; measured per family in simd_<family>.h). */
     unsigned ahead_row_max;
-    /* Rows of at most rows_short_max elements (0: none) take rows_short. */
+    /* Rows of at most rows_short_max elements (0: none) take rows_short, and a sample's
+     * channels of at most rows_short_channels_max rows_short_channels. */
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
     unsigned rows_short_max[FASTNORM_DTYPE_COUNT];
     fastnorm_rows_short_channels_fn rows_short_channels[FASTNORM_DTYPE_COUNT];
+    unsigned rows_short_channels_max[FASTNORM_DTYPE_COUNT];
     fastnorm_channel_params_fn channel_params; /* one for every dtype */
     /* Bit 1 << kind (fastnorm_norm_kind_t) set where row_stats_normalize fuses that kind's
      * pass with streaming stores too (FN_STORE_STREAM; otherwise it runs the two kernels):

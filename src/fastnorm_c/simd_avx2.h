@@ -27,18 +27,30 @@ enum { avx2_prefetch_row_min = 0, avx2_prefetch_row_max = 8192 };
  * 256x4096 0.83; LayerNorm float32 128x4096 1.00, 256x2048 0.97-1.00, 256x4096 0.94,
  * bfloat16 128x4096 0.97, float16 0.92; 2 threads RMSNorm 128x4096 0.95, 256x2048 0.95 */
 enum { avx2_ahead_row_max = 16384 };
-/* rows_short (kernel_rows_short.h), rows of up to 16 vectors: with 16 registers, blocks of
- * rows kept in registers (AVX-512's form until 2026-12) spill (Zen 4: float32 LayerNorm
- * 4096x64 1.17x the time of the row kernels, RMSNorm 4096x32 1.37x; Zen 3, against the
- * row kernels with rows one ahead: 4096x64 1.22x, 4096x48 1.43x, RMSNorm 4096x64 1.75x),
- * and the row kernels pay about 50 ns a row in calls and a float64 finish whatever its
- * length.  In-process A/B on Zen 3 against the row kernels, time per call, 1 thread:
- * LayerNorm float32 4096x16 0.32, 4096x64 0.42, 4096x128 0.70, float64 4096x64 0.87;
- * RMSNorm 4096x16 0.31, 4096x128 0.77, 100000x10 0.43; 2 threads RMSNorm 32768x64 0.31;
- * one row 1.04-1.05 (docs/performance.md).  Rows of 24 vectors lost (4096x192 1.03,
- * 4096x256 1.25, float64 4096x128 1.36). */
+/* rows_short (kernel_rows_short.h), rows of up to 25 vectors (200 float32 or half values;
+ * float64 20, 80 values): with 16 registers, blocks of rows kept in registers (AVX-512's
+ * form until 2026-12) spill (Zen 4: float32 LayerNorm 4096x64 1.17x the time of the row
+ * kernels, RMSNorm 4096x32 1.37x; Zen 3, against the row kernels with rows one ahead:
+ * 4096x64 1.22x, 4096x48 1.43x, RMSNorm 4096x64 1.75x), and the row kernels pay about 50
+ * ns a row in calls and a float64 finish whatever its length.  In-process A/B on Zen 3
+ * against the row kernels, time per call, 1 thread: LayerNorm float32 4096x16 0.32,
+ * 4096x64 0.42, 4096x128 0.70, float64 4096x64 0.87; RMSNorm 4096x16 0.31, 4096x128 0.77,
+ * 100000x10 0.43; 2 threads RMSNorm 32768x64 0.31; one row 1.04-1.05 (docs/performance.md).
+ * Rows of 17-25 vectors (fifty-third session): LayerNorm float32 4096x136 0.75, 4096x160
+ * 0.72, 4096x176 0.80, 4096x192 0.98-1.05, 4096x200 0.80-0.84, float16 4096x160 0.61,
+ * 4096x200 0.67, bfloat16 4096x176 0.85, RMSNorm 4096x136 0.73, 4096x200 0.89, float64
+ * 4096x72 0.75, 4096x80 0.84.  Past that, rows were level or lost: float32 4096x224 0.96,
+ * 4096x250 0.98, 4096x256 1.06 (RMSNorm 1.15), bfloat16 4096x250 1.09, float64 RMSNorm
+ * 4096x88 1.05, 4096x96 1.15.  Rows of more than 16 vectors take a second instance of the
+ * code (KB_SHORT_SPLIT_VECS): one instance for 24 vectors slowed the shorter rows' (4096x64
+ * 1.15-1.17, same bits).  InstanceNorm's channels (rows_short_channels) gain up to 32
+ * vectors against its other paths: float32 8x256x14x14 0.63, 16x16 0.77, float64 9x9
+ * 0.58, 8x16 0.82-0.86. */
 #define FN_SHORT_ROWS_ACROSS 1
-#define KB_SHORT_VECS 16
+#define KB_SHORT_VECS 32 /* the longest, for the arrays' bounds */
+enum { avx2_short_vecs_c32 = 25, avx2_short_vecs_c64 = 20 };
+enum { avx2_short_channel_vecs_c32 = 32, avx2_short_channel_vecs_c64 = 32 };
+#define KB_SHORT_SPLIT_VECS 16
 /* the order of weight and bias for each dtype's row normalize (kernels.h, param_block):
  * bfloat16 pairs are even and odd elements (avx2_load2_bf16) */
 enum { avx2_param_block_f32 = 0, avx2_param_block_f64 = 0, avx2_param_block_f16 = 0, avx2_param_block_bf16 = 16 };

@@ -56,6 +56,8 @@ enum { avx512_ahead_row_max = 4096 };
  * 0.98, float64 4096x256 1.12). */
 #define FN_SHORT_ROWS_ACROSS 1
 #define KB_SHORT_VECS 16
+enum { avx512_short_vecs_c32 = 16, avx512_short_vecs_c64 = 16 };
+enum { avx512_short_channel_vecs_c32 = 16, avx512_short_channel_vecs_c64 = 16 };
 typedef __m512 avx512_vec_c32;
 typedef __m512d avx512_vec_c64;
 
