@@ -98,7 +98,9 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
     const char *fastnorm_status_string(fastnorm_status_t status)
 
 
-# The library's private side, for the tests: the output size from which rows without a
-# residual and layout copies stream (8 MiB, or a sixteenth of the last-level cache).
+# The library's private side, for the tests: the output size from which layout copies and
+# rows without a residual stream (8 MiB, or a sixteenth of the last-level cache; rows on
+# several threads at least 16 MiB).
 cdef extern from "api_internal.h" nogil:
     size_t fn_llc_stream_min_bytes()
+    size_t fn_row_stream_min_bytes(int threads)

@@ -887,11 +887,15 @@ def group_norm_common(x, num_groups, weight, bias, eps, int n_threads):
     return y
 
 
-def stream_min_bytes():
-    """Bytes of output from which rows without a residual and copies between layouts are
-    written with streaming stores: 8 MiB, or a sixteenth of the last-level cache where that
-    is more (api_internal.h, fn_llc_stream_min_bytes).  The tests size their arrays by it."""
-    return fn_llc_stream_min_bytes()
+def stream_min_bytes(threads=None):
+    """Bytes of output from which copies between layouts are written with streaming stores:
+    8 MiB, or a sixteenth of the last-level cache where that is more (api_internal.h,
+    fn_llc_stream_min_bytes).  With `threads`: the bound of rows without a residual on that
+    many threads, the same on one and at least 16 MiB on more (fn_row_stream_min_bytes).
+    The tests size their arrays by it."""
+    if threads is None:
+        return fn_llc_stream_min_bytes()
+    return fn_row_stream_min_bytes(threads)
 
 
 def isa_compiled():

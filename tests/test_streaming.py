@@ -2,7 +2,7 @@
 per store where the kernel family pairs them (src/fastnorm_c/api_internal.h FN_STREAM_MIN_BYTES);
 rows without a residual from a sixteenth of the last-level cache where that is more
 (fastnorm._core.stream_min_bytes(): 18.75 MiB on a 300 MB L3, the cache cpu0 shares as
-Linux's sysfs gives it); the fused residual form and
+Linux's sysfs gives it), on several threads from 16 MiB at least; the fused residual form and
 BatchNorm on more than one thread from 16 MiB (FN_STREAM_MIN_BYTES_OTHERS).
 
 Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
@@ -22,7 +22,8 @@ from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, at_line_offset,
                          half_support_reason, random_data, row_norm)
 
 STREAM_MIN_BYTES = 8 << 20
-ROW_STREAM_MIN_BYTES = fastnorm._core.stream_min_bytes()  # rows without a residual
+# rows without a residual, on any thread count (on several, from 16 MiB at least)
+ROW_STREAM_MIN_BYTES = max(fastnorm._core.stream_min_bytes(threads) for threads in (1, 2))
 STREAM_MIN_BYTES_OTHERS = 16 << 20  # the residual form; BatchNorm on 2 threads or more
 DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
 N = 1000  # not a multiple of any pair of vectors: every row ends in single vectors and a tail
@@ -58,7 +59,12 @@ def _sysfs_llc_bytes():
 def test_row_stream_bound_is_a_sixteenth_of_the_cache_the_cores_share():
     # Not glibc's sysconf, which on an AMD EPYC VM gave the package's 256 MB where the cores
     # share a 32 MB L3, and kept 12 MB outputs from streaming (1.2-1.6x the time there).
-    assert ROW_STREAM_MIN_BYTES == max(_sysfs_llc_bytes() // 16, STREAM_MIN_BYTES)
+    # Rows on several threads stream from 16 MiB at least (api_internal.h,
+    # fn_row_stream_min_bytes); layout copies on any.
+    share = _sysfs_llc_bytes() // 16
+    assert fastnorm._core.stream_min_bytes() == max(share, STREAM_MIN_BYTES)
+    assert fastnorm._core.stream_min_bytes(1) == max(share, STREAM_MIN_BYTES)
+    assert fastnorm._core.stream_min_bytes(2) == max(share, STREAM_MIN_BYTES_OTHERS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
@@ -119,6 +125,25 @@ def test_streamed_long_rows_alone_equal_their_rows_in_a_batch(dtype, op, offset,
 # in every placement (api_norm.c, fn_norm_spans)
 H_PLACES = [("16 bytes", "like out"), ("one element", "like out"),
             ("16 bytes", "one element further"), ("16 bytes", "over residual")]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_rows_streamed_on_one_thread_equal_plain_stores_on_two(op, isa, rng, num_threads):
+    # Between the two bounds rows stream on one thread and store plainly on two
+    # (api_internal.h, fn_row_stream_min_bytes): the same bits either way.
+    low, high = (fastnorm._core.stream_min_bytes(threads) for threads in (1, 2))
+    if low >= high:
+        pytest.skip("rows stream from the same size on one thread and on two here")
+    rows = (low + high) // 2 // (N * 4)
+    x = random_data(rng, (rows, N), F32, offset=3.0)
+    args = ((N,), random_data(rng, N, F32, offset=1.0))
+    if op == "layer_norm":
+        args += (random_data(rng, N, F32),)
+    results = []
+    for threads in (1, 2):
+        num_threads(threads)
+        results.append(row_norm(op, x, *args, out=_out(x.shape, F32, "aligned")))
+    assert_same_bits(results[1], results[0])
 
 
 @functools.lru_cache(maxsize=None)

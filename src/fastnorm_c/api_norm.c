@@ -672,8 +672,9 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (residual_out && !residual) return FASTNORM_ERR_NULL_POINTER;
     if (residual && inner != 1) return FASTNORM_ERR_BAD_SHAPE;
     if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
+    int threads = fn_threads(n_threads, total);
     int stream = fn_stream(x, y, total * fn_storage_size(dtype),
-                           inner == 1 && !residual ? fn_llc_stream_min_bytes()
+                           inner == 1 && !residual ? fn_row_stream_min_bytes(threads)
                                                    : FN_STREAM_MIN_BYTES_OTHERS);
     if (kind == FASTNORM_RMS_NORM) bias = NULL; /* RMSNorm has no bias */
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
@@ -692,10 +693,10 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
                        residual_out && (!stream || fn_storage_size(dtype) == 2 ||
                                         residual_out == x || residual_out == residual)};
     if (short_rows) {
-        fn_norm_short_rows(&job, fn_threads(n_threads, total));
+        fn_norm_short_rows(&job, threads);
         return FASTNORM_OK;
     }
-    fastnorm_status_t status = fn_norm_run(&job, fn_threads(n_threads, total));
+    fastnorm_status_t status = fn_norm_run(&job, threads);
     free(param_block);
     return status;
 }
