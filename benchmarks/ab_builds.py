@@ -22,7 +22,8 @@ taken for a change that did nothing.
 
 A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
 last axis, with a weight, and a bias for layer_norm; layer_norm_bare and rms_norm_bare
-without either), batch_norm_eval, batch_norm_train, moments, group_norm, group_norm_cl,
+without either; layer_norm_residual and rms_norm_residual with the fused residual add and
+residual_out), batch_norm_eval, batch_norm_train, moments, group_norm, group_norm_cl,
 instance_norm (SHAPE N x C x ...; GroupNorm with 32 groups, or gcd(C, 32), group_norm_cl
 on channels-last data, instance_norm with C groups), and the backward passes
 layer_norm_backward, rms_norm_backward (over the last axis, with a weight) and
@@ -45,7 +46,8 @@ import numpy as np
 from fastnorm._bench_contenders import PAGE, compute_dtype, empty_apart, numpy_dtype
 
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
-ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare")
+ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare", "layer_norm_residual",
+           "rms_norm_residual")
 BACKWARD_ROW_OPS = ("layer_norm_backward", "rms_norm_backward")
 OPS = ROW_OPS + BACKWARD_ROW_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
                                     "group_norm_cl", "instance_norm", "batch_norm_backward")
@@ -87,13 +89,16 @@ def case_call(op, dtype, shape, threads, offset=1.0):
     if op in ROW_OPS:
         n, bare = shape[-1], op.endswith("_bare")
         w = None if bare else rng.standard_normal(n).astype(compute)
-        b = rng.standard_normal(n).astype(compute) if op == "layer_norm" else None
+        b = rng.standard_normal(n).astype(compute) if op.startswith("layer_norm") and not bare else None
+        # the fused residual: h = x + r to h_out (shared by the builds), then y
+        r = x[::-1].copy() if op.endswith("_residual") else None
+        h_out = np.empty_like(x) if r is not None else None
 
         def call(core, y):
-            core.norm(op.startswith("rms_norm"), code, x.size // n, n, 1, x, None, None, y, w, b,
+            core.norm(op.startswith("rms_norm"), code, x.size // n, n, 1, x, r, h_out, y, w, b,
                       1e-5, None, None, threads)
             return (y,)
-        return call, x, 2 * x.nbytes
+        return call, x, (4 if r is not None else 2) * x.nbytes
     if op in BACKWARD_ROW_OPS:  # grad_y and statistics of the forward pass's scale
         n, rows = shape[-1], x.size // shape[-1]
         g = rng.standard_normal(shape).astype(x.dtype)
