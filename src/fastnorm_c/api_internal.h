@@ -75,11 +75,12 @@ static inline size_t fn_llc_stream_min_bytes(void) {
  * at least FN_STREAM_MIN_BYTES_OTHERS on more, as BatchNorm's: two threads share the write
  * bandwidth that streaming stores need, while plain stores of an output the last-level
  * cache can hold go as fast as the cache.  Zen 3 (32 MB L3), in-process A/B, time per call
- * on 2 threads, plain stores over streamed: float32 LayerNorm 512x4096 (8 MB) 0.79, RMSNorm
- * 0.70, float64 256x4096 0.82 / 0.64; 4096x768 (12 MB) LayerNorm 1.01, RMSNorm 0.76,
- * bfloat16 8192x768 0.90, float64 2048x768 0.78; from 16 MB LayerNorm lost (5461x768 1.17,
- * 8192x768 1.34; RMSNorm 0.90 and 1.08).  On one thread streaming keeps its lead (512x4096
- * 0.90-0.92x the time of plain stores, 4096x768 0.56x). */
+ * on 2 threads, plain stores over streamed, each order of the builds: float32 LayerNorm
+ * 512x4096 (8 MB) 0.72 / 0.65, RMSNorm 0.58 / 0.55, float64 256x4096 0.65 / 0.70 and 0.59
+ * / 0.54; 4096x768 (12 MB) LayerNorm 0.96 / 0.94, RMSNorm 0.82 / 0.66, bfloat16 8192x768
+ * 0.90, float64 2048x768 0.78; from 16 MB LayerNorm lost (5461x768 1.17, 8192x768 1.34;
+ * RMSNorm 0.90 and 1.08).  On one thread streaming keeps its lead (512x4096 0.90-0.92x the
+ * time of plain stores, 4096x768 0.56x). */
 static inline size_t fn_row_stream_min_bytes(int threads) {
     size_t bound = fn_llc_stream_min_bytes();
     return threads > 1 && bound < FN_STREAM_MIN_BYTES_OTHERS ? FN_STREAM_MIN_BYTES_OTHERS : bound;
