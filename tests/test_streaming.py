@@ -183,6 +183,30 @@ def test_streamed_fused_residual_equals_rows_of_a_small_call(dtype, op, offset, 
         assert_same_bits(y[pick], row_norm(op, h[pick], *args), err_msg=f"rows {pick}")
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=lambda d: d.name)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_fused_residual_under_16mb_streams_y_alone(dtype, op, isa, rng):
+    # float32 and float64 stream y from the rows' one-thread bound, and h with it only
+    # from 16 MiB (api_norm.c, FN_RESIDUAL_H_STREAM_MIN_BYTES): between the two the
+    # statistics pass stores h plainly.  h is x + residual, and y the same bits as a small
+    # call's, as on every other path.
+    low = fastnorm._core.stream_min_bytes()
+    if low >= STREAM_MIN_BYTES_OTHERS:
+        pytest.skip("the fused residual streams h from the rows' bound here")
+    n = 768
+    rows = (low + STREAM_MIN_BYTES_OTHERS) // 2 // (n * dtype.itemsize)
+    x = random_data(rng, (rows, n), dtype, offset=0.5)
+    r = random_data(rng, (rows, n), dtype, offset=-0.25, scale=0.7)
+    args = ((n,), random_data(rng, n, dtype, offset=1.0))
+    if op == "layer_norm":
+        args += (random_data(rng, n, dtype),)
+    h_out = _out(x.shape, dtype, "aligned")
+    y = row_norm(op, x, *args, residual=r, residual_out=h_out, out=_out(x.shape, dtype, "aligned"))
+    assert_same_bits(h_out, x + r)
+    for pick in (slice(0, 3), slice(rows // 2, rows // 2 + 2), slice(rows - 3, rows)):
+        assert_same_bits(y[pick], row_norm(op, x[pick] + r[pick], *args), err_msg=f"rows {pick}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("offset", OFFSETS)
 @pytest.mark.parametrize("layout", ["channels-first", "channels-last"])

@@ -51,9 +51,11 @@
  * below: the Emerald Rapids Xeon's 300 MB L3). */
 #define FN_STREAM_MIN_BYTES (8u << 20)
 /* The others keep 16 MB: BatchNorm on two or more threads (the 12.8 MB BatchNorm above took
- * 1.11-1.57x the time streamed on 2 threads, eval and training, either layout), the fused
- * residual (float32 4096x768 0.75-0.90x the time streamed, 2048x1024 0.69x, but 3072x768
- * 1.55-1.60x), and, not measured again, LayerNorm over columns. */
+ * 1.11-1.57x the time streamed on 2 threads, eval and training, either layout), rows on two
+ * or more threads (fn_row_stream_min_bytes) and, not measured again, LayerNorm over
+ * columns.  (The fused residual had it too, with h streamed beside y: float32 4096x768
+ * 0.75-0.90x the time streamed, 2048x1024 0.69x, but 3072x768 1.55-1.60x; api_norm.c,
+ * FN_RESIDUAL_H_STREAM_MIN_BYTES.) */
 #define FN_STREAM_MIN_BYTES_OTHERS (16u << 20)
 
 /* Rows without a residual (api_norm.c) and the layout copies (api_layout.c) stream an output

@@ -233,6 +233,18 @@ static int fn_rows_stream_whole(const fastnorm_kernels_t *kernels, fastnorm_dtyp
     return n >= FN_ROW_SEGMENT || ((uintptr_t)y % boundary == 0 && n * size % boundary == 0);
 }
 
+/* The fused residual in float32 and float64 streams y from fn_llc_stream_min_bytes (as rows
+ * do on one thread), in the half dtypes from FN_STREAM_MIN_BYTES_OTHERS (bfloat16 8192x768
+ * lost 1.05-1.06 streamed: their rows are compute-bound), but h with y only from this
+ * size; under it the statistics pass stores h plainly.  Zen 3,
+ * in-process A/B, time per call, y streamed and h plain over both stored plainly (the
+ * 16 MB bound before), each order of the builds: float32 LayerNorm 4096x768 (12 MB)
+ * 0.80 / 0.79, RMSNorm 0.79 / 0.83, 3072x768 0.78 / 0.78, 2800x768 0.80, 2 threads
+ * 4096x768 0.77 / 0.79, float64 2048x768 0.76.  Streaming h too lost there (LayerNorm
+ * 4096x768 2.0, 3072x768 0.99-1.08), and from this size plain h lost to streamed h
+ * (32768x768 1.03-1.10, 2 threads 1.10). */
+#define FN_RESIDUAL_H_STREAM_MIN_BYTES (16u << 20)
+
 /* The spans from byte `offset` on that the two passes read, and where they store h =
  * x + residual (residual_out).  Where y is streamed, the dtype is float32 or float64 and
  * h has lines of its own, the normalize pass reads x and residual again and streams h
@@ -246,7 +258,8 @@ static int fn_rows_stream_whole(const fastnorm_kernels_t *kernels, fastnorm_dtyp
  * x or residual, whose lines are owned already, 1.5x out of cache with plain stores
  * beside y's streaming ones, 1.25-1.3x streamed; and in bfloat16 and float16, whose rows
  * are compute-bound, 1.10-1.16x (converting x and residual again costs more than the
- * read for ownership of half as many bytes). */
+ * read for ownership of half as many bytes).  Under FN_RESIDUAL_H_STREAM_MIN_BYTES, where
+ * the last-level cache holds much of h, y streams alone (below). */
 typedef struct {
     const char *x, *residual; /* the statistics pass's inputs */
     char *stats_h;            /* where it stores h, or NULL */
@@ -673,9 +686,11 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     if (residual && inner != 1) return FASTNORM_ERR_BAD_SHAPE;
     if (residual_out && residual_out == y) return FASTNORM_ERR_BAD_VALUE;
     int threads = fn_threads(n_threads, total);
-    int stream = fn_stream(x, y, total * fn_storage_size(dtype),
-                           inner == 1 && !residual ? fn_row_stream_min_bytes(threads)
-                                                   : FN_STREAM_MIN_BYTES_OTHERS);
+    size_t bytes = total * fn_storage_size(dtype);
+    int stream = fn_stream(x, y, bytes,
+                           !residual && inner == 1 ? fn_row_stream_min_bytes(threads)
+                           : residual && fn_storage_size(dtype) > 2 ? fn_llc_stream_min_bytes()
+                                                                    : FN_STREAM_MIN_BYTES_OTHERS);
     if (kind == FASTNORM_RMS_NORM) bias = NULL; /* RMSNorm has no bias */
     const fastnorm_kernels_t *kernels = fastnorm_active_kernels();
     void *param_block = NULL;
@@ -690,8 +705,9 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
                        fn_storage_size(dtype), (const char *)x, (const char *)residual,
                        (char *)residual_out, (char *)y, weight, bias, eps, mean_out, rstd_out,
                        stream, stream | row_store,
-                       residual_out && (!stream || fn_storage_size(dtype) == 2 ||
-                                        residual_out == x || residual_out == residual)};
+                       residual_out && (!stream || bytes < FN_RESIDUAL_H_STREAM_MIN_BYTES ||
+                                        fn_storage_size(dtype) == 2 || residual_out == x ||
+                                        residual_out == residual)};
     if (short_rows) {
         fn_norm_short_rows(&job, threads);
         return FASTNORM_OK;
