@@ -236,13 +236,12 @@ static int fn_rows_stream_whole(const fastnorm_kernels_t *kernels, fastnorm_dtyp
 /* The fused residual in float32 and float64 streams y from fn_llc_stream_min_bytes (as rows
  * do on one thread), in the half dtypes from FN_STREAM_MIN_BYTES_OTHERS (bfloat16 8192x768
  * lost 1.05-1.06 streamed: their rows are compute-bound), but h with y only from this
- * size; under it the statistics pass stores h plainly.  Zen 3,
- * in-process A/B, time per call, y streamed and h plain over both stored plainly (the
- * 16 MB bound before), each order of the builds: float32 LayerNorm 4096x768 (12 MB)
- * 0.80 / 0.79, RMSNorm 0.79 / 0.83, 3072x768 0.78 / 0.78, 2800x768 0.80, 2 threads
- * 4096x768 0.77 / 0.79, float64 2048x768 0.76.  Streaming h too lost there (LayerNorm
- * 4096x768 2.0, 3072x768 0.99-1.08), and from this size plain h lost to streamed h
- * (32768x768 1.03-1.10, 2 threads 1.10). */
+ * size; under it the statistics pass stores h plainly.  Zen 3, in-process A/B, time per
+ * call, y streamed and h plain over both stored plainly (the 16 MB bound before), each
+ * order of the builds: float32 LayerNorm 4096x768 (12 MB) 0.80-0.84, RMSNorm 0.79-0.83,
+ * 3072x768 0.78-0.80, 2800x768 0.80, 2 threads 4096x768 0.77-0.89, float64 2048x768
+ * 0.76-0.80.  Streaming h too lost there (LayerNorm 4096x768 2.0, 3072x768 0.99-1.08),
+ * and from this size plain h lost to streamed h (32768x768 1.03-1.10, 2 threads 1.10). */
 #define FN_RESIDUAL_H_STREAM_MIN_BYTES (16u << 20)
 
 /* The spans from byte `offset` on that the two passes read, and where they store h =
