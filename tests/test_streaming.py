@@ -2,7 +2,8 @@
 per store where the kernel family pairs them (src/fastnorm_c/api_internal.h FN_STREAM_MIN_BYTES);
 rows without a residual from a sixteenth of the last-level cache where that is more
 (fastnorm._core.stream_min_bytes(): 18.75 MiB on a 300 MB L3, the cache cpu0 shares as
-Linux's sysfs gives it), on several threads from 16 MiB at least; the fused residual form and
+Linux's sysfs gives it), on several threads from 16 MiB at least; the fused residual form
+(float32 and float64: y from the rows' one-thread bound, h with it from 16 MiB) and
 BatchNorm on more than one thread from 16 MiB (FN_STREAM_MIN_BYTES_OTHERS).
 
 Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
@@ -24,7 +25,7 @@ from fn_testutil import (BF16, F16, F32, F64, assert_same_bits, at_line_offset,
 STREAM_MIN_BYTES = 8 << 20
 # rows without a residual, on any thread count (on several, from 16 MiB at least)
 ROW_STREAM_MIN_BYTES = max(fastnorm._core.stream_min_bytes(threads) for threads in (1, 2))
-STREAM_MIN_BYTES_OTHERS = 16 << 20  # the residual form; BatchNorm on 2 threads or more
+STREAM_MIN_BYTES_OTHERS = 16 << 20  # the residual form's h; BatchNorm on 2 threads or more
 DTYPES = [F32, F64] + ([] if half_support_reason() else [F16, BF16])
 N = 1000  # not a multiple of any pair of vectors: every row ends in single vectors and a tail
 
