@@ -138,6 +138,34 @@ def test_set_num_threads_round_trip(num_threads):
     assert fastnorm.get_config()["num_threads"] == min(2, _MAX_THREADS)
 
 
+
+def test_group_norm_parameter_tables_give_the_same_bits_on_any_thread_count(isa, rng,
+                                                                           num_threads):
+    """GroupNorm of small maps spreads weight and bias into per-position tables, each
+    thread filling its own for the channels of its share of the groups
+    (api_group_norm.c, fn_group_table_fill): shares within one sample, shares that wrap
+    from one sample into the next, and whole samples must all give 1 thread's bits, and
+    the reference's values."""
+    cases = {
+        # 16 channels of 64 values a group, one row ahead: shares within the sample
+        "rows ahead, one sample": ((1, 512, 8, 8), 32),
+        # 96 groups in shares of about 19 on 5 threads: most wrap into the next sample
+        "rows ahead, three samples": ((3, 256, 8, 8), 32),
+        "short spans of 128 values": ((16, 256, 4, 4), 32),
+        "a 4x4 span of 16 channels a row": ((16, 512, 4, 4), 32),
+    }
+    for name, (shape, groups) in cases.items():
+        x = random_data(rng, shape, np.float32, offset=10.0)
+        w = random_data(rng, shape[1], np.float32, offset=1.0)
+        b = random_data(rng, shape[1], np.float32)
+        call = lambda: fastnorm.group_norm(x, groups, w, b)  # noqa: E731
+        one = _with_threads(num_threads, 1, call)
+        expected = fastnorm.reference.group_norm(x, groups, w, b)
+        np.testing.assert_allclose(one, expected, rtol=1e-5, atol=1e-5, err_msg=name)
+        for threads in (2, 3, 5):
+            assert_same_bits(_with_threads(num_threads, threads, call), one,
+                             err_msg=f"{name}, {threads} threads")
+
 def _concurrent_jobs(rng):
     jobs = []
     for i in range(12):

@@ -26,7 +26,7 @@ typedef struct {
      * is past FN_COL_PREFETCH_MIN_BYTES; (32, 64, 56, 56) float32 in NCHW 0.89x the time on 1
      * and 2 threads (Zen 5) */
     int prefetch;
-    /* small maps (fn_group_table): weight and bias spread over each channel's positions */
+    /* small maps (fn_group_table_fill): weight and bias spread over each channel's positions */
     const char *table_w, *table_b;
 } fn_group_job;
 
@@ -34,26 +34,37 @@ typedef struct {
  * value repeated over its positions, so that a group's span is one row with per-position
  * parameters (rows_short, row_normalize): for groups of small maps, where a call or a
  * parameter per channel cost more than the channel's work.  Built per call, so they are
- * kept to FN_GROUP_TABLE_MAX_BYTES.  Returns the block to free, NULL without weight and
- * bias (no tables needed) or without memory (*failed set). */
+ * kept to FN_GROUP_TABLE_MAX_BYTES. */
 #define FN_GROUP_TABLE_MAX_BYTES (1u << 20)
 
-static char *fn_group_table(fn_group_job *job, int *failed) {
+/* Bytes of one thread's tables (weight and bias), 0 where neither is given. */
+static size_t fn_group_table_bytes(const fn_group_job *job) {
+    if (!job->weight && !job->bias) return 0;
+    return 2 * job->channels * job->spatial * fn_compute_size(job->dtype);
+}
+
+/* This thread's own tables at `table` (fn_group_table_bytes), filled for the channels of
+ * group items first ... last - 1 (items: sample * groups + group).  Each thread fills its
+ * own, for its own share: one table filled by one core and read by the others (their L2
+ * caches fetching its lines from the first core's, every call) cost more than the work
+ * it saved.  In-process A/B, Zen 3, float32, 2 threads, time per call, tables per thread
+ * over one shared table, each order of the builds: (1, 512, 8, 8) 0.26-0.32, (16, 512, 8,
+ * 8) 0.73-0.90, (16, 192, 13, 13) 0.69-0.89 (float16 0.66), (16, 512, 4, 4) 0.92, (64,
+ * 96, 13, 13) 0.93; 1 thread 0.96-1.02, same bits. */
+static void fn_group_table_fill(fn_group_job *job, char *table, size_t first, size_t last) {
     size_t sample = job->channels * job->spatial, csize = fn_compute_size(job->dtype);
-    *failed = 0;
-    if (!job->weight && !job->bias) return NULL;
-    char *table = malloc(2 * sample * csize);
-    if (!table) {
-        *failed = 1;
-        return NULL;
-    }
     job->table_w = job->weight ? table : NULL;
     job->table_b = job->bias ? table + sample * csize : NULL;
+    size_t c0 = 0, c1 = job->channels; /* the items' channels, unless they wrap a sample */
+    if (last - first < job->groups && first % job->groups <= (last - 1) % job->groups) {
+        c0 = first % job->groups * job->per_group;
+        c1 = ((last - 1) % job->groups + 1) * job->per_group;
+    }
     const void *from[2] = {job->weight, job->bias};
     char *to[2] = {(char *)job->table_w, (char *)job->table_b};
     for (int k = 0; k < 2; ++k) {
         if (!from[k]) continue;
-        for (size_t c = 0, at = 0; c < job->channels; ++c, at += job->spatial) {
+        for (size_t c = c0, at = c0 * job->spatial; c < c1; ++c, at += job->spatial) {
             if (csize == 8) {
                 double v = ((const double *)from[k])[c], *d = (double *)to[k] + at;
                 for (size_t i = 0; i < job->spatial; ++i) d[i] = v;
@@ -63,9 +74,7 @@ static char *fn_group_table(fn_group_job *job, int *failed) {
             }
         }
     }
-    return table;
 }
-
 
 /* Channel row r (of n * channels) with its group's statistics and its own weight / bias. */
 static void fn_group_normalize_row(const fn_group_job *job, size_t r, size_t begin, size_t length,
@@ -110,7 +119,7 @@ static void fn_group_affine_rows(const fn_group_job *job, size_t item, size_t fi
 /* Channels of fewer than FN_AFFINE_ROW_MIN values, several a group (4x4 maps with 16
  * channels a group, say): a row_normalize call per channel cost more than its work, about
  * 70 cycles a 16-value channel.  The group's span goes in one row_normalize call instead,
- * with fn_group_table's per-position weight and bias.  Only for families that take
+ * with fn_group_table_fill's per-position weight and bias.  Only for families that take
  * parameters in natural order (kernels.h, param_block). */
 static void fn_group_span_affine(const fn_group_job *job, size_t item, size_t span,
                                  double shift, double mean_shifted, double rstd) {
@@ -154,7 +163,7 @@ static void fn_group_fused(const fn_group_job *job, size_t item) {
 }
 
 /* Groups first ... last - 1 (items: sample * groups + group) as rows of per_group * spatial
- * values with per-position weight and bias (fn_group_table), each group's normalize pass in
+ * values with per-position weight and bias (fn_group_table_fill), each group's normalize pass in
  * one loop with the next group's statistics (row_stats_normalize), as LayerNorm's rows go
  * (api_norm.c, fn_norm_rows_ahead).  For groups of several channels of FN_AFFINE_ROW_MIN
  * values or more and at most FN_GROUP_AHEAD_MAX_BYTES, where a group's statistics call,
@@ -204,21 +213,46 @@ static void fn_group_rows_ahead(const fn_group_job *job, size_t first, size_t la
 
 /* Groups of at most the family's rows_short_max values (7x7 maps with one or two channels
  * a group, say) take rows_short, a sample's groups per call, each group a row that stays in
- * registers for both passes (with fn_group_table's per-position weight and bias): a
- * row_stats and a row_normalize call per group cost several times the group's work. */
-static void fn_group_short(const fn_group_job *job, size_t n, int threads) {
+ * registers for both passes (with fn_group_table_fill's per-position weight and bias): a
+ * row_stats and a row_normalize call per group cost several times the group's work.
+ * Samples first ... last - 1. */
+static void fn_group_short(const fn_group_job *job, size_t first, size_t last) {
     size_t span = job->per_group * job->spatial, bytes = job->channels * job->spatial * job->item_size;
-    FN_PARALLEL_FOR(i, n, {
-        job->kernels->rows_short[job->dtype](job->x + (size_t)i * bytes, NULL, NULL, job->groups,
-                                             span, 1, job->eps, job->table_w, job->table_b, span,
-                                             job->y + (size_t)i * bytes, NULL, NULL);
+    for (size_t i = first; i < last; ++i)
+        job->kernels->rows_short[job->dtype](job->x + i * bytes, NULL, NULL, job->groups, span, 1,
+                                             job->eps, job->table_w, job->table_b, span,
+                                             job->y + i * bytes, NULL, NULL);
+}
+
+/* Group items first ... last - 1 by fn_group_fused. */
+static void fn_group_fused_items(const fn_group_job *job, size_t first, size_t last) {
+    for (size_t item = first; item < last; ++item) fn_group_fused(job, item);
+}
+
+/* `items` work items shared out among the threads, one contiguous share each, run by
+ * `run` with the thread's own tables (`tables`, fn_group_table_bytes apiece, or NULL
+ * where none are used) filled for its share; items_per_sample: 1 where an item is a
+ * sample, else job->groups (an item is a group). */
+static void fn_group_shares(const fn_group_job *job, size_t items, size_t items_per_sample,
+                            char *tables, int threads,
+                            void (*run)(const fn_group_job *, size_t, size_t)) {
+    size_t table_bytes = fn_group_table_bytes(job);
+    size_t groups_per_item = job->groups / items_per_sample;
+    FN_PARALLEL_FOR(t, threads, {
+        size_t first = items * (size_t)t / (size_t)threads;
+        size_t last = items * (size_t)(t + 1) / (size_t)threads;
+        fn_group_job own = *job;
+        if (tables && first < last)
+            fn_group_table_fill(&own, tables + (size_t)t * table_bytes, first * groups_per_item,
+                                last * groups_per_item);
+        run(&own, first, last);
     });
 }
 
 /* Groups of one channel (InstanceNorm) of at most rows_short_channels_max values: BatchNorm's
  * rows_short_channels (AVX2: 16x16 float32 maps 0.77x the time of the paths below, float64
  * 8x16 0.82-0.86x), each channel a row with its own weight and bias, without
- * fn_group_table's per-position copies (which cost as much as the normalization of a 7x7
+ * fn_group_table_fill's per-position copies (which cost as much as the normalization of a 7x7
  * map); each sample's channels in two calls, so that one sample shares the threads too.
  * Zen 5, in-process A/B, 1 thread, time per call, same bits: float32 (1, 512, 7, 7)
  * 0.56, (8, 512, 7, 7) 0.72, (8, 256, 14, 14) 0.67, (4, 64, 4, 4) 0.77, float64 (8, 512,
@@ -308,7 +342,7 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
         fn_instance_short(&job, n, threads);
         return FASTNORM_OK;
     }
-    /* small maps: per-position parameters (fn_group_table) where the family takes them */
+    /* small maps: per-position parameters (fn_group_table_fill) where the family takes them */
     int short_span = span <= job.kernels->rows_short_max[dtype];
     int fused = span * job.item_size <= FN_GROUP_FUSED_MAX_BYTES && items >= 4 * (size_t)threads;
     int rows_ahead = job.per_group > 1 && spatial >= FN_AFFINE_ROW_MIN &&
@@ -317,28 +351,25 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
     int small_maps = short_span || rows_ahead ||
                      (job.per_group > 1 && spatial < FN_AFFINE_ROW_MIN &&
                       job.kernels->param_block[dtype] == 0);
-    char *table = NULL;
-    if (small_maps && channels * spatial * fn_compute_size(dtype) <= FN_GROUP_TABLE_MAX_BYTES) {
-        int failed;
-        table = fn_group_table(&job, &failed);
-        if (failed) return FASTNORM_ERR_NO_MEMORY;
-        if (short_span) {
-            fn_group_short(&job, n, threads);
-            free(table);
-            return FASTNORM_OK;
-        }
+    /* the per-position tables: where the paths below take them (small maps, short spans or
+     * rows ahead), none too large; tabled also where none are needed (no weight, no bias) */
+    int tabled =
+        small_maps && channels * spatial * fn_compute_size(dtype) <= FN_GROUP_TABLE_MAX_BYTES;
+    char *tables = NULL;
+    if (tabled && (short_span || fused) && fn_group_table_bytes(&job)) {
+        tables = malloc(fn_group_table_bytes(&job) * (size_t)threads);
+        if (!tables) return FASTNORM_ERR_NO_MEMORY;
     }
     fastnorm_status_t status = FASTNORM_OK;
-    if (!fused)
+    if (tabled && short_span)
+        fn_group_shares(&job, n, 1, tables, threads, fn_group_short);
+    else if (!fused)
         status = fn_group_two_pass(&job, n, threads);
-    else if (rows_ahead && (table || (!weight && !bias)))
-        FN_PARALLEL_FOR(t, threads, {
-            fn_group_rows_ahead(&job, items * (size_t)t / (size_t)threads,
-                                items * (size_t)(t + 1) / (size_t)threads);
-        });
+    else if (rows_ahead && tabled)
+        fn_group_shares(&job, items, job.groups, tables, threads, fn_group_rows_ahead);
     else
-        FN_PARALLEL_FOR(item, items, fn_group_fused(&job, (size_t)item););
-    free(table);
+        fn_group_shares(&job, items, job.groups, tables, threads, fn_group_fused_items);
+    free(tables);
     return status;
 }
 
