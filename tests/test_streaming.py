@@ -3,8 +3,8 @@ per store where the kernel family pairs them (src/fastnorm_c/api_internal.h FN_S
 rows without a residual from a sixteenth of the last-level cache where that is more
 (fastnorm._core.stream_min_bytes(): 18.75 MiB on a 300 MB L3, the cache cpu0 shares as
 Linux's sysfs gives it), on several threads from 16 MiB at least; the fused residual form
-(float32 and float64: y from the rows' one-thread bound, h with it from 16 MiB) and
-BatchNorm on more than one thread from 16 MiB (FN_STREAM_MIN_BYTES_OTHERS).
+(float32 and float64: y from the rows' one-thread bound, h with it from 16 MiB), and
+BatchNorm and GroupNorm on more than one thread from 16 MiB (FN_STREAM_MIN_BYTES_OTHERS).
 
 Rows, and BatchNorm samples in eval mode, are normalized independently, so the rows of such
 a call must equal, bit for bit, the same rows normalized in a small call (plain stores), also
@@ -147,6 +147,27 @@ def test_rows_streamed_on_one_thread_equal_plain_stores_on_two(op, isa, rng, num
     assert_same_bits(results[1], results[0])
 
 
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_group_norm_streamed_on_one_thread_equals_plain_stores_on_two(channels_last, isa, rng,
+                                                                      num_threads):
+    # 12 MiB: streamed on one thread, stored plainly on two (api_group_norm.c,
+    # fn_group_job_of); the same bits either way.  (6, 128, 64, 64) float32, groups of 4
+    # channels: the fused groups in NCHW, a sample at a time (4 MiB samples) channels-last.
+    shape = (6, 64, 64, 128) if channels_last else (6, 128, 64, 64)
+    x = random_data(rng, shape, F32, offset=3.0)
+    if channels_last:
+        x = x.transpose(0, 3, 1, 2)
+    w, b = random_data(rng, 128, F32, offset=1.0), random_data(rng, 128, F32)
+    assert STREAM_MIN_BYTES < x.nbytes < STREAM_MIN_BYTES_OTHERS
+    results = []
+    for threads in (1, 2):
+        num_threads(threads)
+        results.append(fastnorm.group_norm(x, 32, w, b))
+    assert_same_bits(results[1], results[0])
+    np.testing.assert_allclose(results[0], fastnorm.reference.group_norm(x, 32, w, b),
+                               rtol=1e-5, atol=1e-5)
+
 @functools.lru_cache(maxsize=None)
 def _fused_inputs(dtype):
     """x, residual and the contract's h = x + residual for a streamed call, read-only and
@@ -244,17 +265,18 @@ def test_streamed_group_norm_equals_samples_of_a_small_call(dtype, channels_last
     # column kernel, which streams from the output's first line boundary on, with its
     # parameters rotated to match (api_group_norm.c, fn_group_cl_normalize); larger ones
     # by BatchNorm's affine a sample at a time, streaming as the whole call would
-    # (fn_affine_part), where a call of two samples does not
+    # (fn_affine_part), where a call of two samples does not.  Past 16 MiB, so that it
+    # streams on any thread count (api_group_norm.c, fn_group_job_of)
     channels, groups = 64, 8
     spatial = sample_bytes // (channels * dtype.itemsize)
-    samples = STREAM_MIN_BYTES // (channels * spatial * dtype.itemsize) + 2
+    samples = STREAM_MIN_BYTES_OTHERS // (channels * spatial * dtype.itemsize) + 2
     shape = (samples, spatial, channels) if channels_last else (samples, channels, spatial)
     x = random_data(rng, shape, dtype, offset=3.0)
     compute = np.float64 if dtype == F64 else np.float32
     w = random_data(rng, channels, compute, offset=1.0)
     b = random_data(rng, channels, compute)
     out = _out(x.shape, dtype, offset)
-    assert out.nbytes >= STREAM_MIN_BYTES
+    assert out.nbytes >= STREAM_MIN_BYTES_OTHERS
     code = fastnorm._checks.dtype_rule(np.dtype(dtype))[0]
     fastnorm._core.group_norm(code, samples, channels, groups, spatial, x, out, w, b, 1e-5,
                               fastnorm._checks.num_threads, channels_last)
