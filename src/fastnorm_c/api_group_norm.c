@@ -33,8 +33,9 @@ typedef struct {
 /* The weight and bias of one sample as tables of channels * spatial values, channel c's
  * value repeated over its positions, so that a group's span is one row with per-position
  * parameters (rows_short, row_normalize): for groups of small maps, where a call or a
- * parameter per channel cost more than the channel's work.  Built per call, so they are
- * kept to FN_GROUP_TABLE_MAX_BYTES. */
+ * parameter per channel cost more than the channel's work.  Built per call and per
+ * thread (fn_group_table_fill), so each is kept to FN_GROUP_TABLE_MAX_BYTES: at most 2 MB
+ * a thread. */
 #define FN_GROUP_TABLE_MAX_BYTES (1u << 20)
 
 /* Bytes of one thread's tables (weight and bias), 0 where neither is given. */
@@ -317,10 +318,11 @@ static fastnorm_status_t fn_group_checks(fastnorm_dtype_t dtype, size_t n, size_
 
 /* The job of a checked call on `threads` threads.  Its output streams from
  * FN_STREAM_MIN_BYTES on one thread, from FN_STREAM_MIN_BYTES_OTHERS on more, as BatchNorm's
- * and the rows' do: in-process A/B, Zen 3, 2 threads, channels-last, time per call, plain
- * stores over streamed, each order of the builds: float64 (2, 128, 64, 64) (8 MB)
- * 0.68-0.72, float32 (4, 128, 64, 64) 0.75-0.79, (6, 128, 64, 64) (12 MB) 0.77-0.81; one
- * thread level (0.81-1.10). */
+ * and the rows' do: in-process A/B, Zen 3, 2 threads, time per call, plain stores over
+ * streamed, each order of the builds, same bits: float32 (4, 128, 64, 64) (8 MB) 0.48-0.50,
+ * (6, 128, 64, 64) (12 MB) 0.58-0.66, float64 (2, 128, 64, 64) 0.48-0.53; channels-last
+ * float64 (2, 128, 64, 64) 0.67-0.87, float32 (4, 128, 64, 64) 0.75-0.79.  On one thread
+ * 8 MB outputs gained by plain stores (0.79-0.97) but a 12 MB one lost (1.13-1.16). */
 static fn_group_job fn_group_job_of(fastnorm_dtype_t dtype, size_t channels, size_t groups,
                                     size_t spatial, size_t total, const void *x, void *y,
                                     const void *weight, const void *bias, double eps,
@@ -604,7 +606,8 @@ fastnorm_status_t fastnorm_group_norm_channels_last(fastnorm_dtype_t dtype, size
     size_t sample = spatial * channels, bytes = sample * fn_storage_size(dtype);
     int whole_vectors = channels >= FN_GROUP_CL_MIN_CHANNELS || channels % 16 == 0;
     int fused = bytes <= FN_GROUP_CL_FUSED_MAX_BYTES && whole_vectors &&
-                (n > 1 || total < FN_PARALLEL_MIN_ELEMENTS || spatial < FN_GROUP_CL_SHARED_MIN_ROWS);
+                (n > 1 || total < FN_PARALLEL_MIN_ELEMENTS ||
+                 spatial < FN_GROUP_CL_SHARED_MIN_ROWS);
     int threads = fn_threads(n_threads, fused ? total : sample);
     fn_group_job job = fn_group_job_of(dtype, channels, groups, spatial, total, x, y, weight,
                                        bias, eps, threads);
