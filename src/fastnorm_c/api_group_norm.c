@@ -232,13 +232,12 @@ static void fn_group_fused_items(const fn_group_job *job, size_t first, size_t l
 
 /* `items` work items shared out among the threads, one contiguous share each, run by
  * `run` with the thread's own tables (`tables`, fn_group_table_bytes apiece, or NULL
- * where none are used) filled for its share; items_per_sample: 1 where an item is a
- * sample, else job->groups (an item is a group). */
-static void fn_group_shares(const fn_group_job *job, size_t items, size_t items_per_sample,
+ * where none are used) filled for its share; groups_per_item: job->groups where an item
+ * is a sample, 1 where it is a group. */
+static void fn_group_shares(const fn_group_job *job, size_t items, size_t groups_per_item,
                             char *tables, int threads,
                             void (*run)(const fn_group_job *, size_t, size_t)) {
     size_t table_bytes = fn_group_table_bytes(job);
-    size_t groups_per_item = job->groups / items_per_sample;
     FN_PARALLEL_FOR(t, threads, {
         size_t first = items * (size_t)t / (size_t)threads;
         size_t last = items * (size_t)(t + 1) / (size_t)threads;
@@ -372,13 +371,13 @@ fastnorm_status_t fastnorm_group_norm(fastnorm_dtype_t dtype, size_t n, size_t c
     }
     fastnorm_status_t status = FASTNORM_OK;
     if (tabled && short_span)
-        fn_group_shares(&job, n, 1, tables, threads, fn_group_short);
+        fn_group_shares(&job, n, groups, tables, threads, fn_group_short);
     else if (!fused)
         status = fn_group_two_pass(&job, n, threads);
     else if (rows_ahead && tabled)
-        fn_group_shares(&job, items, job.groups, tables, threads, fn_group_rows_ahead);
+        fn_group_shares(&job, items, 1, tables, threads, fn_group_rows_ahead);
     else
-        fn_group_shares(&job, items, job.groups, tables, threads, fn_group_fused_items);
+        fn_group_shares(&job, items, 1, tables, threads, fn_group_fused_items);
     free(tables);
     return status;
 }
