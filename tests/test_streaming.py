@@ -153,7 +153,8 @@ def test_group_norm_streamed_on_one_thread_equals_plain_stores_on_two(channels_l
                                                                       num_threads):
     # 12 MiB: streamed on one thread, stored plainly on two (api_group_norm.c,
     # fn_group_job_of); the same bits either way.  (6, 128, 64, 64) float32, groups of 4
-    # channels: the fused groups in NCHW, a sample at a time (4 MiB samples) channels-last.
+    # channels: the fused groups in NCHW; channels-last, 2 MiB samples, each normalized
+    # from cache right after its statistics (FN_GROUP_CL_FUSED_MAX_BYTES).
     shape = (6, 64, 64, 128) if channels_last else (6, 128, 64, 64)
     x = random_data(rng, shape, F32, offset=3.0)
     if channels_last:
