@@ -89,7 +89,8 @@ def batch_norm_case(torch, shape, axis, dtype, rng):
     tx, tg = (torch.from_numpy(a.astype(np.float32)).to(tdtype) for a in (x, g))
     if axis != 1:  # a channels-last tensor: the (N, C, ...) view of the same memory
         tx, tg = tx.movedim(axis, 1), tg.movedim(axis, 1)
-    tw, tmean, trstd = (torch.from_numpy(a.astype(np.float32)) for a in (w, mean, rstd))
+    # PyTorch takes bfloat16/float16 inputs with float32 parameters, float64 with float64
+    tw, tmean, trstd = (torch.from_numpy(a.astype(compute)) for a in (w, mean, rstd))
 
     def ours():
         fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=axis)

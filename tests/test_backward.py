@@ -298,7 +298,9 @@ def test_row_backward_nan_stays_in_its_row(op, isa, rng):
     ((2, 3, 16), 1), ((3, 5, 7, 7), 1), ((2, 4, 100), 1), ((1, 3, 1000), 1),  # channel rows
     ((4, 3, 2), 1), ((16, 5), 1), ((40, 37), 1), ((3, 6, 3, 3), 1),  # columns: short rows
     ((2, 5, 5, 24), -1), ((3, 4, 19), -1), ((50, 3, 2), 0),  # columns: channels last
-    ((8, 100, 25, 25), 1)])  # channel rows in blocks of channels (float32, float64)
+    ((8, 100, 25, 25), 1),  # channel rows, a channel a call (rows_grad_sums / _apply)
+    ((64, 3, 100), 1),  # 64 spans a call: the float64 step falls inside a channel's spans
+    ((2, 3, 40000), 1)])  # channels past 256 KB: a row a call
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, accuracy_log):
     """Channel rows of 16 values or more take the row kernels, shorter rows and
@@ -315,11 +317,12 @@ def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, 
 
 
 @pytest.mark.parametrize("shape, axis", [((8, 16, 30, 30), 1), ((2000, 40), 1),
-                                         ((4, 30, 30, 16), -1), ((8, 100, 25, 25), 1)])
+                                         ((4, 30, 30, 16), -1), ((8, 100, 25, 25), 1),
+                                         ((2, 6, 180, 180), 1)])
 def test_batch_norm_backward_threads_same_bits(shape, axis, num_threads, rng):
     """Rows and columns (several work items here): 1 and 2 threads give the same bits.
-    (8, 100, 25, 25) takes blocks of 6 channels on 1 thread (4 MB of input) and the sample
-    order on 2 (2 MB a thread, api_backward.c's FN_GRAD_BLOCK_MIN_SHARE)."""
+    (8, 100, 25, 25) goes a channel a work item, (2, 6, 180, 180) (channels of 518 KB) a
+    row a work item."""
     x, g = random_data(rng, shape, F32, offset=1.0), random_data(rng, shape, F32)
     w = random_data(rng, shape[axis], F32, offset=1.0)
     _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, axis=axis,
@@ -332,6 +335,25 @@ def test_batch_norm_backward_threads_same_bits(shape, axis, num_threads, rng):
     for a, b, c in zip(one, two, want):
         assert_same_bits(a, b)
         assert _scaled_error(a, c) <= BACKWARD_TOL[F32]
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 14, 14), (32, 4, 7, 7), (3, 4, 129)])
+def test_batch_norm_backward_channel_equals_its_own_call(shape, isa, rng):
+    """A channel of NCHW data read in place, its rows a sample apart, gives the bits of the
+    same channel alone in a contiguous array: the channel's spans are summed in the same
+    order whatever the stride between them."""
+    x = random_data(rng, shape, F32, offset=2.0, scale=3.0)
+    g = random_data(rng, shape, F32)
+    w = random_data(rng, shape[1], F32, offset=1.0)
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, return_stats=True)
+    grad_x, grad_w, grad_b = fastnorm.batch_norm_backward(g, x, mean, rstd, w)
+    for c in range(shape[1]):
+        alone = fastnorm.batch_norm_backward(
+            np.ascontiguousarray(g[:, c:c + 1]), np.ascontiguousarray(x[:, c:c + 1]),
+            mean[c:c + 1], rstd[c:c + 1], w[c:c + 1])
+        assert_same_bits(grad_x[:, c:c + 1], alone[0])
+        assert_same_bits(grad_w[c:c + 1], alone[1])
+        assert_same_bits(grad_b[c:c + 1], alone[2])
 
 
 @pytest.mark.parametrize("op, n", [("layer_norm", 4100), ("rms_norm", 4100), ("layer_norm", 4101),

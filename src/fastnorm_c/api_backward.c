@@ -179,23 +179,9 @@ fastnorm_status_t fastnorm_norm_backward(fastnorm_norm_kind_t kind, fastnorm_dty
  * 4) 1.28x the time, but (8, 512, 7, 7) 0.30x. */
 #define FN_GRAD_ROW_MIN 32
 
-/* Channels whose rows (grad_y's and x's, every sample's) take at most FN_GRAD_BLOCK_BYTES
- * are worked in blocks of adjacent channels that fill it: a block's sums, then its
- * gradient, the second pass reading the block from L2 instead of the input from the
- * last-level cache or memory.  Only where each thread's share of the input passes
- * FN_GRAD_BLOCK_MIN_SHARE (smaller shares stay in L2 in sample order too) and a block's run
- * in each sample is at least FN_GRAD_BLOCK_MIN_RUN bytes (shorter runs, a sample apart,
- * left the prefetcher behind).  On a Xeon (Emerald Rapids VM, 2 MB L2 a core), in-process
- * A/B against every row's sums before any gradient, float32, time per call, 1 thread:
- * (8, 256, 14, 14) 0.73, (64, 64, 14, 14) 0.75-0.77, (32, 128, 28, 28) 0.79 (2 threads
- * 0.72), (32, 256, 7, 7) 0.85, (64, 128, 7, 7) 0.89, (128, 32, 14, 14) 0.88, (128, 64, 7,
- * 7) 1.03 (980-byte runs); (256, 64, 7, 7) 1.38-1.42 (392-byte runs), (8, 256, 14, 14) on
- * 2 threads 1.12 (1.6 MB a thread).  One channel a work item (runs of a row, 196-784
- * bytes) had measured 1.07-1.34x the time on Zen 5 (1 MB L2); blocks there are unmeasured.
- * Channels over 256 KB ((32, 64, 56, 56): 800 KB) keep the sample order. */
-#define FN_GRAD_BLOCK_BYTES (256u << 10)
-#define FN_GRAD_BLOCK_MIN_SHARE (2u << 20)
-#define FN_GRAD_BLOCK_MIN_RUN 1024
+/* A channel of NCHW data whose rows (grad_y's and x's, every sample's) take at most this
+ * many bytes is one work item (fn_bn_backward_rows). */
+#define FN_GRAD_CHANNEL_BYTES (256u << 10)
 
 /* The row path of fastnorm_batch_norm_backward: its arguments, and each row's two sums. */
 typedef struct {
@@ -209,61 +195,60 @@ typedef struct {
     int stream;
 } fn_bn_grad_job;
 
-/* Row r (channel c)'s sums of grad_y and grad_y * xhat. */
-static void fn_bn_row_sums(const fn_bn_grad_job *job, size_t r, size_t c) {
+/* Rows r, r + channels, ... (`rows` of them, channel c)'s sums of grad_y and grad_y * xhat
+ * into *g and *g_xhat. */
+static void fn_bn_sums(const fn_bn_grad_job *job, size_t r, size_t rows, size_t c, double *g,
+                       double *g_xhat) {
     size_t offset = r * job->inner * job->size;
-    job->kernels->row_grad_sums[job->dtype](
-        job->gs + offset, job->xs + offset, job->inner, fn_param(job->dtype, job->mean, c, 0.0),
-        fn_param(job->dtype, job->rstd, c, 0.0), NULL, &job->row_sums[2 * r],
-        &job->row_sums[2 * r + 1], NULL, NULL);
+    job->kernels->rows_grad_sums[job->dtype](
+        job->gs + offset, job->xs + offset, rows, job->inner, job->channels * job->inner,
+        fn_param(job->dtype, job->mean, c, 0.0), fn_param(job->dtype, job->rstd, c, 0.0), g,
+        g_xhat);
 }
 
-/* Channel c's sums from its rows', samples in order. */
-static void fn_bn_channel_sums(const fn_bn_grad_job *job, size_t c) {
-    double g = 0, gx = 0;
-    for (size_t s = 0; s < job->outer; ++s) {
-        g += job->row_sums[2 * (s * job->channels + c)];
-        gx += job->row_sums[2 * (s * job->channels + c) + 1];
-    }
-    job->channel_g[c] = g;
-    job->channel_g_xhat[c] = gx;
-}
-
-/* Row r (channel c)'s gradient.  gw = weight[c] * grad_y: its factor moves to the scale,
- * and grad_y's sums stand for gw's divided by it. */
-static void fn_bn_row_apply(const fn_bn_grad_job *job, size_t r, size_t c) {
+/* The gradient of rows r, r + channels, ... (`rows` of them, channel c), in the column
+ * path's form (fn_bn_backward_columns).  gw = weight[c] * grad_y: its factor moves to the
+ * scale, and grad_y's sums stand for gw's divided by it. */
+static void fn_bn_apply(const fn_bn_grad_job *job, size_t r, size_t rows, size_t c) {
     size_t offset = r * job->inner * job->size;
     double count = (double)job->outer * (double)job->inner;
-    double s = fn_param(job->dtype, job->rstd, c, 0.0);
-    job->kernels->row_grad_apply[job->dtype](
-        job->gs + offset, job->xs + offset, job->inner, fn_param(job->dtype, job->mean, c, 0.0),
-        s, NULL, s * fn_param(job->dtype, job->weight, c, 1.0), job->channel_g[c] / count,
-        job->channel_g_xhat[c] / count, job->ys + offset, job->stream);
+    double rstd = fn_param(job->dtype, job->rstd, c, 0.0);
+    double s = rstd * fn_param(job->dtype, job->weight, c, 1.0);
+    job->kernels->rows_grad_apply[job->dtype](
+        job->gs + offset, job->xs + offset, rows, job->inner, job->channels * job->inner,
+        fn_param(job->dtype, job->mean, c, 0.0), s, s * rstd * (job->channel_g_xhat[c] / count),
+        s * (job->channel_g[c] / count), job->ys + offset, job->stream);
 }
 
-/* Each channel's sums of grad_y and grad_y * xhat over its rows (channel_g, channel_g_xhat)
- * from per-row sums, samples in order; then each row's gradient, a kernel call per row.
- * Work items are blocks of channels (FN_GRAD_BLOCK_BYTES) or rows, fixed by the shape. */
+/* Channels whose rows (every sample's) take at most FN_GRAD_CHANNEL_BYTES go a channel a
+ * work item, its sums and then its gradient, both over all its rows in one kernel call, the
+ * second reading them from L1 or L2.  Longer channels take each row's sums in sample order,
+ * then each channel's from its rows' (samples in order), then each row's gradient: work
+ * items of a row keep both threads busy where the channels are few. */
 static void fn_bn_backward_rows(const fn_bn_grad_job *job, int threads) {
     size_t outer = job->outer, channels = job->channels, rows = outer * channels;
-    size_t channel_bytes = 2 * outer * job->inner * job->size;
-    size_t per_block = channel_bytes <= FN_GRAD_BLOCK_BYTES ? FN_GRAD_BLOCK_BYTES / channel_bytes : 0;
-    if (per_block && channels * channel_bytes / (size_t)threads > FN_GRAD_BLOCK_MIN_SHARE &&
-        per_block * job->inner * job->size >= FN_GRAD_BLOCK_MIN_RUN) {
-        FN_PARALLEL_FOR(b, (channels + per_block - 1) / per_block, {
-            size_t first = (size_t)b * per_block;
-            size_t end = first + per_block < channels ? first + per_block : channels;
-            for (size_t s = 0; s < outer; ++s)
-                for (size_t c = first; c < end; ++c) fn_bn_row_sums(job, s * channels + c, c);
-            for (size_t c = first; c < end; ++c) fn_bn_channel_sums(job, c);
-            for (size_t s = 0; s < outer; ++s)
-                for (size_t c = first; c < end; ++c) fn_bn_row_apply(job, s * channels + c, c);
+    if (2 * outer * job->inner * job->size <= FN_GRAD_CHANNEL_BYTES) {
+        FN_PARALLEL_FOR(c, channels, {
+            fn_bn_sums(job, (size_t)c, outer, (size_t)c, &job->channel_g[c],
+                       &job->channel_g_xhat[c]);
+            fn_bn_apply(job, (size_t)c, outer, (size_t)c);
         });
         return;
     }
-    FN_PARALLEL_FOR(r, rows, { fn_bn_row_sums(job, (size_t)r, (size_t)r % channels); });
-    for (size_t c = 0; c < channels; ++c) fn_bn_channel_sums(job, c);
-    FN_PARALLEL_FOR(r, rows, { fn_bn_row_apply(job, (size_t)r, (size_t)r % channels); });
+    FN_PARALLEL_FOR(r, rows, {
+        fn_bn_sums(job, (size_t)r, 1, (size_t)r % channels, &job->row_sums[2 * r],
+                   &job->row_sums[2 * r + 1]);
+    });
+    for (size_t c = 0; c < channels; ++c) {
+        double g = 0, gx = 0;
+        for (size_t s = 0; s < outer; ++s) {
+            g += job->row_sums[2 * (s * channels + c)];
+            gx += job->row_sums[2 * (s * channels + c) + 1];
+        }
+        job->channel_g[c] = g;
+        job->channel_g_xhat[c] = gx;
+    }
+    FN_PARALLEL_FOR(r, rows, { fn_bn_apply(job, (size_t)r, 1, (size_t)r % channels); });
 }
 
 /* The same over (outer, channels * inner) columns: each column's parameters spread from

@@ -1,31 +1,44 @@
 /*
  * kernel_backward.h - the backward passes' kernels (kernels.h): row_grad_sums and
- * row_grad_apply over rows, col_grad_sums and col_grad_apply over columns, included by
- * kernel_body.h for each storage dtype.  With
+ * row_grad_apply over rows, rows_grad_sums and rows_grad_apply over BatchNorm's channels of
+ * NCHW data, col_grad_sums and col_grad_apply over columns, included by kernel_body.h for
+ * each storage dtype.  With
  * xhat = (x - mean) * rstd and gw = grad_y * weight over a span, LayerNorm's and BatchNorm's
  *   grad_x = rstd * ((gw - mean(gw)) - xhat * mean(gw * xhat))
  * and RMSNorm's the same without mean(gw) (mean 0): row_grad_sums takes the two sums (in
- * the compute dtype over blocks of KB_GRAD_BLOCK vector pairs, then in float64),
- * row_grad_apply writes grad_x in that formula's order, without fused multiply-adds.  The
- * column kernels do the same down columns, col_grad_apply in an order of its own.
+ * the compute dtype over blocks of KB_GRAD_BLOCK steps, then in float64), row_grad_apply
+ * writes grad_x in that formula's order, without fused multiply-adds.  rows_grad_sums and
+ * rows_grad_apply do the same over BatchNorm's channels, several spans a call, the apply
+ * in the affine form BatchNorm's column kernels take (kb_grad_affine), which the column
+ * kernels do down columns.
  */
 
-/* Vector pairs a lane sums in the compute dtype before the float64 total takes them: 32
- * values (34 in a row's last block), about 2e-6 relative at worst in float32 against the
- * float64 sum of the same products. */
+/* Steps a lane sums in the compute dtype before the float64 total takes them: in the row
+ * kernel a step is a pair of vectors, one into each of two accumulators, in rows_grad_sums
+ * four into four; a span's last vectors add at most one more to each (17 values an
+ * accumulator lane a block), about 2e-6 relative at worst in float32 against the float64
+ * sum of the same products. */
 #define KB_GRAD_BLOCK 16
 
 /* One vector of the sums: its gw added to *a, gw * xhat to *b, and grad_y and grad_y * xhat
- * to the column sums at i when given.  A part-vector (count < lanes) has its missing lanes'
- * xhat zeroed: they load x as 0, and (0 - mean) * rstd may overflow where the row's own
- * values do not, which would turn their 0 * xhat into NaN. */
-KB_INLINE void KB_NAME(kb_grad_step)(KB_V g, KB_V xv, KB_V w, KB_V m, KB_V r, KB_V *a, KB_V *b,
-                                     KB_C *col_g, KB_C *col_g_xhat, size_t i, size_t count) {
+ * to the column sums at i when given.  w: the weight's vector, or NULL for none (gw is
+ * grad_y: rows_grad_sums passes a constant NULL, so that its inlined steps take no product
+ * for it).  A part-vector (count < lanes) has its missing lanes' xhat zeroed: they load x
+ * as 0, and (0 - mean) * rstd may overflow where the row's own values do not, which would
+ * turn their 0 * xhat into NaN. */
+KB_INLINE void KB_NAME(kb_grad_step)(KB_V g, KB_V xv, const KB_V *w, KB_V m, KB_V r, KB_V *a,
+                                     KB_V *b, KB_C *col_g, KB_C *col_g_xhat, size_t i,
+                                     size_t count) {
     KB_V xhat = kb_mul(kb_sub(xv, m), r);
     if (count < KB_LANES) xhat = kb_mask_n(xhat, count);
     KB_V gxhat = kb_mul(g, xhat);
-    *a = kb_fma(g, w, *a);
-    *b = kb_fma(gxhat, w, *b);
+    if (w) {
+        *a = kb_fma(g, *w, *a);
+        *b = kb_fma(gxhat, *w, *b);
+    } else {
+        *a = kb_add(*a, g);
+        *b = kb_fma(g, xhat, *b);
+    }
     if (col_g) kb_store_c(col_g + i, kb_add(kb_param(col_g + i), g));
     if (col_g_xhat) kb_store_c(col_g_xhat + i, kb_add(kb_param(col_g_xhat + i), gxhat));
 }
@@ -37,15 +50,17 @@ static void KB_NAME(row_grad_sums)(const void *grad_y, const void *x, size_t n, 
     const KB_C *w = (const KB_C *)weight;
     KB_C *cg = (KB_C *)col_g, *cgx = (KB_C *)col_g_xhat;
     const KB_V m = kb_set1((KB_C)mean), r = kb_set1((KB_C)rstd), one = kb_set1((KB_C)1);
+    KB_V wv;
     double total_a = 0, total_b = 0;
     KB_V a0 = kb_set1(0), b0 = a0, a1 = a0, b1 = a0; /* two accumulators against the latency */
     size_t i = 0, pairs = 0;
     for (; i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
-        KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), w ? kb_param(w + i) : one, m, r,
-                              &a0, &b0, cg, cgx, i, KB_LANES);
-        KB_NAME(kb_grad_step)(kb_load(g + i + KB_LANES), kb_load(xs + i + KB_LANES),
-                              w ? kb_param(w + i + KB_LANES) : one, m, r, &a1, &b1, cg, cgx,
-                              i + KB_LANES, KB_LANES);
+        wv = w ? kb_param(w + i) : one;
+        KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), &wv, m, r, &a0, &b0, cg, cgx, i,
+                              KB_LANES);
+        wv = w ? kb_param(w + i + KB_LANES) : one;
+        KB_NAME(kb_grad_step)(kb_load(g + i + KB_LANES), kb_load(xs + i + KB_LANES), &wv, m, r,
+                              &a1, &b1, cg, cgx, i + KB_LANES, KB_LANES);
         if (++pairs == KB_GRAD_BLOCK) { /* the block's float64 step */
             total_a += kb_sum(kb_add(a0, a1));
             total_b += kb_sum(kb_add(b0, b1));
@@ -56,48 +71,133 @@ static void KB_NAME(row_grad_sums)(const void *grad_y, const void *x, size_t n, 
     /* the last vector and part-vector, into the last block: the missing lanes load as 0,
      * so add 0 to the sums (and the column sums are padded to whole vectors, kernels.h) */
     if (i + KB_LANES <= n) {
-        KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), w ? kb_param(w + i) : one, m, r,
-                              &a0, &b0, cg, cgx, i, KB_LANES);
+        wv = w ? kb_param(w + i) : one;
+        KB_NAME(kb_grad_step)(kb_load(g + i), kb_load(xs + i), &wv, m, r, &a0, &b0, cg, cgx, i,
+                              KB_LANES);
         i += KB_LANES;
     }
-    if (i < n)
-        KB_NAME(kb_grad_step)(kb_load_n(g + i, n - i), kb_load_n(xs + i, n - i),
-                              w ? kb_param_n(w + i, n - i) : one, m, r, &a1, &b1, cg, cgx, i,
-                              n - i);
+    if (i < n) {
+        wv = w ? kb_param_n(w + i, n - i) : one;
+        KB_NAME(kb_grad_step)(kb_load_n(g + i, n - i), kb_load_n(xs + i, n - i), &wv, m, r, &a1,
+                              &b1, cg, cgx, i, n - i);
+    }
     total_a += kb_sum(kb_add(a0, a1));
     total_b += kb_sum(kb_add(b0, b1));
     *sum_gw = total_a;
     *sum_gw_xhat = total_b;
 }
 
-/* grad_x = scale * ((gw - a) - xhat * b) of one vector */
-KB_INLINE KB_V KB_NAME(kb_grad_value)(KB_V g, KB_V xv, KB_V w, KB_V m, KB_V r, KB_V scale, KB_V a,
-                                      KB_V b) {
+/* rows_grad_sums's spans: four accumulators of each sum against the adders' latency (the
+ * row kernel's two suffice where its column sums' loads and stores bound the loop), and no
+ * weight. */
+static void KB_NAME(rows_grad_sums)(const void *grad_y, const void *x, size_t rows, size_t n,
+                                    size_t stride, double mean, double rstd, double *sum_g,
+                                    double *sum_g_xhat) {
+    const KB_T *g = (const KB_T *)grad_y, *xs = (const KB_T *)x;
+    const KB_V m = kb_set1((KB_C)mean), r = kb_set1((KB_C)rstd);
+    double total_a = 0, total_b = 0;
+    KB_V a0 = kb_set1(0), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+    size_t steps = 0; /* additions each accumulator took since the float64 step */
+#define KB_GRAD_AT(at, a, b)                                                                   \
+    KB_NAME(kb_grad_step)(kb_load(g + (at)), kb_load(xs + (at)), NULL, m, r, a, b, NULL, NULL, \
+                          0, KB_LANES)
+#define KB_GRAD_FLUSH()                                                                        \
+    do {                                                                                       \
+        total_a += kb_sum(kb_add(kb_add(a0, a1), kb_add(a2, a3)));                             \
+        total_b += kb_sum(kb_add(kb_add(b0, b1), kb_add(b2, b3)));                             \
+        a0 = b0 = a1 = b1 = a2 = b2 = a3 = b3 = kb_set1(0);                                    \
+        steps = 0;                                                                             \
+    } while (0)
+    for (size_t span = 0; span < rows; ++span, g += stride, xs += stride) {
+        size_t i = 0;
+        for (; i + 4 * KB_LANES <= n; i += 4 * KB_LANES) {
+            KB_GRAD_AT(i, &a0, &b0);
+            KB_GRAD_AT(i + KB_LANES, &a1, &b1);
+            KB_GRAD_AT(i + 2 * KB_LANES, &a2, &b2);
+            KB_GRAD_AT(i + 3 * KB_LANES, &a3, &b3);
+            if (++steps == KB_GRAD_BLOCK) KB_GRAD_FLUSH();
+        }
+        /* the span's last vectors and part-vector, at most one more addition to each
+         * accumulator (the missing lanes load as 0, so add 0), then the float64 step where
+         * another span's could pass KB_GRAD_BLOCK + 1 */
+        if (i + KB_LANES <= n) {
+            KB_GRAD_AT(i, &a0, &b0);
+            if ((i += KB_LANES) + KB_LANES <= n) {
+                KB_GRAD_AT(i, &a1, &b1);
+                if ((i += KB_LANES) + KB_LANES <= n) {
+                    KB_GRAD_AT(i, &a2, &b2);
+                    i += KB_LANES;
+                }
+            }
+        }
+        if (i < n)
+            KB_NAME(kb_grad_step)(kb_load_n(g + i, n - i), kb_load_n(xs + i, n - i), NULL, m, r,
+                                  &a3, &b3, NULL, NULL, 0, n - i);
+        if (n % (4 * KB_LANES) && ++steps >= KB_GRAD_BLOCK && span + 1 < rows) KB_GRAD_FLUSH();
+    }
+    KB_GRAD_FLUSH();
+#undef KB_GRAD_AT
+#undef KB_GRAD_FLUSH
+    *sum_g = total_a;
+    *sum_g_xhat = total_b;
+}
+
+/* BatchNorm's gradient as an affine map of grad_y and x, the column path's and
+ * rows_grad_apply's order: scale * grad_y - (slope * (x - mean) + offset) */
+KB_INLINE KB_V KB_NAME(kb_grad_affine)(KB_V g, KB_V xv, KB_V m, KB_V scale, KB_V slope,
+                                       KB_V offset) {
+    return kb_sub(kb_mul(scale, g), kb_fma(slope, kb_sub(xv, m), offset));
+}
+
+/* grad_x of the `count` values at i (count < lanes: a part-vector): row_grad_apply's
+ * scale * ((gw - a) - xhat * b), gw = grad_y * weight (or grad_y where weight is NULL), or
+ * where `affine` (a constant) kb_grad_affine(grad_y, x, mean, scale, a, b), no weight. */
+KB_INLINE KB_V KB_NAME(kb_grad_value)(const KB_T *g, const KB_T *xs, const KB_C *weight,
+                                      size_t i, size_t count, int affine, KB_V m, KB_V r,
+                                      KB_V scale, KB_V a, KB_V b) {
+    int part = count < KB_LANES;
+    KB_V gv = part ? kb_load_n(g + i, count) : kb_load(g + i);
+    KB_V xv = part ? kb_load_n(xs + i, count) : kb_load(xs + i);
+    if (affine) return KB_NAME(kb_grad_affine)(gv, xv, m, scale, a, b);
     KB_V xhat = kb_mul(kb_sub(xv, m), r);
-    return kb_mul(scale, kb_sub(kb_sub(kb_mul(g, w), a), kb_mul(xhat, b)));
+    if (weight) gv = kb_mul(gv, part ? kb_param_n(weight + i, count) : kb_param(weight + i));
+    return kb_mul(scale, kb_sub(kb_sub(gv, a), kb_mul(xhat, b)));
+}
+
+/* grad_x over one span by kb_grad_value, streamed where `store` says */
+KB_INLINE void KB_NAME(kb_grad_apply_span)(const KB_T *g, const KB_T *xs, size_t n,
+                                           const KB_C *weight, int affine, KB_V m, KB_V r,
+                                           KB_V s, KB_V a, KB_V b, KB_T *gx, int store) {
+    int stream = store & FN_STORE_STREAM;
+    size_t i = stream ? KB_NAME(kb_stream_head)(gx, n) : 0;
+    if (i == n) stream = 0, i = 0; /* nothing aligned to stream to */
+#define KB_GRAD_AT(at, count)                                                                  \
+    KB_NAME(kb_grad_value)(g, xs, weight, at, count, affine, m, r, s, a, b)
+    if (i) KB_NAME(kb_put)(gx, KB_GRAD_AT(0, i), i, stream); /* up to the first vector boundary */
+    for (; i + KB_LANES <= n; i += KB_LANES)
+        KB_NAME(kb_put)(gx + i, KB_GRAD_AT(i, KB_LANES), KB_LANES, stream);
+    if (i < n) KB_NAME(kb_put)(gx + i, KB_GRAD_AT(i, n - i), n - i, stream);
+#undef KB_GRAD_AT
 }
 
 static void KB_NAME(row_grad_apply)(const void *grad_y, const void *x, size_t n, double mean,
                                     double rstd, const void *weight, double scale, double a,
                                     double b, void *grad_x, int store) {
+    KB_NAME(kb_grad_apply_span)((const KB_T *)grad_y, (const KB_T *)x, n, (const KB_C *)weight,
+                                0, kb_set1((KB_C)mean), kb_set1((KB_C)rstd),
+                                kb_set1((KB_C)scale), kb_set1((KB_C)a), kb_set1((KB_C)b),
+                                (KB_T *)grad_x, store);
+}
+
+static void KB_NAME(rows_grad_apply)(const void *grad_y, const void *x, size_t rows, size_t n,
+                                     size_t stride, double mean, double scale, double slope,
+                                     double offset, void *grad_x, int store) {
     const KB_T *g = (const KB_T *)grad_y, *xs = (const KB_T *)x;
-    const KB_C *w = (const KB_C *)weight;
     KB_T *gx = (KB_T *)grad_x;
-    const KB_V m = kb_set1((KB_C)mean), r = kb_set1((KB_C)rstd), one = kb_set1((KB_C)1);
-    const KB_V s = kb_set1((KB_C)scale), av = kb_set1((KB_C)a), bv = kb_set1((KB_C)b);
-    int stream = store & FN_STORE_STREAM;
-    size_t i = stream ? KB_NAME(kb_stream_head)(gx, n) : 0;
-    if (i == n) stream = 0, i = 0; /* nothing aligned to stream to */
-#define KB_GRAD_AT(at, count)                                                                  \
-    KB_NAME(kb_grad_value)(kb_load_n(g + (at), count), kb_load_n(xs + (at), count),            \
-                           w ? kb_param_n(w + (at), count) : one, m, r, s, av, bv)
-    if (i) KB_NAME(kb_put)(gx, KB_GRAD_AT(0, i), i, stream); /* up to the first vector boundary */
-    for (; i + KB_LANES <= n; i += KB_LANES)
-        KB_NAME(kb_put)(gx + i, KB_NAME(kb_grad_value)(kb_load(g + i), kb_load(xs + i),
-                                                       w ? kb_param(w + i) : one, m, r, s, av, bv),
-                        KB_LANES, stream);
-    if (i < n) KB_NAME(kb_put)(gx + i, KB_GRAD_AT(i, n - i), n - i, stream);
-#undef KB_GRAD_AT
+    const KB_V m = kb_set1((KB_C)mean), s = kb_set1((KB_C)scale), k = kb_set1((KB_C)slope);
+    const KB_V o = kb_set1((KB_C)offset);
+    for (size_t span = 0; span < rows; ++span, g += stride, xs += stride, gx += stride)
+        KB_NAME(kb_grad_apply_span)(g, xs, n, NULL, 1, m, m /* no rstd */, s, k, o, gx, store);
 }
 
 /* total[j] += block[j] and block[j] = 0 for j < n (and the block's padding to a multiple
@@ -175,23 +275,25 @@ static void KB_NAME(col_grad_apply)(const void *grad_y, const void *x, size_t ro
                                     const void *slope, const void *offset, void *grad_x) {
     const KB_C *ms = (const KB_C *)mean, *ss = (const KB_C *)scale;
     const KB_C *ks = (const KB_C *)slope, *os = (const KB_C *)offset;
-#define KB_GRAD_COL(g, xv, m, s, k, o) kb_sub(kb_mul(s, g), kb_fma(k, kb_sub(xv, m), o))
     for (size_t row = 0; row < rows; ++row) {
         const KB_T *g = (const KB_T *)grad_y + row * row_stride, *xs = (const KB_T *)x + row * row_stride;
         KB_T *gx = (KB_T *)grad_x + row * row_stride;
         size_t j = 0;
         for (; j + KB_LANES <= cols; j += KB_LANES)
-            kb_store(gx + j, KB_GRAD_COL(kb_load(g + j), kb_load(xs + j), kb_param(ms + j),
-                                         kb_param(ss + j), kb_param(ks + j), kb_param(os + j)));
+            kb_store(gx + j, KB_NAME(kb_grad_affine)(kb_load(g + j), kb_load(xs + j),
+                                                     kb_param(ms + j), kb_param(ss + j),
+                                                     kb_param(ks + j), kb_param(os + j)));
         if (j < cols) {
             size_t count = cols - j;
-            kb_store_n(gx + j, KB_GRAD_COL(kb_load_n(g + j, count), kb_load_n(xs + j, count),
-                                           kb_param_n(ms + j, count), kb_param_n(ss + j, count),
-                                           kb_param_n(ks + j, count), kb_param_n(os + j, count)),
+            kb_store_n(gx + j,
+                       KB_NAME(kb_grad_affine)(kb_load_n(g + j, count), kb_load_n(xs + j, count),
+                                               kb_param_n(ms + j, count),
+                                               kb_param_n(ss + j, count),
+                                               kb_param_n(ks + j, count),
+                                               kb_param_n(os + j, count)),
                        count);
         }
     }
-#undef KB_GRAD_COL
 }
 
 /* LayerNorm over the rows of a block of columns (a normalized axis that is not the last:

@@ -61,5 +61,5 @@ const fastnorm_kernels_t KB_TABLE = {
     KB_TABLE_ROW(rows_short_channels), KB_TABLE_ROW(rows_short_channels_max),
     KB_GLUE(channel, params, KB_ISA),
     KB_TABLE_ROW(stream_fused), KB_TABLE_ROW(row_grad_sums), KB_TABLE_ROW(row_grad_apply),
-    KB_TABLE_ROW(col_grad_sums), KB_TABLE_ROW(col_grad_apply), KB_TABLE_ROW(grad_flush),
-    KB_TABLE_ROW(col_grad_rows)};
+    KB_TABLE_ROW(rows_grad_sums), KB_TABLE_ROW(rows_grad_apply), KB_TABLE_ROW(col_grad_sums),
+    KB_TABLE_ROW(col_grad_apply), KB_TABLE_ROW(grad_flush), KB_TABLE_ROW(col_grad_rows)};

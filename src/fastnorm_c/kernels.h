@@ -132,6 +132,21 @@ typedef void (*fastnorm_row_grad_apply_fn)(const void *grad_y, const void *x, si
                                            double scale, double a, double b, void *grad_x,
                                            int store);
 
+/* BatchNorm's backward over a channel of NCHW data, `rows` spans of n elements (its row in
+ * each of some samples), span r at grad_y, x (and grad_x) + r * stride elements:
+ * rows_grad_sums takes row_grad_sums's two sums without a weight or column sums, over
+ * all the spans as one set of values; rows_grad_apply writes grad_x = scale * grad_y -
+ * (slope * (x - mean) + offset) into every span, col_grad_apply's form (scale = rstd *
+ * weight, slope = scale * rstd * b, offset = scale * a in row_grad_apply's terms), the
+ * parameters rounded to the compute dtype; store as for row_grad_apply. */
+typedef void (*fastnorm_rows_grad_sums_fn)(const void *grad_y, const void *x, size_t rows,
+                                           size_t n, size_t stride, double mean, double rstd,
+                                           double *sum_g, double *sum_g_xhat);
+typedef void (*fastnorm_rows_grad_apply_fn)(const void *grad_y, const void *x, size_t rows,
+                                            size_t n, size_t stride, double mean, double scale,
+                                            double slope, double offset, void *grad_x,
+                                            int store);
+
 /* LayerNorm / RMSNorm backward over the rows of a block of columns (kernel_backward.h):
  * grad_x[r, j] = rstd[j] * ((grad_y * weight[r] - a[j]) - xhat * b[j]), xhat = (x -
  * mean[j]) * rstd[j] (mean NULL: 0), and each row's sum(grad_y) and sum(grad_y * xhat)
@@ -244,6 +259,8 @@ typedef struct {
     unsigned char stream_fused[FASTNORM_DTYPE_COUNT];
     fastnorm_row_grad_sums_fn row_grad_sums[FASTNORM_DTYPE_COUNT];
     fastnorm_row_grad_apply_fn row_grad_apply[FASTNORM_DTYPE_COUNT];
+    fastnorm_rows_grad_sums_fn rows_grad_sums[FASTNORM_DTYPE_COUNT];
+    fastnorm_rows_grad_apply_fn rows_grad_apply[FASTNORM_DTYPE_COUNT];
     fastnorm_col_grad_sums_fn col_grad_sums[FASTNORM_DTYPE_COUNT];
     fastnorm_col_grad_apply_fn col_grad_apply[FASTNORM_DTYPE_COUNT];
     fastnorm_grad_flush_fn grad_flush[FASTNORM_DTYPE_COUNT];
