@@ -18,6 +18,7 @@ import numpy as np
 
 import fastnorm
 from fastnorm._bench_contenders import compute_dtype, numpy_dtype
+from fastnorm.bench import SETTLE_SECONDS  # libgomp's workers spin about 1 ms after a call
 
 ROW_SHAPES = ((1, 768), (64, 768), (16, 100), (2048, 64), (4096, 768), (512, 4096))
 # (shape, channel axis): NCHW, short channel rows, (N, C), channels-last
@@ -43,6 +44,7 @@ def median_times(calls, min_time=0.2, samples=7):
             for _ in range(reps[k]):
                 call()
             times[k].append((time.perf_counter() - t0) / reps[k])
+            time.sleep(SETTLE_SECONDS)  # the OpenMP workers stop spinning before the next
     return [float(np.median(t)) for t in times]
 
 
