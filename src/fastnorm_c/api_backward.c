@@ -275,7 +275,7 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
     void *scratch_block;
     char *scratch = fn_malloc_aligned(params_bytes + items * item_bytes, &scratch_block);
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
-    memset(scratch, 0, params_bytes + items * item_bytes);
+    memset(scratch, 0, params_bytes);
     char *col_mean = scratch, *col_rstd = col_mean + padded * csize;
     char *col_scale = col_rstd + padded * csize, *col_slope = col_scale + padded * csize;
     char *col_offset = col_slope + padded * csize, *items_base = col_offset + padded * csize;
@@ -288,6 +288,9 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
         size_t first = outer * (size_t)item / items, last = outer * (size_t)(item + 1) / items;
         double *sum_g = (double *)(items_base + (size_t)item * item_bytes), *sum_g_xhat = sum_g + cols;
         char *block_g = (char *)(sum_g_xhat + cols), *block_g_xhat = block_g + padded * csize;
+        /* zeroed by the thread that adds into them: cleared on one thread before the loop,
+         * every item's sums took 4-5% of (64, 256, 4, 4)'s perf samples */
+        memset(sum_g, 0, item_bytes);
         for (size_t r = first; r < last; r += block_rows) {
             size_t rows = last - r < block_rows ? last - r : block_rows;
             size_t offset = r * cols * size;
