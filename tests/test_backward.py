@@ -303,9 +303,9 @@ def test_row_backward_nan_stays_in_its_row(op, isa, rng):
     ((2, 3, 40000), 1)])  # channels past 256 KB: a row a call
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_batch_norm_backward_kernels(dtype, shape, axis, with_weight, isa, rng, accuracy_log):
-    """Channel rows of 16 values or more take the row kernels, shorter rows and
-    channels-last data the column ones: both within BACKWARD_TOL of the float64
-    reference."""
+    """Channel rows of 32 values or more take the channel kernels (a channel a call up to
+    256 KB, a row a call past it), shorter rows and channels-last data the column ones: all
+    within BACKWARD_TOL of the float64 reference."""
     x = random_data(rng, shape, dtype, offset=3.0, scale=2.0)
     g = random_data(rng, shape, dtype)
     w = random_data(rng, shape[axis], dtype, offset=1.0) if with_weight else None
@@ -376,6 +376,27 @@ def test_backward_streamed_output(op, n, isa, rng):
     assert got[0].nbytes >= 8 << 20
     for got_i, want_i in zip(got, want):
         assert _scaled_error(got_i, want_i) <= BACKWARD_TOL[F32]
+
+
+def test_batch_norm_backward_channels_last_streamed_equals_plain(isa, num_threads, rng):
+    """A channels-last grad_x of 8.7 MB streams on one thread (8 MB bound), from its first
+    cache line with the column parameters rotated to match (api_backward.c), and is stored
+    plainly on two (16 MB bound): the same bits either way, and the reference's values."""
+    shape = (2, 130, 130, 64)
+    x = random_data(rng, shape, F32, offset=2.0)
+    g = random_data(rng, shape, F32)
+    w = random_data(rng, shape[-1], F32, offset=1.0)
+    _, mean, rstd = fastnorm.batch_norm(x, None, None, w, training=True, axis=-1,
+                                        return_stats=True)
+    num_threads(1)
+    streamed = fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=-1)
+    num_threads(2)
+    plain = fastnorm.batch_norm_backward(g, x, mean, rstd, w, axis=-1)
+    want = reference.batch_norm_backward(g, x, mean, rstd, w, axis=-1)
+    assert streamed[0].nbytes >= 8 << 20
+    for a, b, c in zip(streamed, plain, want):
+        assert_same_bits(a, b)
+        assert _scaled_error(a, c) <= BACKWARD_TOL[F32]
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])

@@ -261,24 +261,33 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
                                                 const char *xs, const void *mean,
                                                 const void *rstd, const void *weight, char *ys,
                                                 double *channel_g, double *channel_g_xhat,
-                                                int threads) {
+                                                int stream, int threads) {
     size_t size = fn_storage_size(dtype), csize = fn_compute_size(dtype);
     size_t cols = channels * inner, padded = fn_padded(cols), total = outer * cols;
+    /* Streamed, the gradient pass starts at grad_x's first cache line, as fn_affine's
+     * channels-last pass does (api_batch_norm.c): rows of cols elements from element lead,
+     * their parameters rotated by lead, the first lead elements and the last row's rest
+     * calls of their own.  NumPy's arrays start 16 bytes past a line, where no row would
+     * start on a vector boundary and nothing would stream. */
+    size_t lead = 0;
+    if (stream && outer > 1 && (uintptr_t)ys % size == 0 && cols * size % 64 == 0)
+        lead = (64 - (uintptr_t)ys % 64) % 64 / size;
     /* items of at least FN_GRAD_COLUMN_BLOCK rows: each has float64 sums of every column */
     size_t items = total / FN_GRAD_ITEM_ELEMENTS, most = outer / FN_GRAD_COLUMN_BLOCK;
     most = most < FN_GRAD_ITEMS ? most : FN_GRAD_ITEMS;
     items = items > most ? most : items;
     items = items < 1 ? 1 : items;
-    /* five parameter rows (mean, rstd, scale, slope, offset), then each item's float64 sums
-     * and compute-dtype block sums */
-    size_t params_bytes = 5 * padded * csize, item_bytes = 2 * cols * sizeof(double) + 2 * padded * csize;
+    /* six parameter rows (the sums' mean and rstd; the gradient's mean, scale, slope and
+     * offset, rotated by lead), then each item's float64 sums and compute-dtype block sums */
+    size_t params_bytes = 6 * padded * csize, item_bytes = 2 * cols * sizeof(double) + 2 * padded * csize;
     void *scratch_block;
     char *scratch = fn_malloc_aligned(params_bytes + items * item_bytes, &scratch_block);
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
     memset(scratch, 0, params_bytes);
     char *col_mean = scratch, *col_rstd = col_mean + padded * csize;
     char *col_scale = col_rstd + padded * csize, *col_slope = col_scale + padded * csize;
-    char *col_offset = col_slope + padded * csize, *items_base = col_offset + padded * csize;
+    char *col_offset = col_slope + padded * csize, *apply_mean = col_offset + padded * csize;
+    char *items_base = apply_mean + padded * csize;
     size_t block_rows = FN_GRAD_COLUMN_BLOCK * 256 / (cols < 64 ? 64 : cols < 256 ? cols : 256);
     for (size_t j = 0; j < cols; ++j) {
         fn_put(dtype, col_mean, j, fn_param(dtype, mean, j / inner, 0.0));
@@ -313,18 +322,29 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
         channel_g_xhat[c] = gx;
         double r = fn_param(dtype, rstd, c, 0.0), s = r * fn_param(dtype, weight, c, 1.0);
         for (size_t j = c * inner; j < (c + 1) * inner; ++j) {
-            fn_put(dtype, col_scale, j, s);
-            fn_put(dtype, col_slope, j, s * r * (gx / count));
-            fn_put(dtype, col_offset, j, s * (g / count));
+            size_t at = (j + cols - lead) % cols; /* rotated */
+            fn_put(dtype, apply_mean, at, fn_param(dtype, mean, c, 0.0));
+            fn_put(dtype, col_scale, at, s);
+            fn_put(dtype, col_slope, at, s * r * (gx / count));
+            fn_put(dtype, col_offset, at, s * (g / count));
         }
     }
-    size_t blocks = (outer + block_rows - 1) / block_rows;
+    size_t rows_from_lead = lead ? outer - 1 : outer;
+    size_t blocks = (rows_from_lead + block_rows - 1) / block_rows;
+#define FN_APPLY(at, rows, width, param_at, store)                                                \
+    kernels->col_grad_apply[dtype](gs + (at) * size, xs + (at) * size, rows, width, width,      \
+                                   apply_mean + (param_at) * csize, col_scale + (param_at) * csize, \
+                                   col_slope + (param_at) * csize, col_offset + (param_at) * csize, \
+                                   ys + (at) * size, store)
     FN_PARALLEL_FOR(k, blocks, {
-        size_t r = (size_t)k * block_rows, offset = r * cols * size;
-        size_t rows = outer - r < block_rows ? outer - r : block_rows;
-        kernels->col_grad_apply[dtype](gs + offset, xs + offset, rows, cols, cols, col_mean,
-                                       col_scale, col_slope, col_offset, ys + offset);
+        size_t r = (size_t)k * block_rows;
+        size_t rows = rows_from_lead - r < block_rows ? rows_from_lead - r : block_rows;
+        if (k == 0 && lead) FN_APPLY(0, 1, lead, cols - lead, 0); /* row 0's first columns */
+        FN_APPLY(lead + r * cols, rows, cols, 0, stream);
+        if ((size_t)k + 1 == blocks && lead) /* the last row's other columns */
+            FN_APPLY(lead + (outer - 1) * cols, 1, cols - lead, 0, stream);
     });
+#undef FN_APPLY
     free(scratch_block);
     return FASTNORM_OK;
 }
@@ -360,10 +380,14 @@ fastnorm_status_t fastnorm_batch_norm_backward(fastnorm_dtype_t dtype, size_t ou
                                                          : FN_STREAM_MIN_BYTES)};
         fn_bn_backward_rows(&job, threads);
     } else
-        status = fn_bn_backward_columns(kernels, dtype, outer, channels, inner,
-                                        (const char *)grad_y, (const char *)x, mean, rstd,
-                                        weight, (char *)grad_x, channel_g, channel_g_xhat,
-                                        threads);
+        status = fn_bn_backward_columns(
+            kernels, dtype, outer, channels, inner, (const char *)grad_y, (const char *)x, mean,
+            rstd, weight, (char *)grad_x, channel_g, channel_g_xhat,
+            grad_x == grad_y ? 0
+                             : fn_stream(x, grad_x, total * fn_storage_size(dtype),
+                                         threads > 1 ? FN_STREAM_MIN_BYTES_OTHERS
+                                                     : FN_STREAM_MIN_BYTES),
+            threads);
     for (size_t c = 0; status == FASTNORM_OK && c < channels; ++c) {
         if (grad_bias) grad_bias[c] = channel_g[c];
         if (grad_weight) grad_weight[c] = channel_g_xhat[c];

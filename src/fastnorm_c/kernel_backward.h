@@ -8,9 +8,9 @@
  * and RMSNorm's the same without mean(gw) (mean 0): row_grad_sums takes the two sums (in
  * the compute dtype over blocks of KB_GRAD_BLOCK steps, then in float64), row_grad_apply
  * writes grad_x in that formula's order, without fused multiply-adds.  rows_grad_sums and
- * rows_grad_apply do the same over BatchNorm's channels, several spans a call, the apply
- * in the affine form BatchNorm's column kernels take (kb_grad_affine), which the column
- * kernels do down columns.
+ * rows_grad_apply do the same over a BatchNorm channel's rows, several a call, and
+ * col_grad_sums and col_grad_apply down columns; both BatchNorm applies write grad_x in
+ * kb_grad_affine's form.
  */
 
 /* Steps a lane sums in the compute dtype before the float64 total takes them: in the row
@@ -269,20 +269,26 @@ static void KB_NAME(col_grad_sums)(const void *grad_y, const void *x, size_t row
  * (the parameters reloaded from L1 or L2 each row: down the columns, each store 4 KB from
  * the last stalled the next rows' loads, (256, 1024) float32 taking 2x the time).  Four
  * parameters, not five: scale * xhat * b is slope * (x - mean) with slope = scale * rstd *
- * b, and scale * a is the offset. */
+ * b, and scale * a is the offset.  Whole vectors are streamed where `store` says and every
+ * row of grad_x starts on a vector boundary. */
 static void KB_NAME(col_grad_apply)(const void *grad_y, const void *x, size_t rows, size_t cols,
                                     size_t row_stride, const void *mean, const void *scale,
-                                    const void *slope, const void *offset, void *grad_x) {
+                                    const void *slope, const void *offset, void *grad_x,
+                                    int store) {
     const KB_C *ms = (const KB_C *)mean, *ss = (const KB_C *)scale;
     const KB_C *ks = (const KB_C *)slope, *os = (const KB_C *)offset;
+    int stream = (store & FN_STORE_STREAM) && KB_NAME(kb_stream_head)((KB_T *)grad_x, cols) == 0 &&
+                 row_stride % KB_LANES == 0;
     for (size_t row = 0; row < rows; ++row) {
         const KB_T *g = (const KB_T *)grad_y + row * row_stride, *xs = (const KB_T *)x + row * row_stride;
         KB_T *gx = (KB_T *)grad_x + row * row_stride;
         size_t j = 0;
         for (; j + KB_LANES <= cols; j += KB_LANES)
-            kb_store(gx + j, KB_NAME(kb_grad_affine)(kb_load(g + j), kb_load(xs + j),
-                                                     kb_param(ms + j), kb_param(ss + j),
-                                                     kb_param(ks + j), kb_param(os + j)));
+            KB_NAME(kb_put)(gx + j,
+                            KB_NAME(kb_grad_affine)(kb_load(g + j), kb_load(xs + j),
+                                                    kb_param(ms + j), kb_param(ss + j),
+                                                    kb_param(ks + j), kb_param(os + j)),
+                            KB_LANES, stream);
         if (j < cols) {
             size_t count = cols - j;
             kb_store_n(gx + j,

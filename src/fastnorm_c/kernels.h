@@ -178,11 +178,12 @@ typedef void (*fastnorm_col_grad_sums_fn)(const void *grad_y, const void *x, siz
 /* grad_x[r, j] = scale[j] * grad_y - (slope[j] * (x - mean[j]) + offset[j]) over the
  * block: BatchNorm's scale * ((grad_y - a) - xhat * b) with slope = scale * rstd * b and
  * offset = scale * a; every parameter cols compute-dtype values.  grad_x has x's
- * row_stride. */
+ * row_stride.  store: FN_STORE_STREAM or 0; it streams only where every row of grad_x
+ * starts on a vector boundary. */
 typedef void (*fastnorm_col_grad_apply_fn)(const void *grad_y, const void *x, size_t rows,
                                            size_t cols, size_t row_stride, const void *mean,
                                            const void *scale, const void *slope,
-                                           const void *offset, void *grad_x);
+                                           const void *offset, void *grad_x, int store);
 
 /* How the row normalize kernel may write y. */
 enum {
