@@ -331,10 +331,12 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
     }
     size_t rows_from_lead = lead ? outer - 1 : outer;
     size_t blocks = (rows_from_lead + block_rows - 1) / block_rows;
-#define FN_APPLY(at, rows, width, param_at, store)                                                \
-    kernels->col_grad_apply[dtype](gs + (at) * size, xs + (at) * size, rows, width, width,      \
-                                   apply_mean + (param_at) * csize, col_scale + (param_at) * csize, \
-                                   col_slope + (param_at) * csize, col_offset + (param_at) * csize, \
+    /* the gradient of `rows` rows of `width` elements from element `at`, their parameters
+     * from rotated column `from` */
+#define FN_APPLY(at, rows, width, from, store)                                                 \
+    kernels->col_grad_apply[dtype](gs + (at) * size, xs + (at) * size, rows, width, width,     \
+                                   apply_mean + (from) * csize, col_scale + (from) * csize,    \
+                                   col_slope + (from) * csize, col_offset + (from) * csize,    \
                                    ys + (at) * size, store)
     FN_PARALLEL_FOR(k, blocks, {
         size_t r = (size_t)k * block_rows;
