@@ -297,6 +297,7 @@ def test_row_backward_nan_stays_in_its_row(op, isa, rng):
 @pytest.mark.parametrize("shape, axis", [
     ((2, 3, 16), 1), ((3, 5, 7, 7), 1), ((2, 4, 100), 1), ((1, 3, 1000), 1),  # channel rows
     ((4, 3, 2), 1), ((16, 5), 1), ((40, 37), 1), ((3, 6, 3, 3), 1),  # columns: short rows
+    ((128, 64, 4, 4), 1),  # columns: four work items, each with channel sums of 16 columns
     ((2, 5, 5, 24), -1), ((3, 4, 19), -1), ((50, 3, 2), 0),  # columns: channels last
     ((8, 100, 25, 25), 1),  # channel rows, a channel a call (rows_grad_sums / _apply)
     ((64, 3, 100), 1),  # 64 spans a call: the float64 step falls inside a channel's spans

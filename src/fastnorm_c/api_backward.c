@@ -251,10 +251,30 @@ static void fn_bn_backward_rows(const fn_bn_grad_job *job, int threads) {
     FN_PARALLEL_FOR(r, rows, { fn_bn_apply(job, (size_t)r, 1, (size_t)r % channels); });
 }
 
+/* A block's compute-dtype column sums added into its work item's float64 channel sums,
+ * each channel's inner columns in order.  An item keeps channel sums, not column sums:
+ * float64 sums of every column, cleared, added into and merged (columns, then items) cost
+ * 12% of (64, 256, 4, 4)'s time in inner = 16. */
+static void fn_flush_channels(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype,
+                              void *block, size_t channels, size_t inner, double *total) {
+    if (inner == 1) { /* a column a channel: the kernel's vector loop */
+        kernels->grad_flush[dtype](block, total, channels);
+        return;
+    }
+    for (size_t c = 0, j = 0; c < channels; ++c) {
+        double sum = 0;
+        if (fn_compute_size(dtype) == sizeof(double))
+            for (size_t i = 0; i < inner; ++i, ++j) sum += ((const double *)block)[j];
+        else
+            for (size_t i = 0; i < inner; ++i, ++j) sum += ((const float *)block)[j];
+        total[c] += sum;
+    }
+}
+
 /* The same over (outer, channels * inner) columns: each column's parameters spread from
  * its channel's, the column sums of a block of rows at a time (FN_GRAD_COLUMN_BLOCK, more
- * where the columns are few) added up in float64 per work item (items fixed by the shape,
- * merged in order), then per channel. */
+ * where the columns are few) added up per channel in float64 per work item (items fixed
+ * by the shape, merged in order). */
 static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernels,
                                                 fastnorm_dtype_t dtype, size_t outer,
                                                 size_t channels, size_t inner, const char *gs,
@@ -272,14 +292,15 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
     size_t lead = 0;
     if (stream && outer > 1 && (uintptr_t)ys % size == 0 && cols * size % 64 == 0)
         lead = (64 - (uintptr_t)ys % 64) % 64 / size;
-    /* items of at least FN_GRAD_COLUMN_BLOCK rows: each has float64 sums of every column */
+    /* items of at least FN_GRAD_COLUMN_BLOCK rows: each has float64 sums of every channel */
     size_t items = total / FN_GRAD_ITEM_ELEMENTS, most = outer / FN_GRAD_COLUMN_BLOCK;
     most = most < FN_GRAD_ITEMS ? most : FN_GRAD_ITEMS;
     items = items > most ? most : items;
     items = items < 1 ? 1 : items;
     /* six parameter rows (the sums' mean and rstd; the gradient's mean, scale, slope and
      * offset, rotated by lead), then each item's float64 sums and compute-dtype block sums */
-    size_t params_bytes = 6 * padded * csize, item_bytes = 2 * cols * sizeof(double) + 2 * padded * csize;
+    size_t params_bytes = 6 * padded * csize;
+    size_t item_bytes = 2 * channels * sizeof(double) + 2 * padded * csize;
     void *scratch_block;
     char *scratch = fn_malloc_aligned(params_bytes + items * item_bytes, &scratch_block);
     if (!scratch) return FASTNORM_ERR_NO_MEMORY;
@@ -289,44 +310,42 @@ static fastnorm_status_t fn_bn_backward_columns(const fastnorm_kernels_t *kernel
     char *col_offset = col_slope + padded * csize, *apply_mean = col_offset + padded * csize;
     char *items_base = apply_mean + padded * csize;
     size_t block_rows = FN_GRAD_COLUMN_BLOCK * 256 / (cols < 64 ? 64 : cols < 256 ? cols : 256);
-    for (size_t j = 0; j < cols; ++j) {
-        fn_put(dtype, col_mean, j, fn_param(dtype, mean, j / inner, 0.0));
-        fn_put(dtype, col_rstd, j, fn_param(dtype, rstd, j / inner, 0.0));
+    for (size_t c = 0, j = 0; c < channels; ++c) {
+        double m = fn_param(dtype, mean, c, 0.0), r = fn_param(dtype, rstd, c, 0.0);
+        for (size_t i = 0; i < inner; ++i, ++j) {
+            fn_put(dtype, col_mean, j, m);
+            fn_put(dtype, col_rstd, j, r);
+        }
     }
     FN_PARALLEL_FOR(item, items, {
         size_t first = outer * (size_t)item / items, last = outer * (size_t)(item + 1) / items;
-        double *sum_g = (double *)(items_base + (size_t)item * item_bytes), *sum_g_xhat = sum_g + cols;
-        char *block_g = (char *)(sum_g_xhat + cols), *block_g_xhat = block_g + padded * csize;
+        double *sum_g = (double *)(items_base + (size_t)item * item_bytes), *sum_g_xhat = sum_g + channels;
+        char *block_g = (char *)(sum_g_xhat + channels), *block_g_xhat = block_g + padded * csize;
         /* zeroed by the thread that adds into them: cleared on one thread before the loop,
          * every item's sums took 4-5% of (64, 256, 4, 4)'s perf samples */
-        memset(sum_g, 0, item_bytes);
+        memset(sum_g, 0, 2 * channels * sizeof(double));
         for (size_t r = first; r < last; r += block_rows) {
             size_t rows = last - r < block_rows ? last - r : block_rows;
             size_t offset = r * cols * size;
             kernels->col_grad_sums[dtype](gs + offset, xs + offset, rows, cols, cols, col_mean,
                                           col_rstd, NULL, block_g, block_g_xhat);
-            kernels->grad_flush[dtype](block_g, sum_g, cols);
-            kernels->grad_flush[dtype](block_g_xhat, sum_g_xhat, cols);
+            fn_flush_channels(kernels, dtype, block_g, channels, inner, sum_g);
+            fn_flush_channels(kernels, dtype, block_g_xhat, channels, inner, sum_g_xhat);
         }
     });
+    fn_merge_items(items_base, items, item_bytes, channels, channel_g_xhat, channel_g);
     double count = (double)outer * (double)inner;
-    for (size_t c = 0; c < channels; ++c) {
-        double g = 0, gx = 0;
-        for (size_t j = c * inner; j < (c + 1) * inner; ++j)
-            for (size_t item = 0; item < items; ++item) {
-                const double *sums = (const double *)(items_base + item * item_bytes);
-                g += sums[j];
-                gx += sums[cols + j];
-            }
-        channel_g[c] = g;
-        channel_g_xhat[c] = gx;
+    for (size_t c = 0, j = 0; c < channels; ++c) {
+        double g = channel_g[c], gx = channel_g_xhat[c];
         double r = fn_param(dtype, rstd, c, 0.0), s = r * fn_param(dtype, weight, c, 1.0);
-        for (size_t j = c * inner; j < (c + 1) * inner; ++j) {
-            size_t at = (j + cols - lead) % cols; /* rotated */
-            fn_put(dtype, apply_mean, at, fn_param(dtype, mean, c, 0.0));
+        double m = fn_param(dtype, mean, c, 0.0), slope = s * r * (gx / count);
+        double offset = s * (g / count);
+        size_t at = (j + cols - lead) % cols; /* rotated */
+        for (size_t i = 0; i < inner; ++i, ++j, at = at + 1 == cols ? 0 : at + 1) {
+            fn_put(dtype, apply_mean, at, m);
             fn_put(dtype, col_scale, at, s);
-            fn_put(dtype, col_slope, at, s * r * (gx / count));
-            fn_put(dtype, col_offset, at, s * (g / count));
+            fn_put(dtype, col_slope, at, slope);
+            fn_put(dtype, col_offset, at, offset);
         }
     }
     size_t rows_from_lead = lead ? outer - 1 : outer;
