@@ -23,7 +23,9 @@ taken for a change that did nothing.
 A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
 last axis, with a weight, and a bias for layer_norm; layer_norm_bare and rms_norm_bare
 without either; layer_norm_residual and rms_norm_residual with the fused residual add and
-residual_out), batch_norm_eval, batch_norm_train, moments, group_norm, group_norm_cl,
+residual_out), layer_norm_channels and rms_norm_channels (SHAPE N x C x ...,
+statistics over axis 1 with a weight of C values, as ConvNeXt's channels-first LayerNorm),
+batch_norm_eval, batch_norm_train, moments, group_norm, group_norm_cl,
 instance_norm (SHAPE N x C x ...; GroupNorm with 32 groups, or gcd(C, 32), group_norm_cl
 on channels-last data, instance_norm with C groups), and the backward passes
 layer_norm_backward, rms_norm_backward (over the last axis, with a weight) and
@@ -49,7 +51,8 @@ DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare", "layer_norm_residual",
            "rms_norm_residual")
 BACKWARD_ROW_OPS = ("layer_norm_backward", "rms_norm_backward")
-OPS = ROW_OPS + BACKWARD_ROW_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
+CHANNEL_OPS = ("layer_norm_channels", "rms_norm_channels")
+OPS = ROW_OPS + BACKWARD_ROW_OPS + CHANNEL_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
                                     "group_norm_cl", "instance_norm", "batch_norm_backward")
 
 
@@ -114,6 +117,15 @@ def case_call(op, dtype, shape, threads, offset=1.0):
             return (y, sums[0])
         return call, x, 3 * x.nbytes
     n, c, inner = shape[0], shape[1], x.size // (shape[0] * shape[1])
+    if op in CHANNEL_OPS:
+        w = rng.standard_normal(c).astype(compute)
+        b = rng.standard_normal(c).astype(compute) if op == "layer_norm_channels" else None
+
+        def call(core, y):
+            core.norm(op == "rms_norm_channels", code, n, c, inner, x, None, None, y, w, b, 1e-5,
+                      None, None, threads)
+            return (y,)
+        return call, x, 2 * x.nbytes
     if op == "batch_norm_backward":
         g = rng.standard_normal(shape).astype(x.dtype)
         w, mean, rstd = (np.full(c, v, compute) for v in (1.5, 1.0, 0.5))
