@@ -101,6 +101,13 @@
  * NumPy places arrays 16 bytes past a line, where the parameters usually sit like y
  * already.  The copy costs two rows' parameters per call. */
 #define FN_ALIGN_PARAMS_MIN_ROWS 16
+/* ... or on more than one thread, this many: the other threads read the copy from the
+ * cache of the core that wrote it.  Zen 3, float32 LayerNorm with misplaced parameters, 2
+ * threads, time per call without the copy over with it, two runs: 43x768 0.70 / 0.88,
+ * 64x768 0.79 / 0.96, 128x768 0.87 / 0.93; 256x768 0.94 / 1.05, 512x768 0.92 / 0.99,
+ * 1024x768 1.15 / 1.03, 4096x768 0.96 / 0.92 (on 1 thread, from 128 rows, 1.03-1.07 /
+ * 1.03-1.05). */
+#define FN_ALIGN_PARAMS_MIN_ROWS_THREADS 256
 /* ... unless each is larger than this: such rows are memory-bound, and the copy's own
  * traffic costs more than its placement saves (ab_builds, Zen 3, 1 thread, LayerNorm
  * without the copy: 16x1048576 0.92-0.94x the time (2 threads 0.89x), 64x262144 and
@@ -186,15 +193,16 @@ static size_t fn_param_phase(const void *y, size_t item_size, size_t n, size_t s
 /* The row kernels' weight and bias for a call of `rows` rows of n values written to y, and
  * the store flags they imply.  They are copied into the table's param_block order where
  * that is not natural (from FN_NATURAL_PARAMS_MAX_ROWS + 1 rows), and placed like y
- * (fn_param_phase) from FN_ALIGN_PARAMS_MIN_ROWS rows if they are not (and take at most
+ * (fn_param_phase) from FN_ALIGN_PARAMS_MIN_ROWS rows (FN_ALIGN_PARAMS_MIN_ROWS_THREADS
+ * on more than one thread) if they are not (and take at most
  * FN_ALIGN_PARAMS_MAX_BYTES each).  From
  * FN_CANONICAL_PARAMS_MIN_ROWS rows a bfloat16 copy has its NaNs made canonical and the
  * flags include FN_STORE_NAN_CANONICAL, as they do without parameters; otherwise the
  * kernels keep the bfloat16 store's NaN test.  Returns the flags, or -1 without memory for
  * a copy the kernels need; *block receives the copy to free (or NULL). */
 static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dtype, size_t rows,
-                         size_t n, const void *y, const void **weight, const void **bias,
-                         void **block) {
+                         size_t n, const void *y, int threads, const void **weight,
+                         const void **bias, void **block) {
     int bf16 = dtype == FASTNORM_BF16;
     size_t order = kernels->param_block[dtype], size = fn_compute_size(dtype);
     *block = NULL;
@@ -205,7 +213,8 @@ static int fn_row_params(const fastnorm_kernels_t *kernels, fastnorm_dtype_t dty
     size_t stride = (n * size + 63) / 64 * 64; /* bias: as far past weight as a line multiple */
     int misplaced = (*weight && ((uintptr_t)*weight - phase) % 64) ||
                     (*bias && ((uintptr_t)*bias - phase) % 64);
-    int place = rows >= FN_ALIGN_PARAMS_MIN_ROWS && misplaced &&
+    size_t place_rows = threads > 1 ? FN_ALIGN_PARAMS_MIN_ROWS_THREADS : FN_ALIGN_PARAMS_MIN_ROWS;
+    int place = rows >= place_rows && misplaced &&
                 n * size <= FN_ALIGN_PARAMS_MAX_BYTES;
     if (!order && !place) return 0;
     char *copy = fn_malloc_aligned(stride + n * size + phase, block);
@@ -696,7 +705,8 @@ fastnorm_status_t fastnorm_norm(fastnorm_norm_kind_t kind, fastnorm_dtype_t dtyp
     int row_store = 0;
     int short_rows = inner == 1 && middle <= kernels->rows_short_max[dtype];
     if (inner == 1 && !short_rows) { /* the column path takes weight and bias per row, as scalars */
-        row_store = fn_row_params(kernels, dtype, outer, middle, y, &weight, &bias, &param_block);
+        row_store = fn_row_params(kernels, dtype, outer, middle, y, threads, &weight, &bias,
+                                  &param_block);
         if (row_store < 0) return FASTNORM_ERR_NO_MEMORY;
         if (!fn_rows_stream_whole(kernels, dtype, middle, y, row_store)) stream = 0;
     }
