@@ -52,8 +52,9 @@ ROW_OPS = ("layer_norm", "rms_norm", "layer_norm_bare", "rms_norm_bare", "layer_
            "rms_norm_residual")
 BACKWARD_ROW_OPS = ("layer_norm_backward", "rms_norm_backward")
 CHANNEL_OPS = ("layer_norm_channels", "rms_norm_channels")
-OPS = ROW_OPS + BACKWARD_ROW_OPS + CHANNEL_OPS + ("batch_norm_eval", "batch_norm_train", "moments", "group_norm",
-                                    "group_norm_cl", "instance_norm", "batch_norm_backward")
+OPS = ROW_OPS + BACKWARD_ROW_OPS + CHANNEL_OPS + (
+    "batch_norm_eval", "batch_norm_train", "moments", "group_norm", "group_norm_cl",
+    "instance_norm", "batch_norm_backward")
 
 
 def load_core(path, directory):
