@@ -77,6 +77,21 @@ def test_rows_with_parameters_past_1mb_in_one_batch_equal_each_row_alone(op, dty
     _assert_rows_equal_each_alone(op, x, w, b, range(3), tol)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_rows_past_4mb_normalized_in_spans_equal_each_row_alone(op, dtype, isa, rng, tol,
+                                                               num_threads):
+    # On one thread, an input of 4 MB or more whose batch holds two rows or more takes the
+    # normalize pass a span of 2048 values at a time across the batch's rows, each row
+    # prefetching its own values ahead in the last batch (api_norm.c, FN_LONG_SPAN): here 5
+    # rows of 263000 values (a last span of 856) in one batch, 5.3 MB in float32.  A row
+    # on its own (a batch of one) takes whole segments: the same bits.
+    num_threads(1)
+    n = (1 << 18) + 856
+    x = random_data(rng, (5, n), dtype, offset=2.0)
+    w, b = _affine(op, rng, (n,), dtype, True, True)
+    _assert_rows_equal_each_alone(op, x, w, b, (0, 3, 4), tol)
+
+
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
 def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
     # Under 8 MB, rows of at most the family's ahead_row_max (AVX2 16 KB: 4096 float32
