@@ -83,8 +83,9 @@ def test_rows_past_4mb_normalized_in_spans_equal_each_row_alone(op, dtype, isa, 
     # On one thread, an input of 4 MB or more whose batch holds two rows or more takes the
     # normalize pass a span of 2048 values at a time across the batch's rows, each row
     # prefetching its own values ahead in the last batch (api_norm.c, FN_LONG_SPAN): here 5
-    # rows of 263000 values (a last span of 856) in one batch, 5.3 MB in float32.  A row
-    # on its own (a batch of one) takes whole segments: the same bits.
+    # rows of 263000 values (a last span of 856) in one batch, 5.3 MB in float32 (float64
+    # on a 32 MB L3: batches of one row, whole segments).  A row on its own (a batch of
+    # one) takes whole segments: the same bits.
     num_threads(1)
     n = (1 << 18) + 856
     x = random_data(rng, (5, n), dtype, offset=2.0)

@@ -38,13 +38,13 @@
 #define FN_LONG_PARAM_LLC_SHARE 4
 /* On one thread the normalize pass of inputs past FN_PREFETCH_MIN_BYTES goes across the
  * batch's rows (two or more) a span of this many elements at a time, not a segment, so
- * that the span's weight and bias stay in L1 for the batch's rows, and in the last batch (with no next
- * batch to prefetch) it prefetches its own rows FN_LONG_PREFETCH_BYTES ahead.  Xeon VM
- * (AVX-512, 48 KB L1, 2 MB L2), in-process A/B against segments and no prefetch in the
- * last batch, time per call, each order of the builds: float32 LayerNorm 16x1048576
- * 0.90-0.94, 256x65536 0.95, 64x262144 0.94-0.96, 2048x20000 0.88-0.89, float64
- * 16x1048576 0.88-0.91, float16 0.90-0.91, bfloat16 RMSNorm 0.94-0.96, float32 RMSNorm
- * 0.98-0.99; one row of 4194304 values lost 3-10% in spans. */
+ * that the span's weight and bias stay in L1 for the batch's rows, and in the last batch
+ * (with no next batch to prefetch) it prefetches its own rows FN_LONG_PREFETCH_BYTES
+ * ahead.  Xeon VM (AVX-512, 48 KB L1, 2 MB L2), in-process A/B against segments and no
+ * prefetch in the last batch, time per call, each order of the builds: float32 LayerNorm
+ * 16x1048576 0.90-0.94, 256x65536 0.95, 64x262144 0.94-0.96, 2048x20000 0.88-0.89,
+ * float64 16x1048576 0.88-0.91, float16 0.90-0.91, bfloat16 RMSNorm 0.94-0.96, float32
+ * RMSNorm 0.98-0.99; one row of 4194304 values lost 3-10% in spans. */
 #define FN_LONG_SPAN 2048
 #define FN_LONG_PREFETCH_BYTES 2048
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
