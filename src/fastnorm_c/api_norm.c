@@ -48,8 +48,8 @@
 #define FN_LONG_SPAN 2048
 #define FN_LONG_PREFETCH_BYTES 2048
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
- * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 16 KB, the others
- * 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
+ * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 and AVX-512 16
+ * KB, scalar 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
  * normalize pass, so the latency of row r's division and square root (about 50 cycles
  * with nothing else to do) overlaps them.  Measured (Zen 4, AVX-512, `python -m fastnorm
  * bench --out`, two runs each, alternating builds), time per

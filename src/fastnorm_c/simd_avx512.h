@@ -33,9 +33,15 @@ enum { avx512_param_block_f32 = 0, avx512_param_block_f64 = 0, avx512_param_bloc
  * the copy without them and 2.20-2.22x with (prefetcht0, not measured again there).  Rows
  * of 1 and 1.5 KB: no gain (65536x256 1.01, 65536x384 1.02, bfloat16 32768x768 0.98-1.04). */
 enum { avx512_prefetch_row_min = 2048, avx512_prefetch_row_max = 32768 };
-/* rows of up to 4 KB take their statistics one row ahead (kernels.h, ahead_row_max): on
- * Zen 4, 8 KB rows lost (api_norm.c, FN_AHEAD_MAX_READ_BYTES) */
-enum { avx512_ahead_row_max = 4096 };
+/* rows of up to 16 KB take their statistics one row ahead (kernels.h, ahead_row_max), as
+ * AVX2's do.  Xeon VM (48 KB L1, 2 MB L2), in-process A/B against 4 KB, time per call,
+ * each order of the builds, 1 thread: LayerNorm float32 128x4096 0.89-0.91, 256x4096
+ * 0.86-0.91, 128x3072 0.92-0.93, 256x2048 0.96-0.97, bfloat16 128x8192 0.92, float64
+ * 128x2048 0.90-0.94, RMSNorm 256x4096 0.93-0.94, 128x4096 level; 2 threads LayerNorm
+ * 256x4096 0.86-0.90, 128x4096 1.01-1.02; 64x4096 (1 MB, in L2) 1.02-1.05.  On Zen 4 (32
+ * KB L1), with the kernels of the tenth to twenty-fifth sessions, 8 KB rows had lost
+ * (api_norm.c, FN_AHEAD_MAX_READ_BYTES): to be measured again there. */
+enum { avx512_ahead_row_max = 16384 };
 /* Half-precision RMSNorm rows a row ahead past 8 MB run row_stats_normalize's streamed loop
  * (kernel_row_normalize.h, stream_fused; LayerNorm too where its statistics are raw sums,
  * KB_SQUARES).  Zen 5, in-process A/B against the row order, time per call, 1 thread:
