@@ -49,8 +49,8 @@
 #define FN_LONG_PREFETCH_BYTES 2048
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
  * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 and AVX-512 16
- * KB, scalar 4 KB) take their statistics one row ahead: row r + 1's statistics run before row r's
- * normalize pass, so the latency of row r's division and square root (about 50 cycles
+ * KB, scalar 4 KB) take their statistics one row ahead: row r + 1's statistics run
+ * before row r's normalize pass, so the latency of row r's division and square root (about 50 cycles
  * with nothing else to do) overlaps them.  Measured (Zen 4, AVX-512, `python -m fastnorm
  * bench --out`, two runs each, alternating builds), time per
  * call: LayerNorm 64x768 0.87-0.93x, 512x768 0.89-0.94x (2 threads 0.84-0.92x), 1024x768
