@@ -158,6 +158,15 @@ KB_INLINE void kb_merge_lanes(double *acc_mean, double *acc_m2, double na,
 KB_INLINE void kb_merge(double *count, double *mean, double *m2, double count_b, double mean_b,
                         double m2_b) {
     if (count_b == 0) return;
+    if (*count == 0) { /* the general case's arithmetic without its divisions, which a row's
+                        * first partial waited for (same bits: delta is mean_b, its weight
+                        * 1, the cross term 0).  In-process A/B, time per call, float32
+                        * LayerNorm, 1 thread: 512x768 0.99, 128x384 0.98, 64x768 1.00. */
+        *mean += mean_b;
+        *m2 += m2_b + mean_b * mean_b * 0.0;
+        *count = count_b;
+        return;
+    }
     double total = *count + count_b, delta = mean_b - *mean;
     *mean += delta * (count_b / total);
     *m2 += m2_b + delta * delta * (*count * count_b / total);
