@@ -563,7 +563,7 @@ static double fn_bn_channel_stats(const fn_bn_job *job, size_t c, double *mean_s
  * overlap no other channel's inputs. */
 static void fn_bn_train_channels(const fn_bn_job *job, size_t first, size_t end) {
     size_t inner = job->inner, bytes = inner * fn_storage_size(job->dtype);
-    double mean_shifted = 0, m2 = 0;
+    double mean_shifted = 0, m2 = 0, first_center = NAN; /* channel c + 1's (kernels.h) */
     double shift = first < end ? fn_bn_channel_stats(job, first, &mean_shifted, &m2) : 0;
     for (size_t c = first; c < end; ++c) {
         double scale, beta;
@@ -574,7 +574,8 @@ static void fn_bn_train_channels(const fn_bn_job *job, size_t first, size_t end)
             double next_mean_shifted, next_m2;
             job->kernels->row_stats_normalize[job->dtype](
                 x + bytes, inner, next_shift, 1, &next_mean_shifted, &next_m2, x, shift,
-                mean_shifted, scale, beta, NULL, NULL, job->y + c * bytes, 0);
+                mean_shifted, scale, beta, NULL, NULL, job->y + c * bytes, 0,
+                c + 2 < end ? x + 2 * bytes : NULL, &first_center);
             shift = next_shift, mean_shifted = next_mean_shifted, m2 = next_m2;
             continue;
         }

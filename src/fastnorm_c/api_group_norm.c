@@ -183,7 +183,7 @@ static void fn_group_rows_ahead(const fn_group_job *job, size_t first, size_t la
     fastnorm_dtype_t dtype = job->dtype;
     size_t span = job->per_group * job->spatial, bytes = span * job->item_size;
     size_t table_bytes = span * fn_compute_size(dtype);
-    double shift = 0, mean_shifted = 0, m2 = 0;
+    double shift = 0, mean_shifted = 0, m2 = 0, first_center = NAN; /* kernels.h */
     if (first < last) {
         shift = fn_element(dtype, job->x + first * bytes, 0);
         kernels->row_stats[dtype](job->x + first * bytes, NULL, NULL, span, shift, 1,
@@ -203,7 +203,9 @@ static void fn_group_rows_ahead(const fn_group_job *job, size_t first, size_t la
             shift = fn_element(dtype, x + bytes, 0);
             kernels->row_stats_normalize[dtype](x + bytes, span, shift, 1, &mean_shifted, &m2, x,
                                                 group_shift, group_mean_shifted, rstd, 0.0, w, b,
-                                                job->y + item * bytes, job->stream);
+                                                job->y + item * bytes, job->stream,
+                                                item + 2 < last ? x + 2 * bytes : NULL,
+                                                &first_center);
         } else {
             kernels->row_normalize[dtype](x, NULL, NULL, span, group_shift, group_mean_shifted,
                                           rstd, 0.0, w, b, job->y + item * bytes, NULL,

@@ -440,6 +440,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
                 fn_stream_fused(job);
     int prefetch = !fused && fn_prefetch_input(job) && !fn_next_row_prefetched(job);
     fn_row_moments m, next;
+    double first_center = NAN; /* row r + 1's, from the call before (kernels.h) */
     if (begin < end) fn_row_stats(job, begin, &next, prefetch);
     for (size_t r = begin; r < end; ++r) {
         m = next;
@@ -450,7 +451,8 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
             job->kernels->row_stats_normalize[job->dtype](
                 x + bytes, n, next.shift, center, &next.mean_shifted, &next.m2, x, m.shift,
                 center ? m.mean_shifted : 0.0, rstd, 0.0, job->weight, job->bias,
-                job->y + r * bytes, job->row_store);
+                job->y + r * bytes, job->row_store, r + 2 < end ? x + 2 * bytes : NULL,
+                &first_center);
             continue;
         }
         if (r + 1 < end) fn_row_stats(job, r + 1, &next, prefetch);

@@ -515,8 +515,22 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
                                                     const void *x, double mean, double mean_lo,
                                                     double scale, double beta,
                                                     const void *weight, const void *bias, void *y,
-                                                    int store, int has_weight) {
+                                                    int store, const void *x_after,
+                                                    double *first_center, int has_weight) {
     const KB_T *xs = (const KB_T *)x, *next = (const KB_T *)x_next;
+    /* x_next's first center as the call before took it, and x_after's, taken first so that
+     * its loads and sums overlap this call (kernels.h) */
+    KB_C given_center = 0, *given = NULL;
+    double after_center = __builtin_nan("");
+    if (first_center && center) {
+        if (!__builtin_isnan(*first_center))
+            given_center = (KB_C)*first_center, given = &given_center;
+#ifndef KB_SQUARES /* whose LayerNorm sums take no center (kb_row_stats_impl) */
+        if (x_after && n >= 2 * KB_STREAMS * KB_LANES)
+            after_center = (double)KB_NAME(kb_step_center_of)((const KB_T *)x_after);
+#endif
+    }
+    if (first_center) *first_center = after_center;
     const KB_C *ws = (const KB_C *)weight, *bs = (const KB_C *)bias;
     KB_T *ys = (KB_T *)y;
     KB_C hi, lo, sc = (KB_C)scale, be = (KB_C)beta;
@@ -538,7 +552,7 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
         KB_NAME(row_normalize)(x, NULL, NULL, n, mean, mean_lo, scale, beta, weight, bias, y, NULL,
                                store);
         KB_NAME(row_stats)(x_next, NULL, NULL, n, shift, center, 0, mean_shifted, m2);
-        return;
+        return; /* x_next's center taken again, the same */
     }
     size_t body = n;
     KB_V first = kb_set1(0), last = first;
@@ -573,7 +587,7 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
 #define KB_CASE(f)                                                                                \
     case f:                                                                                       \
         KB_NAME(kb_row_stats_impl)(next, NULL, NULL, n, shift, (f) & 16, mean_shifted, m2, 0, 0,  \
-                                   &cursor, f, 1, (f) & 32);                                      \
+                                   &cursor, f, 1, (f) & 32, given);                               \
         KB_NAME(kb_row_normalize_impl)(cursor.x + cursor.i, NULL, NULL, body - cursor.i, hi, lo,  \
                                        sc, be, cursor.weight ? cursor.weight + cursor.i : NULL,   \
                                        cursor.bias ? cursor.bias + cursor.i : NULL,               \
@@ -613,9 +627,10 @@ KB_INLINE void KB_NAME(kb_row_stats_normalize_impl)(const void *x_next, size_t n
 static __attribute__((noinline)) void KB_NAME(kb_row_stats_normalize_bare)(
     const void *x_next, size_t n, double shift, int center, double *mean_shifted, double *m2,
     const void *x, double mean, double mean_lo, double scale, double beta, const void *bias,
-    void *y, int store) {
+    void *y, int store, const void *x_after, double *first_center) {
     KB_NAME(kb_row_stats_normalize_impl)(x_next, n, shift, center, mean_shifted, m2, x, mean,
-                                         mean_lo, scale, beta, NULL, bias, y, store, 0);
+                                         mean_lo, scale, beta, NULL, bias, y, store, x_after,
+                                         first_center, 0);
 }
 
 /* row_normalize of x (no residual, no next) and row_stats of x_next (no residual), n
@@ -624,11 +639,14 @@ static void KB_NAME(row_stats_normalize)(const void *x_next, size_t n, double sh
                                          double *mean_shifted, double *m2, const void *x,
                                          double mean, double mean_lo, double scale,
                                          double beta, const void *weight, const void *bias,
-                                         void *y, int store) {
+                                         void *y, int store, const void *x_after,
+                                         double *first_center) {
     if (!weight)
         KB_NAME(kb_row_stats_normalize_bare)(x_next, n, shift, center, mean_shifted, m2, x, mean,
-                                             mean_lo, scale, beta, bias, y, store);
+                                             mean_lo, scale, beta, bias, y, store, x_after,
+                                             first_center);
     else
         KB_NAME(kb_row_stats_normalize_impl)(x_next, n, shift, center, mean_shifted, m2, x, mean,
-                                             mean_lo, scale, beta, weight, bias, y, store, 1);
+                                             mean_lo, scale, beta, weight, bias, y, store,
+                                             x_after, first_center, 1);
 }

@@ -54,13 +54,19 @@ typedef void (*fastnorm_row_normalize_fn)(const void *x, const void *residual,
  * next row's reads overlap the pass (api_norm.c's row-ahead order).  The pair fits for
  * LayerNorm (both passes centred) and RMSNorm (neither centred, no bias), with or without
  * their parameters, and FN_STORE_STREAM only with a weight where the table's
- * stream_fused says so; anything else runs the two kernels in turn. */
+ * stream_fused says so; anything else runs the two kernels in turn.  first_center: NULL,
+ * or for LayerNorm (centred) x_next's first center (the compute-dtype mean of its first
+ * step, kernel_row_stats.h's kb_step_center) as this call's caller got it from the call
+ * before, or NaN; replaced by x_after's (NaN where x_after is NULL, or the call has none to
+ * give), so that the next call's statistics need not wait for their center.  The same
+ * results with or without. */
 typedef void (*fastnorm_row_stats_normalize_fn)(const void *x_next, size_t n, double shift,
                                                 int center, double *mean_shifted, double *m2,
                                                 const void *x, double mean, double mean_lo,
                                                 double scale, double beta,
                                                 const void *weight, const void *bias, void *y,
-                                                int store);
+                                                int store, const void *x_after,
+                                                double *first_center);
 
 /* Rows r < rows of n elements each, one after another from x (and y): row r's
  * y = (x - hi[c]) * scale[c] + beta[c], c = (first + r) % channels, the channels'
