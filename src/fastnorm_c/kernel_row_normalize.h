@@ -4,6 +4,25 @@
  * pass of one row in one loop with the next row's statistics.
  */
 
+/* Plain stores ask for each line of y this many bytes ahead (prefetchw), as the channels-last
+ * pass does (kernel_columns.h, KB_COL_STORE_AHEAD): in cache each store waited for its
+ * line's ownership.  Streamed stores take no line into the cache and ask for none.  AVX-512
+ * Xeon (fifty-eighth session), in-process A/B, both orders of the builds, time per call:
+ * NCHW BatchNorm's joined affine (41 samples) eval float32 (1, 64, 56, 56) 0.91 / 0.97 (2
+ * threads 0.96 / 0.95), GroupNorm (1, 64, 56, 56) 0.93 / 1.00; (8, 256, 14, 14), (2, 64,
+ * 56, 56), float64, bfloat16 and streamed (64, 3, 224, 224) level (the forty-fifth
+ * session's try lost 1.04-1.05 on 2 threads).  Then the row passes (31 samples): RMSNorm
+ * float32 64x768 0.91 / 0.90, 512x768 0.98 / 0.97 (2 threads 0.91 / 0.91), LayerNorm
+ * 512x768 0.98 / 0.96, 4096x768 0.98 / 0.95, float16 0.98 / 0.97, NCHW BatchNorm training
+ * (1, 64, 56, 56) 0.95 / 0.98; LayerNorm 64x768, 128x384, 128x4096, bfloat16, float64, the
+ * residual form and streamed shapes level. */
+#define KB_STORE_AHEAD 1024
+/* Ask for the lines of y's first `count` elements KB_STORE_AHEAD bytes on, to write them. */
+KB_INLINE void KB_NAME(kb_prefetch_store)(const KB_T *y, size_t count) {
+    for (size_t line = 0; line < count * sizeof(KB_T); line += 64)
+        __builtin_prefetch((const char *)y + KB_STORE_AHEAD + line, 1, 3);
+}
+
 /* ---- row normalize --------------------------------------------------------------- */
 
 /* Elements before y's first address aligned for a streaming store (all of them when y is
@@ -226,6 +245,7 @@ KB_INLINE void KB_NAME(kb_row_normalize_impl)(const KB_T *x, const KB_T *residua
     }
     for (; pairs && i + 2 * KB_LANES <= n; i += 2 * KB_LANES) {
         KB_PREFETCH2(i);
+        KB_NAME(kb_prefetch_store)(y + i, 2 * KB_LANES);
         KB_V first, second;
         KB_PAIR(i, first, second);
         kb_store2(y + i, first, second, canonical);
@@ -391,14 +411,6 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
                                       weight, bias, y, next, store, 1);
 }
 
-/* Plain stores ask for each line of y this many bytes ahead (prefetchw), as the channels-last
- * pass does (kernel_columns.h, KB_COL_STORE_AHEAD): in cache each store waited for its
- * line's ownership.  AVX-512 Xeon (fifty-eighth session), in-process A/B, both orders of the
- * builds, 41 samples, time per call, BatchNorm eval float32 (1, 64, 56, 56) 0.91 / 0.97 (2
- * threads 0.96 / 0.95), GroupNorm (1, 64, 56, 56) 0.93 / 1.00; (8, 256, 14, 14), (2, 64,
- * 56, 56), float64, bfloat16 and streamed (64, 3, 224, 224) level.  (The forty-fifth
- * session's try lost 1.04-1.05 on 2 threads.) */
-#define KB_AFFINE_STORE_AHEAD 1024
 
 /* rows_affine's rows joined into one sequence: vectors from y's first vector boundary on,
  * each with its row's constants, and where the next row starts inside a vector, the two
@@ -430,7 +442,7 @@ KB_INLINE void KB_NAME(kb_rows_affine_joined)(const KB_T *x, size_t rows, size_t
     for (;;) {
         size_t stop = row_end < total ? row_end : total;
         for (; i + KB_LANES <= stop; i += KB_LANES) {
-            if (!stream) __builtin_prefetch((const char *)(y + i) + KB_AFFINE_STORE_AHEAD, 1, 3);
+            if (!stream) KB_NAME(kb_prefetch_store)(y + i, KB_LANES);
             KB_NAME(kb_put)(y + i, KB_AFFINE(kb_load(x + i), hi, sc, beta), KB_LANES, stream);
         }
         if (i >= total) break;
@@ -486,6 +498,7 @@ KB_INLINE void KB_NAME(kb_cursor_run)(KB_NAME(kb_cursor) *cursor, size_t at, siz
     const KB_V beta = cursor->beta;
     size_t i = cursor->i, stop = cursor->end - i < count ? cursor->end : i + count;
     for (; i + 2 * KB_LANES <= stop; i += 2 * KB_LANES) {
+        if (!(fused & 32)) KB_NAME(kb_prefetch_store)(cursor->y + i, 2 * KB_LANES);
         KB_V first, second, unused;
         KB_NAME(kb_row_normalize_pair)(cursor->x, NULL, i, mean_hi, low, scale, beta,
                                        cursor->weight, cursor->bias, 0, fused & 16, fused & 2,
