@@ -174,8 +174,13 @@ KB_INLINE void KB_NAME(kb_grad_apply_span)(const KB_T *g, const KB_T *xs, size_t
 #define KB_GRAD_AT(at, count)                                                                  \
     KB_NAME(kb_grad_value)(g, xs, weight, at, count, affine, m, r, s, a, b)
     if (i) KB_NAME(kb_put)(gx, KB_GRAD_AT(0, i), i, stream); /* up to the first vector boundary */
-    for (; i + KB_LANES <= n; i += KB_LANES)
+    /* plain stores ask for their lines ahead (kernel_row_normalize.h, KB_STORE_AHEAD):
+     * in-process A/B, each order of the builds, float32, 1 thread, LayerNorm backward
+     * 512x768 0.98 / 0.98, 4096x768 0.92 / 0.94, RMSNorm 0.96 / 0.98 */
+    for (; i + KB_LANES <= n; i += KB_LANES) {
+        if (!stream) KB_NAME(kb_prefetch_store)(gx + i, KB_LANES);
         KB_NAME(kb_put)(gx + i, KB_GRAD_AT(i, KB_LANES), KB_LANES, stream);
+    }
     if (i < n) KB_NAME(kb_put)(gx + i, KB_GRAD_AT(i, n - i), n - i, stream);
 #undef KB_GRAD_AT
 }
