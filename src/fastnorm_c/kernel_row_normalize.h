@@ -411,7 +411,6 @@ static void KB_NAME(row_normalize)(const void *x, const void *residual, void *re
                                       weight, bias, y, next, store, 1);
 }
 
-
 /* rows_affine's rows joined into one sequence: vectors from y's first vector boundary on,
  * each with its row's constants, and where the next row starts inside a vector, the two
  * rows' constants blended at that lane (a row has at least FN_AFFINE_ROW_MIN values, more
