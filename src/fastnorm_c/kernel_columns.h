@@ -388,16 +388,16 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
  * training float64 (100352, 64) 0.92; AVX2 float32 (100352, 64) 0.77, (50176, 128) 0.75,
  * float64 (100352, 32) 0.75, in cache (3136, 64) 0.91, (1568, 128) 0.98. */
 #define KB_COL_HELD_MAX 16
-/* Plain stores ask for each line of y about this many bytes of rows ahead (prefetchw), so
- * that its ownership is on the way before the row's stores reach it (perf had put 68% of
- * the loop's samples behind one load-and-store group).  Emerald Rapids Xeon, in-process
- * A/B, float32, 1 thread, time per call, each order of the builds, four pairs:
- * channels-last BatchNorm training (3136, 64) 0.81 / 0.92, 0.93 / 0.99, 0.98 / 1.01,
- * 0.96 / 0.97; GroupNorm channels-last (1, 64, 56, 56) 0.80 / 0.91, 0.95 / 0.97;
- * BatchNorm eval (3136, 64) 0.89 / 0.84 in the last pair, 0.96-1.02 in the others (one
- * outlier 1.23); 2 threads, (1568, 256), float64, bfloat16 and (3211264, 3) level
- * (0.96-1.04).  Earlier pairs of the same hint: 512 bytes on 0.95-1.00, 2048 0.90-1.00;
- * reading x ahead as well no better. */
+/* Plain stores ask for each line of y about this many bytes of rows ahead (a read prefetch, as
+ * kb_prefetch_store's, kernel_row_normalize.h), so that the line is on its way before the
+ * row's stores reach it (perf had put 68% of the loop's samples behind one load-and-store
+ * group).  Emerald Rapids Xeon, in-process A/B, float32, 1 thread, time per call, each order
+ * of the builds, four pairs: channels-last BatchNorm training (3136, 64) 0.81 / 0.92, 0.93 /
+ * 0.99, 0.98 / 1.01, 0.96 / 0.97; GroupNorm channels-last (1, 64, 56, 56) 0.80 / 0.91, 0.95 /
+ * 0.97; BatchNorm eval (3136, 64) 0.89 / 0.84 in the last pair, 0.96-1.02 in the others (one
+ * outlier 1.23); 2 threads, (1568, 256), float64, bfloat16 and (3211264, 3) level (0.96-1.04).
+ * Earlier pairs of the same hint: 512 bytes on 0.95-1.00, 2048 0.90-1.00; reading x ahead as
+ * well no better. */
 #define KB_COL_STORE_AHEAD 1024
 KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t row_stride,
                                               const KB_C *mean_hi, const KB_C *scale,
@@ -420,7 +420,7 @@ KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t
         KB_T *yr = y + r * row_stride;
         if (!stream)
             for (int v = 0; v < vectors; v += per_line)
-                __builtin_prefetch((const char *)(yr + v * KB_LANES) + ahead, 1, 3);
+                __builtin_prefetch((const char *)(yr + v * KB_LANES) + ahead, 0, 3);
         for (int v = 0; v < vectors; ++v) {
             KB_V h = kb_load(xr + v * KB_LANES);
             if (center) h = kb_sub(h, hi[v]);

@@ -4,23 +4,28 @@
  * pass of one row in one loop with the next row's statistics.
  */
 
-/* Plain stores ask for each line of y this many bytes ahead (prefetchw), as the channels-last
- * pass does (kernel_columns.h, KB_COL_STORE_AHEAD): in cache each store waited for its
- * line's ownership.  Streamed stores take no line into the cache and ask for none.  AVX-512
- * Xeon (fifty-eighth session), in-process A/B, both orders of the builds, time per call:
- * NCHW BatchNorm's joined affine (41 samples) eval float32 (1, 64, 56, 56) 0.91 / 0.97 (2
- * threads 0.96 / 0.95), GroupNorm (1, 64, 56, 56) 0.93 / 1.00; (8, 256, 14, 14), (2, 64,
- * 56, 56), float64, bfloat16 and streamed (64, 3, 224, 224) level (the forty-fifth
- * session's try lost 1.04-1.05 on 2 threads).  Then the row passes (31 samples): RMSNorm
- * float32 64x768 0.91 / 0.90, 512x768 0.98 / 0.97 (2 threads 0.91 / 0.91), LayerNorm
- * 512x768 0.98 / 0.96, 4096x768 0.98 / 0.95, float16 0.98 / 0.97, NCHW BatchNorm training
- * (1, 64, 56, 56) 0.95 / 0.98; LayerNorm 64x768, 128x384, 128x4096, bfloat16, float64, the
- * residual form and streamed shapes level. */
+/* Plain stores ask for each line of y this many bytes ahead, as the channels-last pass does
+ * (kernel_columns.h, KB_COL_STORE_AHEAD): in cache each store waited for its line.  The
+ * hint is a read prefetch (prefetcht0): a line that no other core holds arrives exclusive,
+ * and the store finds it writable.  The families are built without -mprfchw (Haswell has
+ * no PREFETCHW); a build with it, whose hints became prefetchw, was level (fifty-ninth
+ * session, in-process A/B, both orders, 21 samples: BatchNorm eval and training (1, 64,
+ * 56, 56), channels-last eval (3136, 64), LayerNorm 4096x256 and 512x768, RMSNorm 64x768
+ * all within 0.99-1.01 over the two orders).  Streamed stores take no line into the cache
+ * and ask for none.  AVX-512 Xeon (fifty-eighth session), in-process A/B, both orders of
+ * the builds, time per call: NCHW BatchNorm's joined affine (41 samples) eval float32 (1,
+ * 64, 56, 56) 0.91 / 0.97 (2 threads 0.96 / 0.95), GroupNorm (1, 64, 56, 56) 0.93 / 1.00;
+ * (8, 256, 14, 14), (2, 64, 56, 56), float64, bfloat16 and streamed (64, 3, 224, 224)
+ * level (the forty-fifth session's try lost 1.04-1.05 on 2 threads).  Then the row passes
+ * (31 samples): RMSNorm float32 64x768 0.91 / 0.90, 512x768 0.98 / 0.97 (2 threads 0.91 /
+ * 0.91), LayerNorm 512x768 0.98 / 0.96, 4096x768 0.98 / 0.95, float16 0.98 / 0.97, NCHW
+ * BatchNorm training (1, 64, 56, 56) 0.95 / 0.98; LayerNorm 64x768, 128x384, 128x4096,
+ * bfloat16, float64, the residual form and streamed shapes level. */
 #define KB_STORE_AHEAD 1024
 /* Ask for the lines of y's first `count` elements KB_STORE_AHEAD bytes on, to write them. */
 KB_INLINE void KB_NAME(kb_prefetch_store)(const KB_T *y, size_t count) {
     for (size_t line = 0; line < count * sizeof(KB_T); line += 64)
-        __builtin_prefetch((const char *)y + KB_STORE_AHEAD + line, 1, 3);
+        __builtin_prefetch((const char *)y + KB_STORE_AHEAD + line, 0, 3);
 }
 
 /* ---- row normalize --------------------------------------------------------------- */
