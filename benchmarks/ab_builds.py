@@ -14,6 +14,11 @@ The inputs are offset + 2 N(0, 1) with offset 1 unless `--offset` says otherwise
 change that treats rows far from zero differently (their mean larger than their spread)
 needs a run with, say, `--offset 10` as well.
 
+x lies where NumPy put it, some multiple of 16 bytes past a cache line that changes with
+the process's heap (column `x%64`), unless `--line-offset BYTES` places it: loads that
+straddle two lines cost some kernels 10% or more (channels-last BatchNorm training's
+statistics), so a change to how a kernel meets lines needs runs at 0 and at 16.
+
 On a shared VM a ratio within about 10% of 1 can be noise: pass the same file twice
 (`--allow-same`) to see how far an A/A run strays on the machine at the time.  The two
 files must differ otherwise, so that an extension that was not rebuilt (setup.py's
@@ -84,12 +89,22 @@ def parse_case(text):
     return parts[0], parts[1], shape, int(parts[3]) if len(parts) == 4 else 1
 
 
-def case_call(op, dtype, shape, threads, offset=1.0):
+def at_line_offset(a, offset):
+    """A copy of `a` whose data starts `offset` bytes past a 64-byte cache line."""
+    buffer = np.empty(a.nbytes + 64, dtype=np.uint8)
+    placed = np.ndarray(a.shape, a.dtype, buffer, (offset - buffer.ctypes.data) % 64)
+    placed[...] = a
+    return placed
+
+
+def case_call(op, dtype, shape, threads, offset=1.0, line_offset=None):
     """(call(core, y) -> the outputs, x, bytes in + out): the same input for every build,
-    offset + 2 N(0, 1)."""
+    offset + 2 N(0, 1), `line_offset` bytes past a cache line if not None."""
     code, compute = DTYPES[dtype], compute_dtype(dtype)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 2.0 + offset).astype(numpy_dtype(dtype))
+    if line_offset is not None:
+        x = at_line_offset(x, line_offset)
     if op in ROW_OPS:
         n, bare = shape[-1], op.endswith("_bare")
         w = None if bare else rng.standard_normal(n).astype(compute)
@@ -158,10 +173,11 @@ def case_call(op, dtype, shape, threads, offset=1.0):
     return call, x, (1 if op == "moments" else 2) * x.nbytes
 
 
-def run_case(cores, case, samples, offset=1.0, sample_bytes=2e7):
-    """Median seconds per call of each core, and whether their outputs are the same bits."""
+def run_case(cores, case, samples, offset=1.0, line_offset=None, sample_bytes=2e7):
+    """Median seconds per call of each core, whether their outputs are the same bits, and
+    x's offset from a cache line."""
     op, dtype, shape, threads = case
-    call, x, traffic = case_call(op, dtype, shape, threads, offset)
+    call, x, traffic = case_call(op, dtype, shape, threads, offset, line_offset)
     # each build writes its own, both half a page from x (empty_apart: no 4K aliasing
     # that one build's output would pay and the other's not)
     outputs = [empty_apart(x, PAGE // 2) for _ in cores]
@@ -177,7 +193,7 @@ def run_case(cores, case, samples, offset=1.0, sample_bytes=2e7):
                 times[k].append((time.perf_counter() - t0) / reps)
     a, b = (float(np.median(t)) for t in times)
     same = all(np.array_equal(p.view(np.uint8), q.view(np.uint8)) for p, q in zip(*results))
-    return a, b, same
+    return a, b, same, x.ctypes.data % 64
 
 
 def main(argv=None):
@@ -191,6 +207,9 @@ def main(argv=None):
     parser.add_argument("--offset", type=float, default=1.0,
                         help="the inputs' mean (default 1; their spread is 2): a larger one "
                         "tries the rows whose mean dominates their spread")
+    parser.add_argument("--line-offset", type=int, choices=range(0, 64, 16), metavar="BYTES",
+                        help="place x this many bytes past a cache line: 0, 16, 32 or 48 "
+                        "(default: where NumPy puts it)")
     parser.add_argument("--allow-same", action="store_true",
                         help="accept identical files: an A/A run, the noise floor")
     args = parser.parse_args(argv)
@@ -209,13 +228,13 @@ def main(argv=None):
                     core.set_avx512_bf16(False)
         kernels = args.isa or cores[0].get_isa()
         print(f"kernels: {kernels}; medians of {args.samples} samples per build")
-        print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits")
+        print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits  x%64")
         for case in args.cases:
-            a, b, same = run_case(cores, case, args.samples, args.offset)
+            a, b, same, line = run_case(cores, case, args.samples, args.offset, args.line_offset)
             op, dtype, shape, threads = case
             name = f"{op} {dtype} {'x'.join(map(str, shape))} t{threads}"
-            print(f"{name:40s} {a * 1e6:8.1f}us {b * 1e6:8.1f}us  {b / a:7.3f}  {'yes' if same else 'no'}",
-                  flush=True)
+            print(f"{name:40s} {a * 1e6:8.1f}us {b * 1e6:8.1f}us  {b / a:7.3f}  "
+                  f"{'yes' if same else 'no':>9s}  {line:4d}", flush=True)
     return 0
 
 
