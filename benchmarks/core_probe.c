@@ -1,12 +1,14 @@
 /*
  * core_probe.c - does this core run at full width right now?  Every 0.3 s it prints the
- * clock, measured by a chain of dependent integer additions (one a cycle whoever else
- * uses the core), and, per cycle of that clock, how many scalar float64 additions and how
- * many 256-bit load-and-FMA pairs (a sum of squares over 16 KB in L1, eight accumulators)
- * it completed.  A core of its own gives about 2 of each on Zen 3; where something
- * outside the VM (a hypervisor's other guest on the sibling hyperthread, say) shares the
- * core, the vector figure drops towards 1 at the same clock.  fastnorm's in-cache kernels
- * are compute-bound and slow down with it, a memory copy less, so xcopy swings.
+ * clock, measured by a chain of dependent integer multiplies (three cycles each whoever
+ * else uses the core), and, per cycle of that clock, how many scalar float64 additions
+ * and how many 256-bit load-and-FMA pairs (a sum of squares over 16 KB in L1, eight
+ * accumulators) it completed.  A core of its own gives about 2 of each on Zen 3 (1.8-2.0
+ * at 3.3 GHz on the AVX-512 Xeon VM); where something outside the VM (a hypervisor's
+ * other guest on the sibling hyperthread, say) shares the core, the vector figure drops
+ * towards 1 at the same clock.  fastnorm's in-cache kernels are compute-bound and slow
+ * down with it, a memory copy less, so xcopy swings.  A sample whose clock reads low
+ * was interrupted while it timed the chain; its per-cycle figures read high with it.
  * From the repository root:
  *
  *   gcc -O2 -mavx2 -mfma benchmarks/core_probe.c -o /tmp/core_probe
@@ -23,24 +25,33 @@ static double seconds(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-/* the empty asm keeps each addition a step of one dependency chain the compiler cannot fold */
-#define CHAIN_ADD(x)                         \
+/* A chain of dependent 64-bit multiplies, three cycles each on every x86-64 core since
+ * Core 2 and Zen (Agner Fog's tables).  Not additions: this probe's first form, a chain of
+ * add-immediates, ran about four a cycle on the AVX-512 Xeon VM and read 13 GHz.
+ * The multiplier is opaque to the compiler, which would otherwise turn it into an LEA;
+ * the empty asm keeps each multiply a step of the one chain. */
+#define CHAIN_MUL(x, m)                      \
     do {                                     \
-        x += 1;                              \
+        x *= m;                              \
         __asm__ volatile("" : "+r"(x));      \
     } while (0)
+#define MUL_LATENCY 3.0
 
 static double clock_hz(void) {
-    const long steps = 5000000;
-    long x = 0;
+    const long steps = 2000000;
+    long x = 3, m = 1;
+    __asm__ volatile("" : "+r"(m));
     double start = seconds();
     for (long i = 0; i < steps; ++i) {
-        CHAIN_ADD(x);
-        CHAIN_ADD(x);
-        CHAIN_ADD(x);
-        CHAIN_ADD(x);
+        CHAIN_MUL(x, m);
+        CHAIN_MUL(x, m);
+        CHAIN_MUL(x, m);
+        CHAIN_MUL(x, m);
     }
-    return 4.0 * (double)steps / (seconds() - start);
+    double elapsed = seconds() - start;
+    volatile long sink = x;
+    (void)sink;
+    return MUL_LATENCY * 4.0 * (double)steps / elapsed;
 }
 
 /* eight independent chains of float64 additions: the two FP adders' throughput */
