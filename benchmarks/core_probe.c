@@ -28,8 +28,8 @@ static double seconds(void) {
 /* A chain of dependent 64-bit multiplies, three cycles each on every x86-64 core since
  * Core 2 and Zen (Agner Fog's tables).  Not additions: this probe's first form, a chain of
  * add-immediates, ran about four a cycle on the AVX-512 Xeon VM and read 13 GHz.
- * The multiplier is opaque to the compiler, which would otherwise turn it into an LEA;
- * the empty asm keeps each multiply a step of the one chain. */
+ * The multiplier (1) is hidden from the compiler, which would otherwise drop the
+ * multiplies; the empty asm keeps each multiply a step of the one chain. */
 #define CHAIN_MUL(x, m)                      \
     do {                                     \
         x *= m;                              \
