@@ -1,7 +1,7 @@
 /*
  * fastnorm.h - the public C API of fastnorm.
  *
- * Eight entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
+ * Nine entry points do all the arithmetic; everything else (shapes, dtypes, layouts,
  * policy) lives in Python.  Every array is C-contiguous and described as a 3-D block
  * (outer, middle, inner):
  *

@@ -28,7 +28,7 @@
  * own (AVX2 bfloat16: even elements, odd elements), which the normalize pass's weight and
  * bias follow block by block (kernels.h).
  *
- * Numerical strategy (see README "Numerics"):
+ * Numerical strategy (see docs/internals.md, "Numerics"):
  *   - Statistics run per lane on values near a center taken from the data, so offset-
  *     dominated data (1e5 + N(0, 1)) is reduced to small numbers exactly (Sterbenz).
  *     LayerNorm rows sum h - c and its square about one center c for all lanes, the mean
