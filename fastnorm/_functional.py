@@ -354,11 +354,19 @@ def _batch_norm_args(shape, compute, running_mean, running_var, weight, bias, tr
 def _update_running(running_mean, running_var, mean, var, n, momentum):
     """PyTorch's running-statistics update, in place (fastnorm_update_running): momentum-
     weighted, the variance unbiased (n values per channel).  Strided or misaligned running
-    statistics are updated through contiguous copies."""
-    code = _core.F32 if running_mean.dtype == np.float32 else _core.F64
+    statistics are updated through contiguous copies.  A float32 and a float64 statistic
+    (either way round) are each updated by a call in their own dtype, the other slot of
+    that call a scratch copy, since the C update takes one dtype for both."""
     targets = [s if s.flags.c_contiguous and s.flags.aligned else s.copy()
                for s in (running_mean, running_var)]
-    _core.update_running(code, targets[0], targets[1], mean, var, n, momentum)
+    rm, rv = targets
+    if rm.dtype == rv.dtype:
+        calls = [(rm, rv)]
+    else:
+        calls = [(rm, rv.astype(rm.dtype)), (rm.astype(rv.dtype), rv)]
+    for call_mean, call_var in calls:
+        code = _core.F32 if call_mean.dtype == np.float32 else _core.F64
+        _core.update_running(code, call_mean, call_var, mean, var, n, momentum)
     for target, stat in zip(targets, (running_mean, running_var)):
         if target is not stat:
             stat[...] = target

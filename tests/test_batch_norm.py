@@ -104,6 +104,31 @@ def test_training_updates_running_statistics_over_steps(momentum, stats_dtype, s
         assert np.isfinite(y).all()
 
 
+@pytest.mark.parametrize("mean_dtype, var_dtype", [(F32, F64), (F64, F32)])
+@pytest.mark.parametrize("shape, axis", [((8, 6, 5, 5), 1), ((8, 5, 5, 6), -1)])
+def test_training_updates_running_statistics_of_two_dtypes(mean_dtype, var_dtype, shape, axis,
+                                                           isa, rng):
+    # API.md: each running statistic is a float32 or float64 array; a pair of one of each
+    # is valid, and each is updated as it would be beside one of its own dtype.
+    c = shape[axis]
+    x = random_data(rng, shape, np.float32, offset=1.0)
+    start_mean, start_var = rng.standard_normal(c), 1 + rng.random(c)
+    rm, rv = start_mean.astype(mean_dtype), start_var.astype(var_dtype)
+    out = np.empty_like(x)
+    y = fastnorm.batch_norm(x, rm, rv, training=True, momentum=0.3, axis=axis, out=out)
+    assert y is out and rm.dtype == mean_dtype and rv.dtype == var_dtype
+    for dtype, got, name in [(mean_dtype, rm, "mean"), (var_dtype, rv, "var")]:
+        same_m, same_v = start_mean.astype(dtype), start_var.astype(dtype)
+        same_y = fastnorm.batch_norm(x, same_m, same_v, training=True, momentum=0.3, axis=axis)
+        np.testing.assert_array_equal(got, same_m if name == "mean" else same_v, err_msg=name)
+        np.testing.assert_array_equal(y, same_y)
+    _, ref_m, ref_v = ref_batch_norm(x, start_mean, start_var, training=True, momentum=0.3,
+                                     axis=axis)
+    atol = 4 * float(np.finfo(np.float32).eps) * float(np.abs(x).max())
+    np.testing.assert_allclose(rm, ref_m, rtol=1e-6, atol=atol)
+    np.testing.assert_allclose(rv, ref_v, rtol=1e-6)
+
+
 def test_training_momentum_zero_leaves_running_statistics(isa, rng):
     x = random_data(rng, (8, 3, 4), np.float64)
     rm, rv = np.full(3, 0.25), np.full(3, 4.0)
