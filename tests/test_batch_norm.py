@@ -430,8 +430,8 @@ def test_one_sample_of_small_maps_with_nan_and_inf(dtype, isa, rng, tol):
     y, mean, rstd = fastnorm.batch_norm(x, training=True, return_stats=True)
     assert np.isnan(y[:, 1:4].astype(np.float32)).all()
     assert np.isnan(rstd[1:4]).all()
-    # the mean as IEEE arithmetic has it, as on BatchNorm's other paths
-    assert mean[1] == np.inf and np.isnan(mean[2]) and np.isnan(mean[3])
+    # NaN for a channel holding any NaN or inf, as fastnorm.reference gives (not inf)
+    assert np.isnan(mean[1:4]).all()
     good = [0, 4, 5]
     (want, want_mean, _), _, _ = ref_batch_norm(x[:, good], None, None, training=True,
                                                 return_stats=True)
@@ -463,7 +463,7 @@ def test_channels_last_single_rows_with_nan_and_inf(channels, isa, rng, tol):
     x[0, 3, 1, 3], x[0, 4, 4, 3] = np.inf, -np.inf
     y, mean, rstd = fastnorm.batch_norm(x, training=True, axis=-1, return_stats=True)
     assert np.isnan(y[..., 1:4]).all() and np.isnan(rstd[1:4]).all()
-    assert mean[1] == np.inf and np.isnan(mean[2]) and np.isnan(mean[3])
+    assert np.isnan(mean[1:4]).all()
     good = np.r_[0, 4:channels]
     (want, want_mean, want_rstd), _, _ = ref_batch_norm(x[..., good], None, None, training=True,
                                                         axis=-1, return_stats=True)

@@ -149,3 +149,59 @@ def test_float64_values_too_large_to_square_in_float64_give_nan(isa, rng):
     assert np.isnan(fastnorm.batch_norm(x[:1], training=True)).all()
     assert np.isnan(fastnorm.layer_norm(x.reshape(8, -1))).all()
     assert np.isnan(fastnorm.rms_norm(x.reshape(8, -1))).all()
+
+
+NEAR_MAX = 4.5e307  # four of these overflow a float64 sum (DBL_MAX is 1.8e308)
+
+
+def _constant(shape):
+    return np.full(shape, NEAR_MAX)
+
+
+@pytest.mark.parametrize("shape, kw", ROW_CASES)
+def test_float64_constant_rows_near_the_largest_double_give_the_bias(shape, kw, isa):
+    # API.md: a constant group gives (x - mean) = 0, so exactly `bias`; the statistics of
+    # such a group overflow a sum of its raw values, and the exact fallback sums them about
+    # the group's first value (fn_exact_moments)
+    x = _constant(shape)
+    axis = kw.get("axis", -1)
+    n = shape[axis]
+    b = np.linspace(-1.0, 1.0, n)
+    b_shape = [1] * len(shape)
+    b_shape[axis] = n
+    args = {"residual": np.zeros(shape)} if kw.get("residual") else {}
+    if "axis" in kw:
+        y, mean, rstd = fastnorm.layer_norm(x, axis=axis, bias=b, return_stats=True, **args)
+    else:
+        y, mean, rstd = fastnorm.layer_norm(x, shape[-1], bias=b, return_stats=True, **args)
+    np.testing.assert_array_equal(y, np.broadcast_to(b.reshape(b_shape), shape))
+    assert (mean == NEAR_MAX).all() and (rstd == 1 / np.sqrt(1e-5)).all()
+
+
+@pytest.mark.parametrize("shape, axis", BN_CASES)
+def test_float64_constant_channels_near_the_largest_double_give_the_bias(shape, axis, isa):
+    x = _constant(shape)
+    c = shape[axis]
+    b = np.linspace(-1.0, 1.0, c)
+    b_shape = [1] * len(shape)
+    b_shape[axis] = c
+    y, mean, _ = fastnorm.batch_norm(x, bias=b, training=True, axis=axis, return_stats=True)
+    np.testing.assert_array_equal(y, np.broadcast_to(b.reshape(b_shape), shape))
+    np.testing.assert_array_equal(mean, np.full(c, NEAR_MAX))
+    reduced = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    count, m_mean, m2 = fastnorm.moments(x, axis=reduced)
+    assert (m_mean == NEAR_MAX).all() and (m2 == 0).all()
+
+
+@pytest.mark.parametrize("shape, groups, channels_last",
+                         [((2, 6, 8, 8), 3, False), ((1, 4, 200, 200), 2, False),
+                          ((2, 6, 8, 8), 3, True), ((3, 8, 3, 3), 4, False)])
+def test_float64_constant_groups_near_the_largest_double_give_the_bias(shape, groups,
+                                                                       channels_last, isa):
+    x = _constant(shape)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    b = np.linspace(-1.0, 1.0, shape[1])
+    want = np.broadcast_to(b.reshape(1, -1, 1, 1), shape)
+    np.testing.assert_array_equal(fastnorm.group_norm(x, groups, bias=b), want)
+    np.testing.assert_array_equal(fastnorm.instance_norm(x, bias=b), want)

@@ -113,8 +113,8 @@ static fn_columns fn_columns_of(size_t outer, size_t channels, size_t inner) {
 
 /* Channel c of x seen as (outer, channels, inner), NCHW rows or channels-last columns
  * alike: its (mean less shift, m2) as every statistics path leaves them, recomputed exactly
- * where the sums overflowed (fn_exact_if_overflowed), and m2 NaN for a channel holding a
- * NaN or inf. */
+ * where the sums overflowed (fn_exact_if_overflowed), mean and m2 NaN for a channel
+ * holding a NaN or inf. */
 static void fn_channel_finish(fastnorm_dtype_t dtype, const char *x, size_t outer,
                               size_t channels, size_t inner, size_t c, double shift, double mean,
                               double m2, double *mean_out, double *m2_out) {

@@ -213,18 +213,30 @@ static inline double fn_sum_element(fastnorm_dtype_t dtype, const void *x, const
 /* The exact statistics of one group, for a group whose fast statistics came out non-finite.
  * The kernels sum squares in the compute dtype, so a float32, float16 or bfloat16 group of
  * finite values spread past about 1.8e19 overflows there (its squares pass FLT_MAX), where
- * these float64 sums do not; a NaN or inf in the group leaves them non-finite, so such a
- * group stays NaN.  The group is `runs` runs of `len` elements of h = x (+ residual), run k
- * starting at element k * stride.  Two passes: the mean, then m2 about it (with !center,
- * mean 0 and m2 the sum of squares, RMSNorm's).  Called only on that rare path. */
+ * these float64 sums do not; and a float64 group near DBL_MAX overflows the sums of its
+ * first step (a constant row of 1e307), where these sums, about the group's first value,
+ * do not.  A NaN or inf in the group makes both statistics NaN, so such a group stays NaN.
+ * The group is `runs` runs of `len` elements of h = x (+ residual), run k starting at
+ * element k * stride.  Two passes: the mean, then m2 about it (with !center, mean 0 and m2
+ * the sum of squares, RMSNorm's).  Called only on that rare path. */
 static inline void fn_exact_moments(fastnorm_dtype_t dtype, const void *x, const void *residual,
                                     size_t runs, size_t len, size_t stride, int center,
                                     double *mean, double *m2) {
     double sum = 0, squares = 0, mu = 0;
     if (center) {
+        double first = fn_sum_element(dtype, x, residual, 0);
+        int finite = 1;
         for (size_t k = 0; k < runs; ++k)
-            for (size_t i = 0; i < len; ++i) sum += fn_sum_element(dtype, x, residual, k * stride + i);
-        mu = sum / ((double)runs * (double)len);
+            for (size_t i = 0; i < len; ++i) {
+                double h = fn_sum_element(dtype, x, residual, k * stride + i);
+                finite &= isfinite(h) != 0;
+                sum += h - first;
+            }
+        if (!finite) {
+            *mean = *m2 = NAN;
+            return;
+        }
+        mu = first + sum / ((double)runs * (double)len);
     }
     for (size_t k = 0; k < runs; ++k)
         for (size_t i = 0; i < len; ++i) {

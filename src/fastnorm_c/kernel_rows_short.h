@@ -185,11 +185,7 @@ KB_INLINE void KB_NAME(kb_rows_across)(const KB_T *xs, const KB_T *rs, KB_T *hs,
             }
             KB_NAME(kb_short_exact)(h, left, vecs, n, center, &mean[j], &spread[j]);
             mean_shifted[j] = mean[j] - (double)c2[j];
-            /* NaN, but a BatchNorm channel's mean stays IEEE's, as on its other paths */
-            if (!isfinite(spread[j]) || !isfinite(mean[j])) {
-                spread[j] = NAN;
-                if (!channel) mean[j] = NAN;
-            }
+            if (!isfinite(spread[j]) || !isfinite(mean[j])) spread[j] = mean[j] = NAN;
         }
         KB_C m[KB_ACROSS], scale[KB_ACROSS], scale_lo[KB_ACROSS], channel_bias[KB_ACROSS];
         for (size_t j = 0; j < lanes; j += 4) kb_rstd_x4(spread + j, eps, rstd + j);

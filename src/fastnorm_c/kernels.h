@@ -97,9 +97,8 @@ typedef void (*fastnorm_rows_short_fn)(const void *x, const void *residual, void
  * r and has a weight and a bias of its own: y = (h - mean) * (rstd * weight[r]) + bias[r],
  * the product rounded once (weight, bias: NULL, meaning 1 and 0, or `rows` compute-dtype
  * values).  mean_out, var_out: NULL, or each row's mean and (biased) variance in float64;
- * where the row holds a NaN or inf the variance is NaN and the mean IEEE's (inf for +inf
- * alone), as on BatchNorm's other paths.  A call per channel of row_stats and
- * row_normalize cost several times a 7x7 map's work. */
+ * where the row holds a NaN or inf both are NaN, as on BatchNorm's other paths.  A call
+ * per channel of row_stats and row_normalize cost several times a 7x7 map's work. */
 typedef void (*fastnorm_rows_short_channels_fn)(const void *x, size_t rows, size_t n,
                                                 double eps, const void *weight,
                                                 const void *bias, void *y, double *mean_out,
