@@ -468,15 +468,20 @@ class _BatchNorm(_ChannelNorm):
             raise ValueError(f"{type(self).__name__} has {self.num_features} channels, got "
                              f"{x.shape[axis]} on axis {axis} of x (shape {x.shape})")
 
+        running_mean, running_var = self.running_mean, self.running_var
+        if not self.training and running_mean is None and x.size == 0:
+            # eval of an empty batch gives an empty result (API.md, and torch), also without
+            # running statistics; the statistics of no values are NaN
+            running_mean = running_var = np.full(x.shape[axis], np.nan)
         update = self.training and self.track_running_stats
-        use_batch_stats = self.training or self.running_mean is None
+        use_batch_stats = self.training or running_mean is None
         momentum = 0.0
         if update:
             tracked = int(self.num_batches_tracked) + 1  # torch counts this batch first
             momentum = 1.0 / tracked if self.momentum is None else self.momentum
         running = update or not use_batch_stats
-        result = batch_norm(x, self.running_mean if running else None,
-                            self.running_var if running else None, self.weight, self.bias,
+        result = batch_norm(x, running_mean if running else None,
+                            running_var if running else None, self.weight, self.bias,
                             training=use_batch_stats, momentum=momentum, eps=self.eps,
                             axis=axis, out=out, return_stats=return_stats)
         if update:  # only after success, so a refused batch is not counted

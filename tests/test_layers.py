@@ -366,6 +366,31 @@ def test_batch_norm_without_running_stats_always_uses_the_batch(rng):
     assert bn.running_mean is None and "running_mean" not in bn.state_dict()
 
 
+@pytest.mark.parametrize("track_running_stats", [True, False])
+@pytest.mark.parametrize("cls, shape, channels_last",
+                         [(fastnorm.BatchNorm1d, (0, 3), False),
+                          (fastnorm.BatchNorm2d, (0, 3, 4, 5), False),
+                          (fastnorm.BatchNorm2d, (0, 4, 5, 3), True)])
+def test_batch_norm_eval_of_an_empty_batch_is_empty(cls, shape, channels_last,
+                                                    track_running_stats, rng):
+    # API.md: BatchNorm eval of a zero-size batch returns a zero-size result; torch's layer
+    # does so with or without running statistics.  Training on it is refused.
+    bn = randomized(cls(3, track_running_stats=track_running_stats,
+                        channels_last=channels_last), rng).eval()
+    x = np.zeros(shape, np.float32)
+    y = bn(x)
+    assert y.shape == shape and y.dtype == np.float32
+    out = np.empty(shape, np.float32)
+    y, mean, rstd = bn(x, out=out, return_stats=True)
+    assert y is out and mean.shape == rstd.shape == (3,)
+    if track_running_stats:
+        np.testing.assert_array_equal(mean, bn.running_mean)
+    else:
+        assert np.isnan(mean).all() and np.isnan(rstd).all()
+    with pytest.raises(ValueError, match="2 values per channel"):
+        bn.train()(x)
+
+
 def test_group_norm_forward(rng):
     gn = randomized(fastnorm.GroupNorm(2, 6, dtype=np.float64), rng)
     x = data(rng, (3, 6, 4, 5), np.float64)
