@@ -432,8 +432,11 @@ def check_running_stat(stat, channels, name, training):
             f"{name} must be a float32 or float64 NumPy array of shape ({channels},), updated "
             f"in place by training, got {type(stat).__name__}"
         )
-    if stat.dtype != FLOAT32 and stat.dtype != FLOAT64:
+    native = stat.dtype.newbyteorder("=") if stat.dtype.kind == "f" else stat.dtype
+    if native != FLOAT32 and native != FLOAT64:
         raise ValueError(f"{name} must be a float32 or float64 array, got dtype {stat.dtype}")
+    if native != stat.dtype and not training:  # byte-swapped: read in native order
+        stat = stat.astype(native)
     if stat.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), got {stat.shape}")
     if training and not stat.flags.writeable:

@@ -354,10 +354,12 @@ def _batch_norm_args(shape, compute, running_mean, running_var, weight, bias, tr
 def _update_running(running_mean, running_var, mean, var, n, momentum):
     """PyTorch's running-statistics update, in place (fastnorm_update_running): momentum-
     weighted, the variance unbiased (n values per channel).  Strided or misaligned running
-    statistics are updated through contiguous copies.  A float32 and a float64 statistic
-    (either way round) are each updated by a call in their own dtype, the other slot of
-    that call a scratch copy, since the C update takes one dtype for both."""
-    targets = [s if s.flags.c_contiguous and s.flags.aligned else s.copy()
+    statistics (byte-swapped ones too) are updated through contiguous native copies, written
+    back.  A float32 and a float64 statistic (either way round) are each updated by a call
+    in their own dtype, the other slot of that call a scratch copy, since the C update takes
+    one dtype for both."""
+    targets = [s if s.flags.c_contiguous and s.flags.aligned and s.dtype.isnative
+               else s.astype(s.dtype.newbyteorder("="))
                for s in (running_mean, running_var)]
     rm, rv = targets
     if rm.dtype == rv.dtype:

@@ -268,6 +268,24 @@ def test_eval_accepts_running_statistics_of_any_layout(view, stats_dtype, isa, r
     assert_same_bits(fastnorm.batch_norm(x, rm_view, rv_view), want)
 
 
+@pytest.mark.parametrize("stats_dtype", [F32, F64])
+@pytest.mark.parametrize("training", [False, True])
+def test_byte_swapped_running_statistics_act_as_native_ones(training, stats_dtype, isa, rng):
+    # a float32 or float64 array in the other byte order is still a float32 or float64
+    # array: read in eval, updated in place (in its own byte order) in training
+    c = 5
+    x = random_data(rng, (6, c, 7), np.float32)
+    rm = random_data(rng, c, stats_dtype)
+    rv = np.abs(random_data(rng, c, stats_dtype, offset=2.0))
+    swapped = np.dtype(stats_dtype).newbyteorder("S")
+    rm_s, rv_s = rm.astype(swapped), rv.astype(swapped)
+    want = fastnorm.batch_norm(x, rm, rv, training=training)
+    assert_same_bits(fastnorm.batch_norm(x, rm_s, rv_s, training=training), want)
+    assert rm_s.dtype == swapped and rv_s.dtype == swapped
+    np.testing.assert_array_equal(rm_s, rm)
+    np.testing.assert_array_equal(rv_s, rv)
+
+
 def test_eval_accepts_read_only_running_statistics(isa, rng, tol):
     x = random_data(rng, (6, 4, 3), np.float32)
     rm, rv = np.full(4, 0.5, np.float32), np.full(4, 2.0, np.float32)
