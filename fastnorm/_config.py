@@ -83,7 +83,9 @@ def _apply_output_cache_env(environ=os.environ):
                           f"megabytes; using {OUTPUT_CACHE_MB}", RuntimeWarning, stacklevel=2)
             megabytes = OUTPUT_CACHE_MB
     _output_cache_mb = megabytes
-    _core.set_output_cache_limit(megabytes << 20)
+    # the limit in bytes is a size_t: a larger number of megabytes than it holds (2**44 and
+    # up) limits nothing more than its largest value does
+    _core.set_output_cache_limit(min(megabytes, (1 << 44) - 1) << 20)
 
 
 @contextlib.contextmanager

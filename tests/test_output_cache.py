@@ -158,6 +158,7 @@ print(json.dumps({"mb": fastnorm.get_config()["output_cache_mb"],
 
 @pytest.mark.parametrize("value, mb, warns", [
     (None, 256, False), ("0", 0, False), ("64", 64, False), ("-1", 256, True), ("lots", 256, True),
+    (str(2 ** 44), 2 ** 44, False), ("1" + "0" * 30, 10 ** 30, False),  # past a size_t of bytes
 ])
 def test_fastnorm_output_cache_mb(value, mb, warns):
     got = json.loads(run_python(_CHILD, "FASTNORM_OUTPUT_CACHE_MB", value).strip().splitlines()[-1])
