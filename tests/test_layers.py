@@ -443,3 +443,17 @@ def test_from_torch_refuses_a_different_norm_class():
     BatchNorm2d = type("BatchNorm2d", (), {})  # looks like torch.nn.BatchNorm2d by name
     with pytest.raises(TypeError, match="BatchNorm2d"):
         fastnorm.LayerNorm.from_torch(BatchNorm2d())
+
+
+def test_layers_without_per_channel_state_take_any_channel_count(rng):
+    # docs/api.md: only per-channel parameters or running statistics fix the channel count,
+    # as in torch's layers
+    x = data(rng, (2, 5, 3, 3))
+    bn = fastnorm.BatchNorm2d(3, affine=False, track_running_stats=False)
+    assert_close(bn(x), reference.batch_norm(x, training=True))
+    assert_close(fastnorm.InstanceNorm2d(3)(x), reference.instance_norm(x))
+    assert_close(fastnorm.GroupNorm(1, 3, affine=False)(x), reference.group_norm(x, 1))
+    for layer in (fastnorm.BatchNorm2d(3), fastnorm.InstanceNorm2d(3, affine=True),
+                  fastnorm.GroupNorm(1, 3)):
+        with pytest.raises(ValueError, match="3 channels"):
+            layer(x)
