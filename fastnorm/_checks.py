@@ -286,11 +286,12 @@ def check_bool(value, name):
 
 
 def as_shape(normalized_shape):
-    """normalized_shape as a tuple of ints (an int is a 1-tuple).  bool is refused, as
-    PyTorch refuses it: layer_norm(x, True) is a slip, not a request for 1."""
+    """normalized_shape as a tuple of ints (an int or a 0-d integer array is a 1-tuple, a
+    1-D integer array a sequence).  bool is refused, as PyTorch refuses it: layer_norm(x,
+    True) is a slip, not a request for 1."""
     try:
-        items = (normalized_shape,) if hasattr(normalized_shape, "__index__") else tuple(
-            normalized_shape)
+        scalar = hasattr(normalized_shape, "__index__") and np.ndim(normalized_shape) == 0
+        items = (normalized_shape,) if scalar else tuple(normalized_shape)
         if any(isinstance(n, (bool, np.bool_)) for n in items):
             raise TypeError
         return tuple(operator.index(n) for n in items)

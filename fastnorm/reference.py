@@ -14,6 +14,7 @@ extension and shares no shape logic with the fast path, so it is an independent 
 
 import functools
 import numbers
+import operator
 import sys
 
 import numpy as np
@@ -57,12 +58,28 @@ def _quiet(function):
 # ---- argument checks (kept local so the reference stays independent) -----------------
 
 
-def _input(x, name="x"):
-    """x as an ndarray of a supported dtype, else TypeError naming the dtype.  A byte-swapped
-    float array ('>f4' here) is taken in native order, as fastnorm takes it."""
+class _ShapeTypeError(TypeError, ValueError):
+    """normalized_shape that is not an int or a sequence of ints: a TypeError, as NumPy's
+    and PyTorch's shape arguments raise, and a ValueError, as fastnorm's is too."""
+
+
+def _array(x):
+    """numpy.asarray(x), a byte-swapped float array ('>f4' here) in native order and a torch
+    bfloat16 tensor (which numpy.asarray refuses) as an ml_dtypes bfloat16 array, as
+    fastnorm takes them."""
+    if str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        import ml_dtypes
+
+        x = np.asarray(x.float()).astype(ml_dtypes.bfloat16)  # exact: bfloat16 -> float32
     x = np.asarray(x)
     if x.dtype.kind == "f" and not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
+    return x
+
+
+def _input(x, name="x"):
+    """x as an ndarray (_array) of a supported dtype, else TypeError naming the dtype."""
+    x = _array(x)
     if x.dtype not in _SUPPORTED and not _is_bfloat16(x.dtype):
         raise TypeError(
             f"{name} has dtype {x.dtype}; fastnorm supports float32, float64, float16 and bfloat16"
@@ -114,10 +131,8 @@ def _norm_axes(x, normalized_shape, axis):
     else:
         if normalized_shape is None:
             normalized_shape = (x.shape[-1],)
-        elif isinstance(normalized_shape, numbers.Integral):
-            normalized_shape = (int(normalized_shape),)
         else:
-            normalized_shape = tuple(int(n) for n in normalized_shape)
+            normalized_shape = _shape(normalized_shape)
         k = len(normalized_shape)
         if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k :]) != normalized_shape:
             raise ValueError(
@@ -128,6 +143,27 @@ def _norm_axes(x, normalized_shape, axis):
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"the normalized dimensions of x (shape {x.shape}) must not be empty")
     return axes
+
+
+def _shape(normalized_shape):
+    """An int or a sequence of ints as a tuple; a bool or a float is refused, not rounded."""
+    try:
+        scalar = hasattr(normalized_shape, "__index__") and np.ndim(normalized_shape) == 0
+        items = (normalized_shape,) if scalar else tuple(normalized_shape)
+        if any(isinstance(n, (bool, np.bool_)) for n in items):
+            raise TypeError
+        return tuple(operator.index(n) for n in items)
+    except TypeError:
+        raise _ShapeTypeError(
+            f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}"
+        ) from None
+
+
+def _channel_axis(ndim, axis):
+    """BatchNorm's one channel axis (an int), non-negative; a tuple or list is refused."""
+    if isinstance(axis, (tuple, list)):
+        raise ValueError(f"axis is the single channel axis, got {axis!r}")
+    return _axes(ndim, axis)[0]
 
 
 def _param(p, shape, compute, name):
@@ -153,7 +189,8 @@ def _broadcast(p, ndim, axes):
 def _check_out(out, shape, dtype, name="out"):
     if not isinstance(out, np.ndarray):
         raise ValueError(f"{name} must be a NumPy array, got {type(out).__name__}")
-    if out.shape != tuple(shape) or out.dtype != dtype:
+    native = out.dtype.newbyteorder("=") if out.dtype.kind == "f" else out.dtype
+    if out.shape != tuple(shape) or native != dtype:  # any byte order: assigned, converted
         raise ValueError(
             f"{name} must have shape {tuple(shape)} and dtype {dtype}, "
             f"got shape {out.shape} and dtype {out.dtype}"
@@ -176,7 +213,7 @@ def _residual_sum(x, residual, residual_out, out):
         if residual_out is not None:
             raise ValueError("residual_out needs residual")
         return x
-    residual = np.asarray(residual)
+    residual = _array(residual)
     if residual.shape != x.shape or residual.dtype != x.dtype:
         raise ValueError(
             f"residual must have x's shape {x.shape} and dtype {x.dtype}, "
@@ -286,8 +323,9 @@ def _running_stat(stat, channels, name, training):
     """Running statistics: float32/float64 of shape (C,); NumPy arrays that are writeable
     in training (updated in place), anything numpy.asarray takes in eval."""
     if not training:
-        stat = np.asarray(stat)
-    if not isinstance(stat, np.ndarray) or stat.dtype not in (_F32, _F64):
+        stat = _array(stat)  # read only: in native byte order
+    native = stat.dtype.newbyteorder("=") if isinstance(stat, np.ndarray) else None
+    if native not in (_F32, _F64):  # training updates a byte-swapped one in its own order
         kind = stat.dtype if isinstance(stat, np.ndarray) else type(stat).__name__
         raise ValueError(f"{name} must be a float32 or float64 NumPy array, got {kind}")
     if stat.shape != (channels,):
@@ -312,7 +350,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     x = _input(x)
     if x.ndim < 2:
         raise ValueError(f"batch_norm needs x with at least 2 dimensions, got shape {x.shape}")
-    (channel_axis,) = _axes(x.ndim, axis)
+    channel_axis = _channel_axis(x.ndim, axis)
     reduced = tuple(a for a in range(x.ndim) if a != channel_axis)
     channels = x.shape[channel_axis]
     eps = _eps(eps)
@@ -330,6 +368,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if has_running:
         running_mean = _running_stat(running_mean, channels, "running_mean", training)
         running_var = _running_stat(running_var, channels, "running_var", training)
+        if training and np.may_share_memory(running_mean, running_var):
+            raise ValueError("running_mean and running_var must be separate arrays")
     if out is not None:
         _check_out(out, x.shape, x.dtype)
     n = x.size // channels if channels else 0
@@ -493,7 +533,7 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, *, axis=1):
     grad_y = _grad_input(grad_y, x)
     if x.ndim < 2:
         raise ValueError(f"batch_norm_backward needs x with at least 2 dimensions, got {x.shape}")
-    (channel_axis,) = _axes(x.ndim, axis)
+    channel_axis = _channel_axis(x.ndim, axis)
     channels = x.shape[channel_axis]
     reduced = tuple(a for a in range(x.ndim) if a != channel_axis)
     compute = _compute_dtype(x.dtype)
@@ -552,6 +592,9 @@ def merge_moments(a, b):
     """Chan et al.'s merge of two (count, mean, m2) partials into those of the union."""
     count_a, mean_a, m2_a = (np.asarray(v) for v in a)
     count_b, mean_b, m2_b = (np.asarray(v) for v in b)
+    for count in (count_a, count_b):  # 2.5 values, or NaN, is no count
+        if count.dtype.kind not in "iu" and not np.all(count == np.floor(count)):
+            raise ValueError(f"a count must hold integers, got {count}")
     count_a = count_a.astype(np.int64)
     count_b = count_b.astype(np.int64)
     mean_a, m2_a, mean_b, m2_b = (v.astype(_F64) for v in (mean_a, m2_a, mean_b, m2_b))

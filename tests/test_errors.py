@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fn_testutil import sentinel
+from fn_testutil import import_torch, sentinel
 
 BAD_DTYPES = [np.int8, np.int32, np.int64, np.uint16, np.bool_, np.complex64, np.complex128,
               object]
@@ -331,3 +331,82 @@ def test_batch_norm_training_must_be_a_bool(module, training, rng):
     np.testing.assert_array_equal(rv, 1.0)
     y = module.batch_norm(x, rm, rv, training=np.bool_(True))  # NumPy's bool is a bool
     assert y.shape == x.shape and not np.array_equal(rm, 0.0)
+
+
+# ---- fastnorm.reference takes and refuses the same arguments ---------------------------
+# API.md: the references have the same signatures and semantics as the fast functions.
+
+BOTH = pytest.mark.parametrize("module", [fastnorm, fastnorm.reference],
+                               ids=["fastnorm", "reference"])
+
+
+@BOTH
+def test_byte_swapped_out_and_residual_are_taken(module, rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    r = rng.standard_normal((4, 6)).astype(np.float32)
+    want = module.layer_norm(x, residual=r)
+    swapped = x.astype(">f4")
+    assert module.layer_norm(swapped, residual=r.astype(">f4"), out=swapped) is swapped
+    np.testing.assert_array_equal(swapped, want)
+    stats = np.zeros(6, ">f4"), np.ones(6, ">f4")
+    out = np.empty((4, 6), ">f4")
+    assert module.batch_norm(x, *stats, out=out) is out
+    np.testing.assert_array_equal(out, module.batch_norm(x, np.zeros(6), np.ones(6)))
+
+
+@BOTH
+def test_torch_bfloat16_tensors_are_taken(module):
+    torch = import_torch()
+    from ml_dtypes import bfloat16
+
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).to(torch.bfloat16)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4).astype(bfloat16)
+    y = module.layer_norm(t)
+    assert y.dtype == bfloat16
+    np.testing.assert_array_equal(y, module.layer_norm(x))
+    np.testing.assert_array_equal(module.moments(t, axis=1)[1], module.moments(x, axis=1)[1])
+
+
+@BOTH
+@pytest.mark.parametrize("shape", [True, 4.0, (4.0,)])
+def test_normalized_shape_of_bools_or_floats_is_a_shape_type_error(module, shape):
+    with pytest.raises(TypeError, match="normalized_shape") as raised:
+        module.layer_norm(np.ones((3, 4), np.float32) if shape is not True
+                          else np.ones((3, 1), np.float32), shape)
+    assert isinstance(raised.value, ValueError)
+
+
+@BOTH
+@pytest.mark.parametrize("shape", [np.array([4]), [np.array(3), 4], np.int64(4)])
+def test_normalized_shape_of_integer_arrays_is_taken(module, shape, rng):
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    k = np.size(shape)
+    np.testing.assert_array_equal(module.layer_norm(x, shape),
+                                  module.layer_norm(x, tuple(x.shape[-k:])))
+
+
+@BOTH
+@pytest.mark.parametrize("count", [2.5, float("nan")])
+def test_merge_moments_refuses_a_count_that_is_not_whole(module, count):
+    with pytest.raises(ValueError, match="count"):
+        module.merge_moments((count, 0.0, 0.0), (3, 1.0, 1.0))
+
+
+@BOTH
+def test_batch_norm_training_refuses_one_array_as_both_running_statistics(module, rng):
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    stat = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="separate"):
+        module.batch_norm(x, stat, stat, training=True)
+    np.testing.assert_array_equal(stat, 0.0)
+
+
+@BOTH
+@pytest.mark.parametrize("call", ["batch_norm", "batch_norm_backward"])
+def test_batch_norm_channel_axis_is_one_int(module, call, rng):
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    args = (x, None, None) if call == "batch_norm" else (x, x, np.zeros(4, np.float32),
+                                                         np.ones(4, np.float32))
+    kw = {"training": True} if call == "batch_norm" else {}
+    with pytest.raises(ValueError, match="single channel axis"):
+        getattr(module, call)(*args, axis=(1,), **kw)
