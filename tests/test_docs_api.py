@@ -182,11 +182,27 @@ def test_reference_has_the_functions_signatures(name):
 EXAMPLES = [code for code in python_blocks(API_PAGE.read_text()) if not is_signature_block(code)]
 
 
+def shown_in_comments(code):
+    """What the page says each print() of an example shows: the comment after the call, or
+    the comment line under it."""
+    lines = code.splitlines()
+    shown = []
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith("print("):
+            continue
+        call, _, comment = line.partition("  # ")
+        if not comment and i + 1 < len(lines) and lines[i + 1].startswith("# "):
+            comment = lines[i + 1][2:]
+        assert comment, f"docs/api.md shows no output for: {line.strip()}"
+        shown.append(comment.strip())
+    return shown
+
+
 @pytest.mark.parametrize("code", EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))])
-def test_api_examples_run(code):
+def test_api_examples_print_what_the_page_shows(code):
     if "fastnorm.dask" in code:
         pytest.importorskip("dask.array")
-    run_code(code)
+    assert run_code(code).splitlines() == shown_in_comments(code)
 
 
 # ---- the checks above fail when the docs drift ------------------------------------------
@@ -205,3 +221,7 @@ def test_a_drifted_output_fails():
     code, shown = usage_example(README.read_text())
     with pytest.raises(AssertionError):
         compare_output(run_code(code), shown.replace("mean 0.500", "mean 0.501"))
+    example = next(code for code in EXAMPLES if "# [2.5 8.5]" in code)
+    assert run_code(example).splitlines() == shown_in_comments(example)
+    drifted = example.replace("# [2.5 8.5]", "# [2.5 8.6]")
+    assert run_code(drifted).splitlines() != shown_in_comments(drifted)

@@ -3,6 +3,8 @@
 Each case passes an `out` array filled with a sentinel (where the call accepts out=) and
 checks afterwards that it and every input array are unchanged.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -120,7 +122,9 @@ def test_row_norm_value_errors_write_nothing(op, case, isa, rng):
     out_before = out.copy()
     with pytest.raises(ValueError) as info:
         getattr(fastnorm, op)(x, out=out, **kw)
-    assert str(info.value), "the message must say what was wrong"
+    # the message names the argument that was wrong
+    names = list(ROW_VALUE_ERRORS[case][0])
+    assert any(re.search(rf"\b{name}\b", str(info.value)) for name in names), info.value
     np.testing.assert_array_equal(out, out_before, err_msg="out was written before the error")
     np.testing.assert_array_equal(x, x_before)
 
@@ -191,7 +195,7 @@ def test_batch_norm_value_errors_write_nothing(case, isa):
     x_before = x.copy()
     out = kw.pop("out", sentinel(x.shape, np.float32))
     out_before = out.copy()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"\b{case.split()[0]}\b"):  # names the argument
         fastnorm.batch_norm(x, out=out, **kw)
     np.testing.assert_array_equal(out, out_before)
     np.testing.assert_array_equal(x, x_before)
@@ -245,12 +249,13 @@ def test_malformed_parameters_raise(what, isa):
         "out list": {"out": [0.0] * 12},
     }[what]
     if what == "int weight":
-        # An integer weight is not a float dtype: rejected, or used exactly as its value.
-        try:
-            y = fastnorm.layer_norm(x, **kw)
-        except (TypeError, ValueError):
-            return
-        np.testing.assert_array_equal(y, fastnorm.layer_norm(x, weight=np.ones(4, np.float32)))
+        # docs/api.md: an integer weight is taken, as its values in the computation dtype
+        # (random rows: a constant row would hide the weight behind a zero)
+        x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+        w = np.array([3, -7, 100, 0], np.int64)
+        np.testing.assert_array_equal(fastnorm.layer_norm(x, weight=w),
+                                      fastnorm.layer_norm(x, weight=w.astype(np.float32)))
+        assert not np.array_equal(fastnorm.layer_norm(x, weight=w), fastnorm.layer_norm(x))
         return
     with pytest.raises((TypeError, ValueError)):
         fastnorm.layer_norm(x, out=kw.pop("out", out), **kw)
