@@ -1,6 +1,7 @@
-"""The bench compares like with like: in every BatchNorm and GroupNorm layout, fastnorm, the
-NumPy formula, PyTorch and ONNX Runtime (when installed) compute the same normalization of the
-same logical tensor, and the copy moves x's bytes in x's own layout."""
+"""The bench compares like with like: for the row norms (with and without the residual) and
+in every BatchNorm and GroupNorm layout, fastnorm, the NumPy formula, PyTorch and ONNX Runtime
+(when installed) compute the same normalization of the same logical tensor, and the copy moves
+x's bytes in x's own layout."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,32 @@ PEERS = ("copy", "numpy") + (("torch",) if peer_available("torch") else ())
 def _values(result):
     """A contender's result as a NumPy array (torch returns a tensor)."""
     return result.numpy() if hasattr(result, "numpy") else np.asarray(result)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_row_norm_contenders_agree(op, residual):
+    peers = PEERS + (("onnxruntime",) if peer_available("onnxruntime") else ())
+    case = Case(op, (8, 96), "float32", residual=residual)
+    contenders = {c.name: c for c in build_contenders(case, [1], peers, use_out=False)}
+    contenders.pop("copy")
+    x, _, w = contenders["fastnorm"].call.args[:3]
+    kw = contenders["fastnorm"].call.keywords
+    h = x + kw["residual"] if residual else x  # float32 sum, as every contender rounds it
+    if op == "layer_norm":
+        b, eps = contenders["fastnorm"].call.args[3:5]
+        want = reference.layer_norm(h.astype(np.float64), None, w.astype(np.float64),
+                                    b.astype(np.float64), eps)
+    else:
+        eps = contenders["fastnorm"].call.args[3]
+        want = reference.rms_norm(h.astype(np.float64), None, w.astype(np.float64), eps)
+    expected = {"numpy", "fastnorm"} | ({"unfused"} if residual else set())
+    assert expected <= set(contenders)
+    for name, contender in contenders.items():
+        got = contender.call()
+        got = _values(got[0] if isinstance(got, list) else got)  # onnxruntime: a list
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "channels_last"])
