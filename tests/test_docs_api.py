@@ -190,7 +190,7 @@ def shown_in_comments(code):
     for i, line in enumerate(lines):
         if not line.lstrip().startswith("print("):
             continue
-        call, _, comment = line.partition("  # ")
+        comment = line.partition("  # ")[2]
         if not comment and i + 1 < len(lines) and lines[i + 1].startswith("# "):
             comment = lines[i + 1][2:]
         assert comment, f"docs/api.md shows no output for: {line.strip()}"

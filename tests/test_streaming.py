@@ -169,6 +169,7 @@ def test_group_norm_streamed_on_one_thread_equals_plain_stores_on_two(channels_l
     np.testing.assert_allclose(results[0], fastnorm.reference.group_norm(x, 32, w, b),
                                rtol=1e-5, atol=1e-5)
 
+
 def _fused_stream_min_bytes(dtype):
     """Where the fused residual streams y and h: from 16 MiB in the half dtypes; float32 and
     float64 stream y from the last-level cache's bound (api_norm.c), h with it from 16 MiB."""
