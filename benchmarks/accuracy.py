@@ -5,7 +5,7 @@ kernel family this CPU has) and, when installed, PyTorch and ONNX Runtime.
 
 Rows / channels are `offset + N(0, 1)` in float32; the reference is fastnorm.reference
 (float64, two-pass) on the same float32 input.  The figures quoted in README.md and
-docs/performance.md come from this script.  Last, the statistics of bfloat16 and float16
+docs/optimisations.md come from this script.  Last, the statistics of bfloat16 and float16
 LayerNorm rows (return_stats) in each family, with avx512_nobf16 beside avx512 where the
 CPU has AVX512-BF16: the AVX-512 and AVX2 families sum float16 rows near zero without a
 center, by FMAs, and the AVX512-BF16 build bfloat16 ones, by VDPBF16PS (kernel_row_stats.h,

@@ -18,7 +18,7 @@
  * converted to cycles with the clock given.  The weight and bias come from malloc (16-byte
  * aligned, usually not on a cache line), where fastnorm_norm would copy them onto a line
  * for 16 rows or more: on Zen 4, 16 bytes past a line cost the normalize pass about a
- * quarter (docs/performance.md).
+ * quarter (docs/optimisations.md).
  */
 #include <stdint.h>
 #include <stdio.h>

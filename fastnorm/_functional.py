@@ -9,7 +9,7 @@ The common call of layer_norm / rms_norm -- a C-contiguous array of a fastnorm d
 normalized over its last axis, parameters already in the compute dtype, a residual (if
 any) like x, no stats -- goes straight to _core.rows, which checks those arrays in C and
 declines anything else (nothing written) to the general path here: for small inputs the
-Python around the kernel was most of the cost (1x768 float32: see docs/performance.md).
+Python around the kernel was most of the cost (1x768 float32: see docs/optimisations.md).
 batch_norm's common call (channel axis 1 or -1, no return_stats) goes the same way
 through _core.batch_norm, running statistics updated in C, and group_norm's and
 instance_norm's (arrays as they are, an int num_groups, a float eps) through

@@ -31,7 +31,7 @@
 #include "storage.h"
 
 /* Below this many elements a call runs on one thread: waking a team costs more than it
- * saves (see docs/performance.md for the measurement). */
+ * saves (see docs/optimisations.md for the measurement). */
 #define FN_PARALLEL_MIN_ELEMENTS 32768
 /* Rows longer than this are reduced in segments, so one long row still uses every thread. */
 #define FN_ROW_SEGMENT 16384

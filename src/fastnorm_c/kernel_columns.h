@@ -227,7 +227,7 @@ KB_INLINE void KB_NAME(kb_col_strips)(const KB_T *x, size_t rows, size_t row_str
  * time per call: `moments` (1568, 256) 0.80-0.85x, (392, 1024) 0.79x, (98, 2048) 0.70x,
  * (3136, 64) 0.85-0.98x, (100352, 64) 1.00x; BatchNorm training channels-last (1568, 256)
  * 0.89-0.92x (2 threads 0.91x), (3136, 64) 0.91-0.93x; float64 (1568, 256) `moments`
- * 0.75x (docs/performance.md).
+ * 0.75x (docs/optimisations.md).
  * From C on one call's rows at NumPy's placement (best of 30): (1568, 256) 59-67 -> 46 us.
  * Narrower rows keep the strips, whose streams stay in registers: in L2, 16 and 32 columns
  * took 1.3-1.5x the strips' time this way, 48 and 64 about the same.  So do rows of at most

@@ -9,7 +9,7 @@
  * row_normalize, each call paying its setup, edges and dependent latency for four vectors
  * of work; here a row is a handful of vector operations and the rows' chains overlap.
  * (AVX-512 kept blocks of 2 or 4 rows in registers until the thirty-third session; on Zen
- * 5 this form took 0.42-0.73x its time, GroupNorm on 7x7 maps 0.71x: docs/performance.md.)
+ * 5 this form took 0.42-0.73x its time, GroupNorm on 7x7 maps 0.71x: docs/optimisations.md.)
  *
  * Numerics: LayerNorm takes two passes over the row.  The first sums h - c1, c1 the row's
  * first value, lane-wise (at most KB_SHORT_VECS values a lane), for a center c2 = c1 +

@@ -35,7 +35,7 @@ enum { avx2_ahead_row_max = 16384 };
  * ns a row in calls and a float64 finish whatever its length.  In-process A/B on Zen 3
  * against the row kernels, time per call, 1 thread: LayerNorm float32 4096x16 0.32,
  * 4096x64 0.42, 4096x128 0.70, float64 4096x64 0.87; RMSNorm 4096x16 0.31, 4096x128 0.77,
- * 100000x10 0.43; 2 threads RMSNorm 32768x64 0.31; one row 1.04-1.05 (docs/performance.md).
+ * 100000x10 0.43; 2 threads RMSNorm 32768x64 0.31; one row 1.04-1.05 (docs/optimisations.md).
  * Rows of 17-25 vectors (fifty-third session): LayerNorm float32 4096x136 0.75, 4096x160
  * 0.72, 4096x176 0.80, 4096x192 0.98-1.05, 4096x200 0.80-0.84, float16 4096x160 0.61,
  * 4096x200 0.67, bfloat16 4096x176 0.85, RMSNorm 4096x136 0.73, 4096x200 0.89, float64
