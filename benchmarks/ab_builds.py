@@ -23,7 +23,9 @@ On a shared VM a ratio within about 10% of 1 can be noise: pass the same file tw
 (`--allow-same`) to see how far an A/A run strays on the machine at the time.  The two
 files must differ otherwise, so that an extension that was not rebuilt (setup.py's
 `build_ext` links into build/lib and copies into fastnorm/ only with --inplace) is not
-taken for a change that did nothing.
+taken for a change that did nothing.  `--tunings default,amd` runs OLD in the first
+tuning (the sizes and hints dispatch.c picks for the kind of core) and NEW in the second:
+with one file twice, what the AMD tuning does on this machine.
 
 A case is OP:DTYPE:SHAPE[:THREADS]: OP one of layer_norm, rms_norm (statistics over the
 last axis, with a weight, and a bias for layer_norm; layer_norm_bare and rms_norm_bare
@@ -212,8 +214,14 @@ def main(argv=None):
                         "(default: where NumPy puts it)")
     parser.add_argument("--allow-same", action="store_true",
                         help="accept identical files: an A/A run, the noise floor")
+    parser.add_argument("--tunings", metavar="OLD,NEW",
+                        help="each build's tuning, default or amd (default: the CPU's): with "
+                        "one file twice, the A/B of its two tunings")
     args = parser.parse_args(argv)
-    if digest(args.old) == digest(args.new) and not args.allow_same:
+    tunings = args.tunings.split(",") if args.tunings else None
+    if tunings is not None and (len(tunings) != 2 or tunings[0] == tunings[1]):
+        parser.error("--tunings: two different tunings, OLD,NEW (e.g. default,amd)")
+    if digest(args.old) == digest(args.new) and not args.allow_same and tunings is None:
         parser.error("the two builds are the same file contents (was the new one copied out of "
                      "build/lib, or built --inplace?); pass --allow-same for an A/A run")
     with tempfile.TemporaryDirectory() as directory:
@@ -226,8 +234,12 @@ def main(argv=None):
                 core.set_isa("avx512" if args.isa == "avx512_nobf16" else args.isa)
                 if args.isa == "avx512_nobf16":
                     core.set_avx512_bf16(False)
+        for core, tuning in zip(cores, tunings or ()):
+            core.set_tuning(tuning)
         kernels = args.isa or cores[0].get_isa()
-        print(f"kernels: {kernels}; medians of {args.samples} samples per build")
+        # (builds before the sixty-fifth session have no tunings)
+        tuning = " -> ".join(tunings) if tunings else getattr(cores[0], "get_tuning", lambda: "-")()
+        print(f"kernels: {kernels}, tuning {tuning}; medians of {args.samples} samples per build")
         print(f"{'case':40s} {'old':>10s} {'new':>10s}  new/old  same bits  x%64")
         for case in args.cases:
             a, b, same, line = run_case(cores, case, args.samples, args.offset, args.line_offset)

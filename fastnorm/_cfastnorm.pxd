@@ -104,3 +104,12 @@ cdef extern from "fastnorm/fastnorm.h" nogil:
 cdef extern from "api_internal.h" nogil:
     size_t fn_llc_stream_min_bytes()
     size_t fn_row_stream_min_bytes(int threads)
+
+# The tuning for the kind of core (kernels.h): AMD's, or the default (measured on Intel's).
+cdef extern from "kernels.h" nogil:
+    ctypedef enum fastnorm_tuning_t:
+        FASTNORM_TUNING_DEFAULT
+        FASTNORM_TUNING_AMD
+        FASTNORM_TUNING_COUNT
+    fastnorm_tuning_t fastnorm_tuning()
+    fastnorm_status_t fastnorm_set_tuning(fastnorm_tuning_t tuning)

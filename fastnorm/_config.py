@@ -143,7 +143,8 @@ def get_config():
     """The runtime configuration as a dict: version, isa (kernel family in use),
     isa_available (this CPU can run), isa_compiled (in this build), isa_source,
     isa_extensions (e.g. ["avx512_bf16"]: bfloat16 converted by AVX512-BF16 instructions),
-    openmp, num_threads, output_cache_mb (FASTNORM_OUTPUT_CACHE_MB)."""
+    tuning ("amd" on AMD's cores, else "default": a few sizes and hints measured per kind of
+    core), openmp, num_threads, output_cache_mb (FASTNORM_OUTPUT_CACHE_MB)."""
     from . import __version__
 
     return {
@@ -153,6 +154,7 @@ def get_config():
         "isa_compiled": list(_core.isa_compiled()),
         "isa_source": _isa_source,
         "isa_extensions": _isa_extensions(),
+        "tuning": _core.get_tuning(),
         "openmp": bool(_core.openmp_enabled()),
         "num_threads": get_num_threads(),
         "output_cache_mb": _output_cache_mb,
@@ -173,6 +175,7 @@ def show_config(file=None):
         + f" ({source.get(config['isa_source'], config['isa_source'])})",
         f"  available:     {', '.join(config['isa_available'])}",
         f"  compiled:      {', '.join(config['isa_compiled'])}",
+        f"  tuning:        {config['tuning']} ({'AMD' if config['tuning'] == 'amd' else 'other'} cores)",
         f"  OpenMP:        {'yes' if config['openmp'] else 'no (single-threaded build)'}",
         f"  threads:       {config['num_threads']} ({threads if config['openmp'] else 'no OpenMP'})",
         f"  output cache:  {config['output_cache_mb']} MB (FASTNORM_OUTPUT_CACHE_MB)",

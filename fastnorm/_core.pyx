@@ -950,6 +950,24 @@ def set_avx512_bf16(enabled):
                            "this build or this CPU lacks them")
 
 
+_TUNINGS = ("default", "amd")
+
+
+def get_tuning():
+    """The tuning in force: "amd" (chosen where CPUID names AMD or Hygon) or "default"."""
+    return _TUNINGS[fastnorm_tuning()]
+
+
+def set_tuning(name):
+    """Switch the tuning for every later call (process-wide): which row lengths take their
+    statistics a row ahead, and whether plain stores ask for their lines ahead.  Results
+    are the same bits either way; the tests run both."""
+    if name not in _TUNINGS:
+        raise ValueError(f"unknown tuning {name!r}; expected one of {list(_TUNINGS)}")
+    cdef int tuning = _TUNINGS.index(name)
+    fastnorm_set_tuning(<fastnorm_tuning_t>tuning)
+
+
 def openmp_enabled():
     """Whether the extension was built with OpenMP."""
     return bool(fastnorm_openmp_enabled())

@@ -99,6 +99,18 @@ def isa(request):
         yield request.param
 
 
+@pytest.fixture(params=["default", "amd"])
+def tuning(request):
+    """Run the test in the tuning request.param (dispatch.c: which rows take their
+    statistics a row ahead, store hints), whatever this CPU's vendor."""
+    before = fastnorm._core.get_tuning()
+    fastnorm._core.set_tuning(request.param)
+    try:
+        yield request.param
+    finally:
+        fastnorm._core.set_tuning(before)
+
+
 @pytest.fixture(params=[name for name in ISA_NAMES if name != "scalar"])
 def simd_isa(request):
     """A SIMD kernel family name (not entered: cross-ISA tests switch themselves)."""

@@ -187,3 +187,36 @@ def test_wide_instructions_only_in_their_kernel_family():
               if not (family(name, "avx512") or (family(name, "avx2") and "zmm" not in kinds
                                                  and "mask" not in kinds))}
     assert not strays, f"wide registers outside the kernel families: {strays}"
+
+
+def _cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def test_tuning_follows_the_vendor_cpuid_names():
+    vendor = _cpu_vendor()
+    if vendor is None:
+        pytest.skip("no /proc/cpuinfo vendor_id to compare with")
+    expected = "amd" if vendor in ("AuthenticAMD", "HygonGenuine") else "default"
+    assert fastnorm._core.get_tuning() == expected
+    assert fastnorm.get_config()["tuning"] == expected
+
+
+def test_set_tuning_switches_and_refuses_unknown_names():
+    before = fastnorm._core.get_tuning()
+    try:
+        for name in ("amd", "default"):
+            fastnorm._core.set_tuning(name)
+            assert fastnorm._core.get_tuning() == name
+            assert fastnorm.get_config()["tuning"] == name
+        with pytest.raises(ValueError, match="unknown tuning"):
+            fastnorm._core.set_tuning("zen4")
+    finally:
+        fastnorm._core.set_tuning(before)

@@ -94,10 +94,11 @@ def test_rows_past_4mb_normalized_in_spans_equal_each_row_alone(op, dtype, isa, 
 
 
 @pytest.mark.parametrize("dtype", FULL_DTYPES + HALF_DTYPES)
-def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, rng, tol):
-    # Under 8 MB, rows of at most the family's ahead_row_max (AVX2 and AVX-512 16 KB: 4096
-    # float32 values; scalar 4 KB) take their statistics one row ahead, most of them in one
-    # loop with the previous row's normalize pass (row_stats_normalize); longer rows that
+def test_rows_in_a_batch_equal_each_row_alone(op, dtype, isa, tuning, rng, tol):
+    # Under 8 MB, rows of at most the family's ahead_row_max (AVX2 16 KB: 4096 float32
+    # values; AVX-512 16 KB, or 4 KB in the AMD tuning; scalar 4 KB) take their statistics
+    # one row ahead, most of them in one loop with the previous row's normalize pass
+    # (row_stats_normalize); the rest run a row at a time, and longer rows that
     # with weight and bias take more than 32 KB (from 2100 values in float64, 4100 in the
     # other dtypes, and in the vector families' half dtypes, whose 16 KB limit is 8192
     # values, 8200) are normalized in groups, 1024 columns at a time across the group (9

@@ -48,14 +48,15 @@
 #define FN_LONG_SPAN 2048
 #define FN_LONG_PREFETCH_BYTES 2048
 /* Where a call reads under FN_AHEAD_MAX_READ_BYTES (x, and the residual where there is
- * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 and AVX-512 16
- * KB, scalar 4 KB) take their statistics one row ahead: row r + 1's statistics run before
- * row r's normalize pass, so the latency of row r's division and square root (about 50
- * cycles with nothing else to do) overlaps them.  Measured (Zen 4, AVX-512, `python -m
- * fastnorm bench --out`, two runs each, alternating builds), time per call: LayerNorm
- * 64x768 0.87-0.93x, 512x768 0.89-0.94x (2 threads 0.84-0.92x), 1024x768 0.94-0.97x;
- * RMSNorm 64x768 0.85-0.86x, 512x768 0.79-0.89x.  It lost for 8 KB rows (two rows and an
- * output no longer fit the L1 cache: 128x2048 1.2x) and for inputs past the
+ * one), rows of at most the family's ahead_row_max bytes (kernels.h: AVX2 16 KB, AVX-512
+ * 16 KB or on AMD's cores 4 KB, scalar 4 KB) take their statistics one row ahead: row r +
+ * 1's statistics run before row r's normalize pass, so the latency of row r's division
+ * and square root (about 50 cycles with nothing else to do) overlaps them.  Measured (Zen
+ * 4, AVX-512, `python -m fastnorm bench --out`, two runs each, alternating builds), time
+ * per call: LayerNorm 64x768 0.87-0.93x, 512x768 0.89-0.94x (2 threads 0.84-0.92x),
+ * 1024x768 0.94-0.97x; RMSNorm 64x768 0.85-0.86x, 512x768 0.79-0.89x.  It lost for 8 KB
+ * rows (two rows and an output no longer fit the L1 cache: 128x2048 1.2x; on Zen 4 again
+ * in the sixty-fifth session, simd_avx512.h) and for inputs past the
  * last-level cache's easy reach (4096x768, 12 MB: 1.4x in a tight loop; on Zen 3, AVX2,
  * in-process A/B: 4096x768 1.16x, 3500x768 1.12-1.25x, 8192x768 1.31x).  Up to 8 MB,
  * where the output is not streamed either (FN_STREAM_MIN_BYTES), it wins over the
@@ -653,7 +654,7 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     if (job->middle > FN_ROW_SEGMENT) return fn_norm_long_rows(job, threads);
     size_t row_bytes = job->middle * job->item_size;
     size_t read_bytes = job->outer * row_bytes * (job->residual ? 2 : 1);
-    if (row_bytes <= job->kernels->ahead_row_max &&
+    if (row_bytes <= job->kernels->ahead_row_max[fastnorm_tuning()] &&
         (read_bytes < FN_AHEAD_MAX_READ_BYTES ||
          ((job->kind == FASTNORM_LAYER_NORM || fn_stream_fused(job)) &&
           row_bytes < job->kernels->prefetch_row_min))) {

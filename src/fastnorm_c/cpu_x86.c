@@ -9,10 +9,14 @@
  *   avx512 = the above + AVX512 F/BW/DQ/VL, XCR0 also has opmask, ZMM_Hi256, Hi16_ZMM
  *   avx512 + AVX512-BF16 (CPUID.(7,1):EAX), for kernels_avx512bf16.c
  *
+ * and whose cores these are (CPUID.0's vendor string), for dispatch.c's tuning.
+ *
  * Compiled at the baseline.  Off x86-64 it compiles to "scalar only".
  * macOS enables AVX-512 state lazily (XCR0 shows it only after first use), so there this
  * reports avx2 at most: slower, never wrong.
  */
+#include <string.h>
+
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(_M_AMD64)
@@ -80,9 +84,21 @@ int fastnorm_cpu_has_avx512_bf16(void) {
            (leaf7_1[EAX_] & FN_AVX512_BF16);
 }
 
+int fastnorm_cpu_amd(void) {
+    unsigned leaf0[4];
+    if (!cpuid_(0, 0, leaf0)) return 0;
+    /* the vendor string, EBX EDX ECX: "AuthenticAMD", or Hygon's Zen cores */
+    char vendor[13] = {0};
+    memcpy(vendor, &leaf0[EBX_], 4);
+    memcpy(vendor + 4, &leaf0[EDX_], 4);
+    memcpy(vendor + 8, &leaf0[ECX_], 4);
+    return strcmp(vendor, "AuthenticAMD") == 0 || strcmp(vendor, "HygonGenuine") == 0;
+}
+
 #else /* not x86-64: the scalar family only */
 
 int fastnorm_cpu_has(fastnorm_isa_t isa) { return isa == FASTNORM_ISA_SCALAR; }
 int fastnorm_cpu_has_avx512_bf16(void) { return 0; }
+int fastnorm_cpu_amd(void) { return 0; }
 
 #endif

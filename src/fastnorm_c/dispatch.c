@@ -1,6 +1,7 @@
 /*
  * dispatch.c - which kernel family runs: the compiled tables, the CPU's support for them,
- * and the one active-table pointer every entry point (api_*.c) reads.
+ * and the one active-table pointer every entry point (api_*.c) reads; and the tuning (AMD's
+ * cores or the default), chosen with it.
  *
  * Compiled at the x86-64 baseline, like everything outside the kernel TUs: this file runs
  * before we know what the CPU supports, so it must not contain a single AVX instruction.
@@ -172,10 +173,40 @@ size_t fastnorm_llc_bytes(void) {
     return (size_t)kb * 1024;
 }
 
+/* The tuning: a few sizes and hints that AMD's cores and Intel's want differently, chosen
+ * from the vendor, as the family is from the CPU's extensions.  fastnorm_store_hints is
+ * a plain int: the kernels read it at every hint, and a stale value only moves a hint. */
+static fn_int_slot tuning_ = -1;
+int fastnorm_store_hints = 1;
+
+static void tuning_store_(fastnorm_tuning_t tuning) {
+    /* Plain stores ask for their lines ahead on Intel's Xeons (kernel_row_normalize.h,
+     * KB_STORE_AHEAD), where a store waited for its line; on Zen 4 the hints took a load
+     * slot each and cost more than they saved (the same place). */
+    fastnorm_store_hints = tuning != FASTNORM_TUNING_AMD;
+    FN_STORE(tuning_, (int)tuning);
+}
+
+fastnorm_tuning_t fastnorm_tuning(void) {
+    int tuning = FN_LOAD(tuning_);
+    if (tuning < 0) {
+        tuning = fastnorm_cpu_amd() ? FASTNORM_TUNING_AMD : FASTNORM_TUNING_DEFAULT;
+        tuning_store_((fastnorm_tuning_t)tuning);
+    }
+    return (fastnorm_tuning_t)tuning;
+}
+
+fastnorm_status_t fastnorm_set_tuning(fastnorm_tuning_t tuning) {
+    if ((unsigned)tuning >= FASTNORM_TUNING_COUNT) return FASTNORM_ERR_BAD_VALUE;
+    tuning_store_(tuning);
+    return FASTNORM_OK;
+}
+
 const fastnorm_kernels_t *fastnorm_active_kernels(void) {
     const fastnorm_kernels_t *table = FN_LOAD(active_);
     if (!table) {
         table = family_table_(fastnorm_best_isa());
+        fastnorm_tuning(); /* chosen before the first kernel reads fastnorm_store_hints */
         FN_STORE(active_, table);
     }
     return table;

@@ -56,7 +56,7 @@ const fastnorm_kernels_t KB_TABLE = {
     {KB_GLUE(KB_ISA, param_block, f32), KB_GLUE(KB_ISA, param_block, f64),
      KB_GLUE(KB_ISA, param_block, f16), KB_GLUE(KB_ISA, param_block, bf16)},
     KB_GLUE(KB_ISA, prefetch_row, min), KB_GLUE(KB_ISA, prefetch_row, max),
-    KB_GLUE(KB_ISA, ahead_row, max),
+    {KB_GLUE(KB_ISA, ahead_row, max), KB_GLUE(KB_ISA, ahead_row, max_amd)},
     KB_TABLE_ROW(rows_short), KB_TABLE_ROW(rows_short_max),
     KB_TABLE_ROW(rows_short_channels), KB_TABLE_ROW(rows_short_channels_max),
     KB_GLUE(channel, params, KB_ISA),

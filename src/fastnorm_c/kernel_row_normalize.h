@@ -20,10 +20,19 @@
  * (31 samples): RMSNorm float32 64x768 0.91 / 0.90, 512x768 0.98 / 0.97 (2 threads 0.91 /
  * 0.91), LayerNorm 512x768 0.98 / 0.96, 4096x768 0.98 / 0.95, float16 0.98 / 0.97, NCHW
  * BatchNorm training (1, 64, 56, 56) 0.95 / 0.98; LayerNorm 64x768, 128x384, 128x4096,
- * bfloat16, float64, the residual form and streamed shapes level. */
+ * bfloat16, float64, the residual form and streamed shapes level.  Not on AMD's cores (the
+ * AMD tuning, dispatch.c): on Zen 4, whose core loads one 512-bit vector a cycle, each hint
+ * took a load's slot.  Sixty-fifth session, in-process A/B, time per call, without the
+ * hints over with them, each order of the builds where two figures, 21 samples: NCHW
+ * BatchNorm eval (1, 64, 56, 56) 0.87 / 0.90, (8, 256, 14, 14) 0.86, training (8, 256, 14,
+ * 14) 0.97, (32, 64, 56, 56) 1.01 / 1.01; LayerNorm 512x768 on 2 threads 0.99 / 0.89,
+ * 4096x768 0.98 / 1.02; RMSNorm 64x768 0.97, 4096x768 1.005 / 0.97, 2048x768 1.02 / 0.97;
+ * LayerNorm 64x768, 512x768 and 128x4096 0.99-1.00. */
 #define KB_STORE_AHEAD 1024
-/* Ask for the lines of y's first `count` elements KB_STORE_AHEAD bytes on, to write them. */
+/* Ask for the lines of y's first `count` elements KB_STORE_AHEAD bytes on, to write them,
+ * where the tuning asks for store hints (dispatch.c, fastnorm_store_hints). */
 KB_INLINE void KB_NAME(kb_prefetch_store)(const KB_T *y, size_t count) {
+    if (!fastnorm_store_hints) return;
     for (size_t line = 0; line < count * sizeof(KB_T); line += 64)
         __builtin_prefetch((const char *)y + KB_STORE_AHEAD + line, 0, 3);
 }

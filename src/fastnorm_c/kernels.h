@@ -15,6 +15,10 @@
 #include <stddef.h>
 #include "fastnorm/fastnorm.h"
 
+/* Kinds of core that some sizes and hints are tuned for (dispatch.c chooses one with the
+ * family): AMD's, measured on Zen 3 and Zen 4, and the default, measured on Intel Xeons. */
+typedef enum { FASTNORM_TUNING_DEFAULT = 0, FASTNORM_TUNING_AMD = 1, FASTNORM_TUNING_COUNT } fastnorm_tuning_t;
+
 /* Statistics of one span h[0:n], h = x (+ residual, rounded to the storage dtype).
  * center != 0: Welford on (h - shift); *mean_shifted = mean(h) - shift, *m2 = sum of
  *              squared deviations.
@@ -249,9 +253,10 @@ typedef struct {
      * in a large input pays for prefetching the next row (api_norm.c, FN_PREFETCH_MIN_BYTES;
      * measured per family in simd_<family>.h); a max of 0: never. */
     unsigned prefetch_row_min, prefetch_row_max;
-    /* Rows of at most ahead_row_max bytes take their statistics one row ahead in small
-     * inputs (api_norm.c, FN_AHEAD_MAX_READ_BYTES; measured per family in simd_<family>.h). */
-    unsigned ahead_row_max;
+    /* Rows of at most ahead_row_max[tuning] bytes (fastnorm_tuning()) take their
+     * statistics one row ahead in small inputs (api_norm.c, FN_AHEAD_MAX_READ_BYTES;
+     * measured per family and kind of core in simd_<family>.h). */
+    unsigned ahead_row_max[FASTNORM_TUNING_COUNT];
     /* Rows of at most rows_short_max elements (0: none) take rows_short, and a sample's
      * channels of at most rows_short_channels_max rows_short_channels. */
     fastnorm_rows_short_fn rows_short[FASTNORM_DTYPE_COUNT];
@@ -296,5 +301,15 @@ int fastnorm_team_threads(int threads);
 int fastnorm_cpu_has(fastnorm_isa_t isa);
 /* cpu_x86.c: the AVX-512 family's requirements plus AVX512-BF16. */
 int fastnorm_cpu_has_avx512_bf16(void);
+/* cpu_x86.c: whether CPUID names AMD (or Hygon) as the cores' maker. */
+int fastnorm_cpu_amd(void);
+
+/* dispatch.c: the tuning in force, chosen with the kernel family from the kind of core
+ * (fastnorm_tuning_t), or set by fastnorm_set_tuning. */
+fastnorm_tuning_t fastnorm_tuning(void);
+fastnorm_status_t fastnorm_set_tuning(fastnorm_tuning_t tuning);
+/* dispatch.c: nonzero where plain stores ask for their lines ahead (kernel_row_normalize.h,
+ * kb_prefetch_store): the default tuning's, not AMD's.  Read by the kernels at each hint. */
+extern int fastnorm_store_hints;
 
 #endif /* FASTNORM_KERNELS_H */

@@ -26,7 +26,7 @@ enum { avx2_prefetch_row_min = 0, avx2_prefetch_row_max = 8192 };
  * 0.97-0.99, 256x2048 0.94-0.95, 512x1024 0.98, 256x4096 0.96, bfloat16 128x4096 0.86,
  * 256x4096 0.83; LayerNorm float32 128x4096 1.00, 256x2048 0.97-1.00, 256x4096 0.94,
  * bfloat16 128x4096 0.97, float16 0.92; 2 threads RMSNorm 128x4096 0.95, 256x2048 0.95 */
-enum { avx2_ahead_row_max = 16384 };
+enum { avx2_ahead_row_max = 16384, avx2_ahead_row_max_amd = 16384 }; /* measured on Zen 3 */
 /* rows_short (kernel_rows_short.h), rows of up to 25 vectors (200 float32 or half values;
  * float64 20, 80 values): with 16 registers, blocks of rows kept in registers (AVX-512's
  * form until 2026-12) spill (Zen 4: float32 LayerNorm 4096x64 1.17x the time of the row

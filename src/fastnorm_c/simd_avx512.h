@@ -38,10 +38,14 @@ enum { avx512_prefetch_row_min = 2048, avx512_prefetch_row_max = 32768 };
  * each order of the builds, 1 thread: LayerNorm float32 128x4096 0.89-0.91, 256x4096
  * 0.86-0.91, 128x3072 0.92-0.93, 256x2048 0.96-0.97, bfloat16 128x8192 0.92, float64
  * 128x2048 0.90-0.94, RMSNorm 256x4096 0.93-0.94, 128x4096 level; 2 threads LayerNorm
- * 256x4096 0.86-0.90, 128x4096 1.01-1.02; 64x4096 (1 MB, in L2) 1.02-1.05.  On Zen 4 (32
- * KB L1), with the kernels of the tenth to twenty-fifth sessions, 8 KB rows had lost
- * (api_norm.c, FN_AHEAD_MAX_READ_BYTES): to be measured again there. */
-enum { avx512_ahead_row_max = 16384 };
+ * 256x4096 0.86-0.90, 128x4096 1.01-1.02; 64x4096 (1 MB, in L2) 1.02-1.05.  On AMD's cores
+ * (the AMD tuning) up to 4 KB, as before: Zen 4 (sixty-fifth session, 32 KB L1, 1 MB L2),
+ * 4 KB against 16 KB, in-process A/B, time per call, 1 thread: LayerNorm float32 128x4096
+ * 0.78 (and 16 KB over 4 KB, the other order, 1.23), 64x4096 0.83, 128x3072 0.76,
+ * 128x2048 0.80, 1024x2048 0.96, 256x4096 0.84, float64 128x2048 0.84, bfloat16 128x8192
+ * 0.91, RMSNorm 128x4096 0.86, 64x4096 0.89, 256x2048 0.93; 2 threads LayerNorm 128x4096
+ * 0.78-0.80. */
+enum { avx512_ahead_row_max = 16384, avx512_ahead_row_max_amd = 4096 };
 /* Half-precision RMSNorm rows a row ahead past 8 MB run row_stats_normalize's streamed loop
  * (kernel_row_normalize.h, stream_fused; LayerNorm too where its statistics are raw sums,
  * KB_SQUARES).  Zen 5, in-process A/B against the row order, time per call, 1 thread:

@@ -15,7 +15,7 @@ enum { scalar_canonical_f32 = 0, scalar_canonical_f64 = 0, scalar_canonical_f16 
 /* no row prefetches the next: this family never prefetches (kernel_row_normalize.h,
  * kb_prefetch_lines) */
 enum { scalar_prefetch_row_min = 0, scalar_prefetch_row_max = 0 };
-enum { scalar_ahead_row_max = 4096 }; /* kernels.h, ahead_row_max */
+enum { scalar_ahead_row_max = 4096, scalar_ahead_row_max_amd = 4096 }; /* kernels.h, ahead_row_max */
 /* weight and bias in natural order for every dtype (kernels.h, param_block) */
 enum { scalar_param_block_f32 = 0, scalar_param_block_f64 = 0, scalar_param_block_f16 = 0, scalar_param_block_bf16 = 0 };
 typedef float scalar_vec_c32;
