@@ -34,7 +34,12 @@
  * whose parameters take a quarter or more, 0.98-1.01.  An eighth for the rows alone (4 MB
  * batches) did as well on 64x262144 (0.80-0.85) but cut 8x2097152 to one row a batch; a
  * half, the parameters not subtracted, lost (16x1048576 1.14, 64x262144 1.09).  On the
- * Xeon's 300 MB L3 the benchmark's long rows keep one batch. */
+ * Xeon's 300 MB L3 the benchmark's long rows keep one batch.  Where the parameters take
+ * the quarter or more but one row fits beside them in half the cache, batches are of one
+ * row (FN_LONG_ROW_BATCH_BYTES) after all: on Zen 4 (32 MB L3) LayerNorm 16x1048576, a
+ * 4 MB row with 8 MB of weight and bias, all 16 rows a batch read each row twice from
+ * memory; in-process A/B, one row a batch against all, time per call: 0.80 (2 threads
+ * 0.90); two rows a batch 1.02 (1.05), four 1.19 (1.11). */
 #define FN_LONG_PARAM_LLC_SHARE 4
 /* On one thread the normalize pass of inputs past FN_PREFETCH_MIN_BYTES goes across the
  * batch's rows (two or more) a span of this many elements at a time, not a segment, so
@@ -556,6 +561,7 @@ static fastnorm_status_t fn_norm_long_rows(const fn_norm_job *job, int threads) 
     size_t params = ((job->weight != NULL) + (job->bias != NULL)) * n * fn_compute_size(job->dtype);
     size_t share = fastnorm_llc_bytes() / FN_LONG_PARAM_LLC_SHARE, param_batch = FN_LONG_PARAM_BATCH_BYTES;
     if (share > params && share - params < param_batch) param_batch = share - params;
+    if (share <= params && n * size + params <= 2 * share) param_batch = 0; /* a row a batch */
     if (params && n * fn_compute_size(job->dtype) >= FN_LONG_PARAM_MIN_BYTES &&
         param_batch / (n * size) > batch)
         batch = param_batch / (n * size);
