@@ -397,7 +397,10 @@ KB_INLINE void KB_NAME(kb_col_normalize_vector)(const KB_T *xr, KB_T *yr, size_t
  * 0.97; BatchNorm eval (3136, 64) 0.89 / 0.84 in the last pair, 0.96-1.02 in the others (one
  * outlier 1.23); 2 threads, (1568, 256), float64, bfloat16 and (3211264, 3) level (0.96-1.04).
  * Earlier pairs of the same hint: 512 bytes on 0.95-1.00, 2048 0.90-1.00; reading x ahead as
- * well no better. */
+ * well no better.  Not in the AMD tuning (fastnorm_store_hints, kernel_row_normalize.h):
+ * Zen 4, in-process A/B, both orders, without over with: channels-last BatchNorm eval (3136,
+ * 64) 0.91 / 0.92 (2 threads 0.99), (392, 256) 0.97 / 1.00, training (3136, 64) 0.94 / 0.95,
+ * GroupNorm channels-last (1, 64, 56, 56) 0.95 / 0.95. */
 #define KB_COL_STORE_AHEAD 1024
 KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t row_stride,
                                               const KB_C *mean_hi, const KB_C *scale,
@@ -418,7 +421,7 @@ KB_INLINE void KB_NAME(kb_col_normalize_held)(const KB_T *x, size_t rows, size_t
     for (size_t r = 0; r < rows; ++r) {
         const KB_T *xr = x + r * row_stride;
         KB_T *yr = y + r * row_stride;
-        if (!stream)
+        if (!stream && fastnorm_store_hints)
             for (int v = 0; v < vectors; v += per_line)
                 __builtin_prefetch((const char *)(yr + v * KB_LANES) + ahead, 0, 3);
         for (int v = 0; v < vectors; ++v) {
