@@ -416,10 +416,12 @@ def test_one_sample_of_small_maps(shape, dtype, params, isa, rng, tol, num_threa
 # turn; 6400-value float32 and float64 channels (past FN_BN_AHEAD_MAX_BYTES) take the two
 # kernels in turn.  Channel 1 holds an inf (its statistics are taken again exactly, and
 # are NaN), channel 2 is zeros (a mean pair of zeros, which the fused loop leaves to the
-# two kernels), the others offset data.
+# two kernels), the others offset data.  In both tunings: the default one hands each
+# channel's first center to the loop a call early (api_internal.h, fn_center_handoff).
 @pytest.mark.parametrize("shape", [(1, 7, 1100), (1, 5, 30, 37), (1, 4, 80, 80)], ids=str)
 @pytest.mark.parametrize("dtype", FULL_DTYPES)
-def test_one_sample_channels_equal_each_channel_alone(shape, dtype, isa, rng, num_threads):
+def test_one_sample_channels_equal_each_channel_alone(shape, dtype, isa, tuning, rng,
+                                                      num_threads):
     x = random_data(rng, shape, dtype, offset=100.0, scale=3.0)
     flat = x.reshape(shape[0], shape[1], -1)
     flat[0, 1, 17] = np.inf

@@ -45,7 +45,8 @@ def test_group_norm_matches_reference(shape, groups, dtype, with_affine, isa, rn
 
 @pytest.mark.parametrize("dtype", FULL_DTYPES)
 @pytest.mark.parametrize("affine", ["weight and bias", "weight", "bias", "none"])
-def test_group_norm_groups_one_ahead_equal_each_sample_alone(dtype, affine, isa, rng, tol):
+def test_group_norm_groups_one_ahead_equal_each_sample_alone(dtype, affine, isa, tuning, rng,
+                                                             tol):
     # Groups of several channels of 48 values or more, at most 4 KB a group (float32
     # 13x13 maps, 3 channels a group), go as rows with per-position weight and bias, each
     # group's normalize pass in one loop with the next group's statistics, a thread's

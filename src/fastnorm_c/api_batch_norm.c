@@ -575,7 +575,7 @@ static void fn_bn_train_channels(const fn_bn_job *job, size_t first, size_t end)
             job->kernels->row_stats_normalize[job->dtype](
                 x + bytes, inner, next_shift, 1, &next_mean_shifted, &next_m2, x, shift,
                 mean_shifted, scale, beta, NULL, NULL, job->y + c * bytes, 0,
-                c + 2 < end ? x + 2 * bytes : NULL, &first_center);
+                c + 2 < end ? x + 2 * bytes : NULL, fn_center_handoff(&first_center));
             shift = next_shift, mean_shifted = next_mean_shifted, m2 = next_m2;
             continue;
         }

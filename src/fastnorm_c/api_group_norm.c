@@ -205,7 +205,7 @@ static void fn_group_rows_ahead(const fn_group_job *job, size_t first, size_t la
                                                 group_shift, group_mean_shifted, rstd, 0.0, w, b,
                                                 job->y + item * bytes, job->stream,
                                                 item + 2 < last ? x + 2 * bytes : NULL,
-                                                &first_center);
+                                                fn_center_handoff(&first_center));
         } else {
             kernels->row_normalize[dtype](x, NULL, NULL, span, group_shift, group_mean_shifted,
                                           rstd, 0.0, w, b, job->y + item * bytes, NULL,

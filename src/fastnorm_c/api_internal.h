@@ -114,6 +114,17 @@ static inline int fn_stream(const void *x, const void *y, size_t bytes, size_t m
     return bytes >= min_bytes && x != y ? FN_STORE_STREAM : 0;
 }
 
+/* row_stats_normalize's first_center (kernels.h) for the default tuning: a LayerNorm row's
+ * first center taken a call early.  On the Xeon it bought 128x384 0.89-0.91 (64x768,
+ * 512x768 level); on Zen 4 (the AMD tuning: NULL, each call takes its own) the commit that
+ * brought it took 1.08 / 1.07 the time for LayerNorm 512x768, 1.10 / 1.05 for 64x768 (and
+ * RMSNorm, which takes no center, 1.10 / 1.07: not the hand-off).  In-process A/B, both
+ * orders, sixty-fifth session, without the hand-off over with it: LayerNorm 512x768 0.93 /
+ * 0.93, 64x768 1.01 / 0.97, 128x384 0.98 / 0.97, RMSNorm level. */
+static inline double *fn_center_handoff(double *first_center) {
+    return fastnorm_tuning() == FASTNORM_TUNING_AMD ? NULL : first_center;
+}
+
 /* `bytes` of malloc'ed memory starting on a 64-byte boundary (a cache line, the widest
  * vector); *block receives the pointer to free. */
 static inline void *fn_malloc_aligned(size_t bytes, void **block) {

@@ -458,7 +458,7 @@ static void fn_norm_rows_ahead(const fn_norm_job *job, size_t begin, size_t end)
                 x + bytes, n, next.shift, center, &next.mean_shifted, &next.m2, x, m.shift,
                 center ? m.mean_shifted : 0.0, rstd, 0.0, job->weight, job->bias,
                 job->y + r * bytes, job->row_store, r + 2 < end ? x + 2 * bytes : NULL,
-                &first_center);
+                fn_center_handoff(&first_center));
             continue;
         }
         if (r + 1 < end) fn_row_stats(job, r + 1, &next, prefetch);
