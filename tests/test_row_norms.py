@@ -6,6 +6,7 @@ from the same input values, once per kernel family (the `isa` fixture).
 import numpy as np
 import pytest
 
+import fastnorm._core
 from fn_testutil import (F32, F64, FULL_DTYPES, HALF_DTYPES, ROW_OPS, STRADDLE_LENGTHS, assert_close,
                          compute_dtype, import_torch, random_data, ref_row_norm,
                          ref_row_norm_axis, row_norm)
@@ -155,6 +156,20 @@ def test_rows_of_a_large_input_equal_each_row_alone(op, dtype, isa, rng, tol):
         x = random_data(rng, (rows, n), dtype, offset=1.5)
         w, _ = _affine(op, rng, (n,), dtype, True, False)
         _check_rows_of_a_large_input(op, x, w, None, tol)
+
+
+def test_streamed_rows_with_parameters_equal_each_row_alone(op, isa, tuning, rng, tol,
+                                                             num_threads):
+    # Rows that with weight and bias take more than 32 KB (4100 float32 values), their
+    # output past the streaming bound: the row order in the default tuning, groups of
+    # rows with statistics that do not read ahead in the AMD tuning (api_norm.c,
+    # FN_GROUP_MIN_BYTES).  The same bits as each row alone either way.
+    num_threads(1)
+    n = 4100
+    rows = fastnorm._core.stream_min_bytes(1) // (n * 4) + 3
+    x = random_data(rng, (rows, n), F32, offset=1.5)
+    w, b = _affine(op, rng, (n,), F32, True, op == "layer_norm")
+    _check_rows_of_a_large_input(op, x, w, b, tol)
 
 
 @pytest.mark.parametrize("dtype", (F32,) + tuple(HALF_DTYPES))

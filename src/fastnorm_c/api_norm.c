@@ -106,8 +106,12 @@
  * call: streamed float32 8192x4096 1.31, 2048x3072 1.32, 1024x5120 1.27, bfloat16
  * 8192x4096 1.56, float64 1024x4096 1.11, 2 threads 8192x4096 1.30; in cache 256x4096
  * 0.99, 256x5120 0.94, 2 threads 128x4096 1.01.  (Prefetching the next group's rows in the
- * normalize pass won back a fifth of that.)  The Zen figures above for streamed shapes
- * (1024x4096, 8192x4096) were not measured again with streaming. */
+ * normalize pass won back a fifth of that.)  On AMD's cores (the AMD tuning) streamed rows
+ * take the groups still, with statistics that do not read ahead (Zen 4, sixty-fifth
+ * session, in-process A/B against the row order with the statistics reading ahead, time
+ * per call, 1 thread: LayerNorm float32 8192x4096 0.74 (2 threads 0.95), 2048x3072 0.81,
+ * float64 2048x4096 0.77, float16 8192x4096 0.77, bfloat16 0.78; either change alone was
+ * mixed: groups 0.95 (2 threads 1.08), 1024x4096 1.10, the statistics alone 1.01-1.08). */
 #define FN_GROUP_MIN_BYTES 32768
 #define FN_GROUP_ROWS 8
 #define FN_PARAM_BLOCK 1024
@@ -400,8 +404,10 @@ static void fn_norm_row_group(const fn_norm_job *job, size_t first, size_t end) 
     fn_row_moments m[FN_GROUP_ROWS];
     double rstd[FN_GROUP_ROWS];
     size_t n = job->middle;
+    /* the AMD tuning's statistics do not read ahead (FN_GROUP_MIN_BYTES) */
+    int prefetch = fn_prefetch_input(job) && fastnorm_tuning() != FASTNORM_TUNING_AMD;
     for (size_t r = first; r < end; ++r) {
-        fn_row_stats(job, r, &m[r - first], fn_prefetch_input(job));
+        fn_row_stats(job, r, &m[r - first], prefetch);
         rstd[r - first] = fn_row_finish(job, r, &m[r - first]);
     }
     for (size_t begin = 0; begin < n; begin += FN_PARAM_BLOCK) {
@@ -489,9 +495,14 @@ static void fn_long_stats(const fn_norm_job *job, const fn_long_batch *batch, si
                           size_t item) {
     size_t b = item / segments, s = item % segments, n = job->middle;
     fn_norm_spans spans = fn_spans(job, ((batch->first + b) * n + s * FN_ROW_SEGMENT) * job->item_size);
+    /* Batches of one row in the AMD tuning read no further ahead than the core does
+     * (Zen 4, in-process A/B, time per call: LayerNorm 16x1048576 0.83 (2 threads 0.86),
+     * RMSNorm 0.93; longer batches lost, 2048x20000 1.09, or were level, 256x65536 0.98) */
+    int prefetch = fn_prefetch_input(job) &&
+                   !(batch->count == 1 && fastnorm_tuning() == FASTNORM_TUNING_AMD);
     job->kernels->row_stats[job->dtype](spans.x, spans.residual, spans.stats_h,
                                         fn_segment_length(n, s), batch->shift[b],
-                                        job->kind == FASTNORM_LAYER_NORM, fn_prefetch_input(job),
+                                        job->kind == FASTNORM_LAYER_NORM, prefetch,
                                         &batch->part_mean[item], &batch->part_m2[item]);
 }
 
@@ -676,7 +687,7 @@ static fastnorm_status_t fn_norm_run(const fn_norm_job *job, int threads) {
     if (group > FN_GROUP_ROWS) group = FN_GROUP_ROWS;
     size_t row_and_params = job->middle * (job->item_size + 2 * fn_compute_size(job->dtype));
     if (job->weight && job->bias && row_and_params > FN_GROUP_MIN_BYTES && group > 1 &&
-        !(job->row_store & FN_STORE_STREAM)) {
+        (!(job->row_store & FN_STORE_STREAM) || fastnorm_tuning() == FASTNORM_TUNING_AMD)) {
         FN_PARALLEL_FOR(g, (job->outer + group - 1) / group, {
             size_t first = (size_t)g * group;
             fn_norm_row_group(job, first, first + group < job->outer ? first + group : job->outer);
