@@ -959,10 +959,10 @@ def get_tuning():
 
 
 def set_tuning(name):
-    """Switch the tuning for every later call (process-wide): which row lengths take their
-    statistics a row ahead, whether plain stores ask for their lines ahead, and whether a
-    LayerNorm row's first center is taken a call early.  Results are the same bits either
-    way; the tests run both."""
+    """Switch the tuning for every later call (process-wide): the order in which rows are
+    normalized (a row ahead, in groups, a LayerNorm row's first center a call early) and
+    which prefetches are issued.  Results are the same bits either way; the tests run
+    both where a path depends on it."""
     if name not in _TUNINGS:
         raise ValueError(f"unknown tuning {name!r}; expected one of {list(_TUNINGS)}")
     cdef int tuning = _TUNINGS.index(name)

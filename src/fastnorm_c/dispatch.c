@@ -175,7 +175,8 @@ size_t fastnorm_llc_bytes(void) {
 
 /* The tuning: a few sizes and hints that AMD's cores and Intel's want differently (rows a
  * row ahead, kernels.h's ahead_row_max; store hints, below; the center hand-off,
- * api_internal.h), chosen from the vendor, as the family is from the CPU's extensions.  fastnorm_store_hints is
+ * api_internal.h; streamed row groups and the statistics' prefetch, api_norm.c), chosen
+ * from the vendor, as the family is from the CPU's extensions.  fastnorm_store_hints is
  * a plain int: the kernels read it at every hint, and a stale value only moves a hint. */
 static fn_int_slot tuning_ = -1;
 int fastnorm_store_hints = 1;
