@@ -245,15 +245,21 @@ def format_table(rows):
 # ---- machine description -----------------------------------------------------------------
 
 
-def cpu_model():
+def cpuinfo_field(name):
+    """The value of the first /proc/cpuinfo line for `name` ("model name", "vendor_id"), or
+    None where there is no such file or line."""
     try:
         with open("/proc/cpuinfo") as f:
             for text in f:
-                if text.startswith("model name"):
+                if text.startswith(name):
                     return text.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model():
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def usable_cores():

@@ -8,6 +8,7 @@ import pytest
 
 import fastnorm
 import fastnorm._config
+from fastnorm.bench import cpuinfo_field
 from fn_testutil import run_python
 
 PREFERENCE = ("avx512", "avx2", "scalar")  # best first, as the dispatcher picks
@@ -189,19 +190,8 @@ def test_wide_instructions_only_in_their_kernel_family():
     assert not strays, f"wide registers outside the kernel families: {strays}"
 
 
-def _cpu_vendor():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def test_tuning_follows_the_vendor_cpuid_names():
-    vendor = _cpu_vendor()
+    vendor = cpuinfo_field("vendor_id")  # what Linux read from CPUID, apart from fastnorm
     if vendor is None:
         pytest.skip("no /proc/cpuinfo vendor_id to compare with")
     expected = "amd" if vendor in ("AuthenticAMD", "HygonGenuine") else "default"
