@@ -102,7 +102,8 @@ def isa(request):
 @pytest.fixture(params=["default", "amd"])
 def tuning(request):
     """Run the test in the tuning request.param (dispatch.c: which rows take their
-    statistics a row ahead, store hints), whatever this CPU's vendor."""
+    statistics a row ahead or go in groups, the center hand-off, prefetches), whatever
+    this CPU's vendor."""
     before = fastnorm._core.get_tuning()
     fastnorm._core.set_tuning(request.param)
     try:
